@@ -1,0 +1,60 @@
+# Entry points people remember: install, demo, test, bench, lint, stack-up, stack-down.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit bench lint format stack-up stack-down stack-status clean lock
+
+install: $(STAMP)
+
+# Reinstall only when the dependency set changes. requirements.lock pins every
+# package; torch==2.13.0 is the CPU wheel this machine keeps on disk.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+# Regenerate the lock after changing dependencies in pyproject.toml.
+lock:
+	rm -rf /tmp/mlsys-lock-venv && $(PYTHON) -m venv /tmp/mlsys-lock-venv
+	/tmp/mlsys-lock-venv/bin/python -m pip install --quiet --upgrade pip
+	/tmp/mlsys-lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	/tmp/mlsys-lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
+
+demo: install
+	$(BIN)/mlsys stack up
+	$(BIN)/mlsys run ingest/ingest
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+bench: install
+	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+stack-up: install
+	$(BIN)/mlsys stack up
+
+stack-down:
+	@test -x $(BIN)/mlsys && $(BIN)/mlsys stack down || echo "no venv: nothing to stop"
+
+stack-status: install
+	$(BIN)/mlsys stack status
+
+clean: stack-down
+	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache

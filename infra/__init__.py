@@ -1,0 +1,1 @@
+"""The local stack: SeaweedFS S3, MLflow server, Prefect server, work pool and worker."""

@@ -1,0 +1,121 @@
+"""Trigger a deployment through the Prefect API, follow it, and find its MLflow run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlsys.settings import Settings
+
+Say = Callable[[str], None]
+
+
+class RunError(RuntimeError):
+    """The deployment could not be run or followed; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    flow_run_id: str
+    flow_run_name: str
+    state: str
+    message: str | None
+    prefect_url: str
+    mlflow_url: str | None
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["k=v", …]`` -> ``{k: v}``, values parsed as JSON when they parse."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RunError(f"parameter {pair!r} is not KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def mlflow_run_url(settings: Settings, flow_run_id: str) -> str | None:
+    """The URL of the MLflow run tagged with this Prefect flow run, if there is one."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    return f"{settings.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+
+
+def trigger(
+    settings: Settings,
+    deployment: str,
+    params: Sequence[str] | dict[str, Any],
+    *,
+    wait: bool = True,
+    timeout_s: float = 1800,
+    say: Say = print,
+) -> RunOutcome:
+    """Create a flow run of ``deployment`` (FLOW/NAME) and, with ``wait``, follow it to the end."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    parameters = params if isinstance(params, dict) else parse_params(params)
+    with temporary_settings(updates={PREFECT_API_URL: settings.api_url}), get_client(
+        sync_client=True
+    ) as client:
+        try:
+            dep = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            known = sorted(f"{d.name}" for d in client.read_deployments())
+            raise RunError(
+                f"deployment {deployment!r} not found at {settings.api_url} "
+                f"(deployments there: {', '.join(known) or 'none'}); is the stack up?"
+            ) from None
+        except Exception as exc:
+            raise RunError(f"cannot reach the Prefect API at {settings.api_url}: {exc}") from exc
+        flow_run = client.create_flow_run_from_deployment(dep.id, parameters=parameters)
+        url = f"{settings.ui_url}/runs/flow-run/{flow_run.id}"
+        say(f"flow run {flow_run.name} of {deployment}: {url}")
+        if not wait:
+            return RunOutcome(str(flow_run.id), flow_run.name, "SCHEDULED", None, url, None)
+        deadline = time.monotonic() + timeout_s
+        last = None
+        started = time.monotonic()
+        while True:
+            flow_run = client.read_flow_run(flow_run.id)
+            state = flow_run.state
+            if state is not None and state.name != last:
+                last = state.name
+                say(f"  {time.monotonic() - started:6.1f} s  {state.name}")
+            if state is not None and state.is_final():
+                break
+            if time.monotonic() > deadline:
+                raise RunError(f"flow run {flow_run.id} still {last} after {timeout_s:.0f} s")
+            time.sleep(1)
+    outcome = RunOutcome(
+        flow_run_id=str(flow_run.id),
+        flow_run_name=flow_run.name,
+        state=state.type.value,
+        message=state.message,
+        prefect_url=url,
+        mlflow_url=mlflow_run_url(settings, str(flow_run.id)),
+    )
+    say(f"\n{deployment}: {outcome.state}" + (f" ({outcome.message})" if outcome.message and outcome.state != "COMPLETED" else ""))
+    say(f"  Prefect flow run: {outcome.prefect_url}")
+    say(f"  MLflow run:       {outcome.mlflow_url or '(none found)'}")
+    return outcome

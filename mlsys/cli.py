@@ -1,0 +1,27 @@
+"""The `mlsys` command line: one typed CLI with a group per concern."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="mlsys: a workflow-orchestrated ML platform on Prefect, MLflow and S3.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # The stack and deployment runs live in infra/ (they drive Prefect); engines'
+    # commands live with their engines.
+    from infra.cli import run_cmd, stack_app
+
+    app.add_typer(stack_app, name="stack")
+    app.command("run")(run_cmd)
+
+
+_register()
+
+
+def main() -> None:
+    app()

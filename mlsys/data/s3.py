@@ -1,0 +1,48 @@
+"""Objects in S3 by URI: parse, put and get bytes, with errors that name the URI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class S3Error(RuntimeError):
+    """An S3 operation failed; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        parts = urlsplit(uri)
+        if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
+            raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+        return cls(parts.netloc, parts.path.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def put_bytes(client: Any, uri: str, data: bytes, content_type: str | None = None) -> S3Uri:
+    """Write ``data`` to ``uri``, overwriting any object there."""
+    target = S3Uri.parse(uri)
+    extra = {"ContentType": content_type} if content_type else {}
+    try:
+        client.put_object(Bucket=target.bucket, Key=target.key, Body=data, **extra)
+    except Exception as exc:
+        raise S3Error(f"cannot write {target}: {exc}") from exc
+    return target
+
+
+def get_bytes(client: Any, uri: str) -> bytes:
+    """Read the whole object at ``uri``."""
+    source = S3Uri.parse(uri)
+    try:
+        body = client.get_object(Bucket=source.bucket, Key=source.key)["Body"]
+        return bytes(body.read())
+    except Exception as exc:
+        raise S3Error(f"cannot read {source}: {exc}") from exc

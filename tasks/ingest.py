@@ -1,0 +1,90 @@
+"""Tasks of the ingest flow: read a source, write the raw batch to S3, track it in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.data
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from mlsys.data import get_dataset, read_source, write_parquet_bytes
+from mlsys.data.s3 import put_bytes
+from mlsys.data.summary import plot_batch_summary, summarize_batch
+from mlsys.settings import Settings
+from tasks.tracking import TrackedRun
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+
+
+def resolve_source(source: str | None, dataset: str) -> str:
+    """The source to read: as given, else the shared local copy, else the public archive."""
+    if source:
+        return source
+    local = SHARED_DATA / dataset
+    if local.is_dir():
+        return str(local)
+    spec = get_dataset(dataset)
+    if spec.archive_url is None:
+        raise ValueError(f"dataset {dataset!r} has no default source; pass `source`")
+    return spec.archive_url
+
+
+@task(name="read-source", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=lambda task, run, state: _is_transient(state))
+def read_source_task(source: str, dataset: str, settings: Settings) -> pd.DataFrame:
+    """Read ``source`` into a normalized raw batch (all rows kept, quirks included)."""
+    logger = get_run_logger()
+    spec = get_dataset(dataset)
+    client = settings.s3_client() if source.startswith("s3://") else None
+    df = read_source(source, spec, s3_client=client, cache_dir=settings.stack_dir / "cache")
+    logger.info("read %d rows of %s from %s", len(df), dataset, source)
+    return df
+
+
+def _is_transient(state: object) -> bool:
+    """Retry network trouble, never bad input (which raises ValueError subclasses)."""
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except ValueError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="write-raw-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: str) -> str:
+    """Write the batch as Parquet to s3://<bucket>/raw/<dataset>/<batch>.parquet."""
+    uri = settings.s3_uri(f"raw/{dataset}/{batch}.parquet")
+    data = write_parquet_bytes(df)
+    put_bytes(settings.s3_client(), uri, data, "application/vnd.apache.parquet")
+    get_run_logger().info("wrote %d rows (%d bytes) to %s", len(df), len(data), uri)
+    return uri
+
+
+@task(name="track-ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def track_ingest(run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str) -> dict[str, int]:
+    """Log row counts, the batch as a dataset input, a summary and a chart to MLflow."""
+    client = run.client()
+    summary = summarize_batch(df)
+    metrics = {"rows_in": summary.rows, "rows_out": summary.rows, "rows_labeled": summary.labeled,
+               "source_files": len(summary.files)}
+    for key, value in metrics.items():
+        client.log_metric(run.run_id, key, value)
+    client.set_tag(run.run_id, "mlsys.raw_batch", uri)
+    ds = mlflow.data.from_pandas(
+        df, source=uri, name=f"{dataset}/{batch}",
+        targets="label" if "label" in df.columns and df["label"].notna().any() else None,
+    )
+    client.log_inputs(
+        run.run_id,
+        datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "raw")])],
+    )
+    client.log_dict(run.run_id, {"uri": uri, **summary.to_dict()}, "ingest/summary.json")
+    fig = plot_batch_summary(summary, title=f"{dataset}/{batch}")
+    client.log_figure(run.run_id, fig, "ingest/rows_per_file.png")
+    return metrics

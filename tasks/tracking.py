@@ -1,0 +1,106 @@
+"""Tracking glue: one MLflow parent run per Prefect flow run, linked both ways.
+
+MLflow's "active run" is per thread and Prefect runs tasks on other threads, so
+nothing here relies on it: every call names its run id explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from prefect import runtime
+from prefect.artifacts import create_link_artifact
+
+from mlsys.settings import Settings
+
+# Tags written on every parent run; the UI and `mlsys run` search by them.
+TAG_FLOW_RUN_ID = "prefect.flow_run_id"
+TAG_FLOW_RUN_NAME = "prefect.flow_run_name"
+TAG_FLOW_NAME = "prefect.flow_name"
+TAG_DEPLOYMENT = "prefect.deployment_name"
+TAG_FLOW_RUN_URL = "prefect.flow_run_url"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """An MLflow run that tasks log into by id."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except Exception:
+        # Another flow run created it between our look-up and create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+def prefect_context(settings: Settings) -> dict[str, str]:
+    """Tags that tie an MLflow run to the Prefect flow run it belongs to."""
+    flow_run_id = runtime.flow_run.id
+    tags = {
+        TAG_FLOW_RUN_ID: str(flow_run_id or ""),
+        TAG_FLOW_RUN_NAME: str(runtime.flow_run.name or ""),
+        TAG_FLOW_NAME: str(runtime.flow_run.flow_name or ""),
+        TAG_DEPLOYMENT: str(runtime.deployment.name or ""),
+    }
+    if flow_run_id:
+        tags[TAG_FLOW_RUN_URL] = f"{settings.ui_url}/runs/flow-run/{flow_run_id}"
+    return tags
+
+
+@contextmanager
+def flow_run_tracking(
+    settings: Settings, *, run_name: str | None = None, params: Mapping[str, Any] | None = None
+) -> Iterator[TrackedRun]:
+    """Open the MLflow parent run of the current Prefect flow run.
+
+    Tags it with the flow run id, flow and deployment names and the Prefect UI URL,
+    publishes a Prefect link artifact pointing at it, and closes it as FINISHED or
+    FAILED with the flow.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    exp_id = experiment_id(client, settings.mlflow_experiment)
+    tags = prefect_context(settings)
+    name = run_name or tags[TAG_FLOW_RUN_NAME] or tags[TAG_FLOW_NAME] or None
+    run = client.create_run(exp_id, tags=tags, run_name=name)
+    tracked = TrackedRun(run.info.run_id, exp_id, settings.tracking_uri)
+    for key, value in (params or {}).items():
+        client.log_param(tracked.run_id, key, "" if value is None else str(value)[:6000])
+    if tags[TAG_FLOW_RUN_ID]:
+        create_link_artifact(
+            link=tracked.url,
+            link_text=f"MLflow run {name}",
+            key="mlflow-run",
+            description="The MLflow run of this flow run: parameters, metrics, datasets, artifacts.",
+        )
+    try:
+        yield tracked
+    except BaseException:
+        client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+

@@ -1,0 +1,98 @@
+"""Shared fixtures: a seeded RNG, the shared data folder, and a private stack per session."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Isolate every test run from the user's own Prefect/MLflow/S3 settings before
+# anything imports prefect or mlflow.
+for _key in list(os.environ):
+    if _key.startswith(("MLSYS_", "PREFECT_", "MLFLOW_", "AWS_")):
+        del os.environ[_key]
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="mlsys-test-prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+
+from mlsys.settings import Settings  # noqa: E402
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+YOUTUBE_DIR = SHARED_DATA / "youtube-spam"
+GRPC_OFFSET = 10000
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def youtube_dir() -> Path:
+    if not YOUTUBE_DIR.is_dir():
+        pytest.fail(f"the shared dataset is missing: {YOUTUBE_DIR}")
+    return YOUTUBE_DIR
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
+    """Ports for a private stack; SeaweedFS ports also need port + gRPC offset free."""
+    taken = set() if taken is None else taken
+    rng = random.Random()
+    chosen: dict[str, int] = {}
+    names = ["s3_port", "weed_master_port", "weed_volume_port", "weed_filer_port",
+             "weed_admin_port", "mlflow_port", "prefect_port"]
+    for name in names:
+        for _ in range(1000):
+            port = rng.randint(20000, 29999)
+            pair = {port, port + GRPC_OFFSET}
+            if pair & taken or not all(_free(p) for p in pair):
+                continue
+            taken |= pair
+            chosen[name] = port
+            break
+        else:
+            raise RuntimeError("no free ports in 20000-29999")
+    return chosen
+
+
+def stack_settings(stack_dir: Path, **extra: object) -> Settings:
+    return Settings(stack_dir=stack_dir, weed_grpc_offset=GRPC_OFFSET, **free_stack_ports(),
+                    **extra)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A private stack on free ports (SeaweedFS, MLflow, Prefect server, worker), shared
+    by the session and stopped at its end. Exposed to in-process flows via os.environ."""
+    from infra.stack import down, up
+
+    settings = stack_settings(tmp_path_factory.mktemp("stack"))
+    try:
+        settings = up(settings, timeout_s=180, say=lambda line: None)
+    except Exception:
+        down(settings, say=lambda line: None)
+        raise
+    saved = dict(os.environ)
+    os.environ.update(settings.shell_env())
+    try:
+        yield settings
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        down(settings, say=lambda line: None)
