@@ -12,12 +12,16 @@ import typer
 
 from mlsys.settings import Settings
 
-stack_app = typer.Typer(help="Run the local stack: SeaweedFS S3, MLflow, Prefect server and worker.",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="Run the local stack: SeaweedFS S3, MLflow, Prefect server and worker.",
+    no_args_is_help=True,
+)
 
 StackDir = Annotated[
     Path | None,
-    typer.Option("--stack-dir", help="State folder of the stack (default: MLSYS_STACK_DIR or .stack)."),
+    typer.Option(
+        "--stack-dir", help="State folder of the stack (default: MLSYS_STACK_DIR or .stack)."
+    ),
 ]
 
 
@@ -28,7 +32,9 @@ def _settings(stack_dir: Path | None) -> Settings:
 @stack_app.command("up")
 def up_cmd(
     stack_dir: StackDir = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service to become healthy.")] = 120,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for each service to become healthy.")
+    ] = 120,
 ) -> None:
     """Start every service not yet running, wait until healthy, deploy flows, print URLs."""
     from infra.stack import StackError, up
@@ -69,9 +75,13 @@ def status_cmd(stack_dir: StackDir = None) -> None:
 
 @stack_app.command("logs")
 def logs_cmd(
-    service: Annotated[str, typer.Argument(help="seaweedfs, mlflow, prefect-server or prefect-worker.")],
+    service: Annotated[
+        str, typer.Argument(help="seaweedfs, mlflow, prefect-server or prefect-worker.")
+    ],
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end.")] = 50,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     stack_dir: StackDir = None,
 ) -> None:
     """Print the end of a service's log."""
@@ -79,8 +89,11 @@ def logs_cmd(
     from infra.stack import ALL_SERVICES
 
     if service not in ALL_SERVICES:
-        typer.secho(f"error: unknown service {service!r}; choose from {', '.join(ALL_SERVICES)}",
-                    fg="red", err=True)
+        typer.secho(
+            f"error: unknown service {service!r}; choose from {', '.join(ALL_SERVICES)}",
+            fg="red",
+            err=True,
+        )
         raise typer.Exit(2)
     path = process.log_path(_settings(stack_dir).stack_dir, service)
     typer.echo(process.tail(path, lines))
@@ -98,9 +111,15 @@ def logs_cmd(
 
 def run_cmd(
     deployment: Annotated[str, typer.Argument(help="Deployment as FLOW/NAME, e.g. ingest/ingest.")],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p",
-                     help="Flow parameter KEY=VALUE (VALUE parsed as JSON when it can be).")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and report its state.")] = True,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="Flow parameter KEY=VALUE (VALUE parsed as JSON when it can be)."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the run to finish and report its state.")
+    ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait before giving up.")] = 1800,
     stack_dir: StackDir = None,
 ) -> None:
@@ -108,7 +127,9 @@ def run_cmd(
     from infra.runs import RunError, trigger
 
     try:
-        outcome = trigger(_settings(stack_dir), deployment, param or [], wait=wait, timeout_s=timeout)
+        outcome = trigger(
+            _settings(stack_dir), deployment, param or [], wait=wait, timeout_s=timeout
+        )
     except RunError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc

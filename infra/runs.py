@@ -57,7 +57,9 @@ def mlflow_run_url(settings: Settings, flow_run_id: str) -> str | None:
     if not runs:
         return None
     run = runs[0]
-    return f"{settings.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    return (
+        f"{settings.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    )
 
 
 def trigger(
@@ -75,9 +77,10 @@ def trigger(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     parameters = params if isinstance(params, dict) else parse_params(params)
-    with temporary_settings(updates={PREFECT_API_URL: settings.api_url}), get_client(
-        sync_client=True
-    ) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: settings.api_url}),
+        get_client(sync_client=True) as client,
+    ):
         try:
             dep = client.read_deployment_by_name(deployment)
         except ObjectNotFound:
@@ -115,7 +118,10 @@ def trigger(
         prefect_url=url,
         mlflow_url=mlflow_run_url(settings, str(flow_run.id)),
     )
-    say(f"\n{deployment}: {outcome.state}" + (f" ({outcome.message})" if outcome.message and outcome.state != "COMPLETED" else ""))
+    say(
+        f"\n{deployment}: {outcome.state}"
+        + (f" ({outcome.message})" if outcome.message and outcome.state != "COMPLETED" else "")
+    )
     say(f"  Prefect flow run: {outcome.prefect_url}")
     say(f"  MLflow run:       {outcome.mlflow_url or '(none found)'}")
     return outcome

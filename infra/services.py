@@ -163,6 +163,9 @@ class MLflowServer(Service):
         env = super().env()
         # Via the environment, not argv, so a database password never shows in `ps`.
         env["MLFLOW_BACKEND_STORE_URI"] = self.settings.mlflow_backend_uri()
+        # MLflow's background job runner (GenAI evaluation jobs) is unused here and
+        # costs seven processes; keep the server to one worker on small machines.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         return env
 
     def healthy(self) -> bool:
@@ -235,6 +238,12 @@ class PrefectWorker(Service):
             "--name",
             f"{self.settings.work_pool}-worker",
         ]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        # Poll every 2 s (default 10 s) so a triggered run starts promptly.
+        env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
+        return env
 
     def healthy(self) -> bool:
         url = f"{self.settings.api_url}/work_pools/{self.settings.work_pool}/workers/filter"

@@ -79,7 +79,7 @@ def ensure_credentials(settings: Settings) -> Settings:
             "secret_key": secrets.token_urlsafe(30),
         }
         _write_private(creds_path, json.dumps(data))
-    settings = Settings.load(**_explicit(settings))
+    settings = settings.with_stack_credentials()
     if settings.s3_endpoint_url is None:
         assert settings.s3_access_key is not None and settings.s3_secret_key is not None
         identities = {
@@ -98,10 +98,6 @@ def ensure_credentials(settings: Settings) -> Settings:
         }
         _write_private(stack / "seaweedfs-s3.json", json.dumps(identities, indent=2))
     return settings
-
-
-def _explicit(settings: Settings) -> dict[str, object]:
-    return {k: getattr(settings, k) for k in settings.model_fields_set}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -156,7 +152,9 @@ def start_service(service: Service, timeout_s: float, say: Say) -> None:
             f"{service.name} (pid {record.pid}) is running but not healthy; "
             f"see `mlsys stack logs {service.name}` or run `mlsys stack down`"
         )
-    busy = {role: p for role, p in service.ports().items() if not _port_free(service.settings.host, p)}
+    busy = {
+        role: p for role, p in service.ports().items() if not _port_free(service.settings.host, p)
+    }
     if busy:
         ports = ", ".join(f"{p} ({role})" for role, p in busy.items())
         raise StackError(
@@ -212,7 +210,9 @@ def deploy(settings: Settings) -> None:
 def write_env_file(settings: Settings) -> Path:
     path = settings.stack_dir / "env"
     lines = [f"export {k}={_shell_quote(v)}" for k, v in sorted(settings.shell_env().items())]
-    _write_private(path, "# source this file to use the mlsys stack from a shell\n" + "\n".join(lines) + "\n")
+    _write_private(
+        path, "# source this file to use the mlsys stack from a shell\n" + "\n".join(lines) + "\n"
+    )
     return path
 
 
@@ -262,7 +262,7 @@ def down(settings: Settings, *, say: Say = print) -> list[str]:
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
-    settings = Settings.load(**_explicit(settings))
+    settings = settings.with_stack_credentials()
     result = []
     local = {s.name: s for s in services(settings)}
     for name in ALL_SERVICES:

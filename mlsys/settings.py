@@ -76,8 +76,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_ports(self) -> Settings:
-        for name in ("s3_port", "weed_master_port", "weed_volume_port", "weed_filer_port",
-                     "weed_admin_port", "mlflow_port", "prefect_port"):
+        for name in (
+            "s3_port",
+            "weed_master_port",
+            "weed_volume_port",
+            "weed_filer_port",
+            "weed_admin_port",
+            "mlflow_port",
+            "prefect_port",
+        ):
             value = getattr(self, name)
             if not 0 < value < 65536 - (self.weed_grpc_offset if name.startswith("weed") else 0):
                 raise ValueError(f"{name}={value} is not a usable TCP port")
@@ -85,23 +92,27 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Read the environment, then fill S3 keys from the stack's credentials file.
+        """Read the environment (``overrides`` win), then add the stack's S3 keys."""
+        return cls(**overrides).with_stack_credentials()
 
-        Keys given in the environment win; otherwise the keys that ``stack up``
-        generated (``<stack_dir>/credentials.json``, mode 0600) are used.
+    def with_stack_credentials(self) -> Settings:
+        """Fill missing S3 keys from the keys ``stack up`` generated.
+
+        Keys given explicitly or in the environment win; otherwise the generated
+        ``<stack_dir>/credentials.json`` (mode 0600) is used, if it exists.
         """
-        settings = cls(**overrides)
-        if settings.s3_access_key is None or settings.s3_secret_key is None:
-            creds = settings.stack_dir / CREDENTIALS_FILE
-            if creds.is_file():
-                data = json.loads(creds.read_text())
-                settings = settings.model_copy(
-                    update={
-                        "s3_access_key": settings.s3_access_key or SecretStr(data["access_key"]),
-                        "s3_secret_key": settings.s3_secret_key or SecretStr(data["secret_key"]),
-                    }
-                )
-        return settings
+        if self.s3_access_key is not None and self.s3_secret_key is not None:
+            return self
+        creds = self.stack_dir / CREDENTIALS_FILE
+        if not creds.is_file():
+            return self
+        data = json.loads(creds.read_text())
+        return self.model_copy(
+            update={
+                "s3_access_key": self.s3_access_key or SecretStr(data["access_key"]),
+                "s3_secret_key": self.s3_secret_key or SecretStr(data["secret_key"]),
+            }
+        )
 
     # ---- derived endpoints -------------------------------------------------------
     @property
@@ -155,7 +166,7 @@ class Settings(BaseSettings):
         """
         if self.database_url is None:
             return f"sqlite:///{(self.stack_dir / 'mlflow' / 'mlflow.db').resolve()}"
-        url = _with_driver(self.database_url.get_secret_value(), "postgresql")
+        url = _with_driver(self.database_url.get_secret_value(), "postgresql+psycopg2")
         sep = "&" if "?" in url else "?"
         return f"{url}{sep}options={quote('-csearch_path=mlflow')}"
 

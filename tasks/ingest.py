@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow.data
@@ -33,8 +34,13 @@ def resolve_source(source: str | None, dataset: str) -> str:
     return spec.archive_url
 
 
-@task(name="read-source", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=lambda task, run, state: _is_transient(state))
+@task(
+    name="read-source",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=lambda task, run, state: _is_transient(state),
+)
 def read_source_task(source: str, dataset: str, settings: Settings) -> pd.DataFrame:
     """Read ``source`` into a normalized raw batch (all rows kept, quirks included)."""
     logger = get_run_logger()
@@ -67,23 +73,37 @@ def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: s
 
 
 @task(name="track-ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
-def track_ingest(run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str) -> dict[str, int]:
+def track_ingest(
+    run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str
+) -> dict[str, int]:
     """Log row counts, the batch as a dataset input, a summary and a chart to MLflow."""
     client = run.client()
     summary = summarize_batch(df)
-    metrics = {"rows_in": summary.rows, "rows_out": summary.rows, "rows_labeled": summary.labeled,
-               "source_files": len(summary.files)}
+    metrics = {
+        "rows_in": summary.rows,
+        "rows_out": summary.rows,
+        "rows_labeled": summary.labeled,
+        "source_files": len(summary.files),
+    }
     for key, value in metrics.items():
         client.log_metric(run.run_id, key, value)
     client.set_tag(run.run_id, "mlsys.raw_batch", uri)
-    ds = mlflow.data.from_pandas(
-        df, source=uri, name=f"{dataset}/{batch}",
-        targets="label" if "label" in df.columns and df["label"].notna().any() else None,
-    )
-    client.log_inputs(
-        run.run_id,
-        datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "raw")])],
-    )
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns can't hold missing values; the label is
+        # nullable Int64 on purpose (unlabeled rows), so the hint does not apply.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        ds = mlflow.data.from_pandas(
+            df,
+            source=uri,
+            name=f"{dataset}/{batch}",
+            targets="label" if "label" in df.columns and df["label"].notna().any() else None,
+        )
+        client.log_inputs(
+            run.run_id,
+            datasets=[
+                DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "raw")])
+            ],
+        )
     client.log_dict(run.run_id, {"uri": uri, **summary.to_dict()}, "ingest/summary.json")
     fig = plot_batch_summary(summary, title=f"{dataset}/{batch}")
     client.log_figure(run.run_id, fig, "ingest/rows_per_file.png")

@@ -95,7 +95,7 @@ def flow_run_tracking(
             link=tracked.url,
             link_text=f"MLflow run {name}",
             key="mlflow-run",
-            description="The MLflow run of this flow run: parameters, metrics, datasets, artifacts.",
+            description="MLflow run of this flow run: parameters, metrics, datasets, artifacts.",
         )
     try:
         yield tracked
@@ -103,4 +103,3 @@ def flow_run_tracking(
         client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
-

@@ -55,8 +55,15 @@ def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
     taken = set() if taken is None else taken
     rng = random.Random()
     chosen: dict[str, int] = {}
-    names = ["s3_port", "weed_master_port", "weed_volume_port", "weed_filer_port",
-             "weed_admin_port", "mlflow_port", "prefect_port"]
+    names = [
+        "s3_port",
+        "weed_master_port",
+        "weed_volume_port",
+        "weed_filer_port",
+        "weed_admin_port",
+        "mlflow_port",
+        "prefect_port",
+    ]
     for name in names:
         for _ in range(1000):
             port = rng.randint(20000, 29999)
@@ -72,27 +79,46 @@ def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
 
 
 def stack_settings(stack_dir: Path, **extra: object) -> Settings:
-    return Settings(stack_dir=stack_dir, weed_grpc_offset=GRPC_OFFSET, **free_stack_ports(),
-                    **extra)  # type: ignore[arg-type]
+    """Settings of a private stack, from arguments only (never from MLSYS_* variables,
+    which may point at the session's stack)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLSYS_")}
+    try:
+        return Settings(
+            stack_dir=stack_dir, weed_grpc_offset=GRPC_OFFSET, **free_stack_ports(), **extra
+        )  # type: ignore[arg-type]
+    finally:
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A private stack on free ports (SeaweedFS, MLflow, Prefect server, worker), shared
-    by the session and stopped at its end. Exposed to in-process flows via os.environ."""
+    by the session and stopped at its end."""
     from infra.stack import down, up
 
     settings = stack_settings(tmp_path_factory.mktemp("stack"))
     try:
         settings = up(settings, timeout_s=180, say=lambda line: None)
-    except Exception:
-        down(settings, say=lambda line: None)
-        raise
-    saved = dict(os.environ)
-    os.environ.update(settings.shell_env())
-    try:
         yield settings
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         down(settings, say=lambda line: None)
+
+
+@pytest.fixture
+def stack_env(stack: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The session stack's settings for flows run in this process.
+
+    Prefect reads its settings once, when first imported, so the API URL is also set
+    through Prefect's settings context; without it a flow would start an ephemeral
+    server of its own.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    for key, value in stack.shell_env().items():
+        monkeypatch.setenv(key, value)
+    from prefect.logging.handlers import APILogWorker
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url, PREFECT_UI_URL: stack.ui_url}):
+        yield stack
+        # Send buffered flow-run logs while the server is still up.
+        APILogWorker.drain_all(timeout=10)

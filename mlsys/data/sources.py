@@ -357,6 +357,8 @@ def _snake_case(name: str) -> str:
 def _normalize(df: pd.DataFrame, spec: DatasetSpec, raw: _RawFile) -> pd.DataFrame:
     df = df.rename(columns=lambda c: str(c).lstrip(_BOM).strip())
     found = [str(c) for c in df.columns]
+    if _is_normalized(found, spec):
+        return _renormalize(df, spec, raw)
     missing = sorted(spec.required - set(found))
     if missing:
         raise SourceError(
@@ -383,9 +385,30 @@ def _normalize(df: pd.DataFrame, spec: DatasetSpec, raw: _RawFile) -> pd.DataFra
         if column == spec.label_column:
             out[column] = _to_label(df[column], raw, source_names[column])
         else:
-            out[column] = _to_string(df[column])
+            # Converted to strings once, after all files are concatenated (_enforce_dtypes).
+            out[column] = df[column].reset_index(drop=True)
     out["source_file"] = pd.Series([raw.name] * len(df), dtype="string")
     out["source_row"] = pd.Series(range(len(df)), dtype="int64")
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+
+
+def _is_normalized(found: list[str], spec: DatasetSpec) -> bool:
+    """True for a raw batch this module wrote (normalized names plus provenance)."""
+    names = set(found)
+    return set(PROVENANCE_COLUMNS) <= names and {spec.columns[c] for c in spec.required} <= names
+
+
+def _renormalize(df: pd.DataFrame, spec: DatasetSpec, raw: _RawFile) -> pd.DataFrame:
+    """Re-read a normalized batch: same columns, dtypes enforced, provenance kept."""
+    out: dict[str, pd.Series] = {}
+    for column in df.columns:
+        name = str(column)
+        if name == "source_row":
+            out[name] = df[name].reset_index(drop=True).astype("int64")
+        elif name == spec.label_column:
+            out[name] = _to_label(df[name], raw, name)
+        else:
+            out[name] = _to_string(df[name])
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
@@ -411,6 +434,10 @@ def _to_label(values: pd.Series, raw: _RawFile, source_column: str) -> pd.Series
     bad = text.notna() & ~text.str.fullmatch(_INTEGER_RE).fillna(False).astype(bool)
     if bad.any():
         _raise_bad_label(values, bad, raw, source_column)
+    try:
+        return text.astype("Int64")
+    except (OverflowError, ValueError, TypeError):
+        pass  # some value is outside int64: find it for the message
     numbers = pd.Series([None if pd.isna(v) else int(v) for v in text], dtype=object)
     out_of_range = numbers.map(lambda n: n is not None and not _INT64_MIN <= n <= _INT64_MAX)
     if out_of_range.any():
@@ -439,5 +466,5 @@ def _enforce_dtypes(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
         elif column == spec.label_column:
             df[column] = df[column].astype("Int64")
         else:
-            df[column] = df[column].astype("string")
+            df[column] = _to_string(df[column])
     return df

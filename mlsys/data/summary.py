@@ -33,11 +33,15 @@ def summarize_batch(df: pd.DataFrame, label_column: str | None = "label") -> Bat
     labels: dict[str, int] = {}
     if label_column is not None and label_column in df.columns:
         counts = df[label_column].value_counts(dropna=False, sort=False)
-        labels = {("missing" if pd.isna(k) else str(k)): int(v) for k, v in counts.items()}
+        labels = {_label_name(k): int(v) for k, v in counts.items()}
     missing = {str(c): int(n) for c, n in df.isna().sum().items() if n}
     return BatchSummary(
         rows=len(df), files=dict(sorted(files.items())), labels=labels, missing=missing
     )
+
+
+def _label_name(value: object) -> str:
+    return "missing" if value is None or value is pd.NA or value != value else str(value)
 
 
 def plot_batch_summary(summary: BatchSummary, title: str = "raw batch") -> Any:

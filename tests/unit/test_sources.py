@@ -342,3 +342,18 @@ def test_real_youtube_spam_folder_keeps_its_quirks() -> None:
     assert (eminem.loc[eminem["date"].isna(), "label"] == 1).all()
     assert int(df["comment_id"].duplicated().sum()) == 3
     assert df["text"].str.contains("\ufeff", regex=False).any()
+
+
+def test_normalized_batch_reads_back_unchanged(tmp_path: Path) -> None:
+    """A raw batch written by ingest is a valid source again, provenance kept."""
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    (folder / "a.csv").write_text(
+        "COMMENT_ID,AUTHOR,DATE,CONTENT,CLASS\nc1,x,2014-01-01,hello,1\nc2,y,,bye,0\n"
+    )
+    first = read_source(folder, YOUTUBE_SPAM)
+    path = tmp_path / "batch.parquet"
+    path.write_bytes(write_parquet_bytes(first))
+    again = read_source(path, YOUTUBE_SPAM)
+    pd.testing.assert_frame_equal(again, first)
+    assert list(again["source_file"]) == ["a.csv", "a.csv"]

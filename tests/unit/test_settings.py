@@ -1,0 +1,105 @@
+"""Settings: env prefix, derived endpoints, credentials file, database URLs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mlsys.settings import Settings, redact_url
+
+
+def test_env_prefix_sets_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSYS_MLFLOW_PORT", "5123")
+    monkeypatch.setenv("MLSYS_BUCKET", "other")
+    settings = Settings()
+    assert settings.mlflow_port == 5123
+    assert settings.tracking_uri == "http://127.0.0.1:5123"
+    assert settings.s3_uri("raw/x.parquet") == "s3://other/raw/x.parquet"
+
+
+def test_local_endpoints_follow_ports() -> None:
+    settings = Settings(s3_port=18333, prefect_port=14200)
+    assert settings.s3_endpoint == "http://127.0.0.1:18333"
+    assert settings.api_url == "http://127.0.0.1:14200/api"
+    assert settings.ui_url == "http://127.0.0.1:14200"
+
+
+def test_remote_endpoints_win() -> None:
+    settings = Settings(
+        s3_endpoint_url="",
+        mlflow_tracking_uri="https://mlflow.example.com",
+        prefect_api_url="https://prefect.example.com/api/",
+    )
+    assert settings.s3_endpoint is None  # AWS's own endpoints
+    assert settings.tracking_uri == "https://mlflow.example.com"
+    assert settings.api_url == "https://prefect.example.com/api"
+    assert settings.ui_url == "https://prefect.example.com"
+
+
+def test_bad_port_is_named() -> None:
+    with pytest.raises(ValidationError, match="mlflow_port=70000"):
+        Settings(mlflow_port=70000)
+
+
+def test_load_reads_generated_keys(tmp_path: Path) -> None:
+    (tmp_path / "credentials.json").write_text(
+        json.dumps({"access_key": "AK1", "secret_key": "SK1"})
+    )
+    settings = Settings.load(stack_dir=tmp_path)
+    assert settings.s3_access_key is not None and settings.s3_secret_key is not None
+    assert settings.s3_access_key.get_secret_value() == "AK1"
+    assert settings.s3_secret_key.get_secret_value() == "SK1"
+
+
+def test_env_keys_beat_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "credentials.json").write_text(
+        json.dumps({"access_key": "AK1", "secret_key": "SK1"})
+    )
+    monkeypatch.setenv("MLSYS_S3_ACCESS_KEY", "AK2")
+    monkeypatch.setenv("MLSYS_S3_SECRET_KEY", "SK2")
+    settings = Settings.load(stack_dir=tmp_path)
+    assert settings.s3_access_key is not None
+    assert settings.s3_access_key.get_secret_value() == "AK2"
+
+
+def test_secrets_hidden_in_repr() -> None:
+    settings = Settings(s3_secret_key="very-secret", database_url="postgresql://u:pw@h/db")
+    assert "very-secret" not in repr(settings)
+    assert "pw@" not in repr(settings)
+
+
+def test_sqlite_by_default(tmp_path: Path) -> None:
+    settings = Settings(stack_dir=tmp_path)
+    assert settings.mlflow_backend_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+    assert settings.prefect_database_uri().startswith("sqlite+aiosqlite:///")
+
+
+def test_postgres_urls_get_drivers_and_mlflow_schema() -> None:
+    settings = Settings(database_url="postgres://u:pw@db.local:5432/mlsys")
+    assert settings.prefect_database_uri() == "postgresql+asyncpg://u:pw@db.local:5432/mlsys"
+    assert settings.mlflow_backend_uri() == (
+        "postgresql+psycopg2://u:pw@db.local:5432/mlsys?options=-csearch_path%3Dmlflow"
+    )
+
+
+def test_non_postgres_database_url_is_named() -> None:
+    settings = Settings(database_url="mysql://u@h/db")
+    with pytest.raises(ValueError, match="'mysql'"):
+        settings.prefect_database_uri()
+
+
+def test_redact_url_hides_password() -> None:
+    assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_shell_env_carries_keys_and_endpoints() -> None:
+    settings = Settings(s3_access_key="AK", s3_secret_key="SK", s3_port=18333)
+    env = settings.shell_env()
+    assert env["AWS_ACCESS_KEY_ID"] == "AK"
+    assert env["MLSYS_S3_SECRET_KEY"] == "SK"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:18333"
+    assert env["PREFECT_API_URL"] == settings.api_url
