@@ -25,9 +25,14 @@ lock:
 	/tmp/mlsys-lock-venv/bin/python -m pip install --quiet -e '.[dev]'
 	/tmp/mlsys-lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
 
+DEMO_BATCH := demo-$(shell date -u +%Y%m%dT%H%M%SZ)
+
+# Start the stack, run the main deployment through the Prefect API on the worker,
+# then read its output back from S3 through boto3.
 demo: install
 	$(BIN)/mlsys stack up
-	$(BIN)/mlsys run ingest/ingest
+	$(BIN)/mlsys run ingest/ingest --param batch=$(DEMO_BATCH)
+	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
 
 test: install
 	$(BIN)/python -m pytest

@@ -15,9 +15,11 @@ def _register() -> None:
     # The stack and deployment runs live in infra/ (they drive Prefect); engines'
     # commands live with their engines.
     from infra.cli import run_cmd, stack_app
+    from mlsys.data.cli import app as data_app
 
     app.add_typer(stack_app, name="stack")
     app.command("run")(run_cmd)
+    app.add_typer(data_app, name="data")
 
 
 _register()

@@ -124,3 +124,16 @@ def test_no_secret_in_any_log(stack: Settings) -> None:
     assert len(logs) >= 4
     for log in logs:
         assert secret not in log.read_text(errors="replace"), f"secret key found in {log}"
+
+
+def test_data_show_reads_the_batch_from_s3(stack_env: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from flows.ingest import ingest
+    from mlsys.cli import app
+
+    uri = ingest(batch="it-show")
+    result = CliRunner().invoke(app, ["data", "show", uri, "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"{uri}: 1956 rows" in result.output
+    assert "labels:  0=951, 1=1005" in result.output
