@@ -43,12 +43,17 @@ class TrackedRun:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 
+# The MLflow UI shows an experiment of this kind with its model-training views
+# (runs, metrics, models) rather than the GenAI ones (traces, evaluations).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        return str(client.create_experiment(name))
+        return str(client.create_experiment(name, tags=EXPERIMENT_KIND))
     except Exception:
         # Another flow run created it between our look-up and create.
         experiment = client.get_experiment_by_name(name)

@@ -46,3 +46,26 @@ def get_bytes(client: Any, uri: str) -> bytes:
         return bytes(body.read())
     except Exception as exc:
         raise S3Error(f"cannot read {source}: {exc}") from exc
+
+
+def latest_key(client: Any, bucket: str, prefix: str, suffix: str = ".parquet") -> str:
+    """The s3:// URI of the newest object under ``prefix`` (by last-modified time)."""
+    newest: tuple[Any, str] | None = None
+    token: str | None = None
+    while True:
+        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        try:
+            page = client.list_objects_v2(**kwargs)
+        except Exception as exc:
+            raise S3Error(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith(suffix) and (newest is None or obj["LastModified"] > newest[0]):
+                newest = (obj["LastModified"], obj["Key"])
+        token = page.get("NextContinuationToken")
+        if not token:
+            break
+    if newest is None:
+        raise S3Error(f"no {suffix} object under s3://{bucket}/{prefix}; run the ingest flow first")
+    return f"s3://{bucket}/{newest[1]}"
