@@ -43,7 +43,7 @@ def test_stratified_test_split(raw: pd.DataFrame) -> None:
 
 
 def test_unknown_holdout_file_is_named(raw: pd.DataFrame) -> None:
-    with pytest.raises(ValueError, match="nope.csv"):
+    with pytest.raises(ValueError, match=r"nope\.csv"):
         holdout_split(raw, holdout_files=["nope.csv"])
 
 

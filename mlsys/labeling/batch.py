@@ -1,0 +1,90 @@
+"""A whole batch through weak labeling: evaluate the labelers, build the labeled batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsys.labeling.label_model import Labeler, TuningResult, weak_label_frame
+from mlsys.labeling.merge import MergeResult, Weighting, merge_labels
+
+
+def gold_array(df: pd.DataFrame, label_column: str = "label") -> np.ndarray:
+    """Gold labels as int64 with -1 where a row has none."""
+    return df[label_column].to_numpy(dtype=np.int64, na_value=-1)
+
+
+def evaluate_labelers(
+    tuning: TuningResult, L: np.ndarray, df: pd.DataFrame, splits: tuple[str, ...] = ("dev", "test")
+) -> dict[str, float]:
+    """Accuracy, F1 and coverage of the chosen labeler, the label model and majority vote
+    on each gold split, as flat metric names (``label_model_test_accuracy`` …)."""
+    y = gold_array(df)
+    candidates: dict[str, Labeler | None] = {
+        "selected": tuning.best,
+        "label_model": tuning.label_model,
+        "majority_vote": tuning.majority_vote,
+    }
+    metrics: dict[str, float] = {
+        "lf_coverage_train": _coverage(L[(df["split"] == "train").to_numpy()])
+    }
+    for split in splits:
+        mask = (df["split"] == split).to_numpy()
+        if not mask.any():
+            continue
+        for name, labeler in candidates.items():
+            if labeler is None:
+                continue
+            scores = labeler.metrics(L[mask], y[mask])
+            for key in ("accuracy", "f1", "coverage"):
+                metrics[f"{name}_{split}_{key}"] = float(scores[key])
+    return metrics
+
+
+def _coverage(L: np.ndarray) -> float:
+    return float((L != -1).any(axis=1).mean()) if len(L) else 0.0
+
+
+def build_labeled_batch(
+    df: pd.DataFrame,
+    L: np.ndarray,
+    labeler: Labeler,
+    *,
+    weighting: Weighting = "calibrated",
+    gold_splits: tuple[str, ...] = ("dev",),
+) -> MergeResult:
+    """The labeled batch: every row of ``df`` with its weak label, class probabilities,
+    confidence, final ``label`` (gold where the row is in ``gold_splits``, else weak),
+    ``label_source`` and training ``weight``.
+
+    The raw label column becomes ``gold_label``, kept only for gold rows (dev and test):
+    train rows' labels stay hidden. Test rows are labeled weakly like train rows, so a
+    trainer that takes ``split in {train, dev}`` never sees test gold labels.
+    """
+    weak = weak_label_frame(L, labeler, index=df.index)
+    is_gold_row = df["split"].isin(gold_splits)
+    gold = df["label"].where(is_gold_row).astype("Int64")
+    merged = merge_labels(weak, gold, weighting=weighting, dev_mask=is_gold_row)
+    base = df.drop(columns=["label"]).copy()
+    base["gold_label"] = df["label"].where(df["split"] != "train").astype("Int64")
+    frame = pd.concat([base, merged.frame], axis=1)
+    return MergeResult(frame=frame, counts=merged.counts, weight_model=merged.weight_model)
+
+
+def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with NaN -> None and numpy scalars -> Python, for table artifacts."""
+    out = []
+    for row in rows:
+        clean: dict[str, Any] = {}
+        for key, value in row.items():
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, float) and value != value:
+                value = None
+            if isinstance(value, tuple):
+                value = ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in value)
+            clean[key] = value
+        out.append(clean)
+    return out

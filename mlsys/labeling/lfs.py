@@ -1,0 +1,109 @@
+"""The labeling functions of the YouTube spam task; this is where new LFs go.
+
+The set is the Snorkel spam tutorial's, written with mlsys factories. Its spaCy LF
+(``has_person_nlp``) is left out: spaCy and its language model are not available
+offline.
+
+To add an LF:
+
+1. Write it below. A keyword or regex rule uses a factory, which ``apply_lfs`` runs on
+   the whole column at once::
+
+       keyword_free = keyword_lf(["free", "win"], SPAM)
+       regex_free_gift = regex_lf(r"free.*gift", SPAM)
+
+   Anything else is a Snorkel labeling function, run once per distinct text::
+
+       @labeling_function()
+       def many_exclamations(x: Any) -> int:
+           return SPAM if x.text.count("!") > 3 else ABSTAIN
+
+2. Add it to ``_YOUTUBE_LFS`` at the bottom, and give it a test in
+   ``tests/unit/test_lfs.py`` with one comment it votes on.
+
+Rules for an LF: read only ``x.text`` (a ``str``, never missing: ``apply_lfs`` rejects
+rows with missing text before any LF runs); return ``SPAM``, ``HAM`` or ``ABSTAIN``;
+be deterministic (``apply_lfs`` evaluates each distinct text once and reuses the
+vote); have a unique name. Texts hold raw YouTube comments: byte-order marks
+(U+FEFF), HTML (``<br />``, ``&amp;``), emoji and non-Latin scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textblob import TextBlob
+
+from mlsys.labeling.lf import (
+    ABSTAIN,
+    HAM,
+    SPAM,
+    LabelingFunction,
+    keyword_lf,
+    labeling_function,
+    preprocessor,
+    regex_lf,
+)
+
+__all__ = ["youtube_lfs"]
+
+# --- keywords and patterns (vectorized by apply_lfs) ----------------------------------------
+
+keyword_my = keyword_lf(["my"], SPAM)
+keyword_subscribe = keyword_lf(["subscribe"], SPAM)
+keyword_http = keyword_lf(["http"], SPAM)
+keyword_please = keyword_lf(["please", "plz"], SPAM)
+keyword_song = keyword_lf(["song"], HAM)
+regex_check_out = regex_lf(r"check.*out", SPAM)
+
+
+# --- heuristics ----------------------------------------------------------------------------
+
+
+@labeling_function()
+def short_comment(x: Any) -> int:
+    """Ham comments are often short, such as 'cool video!'."""
+    return HAM if len(x.text.split()) < 5 else ABSTAIN
+
+
+# --- TextBlob sentiment --------------------------------------------------------------------
+
+
+@preprocessor(memoize=True)
+def textblob_sentiment(x: Any) -> Any:
+    """Add TextBlob's ``polarity`` and ``subjectivity`` to ``x`` (memoized: both LFs
+    below share one computation per text)."""
+    scores = TextBlob(x.text)
+    x.polarity = scores.sentiment.polarity
+    x.subjectivity = scores.sentiment.subjectivity
+    return x
+
+
+@labeling_function(pre=[textblob_sentiment])
+def textblob_polarity(x: Any) -> int:
+    """Very positive comments are ham."""
+    return HAM if x.polarity > 0.9 else ABSTAIN
+
+
+@labeling_function(pre=[textblob_sentiment])
+def textblob_subjectivity(x: Any) -> int:
+    """Subjective comments (opinions about the video) are ham."""
+    return HAM if x.subjectivity >= 0.5 else ABSTAIN
+
+
+_YOUTUBE_LFS: tuple[LabelingFunction, ...] = (
+    keyword_my,
+    keyword_subscribe,
+    keyword_http,
+    keyword_please,
+    keyword_song,
+    regex_check_out,
+    short_comment,
+    textblob_polarity,
+    textblob_subjectivity,
+)
+
+
+def youtube_lfs() -> list[LabelingFunction]:
+    """The YouTube spam LFs, in a fixed order (a new list on each call)."""
+    return list(_YOUTUBE_LFS)

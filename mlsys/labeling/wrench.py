@@ -1,0 +1,216 @@
+"""Read a WRENCH weak-supervision benchmark folder and score label models on it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlsys.labeling.label_model import ABSTAIN, LabelModelConfig, fit_labeler
+
+__all__ = [
+    "SPLITS",
+    "WrenchDataset",
+    "WrenchError",
+    "WrenchSplit",
+    "evaluate_wrench",
+    "load_wrench",
+]
+
+SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+
+
+class WrenchError(ValueError):
+    """A WRENCH folder could not be read; the message names the file and, where known, the id."""
+
+
+@dataclass(frozen=True, eq=False)
+class WrenchSplit:
+    """One split: row ids, texts, gold labels (int64, n) and the label matrix L (int64, n x m)."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray = field(repr=False)
+    L: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, eq=False)
+class WrenchDataset:
+    """The train, valid and test splits of a WRENCH folder.
+
+    ``cardinality`` is the number of entries of ``label.json`` when the folder has one, else
+    one more than the largest label or vote seen (at least 2).
+    """
+
+    folder: Path
+    train: WrenchSplit
+    valid: WrenchSplit
+    test: WrenchSplit
+    cardinality: int
+
+    @property
+    def n_lfs(self) -> int:
+        """Number of labeling functions (columns of every split's L)."""
+        return int(self.train.L.shape[1])
+
+
+def load_wrench(folder: str | os.PathLike[str]) -> WrenchDataset:
+    """Read ``train.json``, ``valid.json`` and ``test.json`` from ``folder``.
+
+    Each file maps a row id to ``{"label": int, "weak_labels": [int, ...], "data": {"text":
+    str, ...}}``, with -1 for an LF that abstains. Every row of every split must have the
+    same number of weak labels.
+
+    Raises:
+        WrenchError: naming the file (and row id) that is missing, not JSON, or malformed.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise WrenchError(f"WRENCH folder not found: {path}")
+    splits: dict[str, WrenchSplit] = {}
+    n_lfs: int | None = None
+    first: str | None = None
+    for name in SPLITS:
+        file = path / f"{name}.json"
+        split = _read_split(file)
+        width = int(split.L.shape[1])
+        if n_lfs is not None and width != n_lfs:
+            raise WrenchError(
+                f"{file}: rows have {width} weak labels but {first} rows have {n_lfs}"
+            )
+        n_lfs, first = width, str(file)
+        splits[name] = split
+    top = max(int(max(s.labels.max(), s.L.max())) for s in splits.values())
+    cardinality = _label_names_count(path / "label.json") or max(top + 1, 2)
+    if top > cardinality - 1:
+        raise WrenchError(
+            f"{path}: label or vote {top} is outside the {cardinality} classes of label.json"
+        )
+    return WrenchDataset(
+        folder=path,
+        train=splits["train"],
+        valid=splits["valid"],
+        test=splits["test"],
+        cardinality=cardinality,
+    )
+
+
+def _read_split(file: Path) -> WrenchSplit:
+    if not file.is_file():
+        raise WrenchError(f"WRENCH split file not found: {file}")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WrenchError(f"{file} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise WrenchError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise WrenchError(f"{file}: expected an object of rows keyed by id, got {_kind(raw)}")
+    if not raw:
+        raise WrenchError(f"{file} has no rows")
+    ids: list[str] = []
+    texts: list[str] = []
+    labels: list[int] = []
+    rows: list[list[int]] = []
+    for row_id, row in raw.items():
+        where = f"{file} id {row_id!r}"
+        if not isinstance(row, dict):
+            raise WrenchError(f"{where}: expected an object, got {_kind(row)}")
+        missing = [k for k in ("label", "weak_labels", "data") if k not in row]
+        if missing:
+            raise WrenchError(f"{where}: missing key(s) {', '.join(missing)}")
+        data = row["data"]
+        if not isinstance(data, dict) or "text" not in data:
+            raise WrenchError(f"{where}: 'data' must be an object with a 'text' key")
+        if not isinstance(data["text"], str):
+            raise WrenchError(f"{where}: data.text must be a string, got {_kind(data['text'])}")
+        label = row["label"]
+        if not _is_int(label) or label < 0:
+            raise WrenchError(f"{where}: label must be a non-negative integer, got {label!r}")
+        votes = row["weak_labels"]
+        if not isinstance(votes, list) or not all(_is_int(v) and v >= ABSTAIN for v in votes):
+            raise WrenchError(
+                f"{where}: weak_labels must be a list of integers >= {ABSTAIN}, got {votes!r}"
+            )
+        if not votes:
+            raise WrenchError(f"{where}: weak_labels is empty")
+        if rows and len(votes) != len(rows[0]):
+            raise WrenchError(
+                f"{where} has {len(votes)} weak labels but id {ids[0]!r} has {len(rows[0])}"
+            )
+        ids.append(str(row_id))
+        texts.append(data["text"])
+        labels.append(int(label))
+        rows.append([int(v) for v in votes])
+    return WrenchSplit(
+        ids=ids,
+        texts=texts,
+        labels=np.asarray(labels, dtype=np.int64),
+        L=np.asarray(rows, dtype=np.int64),
+    )
+
+
+def _label_names_count(file: Path) -> int | None:
+    if not file.is_file():
+        return None
+    try:
+        names = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise WrenchError(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(names, dict | list) or len(names) < 2:
+        raise WrenchError(f"{file}: expected at least 2 class names, got {names!r}")
+    return len(names)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def evaluate_wrench(
+    folder: str | os.PathLike[str] | WrenchDataset,
+    *,
+    grid: Sequence[LabelModelConfig] | None = None,
+    seed: int = 123,
+) -> dict[str, dict[str, float]]:
+    """Tune the label model on train (selecting on valid) and score it and majority vote on
+    test: ``{"label_model": {"accuracy", "f1"}, "majority_vote": {"accuracy", "f1"}}``.
+
+    ``label_model`` is the best LabelModel config on valid, even where majority vote scored
+    higher there. Accuracy and F1 follow :meth:`Labeler.metrics` (ties and uncovered rows
+    broken by Snorkel's deterministic hash; F1 of class 1, macro F1 for more classes).
+    """
+    data = folder if isinstance(folder, WrenchDataset) else load_wrench(folder)
+    try:
+        result = fit_labeler(
+            data.train.L,
+            L_dev=data.valid.L,
+            y_dev=data.valid.labels,
+            cardinality=data.cardinality,
+            grid=grid,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise WrenchError(f"{data.folder}: {exc}") from exc
+    if result.label_model is None:
+        failures = "; ".join(str(t["error"]) for t in result.trials if t["error"])
+        raise WrenchError(f"{data.folder}: every label model config failed to fit: {failures}")
+    report: dict[str, dict[str, float]] = {}
+    for name, labeler in (
+        ("label_model", result.label_model),
+        ("majority_vote", result.majority_vote),
+    ):
+        scores = labeler.metrics(data.test.L, data.test.labels)
+        report[name] = {"accuracy": scores["accuracy"], "f1": scores["f1"]}
+    return report

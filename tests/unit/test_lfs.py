@@ -1,0 +1,110 @@
+"""Unit tests for mlsys.labeling.lfs: the YouTube spam LF set votes as documented."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mlsys.labeling import lfs as lfs_module
+from mlsys.labeling.lf import ABSTAIN, HAM, SPAM, LabelingFunction, vector_spec
+from mlsys.labeling.lfs import youtube_lfs
+
+NAMES = [
+    "keyword_my",
+    "keyword_subscribe",
+    "keyword_http",
+    "keyword_please",
+    "keyword_song",
+    "regex_check_out",
+    "short_comment",
+    "textblob_polarity",
+    "textblob_subjectivity",
+]
+
+
+def row(text: str) -> pd.Series:
+    """A row as Snorkel's PandasLFApplier hands it to an LF."""
+    return pd.Series({"text": text}, dtype=object)
+
+
+def by_name() -> dict[str, LabelingFunction]:
+    return {lf.name: lf for lf in youtube_lfs()}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sentiment_cache() -> Iterator[None]:
+    lfs_module.textblob_sentiment.reset_cache()
+    yield
+    lfs_module.textblob_sentiment.reset_cache()
+
+
+def test_youtube_lfs_are_the_tutorial_set_without_spacy() -> None:
+    assert [lf.name for lf in youtube_lfs()] == NAMES
+
+
+def test_youtube_lfs_returns_a_new_list_each_call() -> None:
+    first = youtube_lfs()
+    first.clear()
+    assert len(youtube_lfs()) == len(NAMES)
+
+
+def test_keyword_and_regex_lfs_carry_specs_for_the_fast_applier() -> None:
+    vectorized = [lf.name for lf in youtube_lfs() if vector_spec(lf) is not None]
+    assert vectorized == NAMES[:6]
+
+
+@pytest.mark.parametrize(
+    ("name", "votes_on", "vote", "abstains_on"),
+    [
+        ("keyword_my", "Check my channel", SPAM, "Nice video"),
+        ("keyword_subscribe", "Please SUBSCRIBE to us", SPAM, "Nice video"),
+        ("keyword_http", "go to https://example.com now", SPAM, "Nice video"),
+        ("keyword_please", "plz like this", SPAM, "Nice video"),
+        ("keyword_song", "This SONG is stuck in my head", HAM, "Nice video"),
+        ("regex_check_out", "Check this video out", SPAM, "out of this world, check"),
+        ("short_comment", "Nice video", HAM, "This is a comment of seven words"),
+        # TextBlob: polarity 1.0, subjectivity 0.3 / polarity 0.5, subjectivity 0.6.
+        ("textblob_polarity", "I think this is the best video", HAM, "I love it"),
+        ("textblob_subjectivity", "I love it", HAM, "I think this is the best video"),
+    ],
+)
+def test_each_lf_votes_as_documented(name: str, votes_on: str, vote: int, abstains_on: str) -> None:
+    lf = by_name()[name]
+    assert lf(row(votes_on)) == vote
+    assert lf(row(abstains_on)) == ABSTAIN
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ufeff",
+        "\ufeffCheck out my channel<br />&amp; subscribe!!! http://x.co",
+        '<a href="http://www.youtube.com/watch?v=x">link</a>',
+        "🔥🔥🔥 سلام 你好 ΟΔΟΣ İstanbul",
+        "",
+    ],
+)
+def test_lfs_vote_on_raw_youtube_texts_without_crashing(text: str) -> None:
+    for lf in youtube_lfs():
+        assert lf(row(text)) in (ABSTAIN, HAM, SPAM)
+
+
+def test_textblob_lfs_share_one_sentiment_computation_per_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    real = lfs_module.TextBlob
+
+    def counting(text: str) -> Any:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(lfs_module, "TextBlob", counting)
+    lfs = by_name()
+    x = row("I love this song")
+    lfs["textblob_polarity"](x)
+    lfs["textblob_subjectivity"](x)
+    assert calls == ["I love this song"]

@@ -1,0 +1,136 @@
+"""WRENCH folders: loading, errors naming file and id, evaluation, and `mlsys label evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from snorkel.labeling.model import MajorityLabelVoter
+from typer.testing import CliRunner
+
+from mlsys.labeling.cli import app
+from mlsys.labeling.label_model import LabelModelConfig
+from mlsys.labeling.wrench import WrenchError, evaluate_wrench, load_wrench
+
+ACCURACIES = [0.95, 0.9, 0.7, 0.6]
+SIZES = {"train": 60, "valid": 30, "test": 30}
+
+
+def split_rows(n: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    rows: dict[str, Any] = {}
+    for i in range(n):
+        label = int(rng.integers(0, 2))
+        votes = []
+        for acc in ACCURACIES:
+            if rng.random() < 0.3:
+                votes.append(-1)
+            else:
+                votes.append(label if rng.random() < acc else 1 - label)
+        rows[str(i)] = {
+            "label": label,
+            "weak_labels": votes,
+            "data": {"text": f"comment {i} {'spam' if label else 'ham'}"},
+        }
+    return rows
+
+
+@pytest.fixture
+def wrench_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "youtube"
+    folder.mkdir()
+    for seed, (name, n) in enumerate(SIZES.items()):
+        (folder / f"{name}.json").write_text(json.dumps(split_rows(n, seed)))
+    (folder / "label.json").write_text(json.dumps({"0": "ham", "1": "spam"}))
+    return folder
+
+
+def test_load_reads_ids_texts_labels_and_label_matrix(wrench_dir: Path) -> None:
+    data = load_wrench(wrench_dir)
+    assert (len(data.train), len(data.valid), len(data.test)) == (60, 30, 30)
+    assert data.train.L.shape == (60, 4) and data.train.L.dtype == np.int64
+    assert data.train.labels.dtype == np.int64
+    assert data.train.ids[:2] == ["0", "1"]
+    assert data.train.texts[0].startswith("comment 0 ")
+    assert data.cardinality == 2 and data.n_lfs == 4
+    raw = json.loads((wrench_dir / "test.json").read_text())
+    assert data.test.L[5].tolist() == raw["5"]["weak_labels"]
+
+
+def test_missing_folder_and_missing_split_are_named(tmp_path: Path, wrench_dir: Path) -> None:
+    with pytest.raises(WrenchError, match="WRENCH folder not found"):
+        load_wrench(tmp_path / "nope")
+    (wrench_dir / "test.json").unlink()
+    with pytest.raises(WrenchError, match=r"split file not found: .*test\.json"):
+        load_wrench(wrench_dir)
+
+
+def test_invalid_json_names_the_file(wrench_dir: Path) -> None:
+    (wrench_dir / "valid.json").write_text('{"0": {"label": 1,')
+    with pytest.raises(WrenchError, match=r"valid\.json is not valid JSON"):
+        load_wrench(wrench_dir)
+
+
+def test_rows_with_another_number_of_lfs_name_the_id_and_both_counts(wrench_dir: Path) -> None:
+    rows = json.loads((wrench_dir / "train.json").read_text())
+    rows["7"]["weak_labels"] = [1, 0, 1]
+    (wrench_dir / "train.json").write_text(json.dumps(rows))
+    with pytest.raises(WrenchError, match=r"train\.json id '7' has 3 weak labels but id '0' has 4"):
+        load_wrench(wrench_dir)
+
+
+def test_splits_with_different_lf_counts_name_both_files(wrench_dir: Path) -> None:
+    rows = json.loads((wrench_dir / "test.json").read_text())
+    for row in rows.values():
+        row["weak_labels"] = row["weak_labels"][:3]
+    (wrench_dir / "test.json").write_text(json.dumps(rows))
+    with pytest.raises(WrenchError, match=r"test\.json: rows have 3 weak labels but .*valid\.json"):
+        load_wrench(wrench_dir)
+
+
+def test_missing_keys_name_the_file_id_and_key(wrench_dir: Path) -> None:
+    rows = json.loads((wrench_dir / "valid.json").read_text())
+    del rows["3"]["weak_labels"]
+    (wrench_dir / "valid.json").write_text(json.dumps(rows))
+    with pytest.raises(WrenchError, match=r"valid\.json id '3': missing key\(s\) weak_labels"):
+        load_wrench(wrench_dir)
+    rows["3"]["weak_labels"] = [0, 0, 0, 0]
+    rows["3"]["data"] = {"title": "no text"}
+    (wrench_dir / "valid.json").write_text(json.dumps(rows))
+    with pytest.raises(WrenchError, match=r"id '3': 'data' must be an object with a 'text' key"):
+        load_wrench(wrench_dir)
+
+
+def test_evaluate_scores_label_model_and_majority_vote_on_test(wrench_dir: Path) -> None:
+    grid = [LabelModelConfig("label_model", n_epochs=100)]
+    report = evaluate_wrench(wrench_dir, grid=grid)
+    assert set(report) == {"label_model", "majority_vote"}
+    for scores in report.values():
+        assert set(scores) == {"accuracy", "f1"}
+        assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["f1"] <= 1.0
+    test = load_wrench(wrench_dir).test
+    snorkel_mv = MajorityLabelVoter(cardinality=2).score(
+        test.L, test.labels, tie_break_policy="random"
+    )
+    assert report["majority_vote"]["accuracy"] == pytest.approx(snorkel_mv["accuracy"])
+
+
+def test_cli_json_prints_one_parseable_object(wrench_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--wrench", str(wrench_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"label_model", "majority_vote"}
+    assert set(report["label_model"]) == {"accuracy", "f1"}
+
+
+def test_cli_table_and_error_naming_the_path(tmp_path: Path, wrench_dir: Path) -> None:
+    table = CliRunner().invoke(app, ["evaluate", "--wrench", str(wrench_dir), "--seed", "7"])
+    assert table.exit_code == 0, table.output
+    assert "label_model" in table.output and "majority_vote" in table.output
+    missing = tmp_path / "missing"
+    error = CliRunner().invoke(app, ["evaluate", "--wrench", str(missing)])
+    assert error.exit_code == 1
+    assert str(missing) in error.output
