@@ -33,6 +33,8 @@ demo: install
 	$(BIN)/mlsys stack up
 	$(BIN)/mlsys run ingest/ingest --param batch=$(DEMO_BATCH)
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
+	$(BIN)/mlsys run weak_label/weak_label --param raw_batch=s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
+	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
 
 test: install
 	$(BIN)/python -m pytest

@@ -15,6 +15,7 @@ from mlsys.data import get_dataset, read_source, write_parquet_bytes
 from mlsys.data.s3 import put_bytes
 from mlsys.data.summary import plot_batch_summary, summarize_batch
 from mlsys.settings import Settings
+from tasks.retry import S3_RETRIES, retry_transient
 from tasks.tracking import TrackedRun
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def resolve_source(source: str | None, dataset: str) -> str:
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=lambda task, run, state: _is_transient(state),
+    retry_condition_fn=retry_transient,
 )
 def read_source_task(source: str, dataset: str, settings: Settings) -> pd.DataFrame:
     """Read ``source`` into a normalized raw batch (all rows kept, quirks included)."""
@@ -51,18 +52,7 @@ def read_source_task(source: str, dataset: str, settings: Settings) -> pd.DataFr
     return df
 
 
-def _is_transient(state: object) -> bool:
-    """Retry network trouble, never bad input (which raises ValueError subclasses)."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except ValueError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-@task(name="write-raw-batch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="write-raw-batch", cache_policy=NO_CACHE, **S3_RETRIES)
 def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: str) -> str:
     """Write the batch as Parquet to s3://<bucket>/raw/<dataset>/<batch>.parquet."""
     uri = settings.s3_uri(f"raw/{dataset}/{batch}.parquet")
@@ -72,7 +62,7 @@ def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: s
     return uri
 
 
-@task(name="track-ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="track-ingest", cache_policy=NO_CACHE, **S3_RETRIES)
 def track_ingest(
     run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str
 ) -> dict[str, int]:

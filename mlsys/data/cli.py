@@ -40,6 +40,10 @@ def show(
     typer.echo("columns: " + ", ".join(f"{c}:{t}" for c, t in df.dtypes.astype(str).items()))
     if summary.labels:
         typer.echo("labels:  " + ", ".join(f"{k}={v}" for k, v in sorted(summary.labels.items())))
+    for column, title in (("split", "splits: "), ("label_source", "sources:")):
+        if column in df.columns:
+            counts = df[column].value_counts(dropna=False).sort_index()
+            typer.echo(f"{title} " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     if summary.files:
         typer.echo("files:   " + ", ".join(f"{k}={v}" for k, v in summary.files.items()))
     with_text = df.head(rows).copy()

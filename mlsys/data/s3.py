@@ -8,7 +8,37 @@ from urllib.parse import urlsplit
 
 
 class S3Error(RuntimeError):
-    """An S3 operation failed; the message names the URI."""
+    """An S3 operation failed; the message names the URI.
+
+    ``permanent`` is True when trying again cannot help: the object, bucket or prefix does
+    not exist, or the credentials are refused. Network trouble and server errors are not
+    permanent.
+    """
+
+    def __init__(self, message: str, *, permanent: bool | None = None) -> None:
+        super().__init__(message)
+        self._permanent = permanent
+
+    @property
+    def permanent(self) -> bool:
+        if self._permanent is not None:
+            return self._permanent
+        response = getattr(self.__cause__, "response", None)
+        code = str((response or {}).get("Error", {}).get("Code", ""))
+        return code in _PERMANENT_CODES
+
+
+_PERMANENT_CODES = frozenset(
+    {
+        "NoSuchKey",
+        "NoSuchBucket",
+        "404",
+        "403",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -67,5 +97,8 @@ def latest_key(client: Any, bucket: str, prefix: str, suffix: str = ".parquet") 
         if not token:
             break
     if newest is None:
-        raise S3Error(f"no {suffix} object under s3://{bucket}/{prefix}; run the ingest flow first")
+        raise S3Error(
+            f"no {suffix} object under s3://{bucket}/{prefix}; run the ingest flow first",
+            permanent=True,
+        )
     return f"s3://{bucket}/{newest[1]}"

@@ -9,8 +9,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mlsys.labeling.label_model import ABSTAIN, check_gold, check_label_matrix
+from mlsys.labeling.merge import WeightModel
 
-__all__ = ["lf_summary", "plot_lf_summary"]
+__all__ = ["lf_summary", "plot_lf_summary", "plot_weights"]
 
 _PLOTTED = ("coverage", "overlaps", "conflicts", "dev_accuracy")
 
@@ -123,4 +124,63 @@ def plot_lf_summary(summary: pd.DataFrame, *, title: str | None = None) -> Figur
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=len(metrics), fontsize="small")
     ax.set_title(title or f"Labeling functions ({n})")
+    return fig
+
+
+def plot_weights(frame: pd.DataFrame, weight_model: WeightModel, *, bins: int = 10) -> Figure:
+    """How weak labels are weighted: the weight model's curve over confidence, the accuracy
+    of weak labels on gold rows per confidence bin (reliability), and the weight histogram
+    per label source.
+
+    ``frame`` is a labeled batch (``build_labeled_batch``): ``confidence``, ``weak_label``,
+    ``label_source``, ``weight`` and ``gold_label`` (gold rows' labels, <NA> elsewhere).
+    """
+    needed = {"confidence", "weak_label", "label_source", "weight", "gold_label"}
+    missing = sorted(needed - set(frame.columns))
+    if missing:
+        raise ValueError(f"frame lacks column(s) {', '.join(missing)} of a labeled batch")
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    curve, hist = fig.subplots(1, 2)
+    conf = frame["confidence"].to_numpy(dtype=np.float64)
+    lo = float(np.nanmin(conf)) if len(conf) else 0.5
+    grid = np.linspace(min(lo, 0.5), 1.0, 101)
+    curve.plot(grid, weight_model.weights(grid), label=f"weight ({weight_model.method})")
+    gold = frame["gold_label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    weak = frame["weak_label"].to_numpy(dtype=np.int64)
+    scored = ~np.isnan(gold) & (weak != ABSTAIN)
+    if scored.any():
+        edges = np.linspace(grid[0], 1.0, bins + 1)
+        which = np.clip(np.digitize(conf[scored], edges) - 1, 0, bins - 1)
+        correct = weak[scored] == gold[scored]
+        centers, accuracy, sizes = [], [], []
+        for b in range(bins):
+            in_bin = which == b
+            if in_bin.any():
+                centers.append((edges[b] + edges[b + 1]) / 2)
+                accuracy.append(correct[in_bin].mean())
+                sizes.append(int(in_bin.sum()))
+        curve.scatter(
+            centers,
+            accuracy,
+            s=[10 + 2 * n for n in sizes],
+            alpha=0.6,
+            color="tab:orange",
+            label="weak-label accuracy on gold dev+test rows (size: rows)",
+        )
+    curve.set_xlabel("label-model confidence")
+    curve.set_ylabel("weight / accuracy")
+    curve.set_ylim(0.0, 1.05)
+    curve.grid(alpha=0.3)
+    curve.legend(fontsize="small", loc="lower right")
+    curve.set_title("Weak-label weight vs. confidence")
+    for source in ("gold", "weak"):
+        values = frame.loc[frame["label_source"] == source, "weight"].to_numpy(np.float64)
+        if len(values):
+            hist.hist(
+                values, bins=20, range=(0.0, 1.0), alpha=0.6, label=f"{source} ({len(values)})"
+            )
+    hist.set_xlabel("training weight")
+    hist.set_ylabel("rows")
+    hist.legend(fontsize="small")
+    hist.set_title("Training weights by label source")
     return fig

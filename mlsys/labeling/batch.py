@@ -10,6 +10,31 @@ import pandas as pd
 from mlsys.labeling.label_model import Labeler, TuningResult, weak_label_frame
 from mlsys.labeling.merge import MergeResult, Weighting, merge_labels
 
+QUARANTINE_REASON = "quarantine_reason"
+
+
+def split_unlabelable(
+    df: pd.DataFrame, fields: tuple[str, ...] = ("text",)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows the LFs can read, and the rest with a ``quarantine_reason`` naming the field.
+
+    LFs read ``fields``; a row missing one of them (None, NaN, <NA>) cannot be labeled, so
+    it goes to quarantine instead of failing the batch. ``len(ok) + len(quarantined) ==
+    len(df)``; both keep ``df``'s columns and index labels.
+    """
+    missing_fields = [f for f in fields if f not in df.columns]
+    if missing_fields:
+        raise ValueError(
+            f"batch has no column(s) {', '.join(map(repr, missing_fields))}; "
+            f"columns: {', '.join(map(str, df.columns))}"
+        )
+    reason = pd.Series(pd.NA, index=df.index, dtype="string")
+    for field in reversed(fields):
+        reason[df[field].isna().to_numpy()] = f"missing {field}"
+    bad = reason.notna().to_numpy()
+    quarantined = df[bad].assign(**{QUARANTINE_REASON: reason[bad]})
+    return df[~bad], quarantined
+
 
 def gold_array(df: pd.DataFrame, label_column: str = "label") -> np.ndarray:
     """Gold labels as int64 with -1 where a row has none."""

@@ -61,6 +61,7 @@ def holdout_split(
     out: pd.DataFrame = pd.concat(
         [train.assign(split="train"), dev.assign(split="dev"), test.assign(split="test")]
     )
+    out["split"] = out["split"].astype("string")
     return out.reset_index(drop=True)
 
 

@@ -91,3 +91,30 @@ def test_plot_shows_every_lf_and_metric_and_saves(tmp_path: Path) -> None:
 def test_plot_without_dev_leaves_out_the_accuracy_bars() -> None:
     fig = plot_lf_summary(lf_summary(L, ["a", "b", "c"]))
     assert len(fig.legends[0].get_texts()) == 3
+
+
+def test_weights_plot_draws_curve_reliability_and_histograms(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from mlsys.labeling.analysis import plot_weights
+    from mlsys.labeling.merge import merge_labels
+
+    rng = np.random.default_rng(0)
+    n = 200
+    confidence = rng.uniform(0.5, 1.0, n)
+    weak_label = rng.integers(0, 2, n)
+    # Weak labels are right with probability = confidence.
+    truth = np.where(rng.uniform(size=n) < confidence, weak_label, 1 - weak_label)
+    weak = pd.DataFrame({"weak_label": weak_label, "confidence": confidence})
+    gold = pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
+    gold[:80] = truth[:80]
+    merged = merge_labels(weak, gold, weighting="calibrated")
+    frame = merged.frame.assign(gold_label=gold)
+    fig = plot_weights(frame, merged.weight_model)
+    curve, hist = fig.axes
+    assert len(curve.lines) == 1 and len(curve.collections) == 1  # curve + reliability dots
+    assert len(hist.patches) == 40  # 20 bins for gold, 20 for weak
+    fig.savefig(tmp_path / "weights.png")
+    assert (tmp_path / "weights.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="lacks column\\(s\\) gold_label"):
+        plot_weights(merged.frame, merged.weight_model)

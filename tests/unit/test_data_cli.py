@@ -33,3 +33,19 @@ def test_show_names_a_missing_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["show", str(missing)])
     assert result.exit_code == 1
     assert str(missing) in result.output
+
+
+def test_show_counts_splits_and_label_sources_of_a_labeled_batch(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "text": pd.array(["a", "b", "c"], dtype="string"),
+            "split": pd.array(["train", "train", "dev"], dtype="string"),
+            "label_source": pd.array(["weak", "none", "gold"], dtype="string"),
+        }
+    )
+    path = tmp_path / "labeled.parquet"
+    path.write_bytes(write_parquet_bytes(df))
+    result = CliRunner().invoke(app, ["show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "splits:  dev=1, train=2" in result.output
+    assert "sources: gold=1, none=1, weak=1" in result.output

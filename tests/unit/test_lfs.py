@@ -108,3 +108,31 @@ def test_textblob_lfs_share_one_sentiment_computation_per_text(
     lfs["textblob_polarity"](x)
     lfs["textblob_subjectivity"](x)
     assert calls == ["I love this song"]
+
+
+@pytest.mark.parametrize(
+    ("name", "votes_on", "vote", "abstains_on"),
+    [
+        ("keyword_channel", "Visit my CHANNEL", SPAM, "nice chanel"),
+        ("regex_money", "earn $5 a day", SPAM, "I learn a lot"),
+        ("regex_money", "I got paid", SPAM, "prepaid card"),
+        ("keyword_website", "go to example.com now", SPAM, "come on"),
+        ("keyword_visit", "click here", SPAM, "cliché"),
+        ("keyword_artist", "Shakira is the best", HAM, "who sings this"),
+        ("keyword_love", "LOVE it", HAM, "hate it"),
+    ],
+)
+def test_extended_lfs_vote_as_documented(
+    name: str, votes_on: str, vote: int, abstains_on: str
+) -> None:
+    lf = {lf.name: lf for lf in lfs_module.youtube_lfs_extended()}[name]
+    assert lf(row(votes_on)) == vote
+    assert lf(row(abstains_on)) == ABSTAIN
+
+
+def test_lf_sets_by_name() -> None:
+    assert [lf.name for lf in lfs_module.get_lf_set("tutorial")] == NAMES
+    extended = [lf.name for lf in lfs_module.get_lf_set("extended")]
+    assert extended[: len(NAMES)] == NAMES and len(extended) == len(set(extended)) == 15
+    with pytest.raises(ValueError, match="unknown LF set 'nope'; known: tutorial, extended"):
+        lfs_module.get_lf_set("nope")

@@ -158,3 +158,18 @@ def test_weight_model_is_a_plain_record() -> None:
         "calibrated", dev_rows=3, dev_accuracy=0.5, knots_x=(0.6, 0.9), knots_y=(0.2, 1.0)
     )
     np.testing.assert_allclose(model.weights(np.array([0.5, 0.75, 1.0])), [0.2, 0.6, 1.0])
+
+
+def test_split_unlabelable_quarantines_rows_without_text_and_loses_none() -> None:
+    from mlsys.labeling.batch import split_unlabelable
+
+    df = pd.DataFrame(
+        {"comment_id": ["a", "b", "c", "d"], "text": pd.array(["x", None, "", pd.NA], "string")}
+    )
+    ok, quarantined = split_unlabelable(df)
+    assert list(ok["comment_id"]) == ["a", "c"]
+    assert list(quarantined["comment_id"]) == ["b", "d"]
+    assert list(quarantined["quarantine_reason"]) == ["missing text", "missing text"]
+    assert len(ok) + len(quarantined) == len(df)
+    with pytest.raises(ValueError, match="no column\\(s\\) 'body'"):
+        split_unlabelable(df, ("body",))

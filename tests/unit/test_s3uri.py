@@ -26,3 +26,35 @@ def test_get_bytes_names_uri_on_failure() -> None:
 
     with pytest.raises(S3Error, match=r"s3://b/k.parquet: refused"):
         get_bytes(Broken(), "s3://b/k.parquet")
+
+
+def test_s3_error_is_permanent_for_missing_objects_and_refused_keys() -> None:
+    from botocore.exceptions import ClientError
+
+    from mlsys.data.s3 import S3Error
+
+    def error(code: str) -> S3Error:
+        try:
+            raise ClientError({"Error": {"Code": code, "Message": "x"}}, "GetObject")
+        except ClientError as cause:
+            try:
+                raise S3Error("cannot read s3://b/k") from cause
+            except S3Error as exc:
+                return exc
+
+    assert error("NoSuchKey").permanent
+    assert error("InvalidAccessKeyId").permanent
+    assert not error("SlowDown").permanent
+    assert not error("InternalError").permanent
+    assert not S3Error("connection reset").permanent
+    assert S3Error("no object", permanent=True).permanent
+
+
+def test_retry_only_transient_errors() -> None:
+    from mlsys.data.s3 import S3Error
+    from tasks.retry import is_transient
+
+    assert not is_transient(ValueError("bad column"))
+    assert not is_transient(S3Error("no object", permanent=True))
+    assert is_transient(S3Error("connection reset"))
+    assert is_transient(ConnectionError("reset"))

@@ -1,0 +1,134 @@
+"""Flow `weak_label`: a raw batch in S3 -> labeled Parquet batch in S3, tracked in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import PurePosixPath
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from mlsys.data.s3 import S3Uri
+from mlsys.labeling.analysis import plot_weights
+from mlsys.settings import Settings
+from tasks.tracking import flow_run_tracking
+from tasks.weak_label import (
+    analyze_lfs,
+    apply_labeling_functions,
+    find_raw_batch,
+    load_raw_batch,
+    merge_gold_and_weak,
+    split_batch,
+    summary_markdown,
+    track_weak_label,
+    tune_label_model,
+    write_batch,
+)
+
+
+@flow(name="weak_label", log_prints=True)
+def weak_label(
+    raw_batch: str | None = None,
+    dataset: str = "youtube-spam",
+    batch: str | None = None,
+    lf_set: Literal["tutorial", "extended"] = "tutorial",
+    weighting: Literal["calibrated", "confidence", "per_source"] = "calibrated",
+    holdout_files: list[str] | None = None,
+    test_size: int = 250,
+    seed: int = 123,
+    lf_errors: Literal["raise", "abstain"] = "raise",
+    n_jobs: int | None = None,
+) -> str:
+    """Label a raw batch with labeling functions and a label model; merge gold labels in.
+
+    Writes s3://<bucket>/labeled/<dataset>/<batch>.parquet: every row with its split
+    (train/dev/test), weak label, class probabilities, confidence, final label,
+    label_source (gold | weak | none) and training weight. Rows without text go to
+    s3://<bucket>/quarantine/weak_label/<dataset>/<batch>.parquet; rows in = out +
+    quarantined.
+
+    Args:
+        raw_batch: s3:// URI of a raw batch written by `ingest`. Empty: the newest
+            batch under raw/<dataset>/.
+        dataset: Dataset name (the raw/ and labeled/ key prefix).
+        batch: Id of the labeled batch. Empty: the raw batch's id.
+        lf_set: Labeling functions: "tutorial" (the Snorkel tutorial's, without spaCy)
+            or "extended" (tutorial + 6 keyword/regex LFs).
+        weighting: Weight of a weak label: "calibrated" (P(correct | confidence) fitted on
+            dev), "confidence" (the label model's own) or "per_source" (weak labels'
+            dev accuracy). Gold labels weigh 1.
+        holdout_files: Source files whose rows keep gold labels (dev + test). Empty: the
+            last file in name order, as in the Snorkel tutorial.
+        test_size: Gold rows held out as the test split; the other gold rows are dev.
+        seed: Seed of the split and of the label model fits.
+        lf_errors: "raise": an LF that fails names the LF and the row and fails the run;
+            "abstain": its vote counts as abstain and failures are counted in MLflow.
+        n_jobs: Processes for row-by-row LFs. Empty: one per CPU.
+
+    Returns:
+        The s3:// URI of the labeled batch.
+    """
+    settings = Settings.load()
+    raw_uri = find_raw_batch(settings, dataset, raw_batch)
+    batch = batch or PurePosixPath(S3Uri.parse(raw_uri).key).stem
+    params = {
+        "raw_batch": raw_uri,
+        "dataset": dataset,
+        "batch": batch,
+        "lf_set": lf_set,
+        "weighting": weighting,
+        "holdout_files": holdout_files,
+        "test_size": test_size,
+        "seed": seed,
+        "lf_errors": lf_errors,
+        "n_jobs": n_jobs,
+    }
+    with flow_run_tracking(settings, params=params) as run:
+        raw = load_raw_batch(settings, raw_uri)
+        df, quarantined = split_batch(raw, holdout_files, test_size, seed)
+        result = apply_labeling_functions(df, lf_set, lf_errors, n_jobs)
+        analyze_lfs(run, result, df)
+        tuning = tune_label_model(result, df, seed)
+        merged = merge_gold_and_weak(df, result, tuning, weighting)
+        if len(merged.frame) + len(quarantined) != len(raw):
+            raise RuntimeError(
+                f"row count mismatch: {len(raw)} in, {len(merged.frame)} labeled + "
+                f"{len(quarantined)} quarantined"
+            )
+        uris = {
+            "raw_batch": raw_uri,
+            "labeled_batch": write_batch(
+                settings, merged.frame, f"labeled/{dataset}/{batch}.parquet"
+            ),
+        }
+        if len(quarantined):
+            uris["quarantine_batch"] = write_batch(
+                settings, quarantined, f"quarantine/weak_label/{dataset}/{batch}.parquet"
+            )
+        metrics = track_weak_label(
+            run,
+            df=df,
+            rows_in=len(raw),
+            quarantined=len(quarantined),
+            result=result,
+            tuning=tuning,
+            merged=merged,
+            uris=uris,
+        )
+        run.client().log_figure(
+            run.run_id, plot_weights(merged.frame, merged.weight_model), "weak_label/weights.png"
+        )
+        create_markdown_artifact(
+            key="weak-label-summary",
+            markdown=summary_markdown(
+                dataset=dataset, metrics=metrics, tuning=tuning, uris=uris, run=run
+            ),
+            description=f"Weak labeling of {raw_uri}",
+        )
+        print(f"weight model: {asdict(merged.weight_model)}")
+    return uris["labeled_batch"]
+
+
+if __name__ == "__main__":
+    weak_label()

@@ -1,0 +1,280 @@
+"""Tasks of the weak_label flow: each loads or saves, calls one labeling engine, and logs."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from mlsys.data import read_parquet_bytes, write_parquet_bytes
+from mlsys.data.s3 import S3Uri, get_bytes, latest_key, put_bytes
+from mlsys.labeling import (
+    LFApplyResult,
+    MergeResult,
+    TuningResult,
+    Weighting,
+    apply_lfs,
+    build_labeled_batch,
+    evaluate_labelers,
+    fit_labeler,
+    gold_array,
+    holdout_split,
+    lf_summary,
+    plot_lf_summary,
+    split_counts,
+)
+from mlsys.labeling.batch import jsonable, split_unlabelable
+from mlsys.labeling.lfs import get_lf_set
+from mlsys.settings import Settings
+from tasks.retry import S3_RETRIES
+from tasks.tracking import TrackedRun
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+@task(name="find-raw-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+def find_raw_batch(settings: Settings, dataset: str, raw_batch: str | None) -> str:
+    """The raw batch to label: ``raw_batch`` as given, else the newest one of ``dataset``."""
+    if raw_batch:
+        S3Uri.parse(raw_batch)  # a clear error for anything but s3://bucket/key
+        return raw_batch
+    uri = latest_key(settings.s3_client(), settings.bucket, f"raw/{dataset}/")
+    get_run_logger().info("newest raw batch of %s: %s", dataset, uri)
+    return uri
+
+
+@task(name="load-raw-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+def load_raw_batch(settings: Settings, uri: str) -> pd.DataFrame:
+    df = read_parquet_bytes(get_bytes(settings.s3_client(), uri))
+    get_run_logger().info("read %d rows from %s", len(df), uri)
+    return df
+
+
+@task(name="split-batch", cache_policy=NO_CACHE)
+def split_batch(
+    df: pd.DataFrame, holdout_files: list[str] | None, test_size: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine rows the LFs cannot read, then split the rest into train / dev / test."""
+    if df.empty:
+        raise ValueError("the raw batch is empty: there is nothing to label")
+    ok, quarantined = split_unlabelable(df)
+    split = holdout_split(ok, holdout_files=holdout_files, test_size=test_size, seed=seed)
+    counts = split_counts(split)
+    get_run_logger().info(
+        "split %d rows: train %d, dev %d, test %d; quarantined %d",
+        len(df),
+        counts.train,
+        counts.dev,
+        counts.test,
+        len(quarantined),
+    )
+    return split, quarantined
+
+
+@task(name="apply-lfs", cache_policy=NO_CACHE)
+def apply_labeling_functions(
+    df: pd.DataFrame, lf_set: str, errors: str, n_jobs: int | None
+) -> LFApplyResult:
+    """The label matrix of the LF set over the batch, with a Prefect progress artifact."""
+    lfs = get_lf_set(lf_set)
+    artifact_id = create_progress_artifact(
+        0.0, key="lf-apply-progress", description=f"Labeling functions ({lf_set}) over the batch"
+    )
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 1.0:
+            last[0] = now
+            update_progress_artifact(artifact_id, 100.0 * done / max(total, 1))
+
+    result = apply_lfs(
+        df, lfs, errors=errors, n_jobs=n_jobs, id_column="comment_id", progress=progress
+    )  # type: ignore[arg-type]
+    update_progress_artifact(artifact_id, 100.0)
+    get_run_logger().info(
+        "applied %d LFs to %d rows (%d distinct) in %.2f s; LF errors counted as abstain: %s",
+        len(lfs),
+        len(df),
+        result.unique_rows,
+        result.seconds,
+        result.errors or "none",
+    )
+    return result
+
+
+def _masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {name: (df["split"] == name).to_numpy() for name in ("train", "dev", "test")}
+
+
+@task(name="analyze-lfs", cache_policy=NO_CACHE, **S3_RETRIES)
+def analyze_lfs(run: TrackedRun, result: LFApplyResult, df: pd.DataFrame) -> pd.DataFrame:
+    """Coverage, overlaps, conflicts (train rows) and accuracy on the gold dev rows, as a
+    Prefect table artifact and MLflow CSV + chart."""
+    masks = _masks(df)
+    L, y = result.matrix, gold_array(df)
+    summary = lf_summary(
+        L[masks["train"]], result.lf_names, L_dev=L[masks["dev"]], y_dev=y[masks["dev"]]
+    )
+    table = summary.reset_index()
+    create_table_artifact(
+        table=jsonable(table.round(4).to_dict(orient="records")),
+        key="lf-summary",
+        description="Labeling functions: coverage, overlaps, conflicts on train; accuracy on dev.",
+    )
+    client = run.client()
+    client.log_text(run.run_id, table.to_csv(index=False), "weak_label/lf_summary.csv")
+    fig = plot_lf_summary(summary, title="Labeling functions (train rows; accuracy on dev)")
+    client.log_figure(run.run_id, fig, "weak_label/lf_summary.png")
+    return summary
+
+
+@task(name="tune-label-model", cache_policy=NO_CACHE)
+def tune_label_model(result: LFApplyResult, df: pd.DataFrame, seed: int) -> TuningResult:
+    """Fit majority vote and a grid of LabelModels on train; keep the best on gold dev."""
+    masks = _masks(df)
+    L, y = result.matrix, gold_array(df)
+    tuning = fit_labeler(L[masks["train"]], L_dev=L[masks["dev"]], y_dev=y[masks["dev"]], seed=seed)
+    create_table_artifact(
+        table=jsonable(tuning.trials),
+        key="label-model-trials",
+        description="Label model tuning: every config tried, scored on the gold dev rows.",
+    )
+    get_run_logger().info("selected %s", tuning.best)
+    return tuning
+
+
+@task(name="merge-labels", cache_policy=NO_CACHE)
+def merge_gold_and_weak(
+    df: pd.DataFrame, result: LFApplyResult, tuning: TuningResult, weighting: Weighting
+) -> MergeResult:
+    """Every row's weak label and probabilities; gold wins on dev rows; quality weights."""
+    merged = build_labeled_batch(df, result.matrix, tuning.best, weighting=weighting)
+    get_run_logger().info("label sources: %s", merged.counts)
+    return merged
+
+
+@task(name="write-labeled-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+def write_batch(settings: Settings, df: pd.DataFrame, key: str) -> str:
+    """Write ``df`` as Parquet to s3://<bucket>/<key>."""
+    uri = settings.s3_uri(key)
+    put_bytes(settings.s3_client(), uri, write_parquet_bytes(df), PARQUET)
+    get_run_logger().info("wrote %d rows to %s", len(df), uri)
+    return uri
+
+
+@task(name="track-weak-label", cache_policy=NO_CACHE, **S3_RETRIES)
+def track_weak_label(
+    run: TrackedRun,
+    *,
+    df: pd.DataFrame,
+    rows_in: int,
+    quarantined: int,
+    result: LFApplyResult,
+    tuning: TuningResult,
+    merged: MergeResult,
+    uris: dict[str, str],
+) -> dict[str, float]:
+    """Coverage, label-model and majority-vote metrics on dev and test, counts per label
+    source and row counts to MLflow; the trials, weight model and label model as artifacts."""
+    client = run.client()
+    counts = split_counts(df)
+    metrics: dict[str, float] = {
+        "rows_in": rows_in,
+        "rows_out": len(merged.frame),
+        "rows_quarantined": quarantined,
+        "rows_train": counts.train,
+        "rows_dev": counts.dev,
+        "rows_test": counts.test,
+        "lf_apply_seconds": result.seconds,
+        "lf_unique_rows": result.unique_rows,
+        "lf_errors": sum(result.errors.values()),
+        **{f"label_source_{name}": n for name, n in merged.counts.items()},
+        **evaluate_labelers(tuning, result.matrix, df),
+    }
+    for key, value in metrics.items():
+        client.log_metric(run.run_id, key, float(value))
+    best = tuning.best.config
+    client.log_param(run.run_id, "labeler", best.kind)
+    if best.kind == "label_model":
+        for key, value in best.as_row().items():
+            if key != "kind":
+                client.log_param(run.run_id, f"labeler.{key}", str(value))
+    for name, uri in uris.items():
+        client.set_tag(run.run_id, f"mlsys.{name}", uri)
+    client.log_text(
+        run.run_id, pd.DataFrame(tuning.trials).to_csv(index=False), "weak_label/trials.csv"
+    )
+    weight = merged.weight_model
+    client.log_dict(run.run_id, asdict(weight), "weak_label/weight_model.json")
+    model = tuning.best.model
+    if model is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "label_model.pkl"
+            model.save(str(path))
+            client.log_artifact(run.run_id, str(path), "weak_label")
+    client.log_text(run.run_id, _label_counts(merged.frame), "weak_label/label_counts.csv")
+    return metrics
+
+
+def _label_counts(frame: pd.DataFrame) -> str:
+    table = frame.groupby(["split", "label_source"], observed=True).size().rename("rows")
+    out = io.StringIO()
+    table.reset_index().to_csv(out, index=False)
+    return out.getvalue()
+
+
+def summary_markdown(
+    *, dataset: str, metrics: dict[str, Any], tuning: TuningResult, uris: dict[str, str], run: Any
+) -> str:
+    """The run's summary for the Prefect UI."""
+
+    def fmt(key: str) -> str:
+        value = metrics.get(key)
+        return "–" if value is None else f"{value:.3f}"
+
+    rows = []
+    for name in ("label_model", "majority_vote"):
+        rows.append(
+            f"| {name.replace('_', ' ')} | {fmt(f'{name}_dev_accuracy')} | "
+            f"{fmt(f'{name}_test_accuracy')} | {fmt(f'{name}_test_f1')} |"
+        )
+    best = tuning.best.config
+    chosen = (
+        "majority vote"
+        if best.kind == "majority_vote"
+        else (
+            f"label model (epochs {best.n_epochs}, lr {best.lr}, l2 {best.l2}, "
+            f"class balance {best.class_balance or 'uniform'})"
+        )
+    )
+    quarantine = (
+        f"  \nQuarantined: `{uris['quarantine_batch']}`" if "quarantine_batch" in uris else ""
+    )
+    return (
+        f"# Weak labeling {dataset}\n\n"
+        "| rows in | rows out | quarantined | gold | weak | no label |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_quarantined']} "
+        f"| {metrics['label_source_gold']} | {metrics['label_source_weak']} "
+        f"| {metrics['label_source_none']} |\n\n"
+        f"| labeler | dev accuracy | test accuracy | test F1 |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + f"\n\nSelected on dev: **{chosen}**. LF coverage on train: "
+        f"{metrics['lf_coverage_train']:.3f}.\n\n"
+        f"Labeled batch: `{uris['labeled_batch']}`  \nRaw batch: `{uris['raw_batch']}`"
+        f"{quarantine}  \nMLflow run: [{run.run_id}]({run.url})\n"
+    )

@@ -1,0 +1,178 @@
+"""The weak_label flow against the real stack: a deployment run by the worker, the labeled
+batch in S3, metrics in MLflow that match the engines, artifacts in Prefect, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from infra.runs import trigger
+from mlsys.data import YOUTUBE_SPAM, read_parquet_bytes, read_source, write_parquet_bytes
+from mlsys.data.s3 import get_bytes, put_bytes
+from mlsys.labeling import (
+    apply_lfs,
+    evaluate_labelers,
+    fit_labeler,
+    gold_array,
+    holdout_split,
+    youtube_lfs,
+)
+from mlsys.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def raw(youtube_dir: Path) -> pd.DataFrame:
+    return read_source(str(youtube_dir), YOUTUBE_SPAM)
+
+
+def _put_raw(settings: Settings, df: pd.DataFrame, batch: str) -> str:
+    uri = settings.s3_uri(f"raw/youtube-spam/{batch}.parquet")
+    put_bytes(settings.s3_client(), uri, write_parquet_bytes(df))
+    return uri
+
+
+def _run_of(settings: Settings, flow_run_id: str):
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    exp = client.get_experiment_by_name(settings.mlflow_experiment)
+    assert exp is not None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    )
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.DataFrame) -> None:
+    raw_uri = _put_raw(stack, raw, "it-wl")
+    outcome = trigger(
+        stack,
+        "weak_label/weak_label",
+        {"raw_batch": raw_uri},
+        timeout_s=300,
+        say=lambda line: None,
+    )
+    assert outcome.state == "COMPLETED", outcome.message
+
+    labeled = read_parquet_bytes(
+        get_bytes(stack.s3_client(), stack.s3_uri("labeled/youtube-spam/it-wl.parquet"))
+    )
+    assert len(labeled) == len(raw) == 1956
+    assert sorted(labeled["comment_id"]) == sorted(raw["comment_id"])
+    counts = labeled["label_source"].value_counts().to_dict()
+    assert counts["gold"] == 120  # the dev rows
+    assert sum(counts.values()) == 1956
+    gold = labeled[labeled["label_source"] == "gold"]
+    assert (gold["split"] == "dev").all() and (gold["weight"] == 1.0).all()
+    assert gold["label"].equals(gold["gold_label"])
+    weak = labeled[labeled["label_source"] == "weak"]
+    assert weak["weight"].between(0.0, 1.0, inclusive="right").all()
+    assert (weak["label"] == weak["weak_label"]).all()
+    none = labeled[labeled["label_source"] == "none"]
+    assert none["label"].isna().all() and (none["weight"] == 0.0).all()
+    # Train rows' gold labels are hidden from everything downstream.
+    assert labeled.loc[labeled["split"] == "train", "gold_label"].isna().all()
+    proba = labeled[["proba_0", "proba_1"]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(labeled["confidence"], proba.max(axis=1))
+
+    # The flow's metrics are the engines' on the same data and seed.
+    df = holdout_split(raw, seed=123)
+    L = apply_lfs(df, youtube_lfs(), n_jobs=1).matrix
+    y = gold_array(df)
+    train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
+    expected = evaluate_labelers(fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev]), L, df)
+    client, run = _run_of(stack, outcome.flow_run_id)
+    metrics = run.data.metrics
+    for key in (
+        "label_model_test_accuracy",
+        "label_model_dev_accuracy",
+        "majority_vote_test_accuracy",
+        "majority_vote_dev_accuracy",
+        "lf_coverage_train",
+    ):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-9), key
+    assert metrics["rows_in"] == metrics["rows_out"] == 1956
+    assert metrics["rows_quarantined"] == 0
+    assert metrics["label_source_gold"] + metrics["label_source_weak"] + metrics[
+        "label_source_none"
+    ] == pytest.approx(1956)
+    assert run.data.tags["mlsys.labeled_batch"].endswith("labeled/youtube-spam/it-wl.parquet")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "weak_label")}
+    assert {
+        "weak_label/lf_summary.csv",
+        "weak_label/lf_summary.png",
+        "weak_label/trials.csv",
+        "weak_label/weights.png",
+        "weak_label/weight_model.json",
+    } <= artifacts
+    summary = client.download_artifacts(run.info.run_id, "weak_label/lf_summary.csv")
+    table = pd.read_csv(summary)
+    assert list(table["lf"]) == [lf.name for lf in youtube_lfs()]
+    assert table["coverage"].between(0, 1).all() and table["dev_accuracy"].notna().any()
+
+
+def test_flow_run_publishes_lf_summary_and_trials(stack_env: Settings, raw: pd.DataFrame) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.weak_label import weak_label
+
+    uri = weak_label(raw_batch=_put_raw(stack_env, raw, "it-wl-art"), lf_set="extended")
+    assert uri.endswith("labeled/youtube-spam/it-wl-art.parquet")
+    keys = ["lf-summary", "label-model-trials", "weak-label-summary", "lf-apply-progress"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    latest: dict[str, object] = {}
+    for artifact in sorted(artifacts, key=lambda a: a.created):
+        latest[artifact.key] = artifact
+    assert set(latest) == set(keys)
+    table = str(latest["lf-summary"].data)  # type: ignore[attr-defined]
+    assert "keyword_artist" in table and "dev_accuracy" in table
+    assert latest["lf-apply-progress"].data == 100.0  # type: ignore[attr-defined]
+    assert "it-wl-art.parquet" in str(latest["weak-label-summary"].data)  # type: ignore[attr-defined]
+
+
+def test_rows_without_text_are_quarantined_and_counted(
+    stack_env: Settings, raw: pd.DataFrame
+) -> None:
+    from flows.weak_label import weak_label
+
+    broken = raw.copy()
+    train_ids = broken.index[broken["source_file"] != broken["source_file"].max()][:3]
+    broken.loc[train_ids, "text"] = pd.NA
+    uri = weak_label(raw_batch=_put_raw(stack_env, broken, "it-wl-bad"))
+    labeled = read_parquet_bytes(get_bytes(stack_env.s3_client(), uri))
+    quarantined = read_parquet_bytes(
+        get_bytes(
+            stack_env.s3_client(),
+            stack_env.s3_uri("quarantine/weak_label/youtube-spam/it-wl-bad.parquet"),
+        )
+    )
+    assert len(labeled) + len(quarantined) == len(raw)
+    assert len(quarantined) == 3
+    assert set(quarantined["quarantine_reason"]) == {"missing text"}
+    assert set(quarantined["comment_id"]) == set(raw.loc[train_ids, "comment_id"])
+
+
+def test_empty_batch_fails_naming_it(stack_env: Settings, raw: pd.DataFrame) -> None:
+    from flows.weak_label import weak_label
+
+    with pytest.raises(ValueError, match="raw batch is empty"):
+        weak_label(raw_batch=_put_raw(stack_env, raw.iloc[:0], "it-wl-empty"))
+
+
+def test_missing_raw_batch_names_the_uri(stack_env: Settings) -> None:
+    from flows.weak_label import weak_label
+    from mlsys.data.s3 import S3Error
+
+    missing = stack_env.s3_uri("raw/youtube-spam/no-such-batch.parquet")
+    with pytest.raises(S3Error, match=r"no-such-batch\.parquet"):
+        weak_label(raw_batch=missing)
