@@ -35,6 +35,7 @@ demo: install
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
 	$(BIN)/mlsys run weak_label/weak_label --param raw_batch=s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
+	$(BIN)/mlsys run train/train --param labeled_batch=s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,0 +1,223 @@
+"""GPipe on CPU: K=2 stage processes with one thread each, training a deep MLP.
+
+For M in {1, 2, 4, 8} micro-batches (M=1 is naive model parallelism: one stage works
+while the other waits) it measures throughput, each stage's busy share, and the bubble
+of the steady mini-batches (idle / (busy + idle) between a step's first and last action)
+against the theoretical (K-1)/(M+K-1). Baselines, measured in the same run: the M=1
+pipeline, and plain single-process training with the same two threads (and with one).
+Also runs M=8 with the 1F1B schedule and with activation checkpointing, and draws the
+schedule of steady mini-batches to benchmarks/results/gpipe_schedule.png.
+
+The first epoch of every run is warm-up and is left out. The balance is profiled once
+(forward+backward time per layer on one micro-batch) and the same split is used by all
+runs.
+
+    .venv/bin/python benchmarks/gpipe.py [--width 2048] [--depth 8] [--batch 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from mlsys.training import GPipe, GPipeWorkers, fit
+from mlsys.training.balance import partition, profile
+from mlsys.training.schedule import (
+    load_trace,
+    measured_bubble,
+    plot_timeline,
+    theoretical_bubble,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STAGES = 2
+CLASSES = 10
+FEATURES = 64
+TARGET_SPEEDUP = 1.6  # M=8 throughput over the M=1 pipeline
+TARGET_BUBBLE_RATIO = 1.25  # measured bubble over theoretical, at M=8
+
+SGD = functools.partial(torch.optim.SGD, lr=1e-3)
+CE = nn.CrossEntropyLoss(reduction="none")
+
+
+def mlp(width: int, depth: int) -> nn.Sequential:
+    """A narrow input projection, ``depth`` hidden blocks of ``width``, a classifier head.
+
+    The input layer is kept cheap on purpose: the first layer computes no input gradient,
+    so a heavy one would make the first stage's forward slower and its backward faster
+    than the second stage's, an imbalance the fill/drain phases expose. With it cheap and
+    ``depth`` even, both stages do the same work in forward and in backward, and the bubble
+    measured is the pipeline's own."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(FEATURES, width), nn.ReLU()]
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, CLASSES))
+    return nn.Sequential(*layers)
+
+
+def steady_throughput(history: list[dict[str, Any]]) -> float:
+    """Examples per second over every epoch but the first."""
+    steady = history[1:]
+    return float(sum(r["examples"] for r in steady) / sum(r["seconds"] for r in steady))
+
+
+def busy_shares(step: list[list[tuple[str, int, float, float]]]) -> list[float]:
+    """Each stage's busy time over the step's span."""
+    start = min(i[2] for stage in step for i in stage)
+    end = max(i[3] for stage in step for i in stage)
+    return [sum(b - a for _, _, a, b in stage) / (end - start) for stage in step]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=2048, help="units per hidden layer")
+    parser.add_argument("--depth", type=int, default=8, help="hidden Linear+ReLU blocks")
+    parser.add_argument("--batch", type=int, default=1024, help="examples per mini-batch")
+    parser.add_argument("--steps", type=int, default=2, help="mini-batches per epoch")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs (the first is warm-up)")
+    args = parser.parse_args()
+
+    g = torch.Generator().manual_seed(0)
+    n = args.batch * args.steps
+    data = TensorDataset(
+        torch.randn(n, FEATURES, generator=g),
+        torch.randint(0, CLASSES, (n,), generator=g),
+    )
+    common: dict[str, Any] = {
+        "optimizer": SGD,
+        "loss": CE,
+        "epochs": args.epochs,
+        "batch_size": args.batch,
+    }
+    torch.set_num_threads(1)
+    sample = data.tensors[0][: args.batch // 8]
+    balance = partition(profile(mlp(args.width, args.depth), sample, by="time").costs, STAGES)
+    print(
+        f"model: Linear({FEATURES}, {args.width}) + ReLU, {args.depth} x "
+        f"(Linear({args.width}, {args.width}) + ReLU), Linear -> {CLASSES}: "
+        f"{len(mlp(args.width, args.depth))} layers; batch {args.batch}; "
+        f"{args.steps} steps/epoch x {args.epochs} epochs; balance by time: {balance}"
+    )
+
+    runs = [(f"gpipe M={m}", m, "gpipe", "never") for m in (1, 2, 4, 8)]
+    runs += [("1f1b M=8", 8, "1f1b", "never"), ("gpipe M=8 ckpt", 8, "gpipe", "except_last")]
+    rows: dict[str, dict[str, Any]] = {}
+    panels = []
+    with GPipeWorkers(STAGES) as workers, tempfile.TemporaryDirectory() as tmp:
+        for name, m, schedule, checkpoint in runs:
+            trace = Path(tmp) / name.replace(" ", "_")
+            strategy = GPipe(
+                STAGES,
+                m,
+                balance=balance,
+                schedule=schedule,  # type: ignore[arg-type]
+                checkpoint=checkpoint,  # type: ignore[arg-type]
+                trace_dir=trace,
+                workers=workers,
+            )
+            result = fit(mlp(args.width, args.depth), data, strategy=strategy, **common)
+            steps = load_trace(trace)[args.steps :]
+            bubbles = [measured_bubble(step) for step in steps]
+            median = sorted(range(len(steps)), key=bubbles.__getitem__)[len(steps) // 2]
+            rows[name] = {
+                "microbatches": m,
+                "schedule": schedule,
+                "checkpoint": checkpoint,
+                "examples_per_s": steady_throughput(result.history),
+                "bubble_measured": bubbles[median],
+                "bubble_theory": theoretical_bubble(STAGES, m),
+                "stage_busy_share": busy_shares(steps[median]),
+            }
+            if name in ("gpipe M=1", "gpipe M=8", "1f1b M=8"):
+                panels.append(
+                    (
+                        f"{name}: measured bubble {bubbles[median]:.3f}, "
+                        f"theory {theoretical_bubble(STAGES, m):.3f}",
+                        steps[median],
+                    )
+                )
+
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        result = fit(mlp(args.width, args.depth), data, **common)
+        rows[f"plain, {threads} thread{'s' * (threads > 1)}"] = {
+            "threads": threads,
+            "examples_per_s": steady_throughput(result.history),
+        }
+
+    naive = rows["gpipe M=1"]["examples_per_s"]
+    plain2 = rows["plain, 2 threads"]["examples_per_s"]
+    print(
+        f"\n{'run':<18}{'examples/s':>11}{'vs M=1':>8}{'vs plain 2t':>12}"
+        f"{'bubble':>8}{'theory':>8}{'ratio':>7}   busy share per stage"
+    )
+    for name, row in rows.items():
+        row["vs_pipeline_m1"] = row["examples_per_s"] / naive
+        row["vs_plain_2_threads"] = row["examples_per_s"] / plain2
+        line = f"{name:<18}{row['examples_per_s']:>11.1f}{row['vs_pipeline_m1']:>7.2f}x"
+        line += f"{row['vs_plain_2_threads']:>11.2f}x"
+        if "bubble_measured" in row:
+            row["bubble_ratio"] = row["bubble_measured"] / row["bubble_theory"]
+            line += f"{row['bubble_measured']:>8.3f}{row['bubble_theory']:>8.3f}"
+            line += f"{row['bubble_ratio']:>6.2f}x   "
+            line += " ".join(f"{b:.2f}" for b in row["stage_busy_share"])
+        print(line)
+
+    m8 = rows["gpipe M=8"]
+    targets = {
+        "speedup_m8_over_m1": {
+            "value": m8["vs_pipeline_m1"],
+            "target": f">= {TARGET_SPEEDUP}",
+            "met": m8["vs_pipeline_m1"] >= TARGET_SPEEDUP,
+        },
+        "bubble_m8_over_theory": {
+            "value": m8["bubble_ratio"],
+            "target": f"<= {TARGET_BUBBLE_RATIO}",
+            "met": m8["bubble_ratio"] <= TARGET_BUBBLE_RATIO,
+        },
+    }
+    for key, target in targets.items():
+        verdict = "met" if target["met"] else "MISSED"
+        print(f"target {key}: {target['value']:.2f} (want {target['target']}): {verdict}")
+
+    picture = plot_timeline(panels, RESULTS / "gpipe_schedule.png")
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_1m": os.getloadavg()[0],
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "model": {
+            "width": args.width,
+            "depth": args.depth,
+            "layers": len(mlp(args.width, args.depth)),
+        },
+        "batch_size": args.batch,
+        "steps_per_epoch": args.steps,
+        "epochs": args.epochs,
+        "stages": STAGES,
+        "threads_per_stage": 1,
+        "balance": balance,
+        "runs": rows,
+        "targets": targets,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gpipe.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"figures written to {RESULTS / 'gpipe.json'}; schedule picture {picture}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Flow `train`: a labeled batch in S3 -> a spam classifier trained with the chosen strategy,
+evaluated on the gold test rows and registered in MLflow with alias `challenger`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from mlsys.data.s3 import latest_key
+from mlsys.models.text import HashingFeaturizer
+from mlsys.settings import Settings
+from tasks.tracking import flow_run_tracking
+from tasks.train import evaluate_model, fit_model, load_labeled_batch, register_model
+
+
+@flow(name="train", log_prints=True)
+def train(
+    labeled_batch: str | None = None,
+    dataset: str = "youtube-spam",
+    trainer: Literal["plain", "gpipe"] = "plain",
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 0.01,
+    hidden: list[int] | None = None,
+    dropout: float = 0.0,
+    n_features: int = 2**13,
+    use_weights: bool = True,
+    stages: int = 2,
+    microbatches: int = 4,
+    seed: int = 123,
+    model_name: str = "spam-classifier",
+    alias: str = "challenger",
+    resume_from_run: str | None = None,
+) -> dict[str, str]:
+    """Train the spam classifier on a labeled batch and register it as `alias`.
+
+    Learns from the train and dev rows that have a label (weak labels on train rows,
+    gold on dev rows), each weighted by its label's quality unless `use_weights` is off;
+    evaluates on the gold test rows; logs per-epoch loss, test metrics, a confusion
+    matrix, the loss curve and each epoch's checkpoint to MLflow; registers a pyfunc
+    that takes raw text.
+
+    Args:
+        labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
+            under labeled/<dataset>/.
+        dataset: Dataset name (the labeled/ key prefix).
+        trainer: "plain" (one process) or "gpipe" (pipeline-parallel: `stages` processes,
+            `microbatches` per mini-batch).
+        epochs: Passes over the training rows.
+        batch_size: Examples per optimizer step (gpipe: a multiple of `microbatches`).
+        lr: Adam learning rate.
+        hidden: Hidden layer widths of the MLP. Empty: [64].
+        dropout: Dropout after each hidden layer.
+        n_features: Hashed text features (a power of two).
+        use_weights: Weigh each example by its label's quality (gold 1, weak < 1).
+        stages: gpipe: pipeline stages (one process each).
+        microbatches: gpipe: micro-batches per mini-batch.
+        seed: Seed of initialization, shuffling and dropout.
+        model_name: Registered model name in MLflow.
+        alias: Alias set on the new model version.
+        resume_from_run: MLflow run id whose newest checkpoint to resume from.
+
+    Returns:
+        The registered model's name, version, alias and model URI.
+    """
+    settings = Settings.load()
+    uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
+    hidden = hidden or [64]
+    featurizer = HashingFeaturizer(n_features=n_features)
+    params = {
+        "labeled_batch": uri,
+        "trainer": trainer,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "hidden": hidden,
+        "dropout": dropout,
+        "n_features": n_features,
+        "use_weights": use_weights,
+        "stages": stages if trainer == "gpipe" else None,
+        "microbatches": microbatches if trainer == "gpipe" else None,
+        "seed": seed,
+        "model_name": model_name,
+        "resume_from_run": resume_from_run,
+    }
+    with flow_run_tracking(settings, params=params) as run:
+        df = load_labeled_batch(settings, uri)
+        result = fit_model(
+            run,
+            df,
+            trainer=trainer,
+            featurizer=featurizer,
+            hidden=hidden,
+            dropout=dropout,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            stages=stages,
+            microbatches=microbatches,
+            use_weights=use_weights,
+            resume_from_run=resume_from_run,
+        )
+        metrics = evaluate_model(run, result, df, featurizer)
+        examples = df.loc[df["split"] == "test", "text"].head(3).tolist()
+        registered = register_model(
+            run, result, featurizer, name=model_name, alias=alias, examples=examples,
+            metrics=metrics,
+        )  # fmt: skip
+        create_markdown_artifact(
+            key="train-summary",
+            markdown=(
+                f"# Train ({trainer})\n\n"
+                f"| test accuracy | test F1 | test rows | epochs | final loss |\n"
+                f"|---|---|---|---|---|\n"
+                f"| {metrics['test_accuracy']:.3f} | {metrics['test_f1']:.3f} "
+                f"| {int(metrics['test_rows'])} | {len(result.history)} "
+                f"| {result.history[-1]['loss']:.4f} |\n\n"
+                f"Model: `{registered['name']}` version {registered['version']} "
+                f"(@{registered['alias']})  \nData: `{uri}`  \n"
+                f"MLflow run: [{run.run_id}]({run.url})\n"
+            ),
+            description=f"Training of {model_name} on {uri}",
+        )
+    return registered
+
+
+if __name__ == "__main__":
+    train()

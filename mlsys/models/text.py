@@ -1,0 +1,485 @@
+"""The spam text model: stateless hashed n-gram features and a small MLP over them."""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "PREDICT_CHUNK_ROWS",
+    "HashingFeaturizer",
+    "TextClassifierSpec",
+    "TextDataset",
+    "build_text_classifier",
+    "predict_texts",
+]
+
+TextItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""One ``TextDataset`` item: features ``[n_features]`` float32, label int64, weight float32."""
+
+PREDICT_CHUNK_ROWS = 1024
+"""Rows featurized and scored at a time by ``predict_texts``: 1024 rows of 2**13 float32
+features are 32 MiB, so memory stays bounded however many texts come in."""
+
+_MAX_FEATURES = 2**24
+# Words are runs of letters/digits/underscore; everything else separates them. Fixed, not a
+# featurizer field: changing it would change every saved model's features.
+_WORD_RE = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class _Csr:
+    """Rows of hashed features in compressed sparse row form (row i is
+    ``indices[indptr[i]:indptr[i+1]]`` with ``values`` at the same positions)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    def dense(self, n_features: int) -> torch.Tensor:
+        """The rows as a dense float32 tensor ``(n_rows, n_features)``."""
+        n_rows = len(self.indptr) - 1
+        out = np.zeros((n_rows, n_features), dtype=np.float32)
+        rows = np.repeat(np.arange(n_rows), np.diff(self.indptr))
+        out[rows, self.indices] = self.values
+        return torch.from_numpy(out)
+
+
+def _is_missing(value: object) -> bool:
+    """True for None, NaN (Python or NumPy float), pd.NA and pd.NaT."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float | np.floating) and math.isnan(value)
+
+
+def _check_texts(texts: Iterable[str]) -> list[str]:
+    """``texts`` as a list, after checking each is a string; errors name the position."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, got a single str")
+    checked = list(texts)
+    for position, text in enumerate(checked):
+        if isinstance(text, str):
+            continue
+        if _is_missing(text):
+            raise ValueError(f"text in row {position} is missing ({text!r})")
+        raise TypeError(f"text in row {position} must be a str, got {type(text).__name__} {text!r}")
+    return checked
+
+
+@dataclass(frozen=True)
+class HashingFeaturizer:
+    """Turns texts into fixed-width vectors by hashing word n-grams (the "hashing trick").
+
+    Usage::
+
+        featurizer = HashingFeaturizer()
+        x = featurizer.transform(["check out my channel", "love this song"])  # (2, 8192)
+
+    It is stateless, so it needs no fitting and featurizes identically in any process: the
+    hash is CRC-32 of the UTF-8 n-gram, never Python's per-process salted ``hash()``. Each
+    distinct n-gram of a text counts ``1 + log(count)`` (sublinear tf) into bucket
+    ``crc32 mod n_features``, with a sign taken from the hash's top bit so that colliding
+    n-grams cancel on average instead of piling up (Weinberger et al., "Feature Hashing
+    for Large Scale Multitask Learning", ICML 2009). Each row is then scaled to unit L2 norm,
+    so long and short comments weigh alike. A text without words maps to a zero row.
+
+    Args:
+        n_features: width of the output, a power of two in [16, 2**24].
+        ngram_range: ``(min_n, max_n)`` lengths of the word n-grams, ``1 <= min_n <= max_n``.
+        lowercase: lowercase the text before splitting it into words.
+    """
+
+    n_features: int = 2**13
+    ngram_range: tuple[int, int] = (1, 2)
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        n = self.n_features
+        if (
+            isinstance(n, bool)
+            or not isinstance(n, int)
+            or n < 16
+            or n > _MAX_FEATURES
+            or n & (n - 1)
+        ):
+            raise ValueError(f"n_features must be a power of two in [16, 2**24], got {n!r}")
+        # JSON round trips give lists; keep the field a hashable tuple.
+        ngrams = tuple(self.ngram_range)
+        object.__setattr__(self, "ngram_range", ngrams)
+        if (
+            len(ngrams) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in ngrams)
+            or not 1 <= ngrams[0] <= ngrams[1]
+        ):
+            raise ValueError(
+                f"ngram_range must be (min_n, max_n) with 1 <= min_n <= max_n, "
+                f"got {self.ngram_range!r}"
+            )
+        if not isinstance(self.lowercase, bool):
+            raise ValueError(f"lowercase must be a bool, got {self.lowercase!r}")
+
+    def transform(self, texts: Iterable[str]) -> torch.Tensor:
+        """Features of ``texts`` as a float32 tensor ``(len(texts), n_features)``.
+
+        Raises:
+            ValueError: a text is missing (None, NaN, pd.NA); the message names its position.
+            TypeError: a text is not a string.
+        """
+        return self._hash_rows(texts).dense(self.n_features)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values; ``from_dict`` rebuilds an equal featurizer."""
+        config = asdict(self)
+        config["ngram_range"] = list(self.ngram_range)
+        return config
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> HashingFeaturizer:
+        """The featurizer saved by ``to_dict``; unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown HashingFeaturizer setting(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**config)
+
+    def _hash_rows(self, texts: Iterable[str]) -> _Csr:
+        """Hashed, normalized features of ``texts`` as sparse rows."""
+        checked = _check_texts(texts)
+        indptr = np.zeros(len(checked) + 1, dtype=np.int64)
+        indices: list[int] = []
+        values: list[float] = []
+        for row, text in enumerate(checked):
+            buckets = self._row(text)
+            norm = math.sqrt(sum(v * v for v in buckets.values()))
+            for bucket in sorted(buckets):
+                value = buckets[bucket]
+                # Buckets whose n-grams cancelled exactly add nothing; leave them out.
+                if value != 0.0:
+                    indices.append(bucket)
+                    values.append(value / norm)
+            indptr[row + 1] = len(indices)
+        return _Csr(
+            indptr=indptr,
+            indices=np.asarray(indices, dtype=np.int64),
+            values=np.asarray(values, dtype=np.float32),
+        )
+
+    def _row(self, text: str) -> dict[int, float]:
+        """Signed sublinear-tf values of one text, keyed by bucket (before normalization)."""
+        words = _WORD_RE.findall(text.lower() if self.lowercase else text)
+        low, high = self.ngram_range
+        counts: Counter[str] = Counter()
+        for n in range(low, high + 1):
+            for start in range(len(words) - n + 1):
+                counts[" ".join(words[start : start + n])] += 1
+        buckets: dict[int, float] = {}
+        mask = self.n_features - 1
+        for gram, count in counts.items():
+            digest = zlib.crc32(gram.encode("utf-8"))
+            sign = -1.0 if digest & 0x80000000 else 1.0
+            bucket = digest & mask
+            buckets[bucket] = buckets.get(bucket, 0.0) + sign * (1.0 + math.log(count))
+        return buckets
+
+
+def _check_classifier_args(
+    n_features: int, hidden: Sequence[int], dropout: float, n_classes: int
+) -> list[int]:
+    """The hidden sizes as a list, after checking every argument of a text classifier."""
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+        raise ValueError(f"n_features must be a positive int, got {n_features!r}")
+    sizes = list(hidden)
+    for position, size in enumerate(sizes):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"hidden[{position}] must be a positive int, got {size!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+    return sizes
+
+
+def build_text_classifier(
+    n_features: int,
+    hidden: Sequence[int] = (64,),
+    dropout: float = 0.0,
+    n_classes: int = 2,
+) -> nn.Sequential:
+    """A flat MLP from ``n_features`` inputs to ``n_classes`` logits (no softmax).
+
+    Layers are ``[Linear, ReLU, (Dropout)] * len(hidden) + [Linear]`` directly in one
+    ``nn.Sequential``, never nested, so a pipeline trainer can cut it between any layers.
+    ``hidden=()`` gives a linear (logistic regression) model. Dropout layers are left out
+    when ``dropout`` is 0.
+
+    Raises:
+        ValueError: a size is not a positive int, ``dropout`` is outside [0, 1) or
+            ``n_classes`` is below 2.
+    """
+    sizes = _check_classifier_args(n_features, hidden, dropout, n_classes)
+    layers: list[nn.Module] = []
+    width = n_features
+    for size in sizes:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(float(dropout)))
+        width = size
+    layers.append(nn.Linear(width, n_classes))
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class TextClassifierSpec:
+    """The arguments of ``build_text_classifier``: enough, with a ``state_dict``, to rebuild a
+    trained classifier without pickling any class.
+
+    ``from_model`` reads the spec back off a built (and possibly trained) network.
+    """
+
+    n_features: int
+    hidden: tuple[int, ...] = (64,)
+    dropout: float = 0.0
+    n_classes: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        _check_classifier_args(self.n_features, self.hidden, self.dropout, self.n_classes)
+
+    def build(self) -> nn.Sequential:
+        """A freshly initialized network of this shape."""
+        return build_text_classifier(self.n_features, self.hidden, self.dropout, self.n_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready values."""
+        config = asdict(self)
+        config["hidden"] = list(self.hidden)
+        return config
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TextClassifierSpec:
+        """The spec saved by ``to_dict``; unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TextClassifierSpec setting(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**config)
+
+    @classmethod
+    def from_model(cls, model: nn.Sequential) -> TextClassifierSpec:
+        """The spec of ``model``, which must have the layout ``build_text_classifier`` makes.
+
+        Raises:
+            ValueError: the layout differs; the message names the first layer that does not fit.
+        """
+        layers = list(model)
+        linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+        dropouts = {layer.p for layer in layers if isinstance(layer, nn.Dropout)}
+        if not linears or len(dropouts) > 1:
+            raise ValueError(
+                f"model is not a text classifier: {len(linears)} Linear layer(s) and dropout "
+                f"rates {sorted(dropouts)}; expected Linear layers and at most one dropout rate"
+            )
+        spec = cls(
+            n_features=linears[0].in_features,
+            hidden=tuple(layer.out_features for layer in linears[:-1]),
+            dropout=dropouts.pop() if dropouts else 0.0,
+            n_classes=linears[-1].out_features,
+        )
+        expected = list(spec.build())
+        for position, (got, want) in enumerate(zip(layers, expected, strict=False)):
+            if repr(got) != repr(want):
+                raise ValueError(
+                    f"model layer {position} is {got!r}, but a text classifier with "
+                    f"{spec} has {want!r} there"
+                )
+        if len(layers) != len(expected):
+            raise ValueError(
+                f"model has {len(layers)} layers, but a text classifier with {spec} "
+                f"has {len(expected)}"
+            )
+        return spec
+
+
+def _check_labels(labels: Iterable[object], n_classes: int) -> np.ndarray:
+    """Labels as int64; each must be an integer (integral floats pass) in [0, n_classes)."""
+    out: list[int] = []
+    for position, label in enumerate(labels):
+        if _is_missing(label):
+            raise ValueError(f"label in row {position} is missing ({label!r})")
+        if (
+            not isinstance(label, int | np.integer | float | np.floating)
+            or not float(label).is_integer()
+        ):
+            raise ValueError(f"label in row {position} must be an integer, got {label!r}")
+        value = int(label)
+        if not 0 <= value < n_classes:
+            raise ValueError(f"label in row {position} is {value}, outside [0, {n_classes})")
+        out.append(value)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _check_weights(weights: Iterable[object]) -> np.ndarray:
+    """Weights as float32; each must be a positive, finite number."""
+    out: list[float] = []
+    for position, weight in enumerate(weights):
+        value = (
+            float(weight)
+            if isinstance(weight, int | float | np.integer | np.floating)
+            else math.nan
+        )
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"weight in row {position} must be a positive finite number, got {weight!r}"
+            )
+        out.append(value)
+    return np.asarray(out, dtype=np.float32)
+
+
+class TextDataset(Dataset[TextItem]):
+    """Labeled texts, featurized once up front, as ``(x, y, weight)`` items for ``fit``.
+
+    Usage::
+
+        data = TextDataset(["win a prize", "nice song"], [1, 0], HashingFeaturizer())
+        x, y, w = data[0]  # float32 [n_features], int64 scalar, float32 scalar
+
+    Features are kept as sparse rows and made dense one item at a time, so a large corpus
+    costs memory in proportion to its words, not to ``rows * n_features``.
+
+    Args:
+        texts: the texts; a missing one is an error.
+        labels: one class index per text, in ``[0, n_classes)``.
+        featurizer: turns the texts into feature vectors.
+        weights: one positive sample weight per text (e.g. weak-label quality); all 1.0 if
+            omitted.
+        n_classes: the number of classes the labels index.
+
+    Raises:
+        ValueError: lengths differ, or a text, label or weight is missing or out of range;
+            the message names its position and value.
+    """
+
+    def __init__(
+        self,
+        texts: Iterable[str],
+        labels: Iterable[object],
+        featurizer: HashingFeaturizer,
+        weights: Iterable[object] | None = None,
+        n_classes: int = 2,
+    ) -> None:
+        text_list = _check_texts(texts)
+        self.labels = torch.from_numpy(_check_labels(labels, n_classes))
+        self.weights = (
+            torch.ones(len(text_list), dtype=torch.float32)
+            if weights is None
+            else torch.from_numpy(_check_weights(weights))
+        )
+        if not len(text_list) == len(self.labels) == len(self.weights):
+            raise ValueError(
+                f"texts, labels and weights must have the same length, got {len(text_list)}, "
+                f"{len(self.labels)} and {len(self.weights)}"
+            )
+        self.featurizer = featurizer
+        self._rows = featurizer._hash_rows(text_list)
+
+    @classmethod
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        featurizer: HashingFeaturizer,
+        text_column: str = "text",
+        label_column: str = "label",
+        weight_column: str | None = "weight",
+        n_classes: int = 2,
+    ) -> TextDataset:
+        """The dataset of ``df``'s rows; ``weight_column=None`` weighs every row 1.0.
+
+        Raises:
+            ValueError: a named column is absent (the message lists the frame's columns), or
+                as for the constructor, positions counted from the frame's first row.
+        """
+        wanted = [text_column, label_column] + ([] if weight_column is None else [weight_column])
+        absent = [column for column in wanted if column not in df.columns]
+        if absent:
+            hint = (
+                " (pass weight_column=None for unweighted rows)" if weight_column in absent else ""
+            )
+            raise ValueError(
+                f"column(s) {absent} not in the frame, which has {list(df.columns)}{hint}"
+            )
+        return cls(
+            df[text_column].tolist(),
+            df[label_column].tolist(),
+            featurizer,
+            weights=None if weight_column is None else df[weight_column].tolist(),
+            n_classes=n_classes,
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> TextItem:
+        start, stop = self._rows.indptr[index], self._rows.indptr[index + 1]
+        x = torch.zeros(self.featurizer.n_features, dtype=torch.float32)
+        x[torch.from_numpy(self._rows.indices[start:stop])] = torch.from_numpy(
+            self._rows.values[start:stop]
+        )
+        return x, self.labels[index], self.weights[index]
+
+
+def predict_texts(
+    model: nn.Module,
+    featurizer: HashingFeaturizer,
+    texts: Iterable[str],
+    chunk_rows: int = PREDICT_CHUNK_ROWS,
+) -> pd.DataFrame:
+    """Class predictions for raw ``texts``, one row each, in input order.
+
+    Columns: ``label`` (int64, the most probable class), ``probability`` (float64, its
+    probability) and ``proba_0`` ... ``proba_{k-1}`` (float64, softmax of the logits). The
+    model runs in eval mode without autograd, ``chunk_rows`` texts at a time, and is put
+    back in the mode it was in.
+
+    Raises:
+        ValueError: a text is missing; the message names its row.
+    """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    checked = _check_texts(texts)
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            # At least one (possibly empty) chunk, so no input still yields k proba columns.
+            for start in range(0, max(len(checked), 1), chunk_rows):
+                x = featurizer.transform(checked[start : start + chunk_rows])
+                chunks.append(torch.softmax(model(x), dim=1))
+    finally:
+        model.train(was_training)
+    proba = torch.cat(chunks).double().numpy()
+    labels = proba.argmax(axis=1).astype(np.int64)
+    frame = pd.DataFrame(
+        {
+            "label": labels,
+            "probability": proba[np.arange(len(labels)), labels],
+        }
+    )
+    for k in range(proba.shape[1]):
+        frame[f"proba_{k}"] = proba[:, k]
+    return frame

@@ -1,0 +1,16 @@
+"""Trainers: ``fit(model, data, strategy=...)`` with plain, pipeline-parallel (GPipe) and
+spilling strategies."""
+
+from mlsys.training.fit import Callback, FitResult, FitSpec, Strategy, fit
+from mlsys.training.gpipe import GPipe, GPipeWorkers, StageError
+
+__all__ = [
+    "Callback",
+    "FitResult",
+    "FitSpec",
+    "GPipe",
+    "GPipeWorkers",
+    "StageError",
+    "Strategy",
+    "fit",
+]

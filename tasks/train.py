@@ -1,0 +1,255 @@
+"""Tasks of the train flow: load the labeled batch, fit with the chosen strategy, evaluate on
+gold test rows, log and register the model."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from torch import nn
+
+from mlsys.data import read_parquet_bytes
+from mlsys.data.s3 import get_bytes
+from mlsys.models.pyfunc import log_text_classifier
+from mlsys.models.text import (
+    HashingFeaturizer,
+    TextDataset,
+    build_text_classifier,
+    predict_texts,
+)
+from mlsys.settings import Settings
+from mlsys.training import Callback, FitResult, fit
+from mlsys.training.evaluate import classification_metrics, plot_confusion, plot_history
+from mlsys.training.fit import latest_checkpoint
+from mlsys.training.gpipe import GPipe
+from tasks.retry import S3_RETRIES
+from tasks.tracking import (
+    TAG_DEPLOYMENT,
+    TAG_FLOW_NAME,
+    TAG_FLOW_RUN_ID,
+    TAG_FLOW_RUN_URL,
+    TrackedRun,
+)
+
+CLASS_NAMES = ("ham", "spam")
+TRAIN_SPLITS = ("train", "dev")
+
+
+class TrackingCallback(Callback):
+    """Per-epoch metrics to MLflow, a Prefect progress artifact over all steps, and each
+    epoch's checkpoint uploaded to the MLflow run (``checkpoints/``)."""
+
+    def __init__(self, run: TrackedRun, *, label: str) -> None:
+        self.run = run
+        self.client = run.client()
+        self.label = label
+        self.artifact_id: Any = None
+        self.total = 1
+        self.done = 0
+        self.last_update = 0.0
+
+    def on_train_begin(self, *, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        self.total = max(epochs * steps_per_epoch, 1)
+        self.done = start_epoch * steps_per_epoch
+        self.artifact_id = create_progress_artifact(
+            100.0 * self.done / self.total,
+            key="training-progress",
+            description=f"Training ({self.label}): optimizer steps done",
+        )
+
+    def on_step_end(self, *, epoch: int, step: int, loss: float) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.artifact_id is not None and now - self.last_update > 1.0:
+            self.last_update = now
+            update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        epoch = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, int | float):
+                self.client.log_metric(self.run.run_id, f"train_{key}", float(value), step=epoch)
+        get_run_logger().info(
+            "epoch %d: loss %.4f (%d examples, %.1f s)",
+            epoch + 1,
+            record["loss"],
+            record["examples"],
+            record["seconds"],
+        )
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        self.client.log_artifact(self.run.run_id, str(path), "checkpoints")
+
+    def on_train_end(self, history: list[dict[str, Any]]) -> None:
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, 100.0)
+
+
+@task(name="load-labeled-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+def load_labeled_batch(settings: Settings, uri: str) -> pd.DataFrame:
+    df = read_parquet_bytes(get_bytes(settings.s3_client(), uri))
+    needed = {"text", "split", "label", "label_source", "weight", "gold_label"}
+    missing = sorted(needed - set(df.columns))
+    if missing:
+        raise ValueError(
+            f"{uri} is not a labeled batch (from weak_label): it lacks {', '.join(missing)}"
+        )
+    get_run_logger().info("read %d rows from %s", len(df), uri)
+    return df
+
+
+def training_rows(df: pd.DataFrame, use_weights: bool) -> pd.DataFrame:
+    """Rows a model learns from: train and dev rows with a label (weak or gold)."""
+    rows = df[df["split"].isin(TRAIN_SPLITS) & df["label"].notna()].copy()
+    if rows.empty:
+        raise ValueError("the labeled batch has no labeled train or dev rows to learn from")
+    if not use_weights:
+        rows["weight"] = 1.0
+    return rows
+
+
+@task(name="fit-model", cache_policy=NO_CACHE)
+def fit_model(
+    run: TrackedRun,
+    df: pd.DataFrame,
+    *,
+    trainer: str,
+    featurizer: HashingFeaturizer,
+    hidden: list[int],
+    dropout: float,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    stages: int,
+    microbatches: int,
+    use_weights: bool,
+    resume_from_run: str | None,
+) -> FitResult:
+    """Train the text classifier with the chosen strategy; checkpoints go to the MLflow run."""
+    rows = training_rows(df, use_weights)
+    data = TextDataset.from_frame(rows, featurizer)
+    torch.manual_seed(seed)
+    model = build_text_classifier(featurizer.n_features, hidden=hidden, dropout=dropout)
+    strategy: Any = "plain"
+    if trainer == "gpipe":
+        strategy = GPipe(stages=stages, microbatches=microbatches)
+    elif trainer != "plain":
+        raise ValueError(f"trainer must be 'plain' or 'gpipe', got {trainer!r}")
+    client = run.client()
+    client.log_metric(run.run_id, "rows_train", len(rows))
+    for source, count in rows["label_source"].value_counts().items():
+        client.log_metric(run.run_id, f"rows_train_{source}", int(count))
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoints = Path(folder)
+        if resume_from_run:
+            _download_latest_checkpoint(client, resume_from_run, checkpoints)
+        return fit(
+            model,
+            data,
+            strategy=strategy,
+            optimizer=functools.partial(torch.optim.Adam, lr=lr),
+            loss=nn.CrossEntropyLoss(reduction="none"),
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=True,
+            drop_last=trainer == "gpipe",
+            checkpoint_dir=checkpoints,
+            resume=bool(resume_from_run),
+            callbacks=[TrackingCallback(run, label=trainer)],
+        )
+
+
+def _download_latest_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> None:
+    names = sorted(a.path for a in client.list_artifacts(run_id, "checkpoints"))
+    if not names:
+        raise ValueError(f"MLflow run {run_id} has no checkpoints/ to resume from")
+    (folder / "download").mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(run_id, names[-1], str(folder / "download")))
+    target = folder / local.name
+    local.replace(target)
+    if latest_checkpoint(folder) != target:
+        raise ValueError(f"MLflow run {run_id}: {names[-1]} is not an epoch checkpoint")
+    get_run_logger().info("resuming from %s of MLflow run %s", target.name, run_id)
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE, **S3_RETRIES)
+def evaluate_model(
+    run: TrackedRun, result: FitResult, df: pd.DataFrame, featurizer: HashingFeaturizer
+) -> dict[str, float]:
+    """Accuracy, F1 and log loss on the gold test rows (and on train/dev rows' labels), a
+    confusion matrix and the loss curve, logged to MLflow."""
+    model = result.model.eval()
+    metrics: dict[str, float] = {}
+    client = run.client()
+    test = df[(df["split"] == "test") & df["gold_label"].notna()]
+    if test.empty:
+        raise ValueError("the labeled batch has no gold test rows to evaluate on")
+    for name, rows, column in (
+        ("test", test, "gold_label"),
+        ("train", training_rows(df, True), "label"),
+    ):
+        scored = predict_texts(model, featurizer, rows["text"].tolist())
+        proba = scored[[f"proba_{c}" for c in range(len(CLASS_NAMES))]].to_numpy()
+        y = rows[column].to_numpy(dtype=np.int64)
+        for key, value in classification_metrics(y, proba).items():
+            metrics[f"{name}_{key}"] = value
+        if name == "test":
+            fig = plot_confusion(y, proba.argmax(axis=1), CLASS_NAMES, title="Gold test rows")
+            client.log_figure(run.run_id, fig, "train/confusion_test.png")
+    for key, value in metrics.items():
+        client.log_metric(run.run_id, key, value)
+    client.log_figure(
+        run.run_id, plot_history(result.history, title="Training loss"), "train/loss.png"
+    )
+    get_run_logger().info(
+        "test accuracy %.3f, F1 %.3f on %d gold rows",
+        metrics["test_accuracy"],
+        metrics["test_f1"],
+        int(metrics["test_rows"]),
+    )
+    return metrics
+
+
+@task(name="register-model", cache_policy=NO_CACHE, **S3_RETRIES)
+def register_model(
+    run: TrackedRun,
+    result: FitResult,
+    featurizer: HashingFeaturizer,
+    *,
+    name: str,
+    alias: str,
+    examples: list[str],
+    metrics: dict[str, float],
+) -> dict[str, str]:
+    """Log the pyfunc (raw text in) to the run, register a version, set ``alias`` and tag
+    the version with the Prefect flow run it came from."""
+    info = log_text_classifier(
+        result.model,
+        featurizer,
+        run_id=run.run_id,
+        tracking_uri=run.tracking_uri,
+        registered_model_name=name,
+        input_example_texts=examples,
+    )
+    version = str(info.registered_model_version)
+    client = run.client()
+    client.set_registered_model_alias(name, alias, version)
+    tags = client.get_run(run.run_id).data.tags
+    for key in (TAG_FLOW_RUN_ID, TAG_FLOW_NAME, TAG_DEPLOYMENT, TAG_FLOW_RUN_URL):
+        if tags.get(key):
+            client.set_model_version_tag(name, version, key, tags[key])
+    client.set_model_version_tag(name, version, "test_accuracy", f"{metrics['test_accuracy']:.4f}")
+    get_run_logger().info("registered %s version %s as @%s", name, version, alias)
+    return {"name": name, "version": version, "alias": alias, "model_uri": info.model_uri}

@@ -1,0 +1,145 @@
+"""The train flow against the real stack: a deployment run by the worker trains on a labeled
+batch in S3, registers a raw-text pyfunc as @challenger tied to its flow run; resume from a
+checkpoint; the GPipe trainer; bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from infra.runs import trigger
+from mlsys.data import YOUTUBE_SPAM, read_source, write_parquet_bytes
+from mlsys.data.s3 import put_bytes
+from mlsys.labeling import (
+    apply_lfs,
+    build_labeled_batch,
+    fit_labeler,
+    gold_array,
+    holdout_split,
+    youtube_lfs,
+)
+from mlsys.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def labeled(stack: Settings, youtube_dir: Path) -> tuple[str, pd.DataFrame]:
+    """A labeled batch made by the weak-labeling engines, in the stack's S3."""
+    df = holdout_split(read_source(str(youtube_dir), YOUTUBE_SPAM))
+    L = apply_lfs(df, youtube_lfs(), n_jobs=1).matrix
+    y = gold_array(df)
+    train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
+    tuning = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev])
+    frame = build_labeled_batch(df, L, tuning.best).frame
+    uri = stack.s3_uri("labeled/youtube-spam/it-train.parquet")
+    put_bytes(stack.s3_client(), uri, write_parquet_bytes(frame))
+    return uri, frame
+
+
+def _run_of(settings: Settings, flow_run_id: str):
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    exp = client.get_experiment_by_name(settings.mlflow_experiment)
+    assert exp is not None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    )
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_deployment_trains_registers_and_links_the_model(
+    stack: Settings, labeled: tuple[str, pd.DataFrame]
+) -> None:
+    uri, frame = labeled
+    params = {"labeled_batch": uri, "epochs": 3, "model_name": "it-spam"}
+    outcome = trigger(stack, "train/train", params, timeout_s=400, say=lambda line: None)
+    assert outcome.state == "COMPLETED", outcome.message
+
+    client, run = _run_of(stack, outcome.flow_run_id)
+    metrics = run.data.metrics
+    assert metrics["test_rows"] == 250
+    assert metrics["test_accuracy"] > 0.8
+    assert metrics["rows_train"] == int(
+        (frame["split"].isin(["train", "dev"]) & frame["label"].notna()).sum()
+    )
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in losses] == [0, 1, 2]
+    assert losses[-1].value < losses[0].value
+    checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert checkpoints == {f"checkpoints/epoch-000{i}.pt" for i in range(3)}
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
+    assert {"train/confusion_test.png", "train/loss.png"} <= plots
+
+    version = client.get_model_version_by_alias("it-spam", "challenger")
+    assert version.run_id == run.info.run_id
+    assert version.tags["prefect.flow_run_id"] == outcome.flow_run_id
+    assert version.tags["prefect.flow_run_url"] == outcome.prefect_url
+
+    # The registered model takes raw text; its test accuracy is the one the run logged.
+    mlflow.set_tracking_uri(stack.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/it-spam@challenger")
+    test = frame[frame["split"] == "test"]
+    predicted = model.predict(pd.DataFrame({"text": test["text"].astype(str)}))
+    assert list(predicted.columns[:2]) == ["label", "probability"]
+    accuracy = float(np.mean(predicted["label"].to_numpy() == test["gold_label"].to_numpy()))
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    signature = model.metadata.get_input_schema().to_dict()
+    assert signature == [{"type": "string", "name": "text", "required": True}]
+
+
+def test_resume_continues_from_the_last_checkpoint(
+    stack_env: Settings, labeled: tuple[str, pd.DataFrame]
+) -> None:
+    from flows.train import train
+
+    uri, _ = labeled
+    first = train(labeled_batch=uri, epochs=2, model_name="it-resume")
+    client = MlflowClient(tracking_uri=stack_env.tracking_uri)
+    first_run = client.get_model_version("it-resume", first["version"]).run_id
+    second = train(labeled_batch=uri, epochs=3, model_name="it-resume", resume_from_run=first_run)
+    second_run = client.get_model_version("it-resume", second["version"]).run_id
+    steps = [m.step for m in client.get_metric_history(second_run, "train_loss")]
+    assert steps == [2]  # epochs 0 and 1 came from the checkpoint
+    checkpoints = {a.path for a in client.list_artifacts(second_run, "checkpoints")}
+    assert checkpoints == {"checkpoints/epoch-0002.pt"}
+    assert client.get_model_version_by_alias("it-resume", "challenger").version == "2"
+
+
+def test_gpipe_trainer_trains_the_same_model_family(
+    stack_env: Settings, labeled: tuple[str, pd.DataFrame]
+) -> None:
+    from flows.train import train
+
+    uri, _ = labeled
+    registered = train(
+        labeled_batch=uri,
+        trainer="gpipe",
+        epochs=2,
+        batch_size=64,
+        hidden=[64, 32],
+        stages=2,
+        microbatches=4,
+        model_name="it-gpipe",
+    )
+    client = MlflowClient(tracking_uri=stack_env.tracking_uri)
+    run = client.get_run(client.get_model_version("it-gpipe", registered["version"]).run_id)
+    assert run.data.params["trainer"] == "gpipe"
+    assert run.data.metrics["test_accuracy"] > 0.8
+
+
+def test_a_raw_batch_is_refused_naming_the_missing_columns(
+    stack_env: Settings, youtube_dir: Path
+) -> None:
+    from flows.train import train
+
+    raw = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    uri = stack_env.s3_uri("raw/youtube-spam/it-train-raw.parquet")
+    put_bytes(stack_env.s3_client(), uri, write_parquet_bytes(raw))
+    with pytest.raises(ValueError, match=r"not a labeled batch .* lacks gold_label, label_source"):
+        train(labeled_batch=uri, epochs=1, model_name="it-bad")

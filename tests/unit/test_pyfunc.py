@@ -1,0 +1,192 @@
+"""Tests for mlsys.models.pyfunc: logging the text classifier to MLflow and loading it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.models import Model
+from mlflow.models.model import ModelInfo
+from torch import nn
+
+from mlsys.models import HashingFeaturizer, build_text_classifier, predict_texts
+from mlsys.models.pyfunc import log_text_classifier
+
+TEXTS = ["check out my channel", "love this song", "WIN a free iPhone now!!!", ""]
+REGISTERED_NAME = "spam-classifier"
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One model logged to a private tracking store, and what the test needs to check it."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    info: ModelInfo
+    model: nn.Sequential
+    featurizer: HashingFeaturizer
+    uri_before: tuple[bool, str]
+    uri_after: tuple[bool, str]
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    root = tmp_path_factory.mktemp("mlflow")
+    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri)
+    # A non-default experiment with its artifacts in tmp: the model must land in it.
+    experiment_id = client.create_experiment("text", artifact_location=(root / "art").as_uri())
+    run_id = client.create_run(experiment_id).info.run_id
+    torch.manual_seed(0)
+    featurizer = HashingFeaturizer(n_features=1024)
+    model = build_text_classifier(1024, hidden=(8,), dropout=0.1)
+    uri_before = (mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri())
+    info = log_text_classifier(
+        model,
+        featurizer,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        registered_model_name=REGISTERED_NAME,
+        input_example_texts=TEXTS[:2],
+    )
+    return Logged(
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        info=info,
+        model=model,
+        featurizer=featurizer,
+        uri_before=uri_before,
+        uri_after=(mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()),
+    )
+
+
+@pytest.fixture
+def tracking(logged: Logged) -> Iterator[Logged]:
+    """The logged model with MLflow pointed at its store, as a reader would have it."""
+    mlflow.set_tracking_uri(logged.tracking_uri)
+    try:
+        yield logged
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def test_loaded_model_predicts_like_the_in_memory_model(tracking: Logged) -> None:
+    loaded = mlflow.pyfunc.load_model(tracking.info.model_uri)
+    got = loaded.predict(pd.DataFrame({"text": TEXTS}))
+    expected = predict_texts(tracking.model, tracking.featurizer, TEXTS)
+    assert list(got.columns) == ["label", "probability", "proba_0", "proba_1"]
+    assert got["label"].dtype == "int64" and got["probability"].dtype == "float64"
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6, rtol=0)
+    # A Series named after the input column is turned into that column by MLflow.
+    by_series = loaded.predict(pd.Series(TEXTS, name="text"))
+    pd.testing.assert_frame_equal(by_series, got)
+
+
+def test_registered_version_one_loads(tracking: Logged) -> None:
+    assert tracking.info.registered_model_version == 1
+    version = mlflow.MlflowClient(tracking.tracking_uri).get_model_version(REGISTERED_NAME, "1")
+    assert version.run_id == tracking.run_id
+    loaded = mlflow.pyfunc.load_model(f"models:/{REGISTERED_NAME}/1")
+    assert loaded.predict(pd.DataFrame({"text": TEXTS}))["label"].tolist() == (
+        predict_texts(tracking.model, tracking.featurizer, TEXTS)["label"].tolist()
+    )
+
+
+def test_signature_takes_text_and_example_is_stored(tracking: Logged) -> None:
+    signature = tracking.info.signature
+    assert signature.inputs.to_dict() == [{"type": "string", "name": "text", "required": True}]
+    assert signature.outputs.input_names() == ["label", "probability", "proba_0", "proba_1"]
+    local = mlflow.artifacts.download_artifacts(tracking.info.model_uri)
+    example = Model.load(local).load_input_example(local)
+    pd.testing.assert_frame_equal(example, pd.DataFrame({"text": TEXTS[:2]}), check_dtype=False)
+    requirements = (Path(local) / "requirements.txt").read_text().split()
+    assert sorted(r.split("==")[0] for r in requirements) == ["mlflow", "numpy", "pandas", "torch"]
+
+
+def test_logging_leaves_the_run_and_tracking_state_alone(logged: Logged) -> None:
+    client = mlflow.MlflowClient(logged.tracking_uri)
+    assert client.get_run(logged.run_id).info.status == "RUNNING"
+    assert client.get_logged_model(logged.info.model_id).experiment_id == logged.experiment_id
+    assert logged.info.run_id == logged.run_id
+    assert mlflow.active_run() is None
+    assert logged.uri_after == logged.uri_before
+
+
+def test_missing_text_names_the_row(tracking: Logged) -> None:
+    loaded = mlflow.pyfunc.load_model(tracking.info.model_uri)
+    with pytest.raises(ValueError, match="text in row 2 is missing"):
+        loaded.predict(pd.DataFrame({"text": ["a", "b", None]}))
+    with pytest.raises(mlflow.MlflowException, match=r"missing inputs \['text'\]"):
+        loaded.predict(pd.DataFrame({"comment": ["a"]}))
+
+
+def test_model_loads_without_mlsys_installed_and_without_pickle(
+    tracking: Logged, tmp_path: Path
+) -> None:
+    # A fresh interpreter that cannot import the installed mlsys: the model's own code
+    # folder must supply it, and loading must not need pickle.
+    script = f"""
+import importlib.machinery, json, os, sys
+
+class OnlyModelCode:
+    # Finds the top-level mlsys package only in a model's code folder, however it is installed.
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "mlsys":
+            return None
+        code_dirs = [p for p in sys.path if p.endswith(os.sep + "code")]
+        spec = importlib.machinery.PathFinder.find_spec(name, code_dirs)
+        if spec is None:
+            raise ModuleNotFoundError("mlsys is hidden outside a model's code folder")
+        return spec
+
+sys.meta_path.insert(0, OnlyModelCode)
+try:
+    import mlsys
+    sys.exit("mlsys is still importable: " + str(mlsys.__file__))
+except ModuleNotFoundError:
+    pass
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({tracking.info.model_uri!r})
+import mlsys.models.text
+print(json.dumps({{
+    "module": mlsys.models.text.__file__,
+    "proba": model.predict(pd.DataFrame({{"text": {TEXTS!r}}}))["proba_1"].tolist(),
+}}))
+"""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "/code/mlsys/models/text.py" in result["module"]
+    expected = predict_texts(tracking.model, tracking.featurizer, TEXTS)["proba_1"].tolist()
+    assert result["proba"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_rejects_a_featurizer_of_another_width(logged: Logged) -> None:
+    with pytest.raises(ValueError, match="model takes 1024 features but the featurizer makes 64"):
+        log_text_classifier(
+            logged.model,
+            HashingFeaturizer(n_features=64),
+            run_id=logged.run_id,
+            tracking_uri=logged.tracking_uri,
+        )
