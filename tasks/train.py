@@ -32,6 +32,12 @@ from mlsys.training import Callback, FitResult, fit
 from mlsys.training.evaluate import classification_metrics, plot_confusion, plot_history
 from mlsys.training.fit import latest_checkpoint
 from mlsys.training.gpipe import GPipe
+from mlsys.training.schedule import (
+    load_trace,
+    measured_bubble,
+    plot_timeline,
+    theoretical_bubble,
+)
 from tasks.retry import S3_RETRIES
 from tasks.tracking import (
     TAG_DEPLOYMENT,
@@ -141,10 +147,7 @@ def fit_model(
     data = TextDataset.from_frame(rows, featurizer)
     torch.manual_seed(seed)
     model = build_text_classifier(featurizer.n_features, hidden=hidden, dropout=dropout)
-    strategy: Any = "plain"
-    if trainer == "gpipe":
-        strategy = GPipe(stages=stages, microbatches=microbatches)
-    elif trainer != "plain":
+    if trainer not in ("plain", "gpipe"):
         raise ValueError(f"trainer must be 'plain' or 'gpipe', got {trainer!r}")
     client = run.client()
     client.log_metric(run.run_id, "rows_train", len(rows))
@@ -154,7 +157,12 @@ def fit_model(
         checkpoints = Path(folder)
         if resume_from_run:
             _download_latest_checkpoint(client, resume_from_run, checkpoints)
-        return fit(
+        strategy: Any = "plain"
+        if trainer == "gpipe":
+            strategy = GPipe(
+                stages=stages, microbatches=microbatches, trace_dir=checkpoints / "trace"
+            )
+        result = fit(
             model,
             data,
             strategy=strategy,
@@ -169,6 +177,25 @@ def fit_model(
             resume=bool(resume_from_run),
             callbacks=[TrackingCallback(run, label=trainer)],
         )
+        if trainer == "gpipe":
+            _log_pipeline_schedule(run, checkpoints / "trace", stages, microbatches)
+        return result
+
+
+def _log_pipeline_schedule(run: TrackedRun, trace: Path, stages: int, microbatches: int) -> None:
+    """The last mini-batch's per-stage timeline as a picture, and its measured bubble."""
+    steps = load_trace(trace)
+    if not steps:
+        return
+    last = steps[-1]
+    bubble = measured_bubble(last)
+    theory = theoretical_bubble(stages, microbatches)
+    title = f"K={stages}, M={microbatches}: measured bubble {bubble:.3f}, theory {theory:.3f}"
+    picture = plot_timeline([(title, last)], trace / "pipeline_schedule.png")
+    client = run.client()
+    client.log_artifact(run.run_id, str(picture), "train")
+    client.log_metric(run.run_id, "pipeline_bubble_measured", bubble)
+    client.log_metric(run.run_id, "pipeline_bubble_theory", theory)
 
 
 def _download_latest_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> None:

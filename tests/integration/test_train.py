@@ -131,6 +131,10 @@ def test_gpipe_trainer_trains_the_same_model_family(
     run = client.get_run(client.get_model_version("it-gpipe", registered["version"]).run_id)
     assert run.data.params["trainer"] == "gpipe"
     assert run.data.metrics["test_accuracy"] > 0.8
+    assert 0.0 < run.data.metrics["pipeline_bubble_measured"] < 1.0
+    assert run.data.metrics["pipeline_bubble_theory"] == pytest.approx(1 / 5)
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
+    assert "train/pipeline_schedule.png" in plots
 
 
 def test_a_raw_batch_is_refused_naming_the_missing_columns(
