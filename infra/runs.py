@@ -41,25 +41,40 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def mlflow_run_url(settings: Settings, flow_run_id: str) -> str | None:
-    """The URL of the MLflow run tagged with this Prefect flow run, if there is one."""
+def mlflow_runs_of(settings: Settings, flow_run_id: str) -> list[Any]:
+    """The MLflow runs tagged with this Prefect flow run (one parent run per flow run)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
-        max_results=1,
+        return []
+    return list(
+        client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+        )
     )
+
+
+def mlflow_run_of(settings: Settings, flow_run_id: str) -> tuple[Any, Any]:
+    """An MLflow client and the parent run of a Prefect flow run; LookupError unless there
+    is exactly one."""
+    from mlflow.tracking import MlflowClient
+
+    runs = mlflow_runs_of(settings, flow_run_id)
+    if len(runs) != 1:
+        raise LookupError(f"expected one MLflow run for flow run {flow_run_id}, got {len(runs)}")
+    return MlflowClient(tracking_uri=settings.tracking_uri), runs[0]
+
+
+def mlflow_run_url(settings: Settings, flow_run_id: str) -> str | None:
+    """The URL of the MLflow run tagged with this Prefect flow run, if there is one."""
+    runs = mlflow_runs_of(settings, flow_run_id)
     if not runs:
         return None
-    run = runs[0]
-    return (
-        f"{settings.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
-    )
+    info = runs[0].info
+    return f"{settings.tracking_uri}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
 
 
 def trigger(

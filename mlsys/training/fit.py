@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "Callback",
+    "EpochMeter",
     "FitResult",
     "FitSpec",
     "LossFn",
@@ -297,6 +298,37 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+class EpochMeter:
+    """The running loss of one epoch, weighted like the mini-batch losses, and its history
+    record. Strategies call ``add`` after each step (raising on a non-finite loss)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.started = time.perf_counter()
+        self.total = 0.0
+        self.weight = 0.0
+        self.examples = 0
+
+    def add(self, loss: float, weights: torch.Tensor, *, step: int) -> None:
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss} at epoch {self.epoch}, step {step}; lower the learning "
+                f"rate or check the inputs"
+            )
+        batch_weight = float(weights.sum())
+        self.total += loss * batch_weight
+        self.weight += batch_weight
+        self.examples += int(weights.numel())
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "loss": self.total / self.weight,
+            "examples": self.examples,
+            "seconds": time.perf_counter() - self.started,
+        }
+
+
 def _dataset_len(data: Dataset[Any]) -> int:
     try:
         return len(data)  # type: ignore[arg-type]
@@ -334,31 +366,17 @@ def _fit_plain(model: nn.Sequential, data: Dataset[Any], spec: FitSpec) -> FitRe
     steps = len(_batches(n_items, spec, 0))
     spec.emit("on_train_begin", epochs=spec.epochs, steps_per_epoch=steps, start_epoch=start_epoch)
     for epoch in range(start_epoch, spec.epochs):
-        started = time.perf_counter()
-        total, weight_sum, examples = 0.0, 0.0, 0
+        meter = EpochMeter(epoch)
         for step, indices in enumerate(_batches(n_items, spec, epoch)):
             x, y, w = collate(data, indices)
             optimizer.zero_grad(set_to_none=True)
             loss = weighted_mean(spec.loss(model(x), y), w)
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"loss is {value} at epoch {epoch}, step {step}; lower the learning "
-                    f"rate or check the inputs"
-                )
+            meter.add(value, w, step=step)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            batch_weight = float(w.sum())
-            total += value * batch_weight
-            weight_sum += batch_weight
-            examples += len(indices)
             spec.emit("on_step_end", epoch=epoch, step=step, loss=value)
-        record = {
-            "epoch": epoch,
-            "loss": total / weight_sum,
-            "examples": examples,
-            "seconds": time.perf_counter() - started,
-        }
+        record = meter.record()
         history.append(record)
         spec.emit("on_epoch_end", record)
         if spec.checkpoint_dir is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import os
 import pickle
 import queue
@@ -42,6 +41,7 @@ from torch.utils.data import Dataset
 
 from mlsys.training.balance import CostKind, check_balance, partition, profile, split
 from mlsys.training.fit import (
+    EpochMeter,
     FitResult,
     FitSpec,
     collate,
@@ -492,8 +492,7 @@ def _train_stage(job: _Job, emit: Emit, everyone: bool) -> tuple[dict[str, Any],
         # Each stage draws its own dropout masks; seeding them from (seed, epoch, stage)
         # makes a resumed run draw what an uninterrupted one would.
         torch.manual_seed(hash((spec.seed, epoch, job.stage)) & 0x7FFF_FFFF_FFFF)
-        started = time.perf_counter()
-        total, weight_sum, examples = 0.0, 0.0, 0
+        meter = EpochMeter(epoch)
         for step, indices in enumerate(batches(epoch)):
             if len(indices) not in schedules:
                 schedules[len(indices)] = _pipeline(job, module, device, loss, record)
@@ -516,23 +515,10 @@ def _train_stage(job: _Job, emit: Emit, everyone: bool) -> tuple[dict[str, Any],
                 record.clear()
             if last:
                 value = float(torch.stack(losses).sum().detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"loss is {value} at epoch {epoch}, step {step}; lower the learning "
-                        f"rate or check the inputs"
-                    )
-                batch_weight = float(w.sum())
-                total += value * batch_weight
-                weight_sum += batch_weight
-                examples += len(indices)
+                meter.add(value, w, step=step)
                 emit("on_step_end", epoch=epoch, step=step, loss=value)
         if last:
-            record_ = {
-                "epoch": epoch,
-                "loss": total / weight_sum,
-                "examples": examples,
-                "seconds": time.perf_counter() - started,
-            }
+            record_ = meter.record()
             history.append(record_)
             emit("on_epoch_end", record_)
         if spec.checkpoint_dir is not None:

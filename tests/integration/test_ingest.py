@@ -6,25 +6,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mlflow.tracking import MlflowClient
 
-from infra.runs import trigger
+from infra.runs import mlflow_run_of, trigger
 from mlsys.data import SourceError, read_parquet_bytes
 from mlsys.data.s3 import get_bytes
 from mlsys.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def _parent_run(settings: Settings, flow_run_id: str):
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    exp = client.get_experiment_by_name(settings.mlflow_experiment)
-    assert exp is not None
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
-    )
-    assert len(runs) == 1, f"expected one MLflow run for flow run {flow_run_id}, got {len(runs)}"
-    return client, runs[0]
 
 
 def test_deployment_runs_on_worker_to_completed(stack: Settings) -> None:
@@ -33,7 +21,7 @@ def test_deployment_runs_on_worker_to_completed(stack: Settings) -> None:
     )
     assert outcome.state == "COMPLETED", outcome.message
 
-    client, run = _parent_run(stack, outcome.flow_run_id)
+    client, run = mlflow_run_of(stack, outcome.flow_run_id)
     tags = run.data.tags
     assert tags["prefect.flow_name"] == "ingest"
     assert tags["prefect.deployment_name"] == "ingest"
@@ -80,7 +68,7 @@ def test_missing_source_fails_the_deployment_naming_the_path(
     )
     assert outcome.state == "FAILED"
     assert str(missing) in (outcome.message or "")
-    _, run = _parent_run(stack, outcome.flow_run_id)
+    _, run = mlflow_run_of(stack, outcome.flow_run_id)
     assert run.info.status == "FAILED"
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.runs import trigger
+from infra.runs import mlflow_run_of, trigger
 from mlsys.data import YOUTUBE_SPAM, read_source, write_parquet_bytes
 from mlsys.data.s3 import put_bytes
 from mlsys.labeling import (
@@ -42,17 +42,6 @@ def labeled(stack: Settings, youtube_dir: Path) -> tuple[str, pd.DataFrame]:
     return uri, frame
 
 
-def _run_of(settings: Settings, flow_run_id: str):
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    exp = client.get_experiment_by_name(settings.mlflow_experiment)
-    assert exp is not None
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
-    )
-    assert len(runs) == 1
-    return client, runs[0]
-
-
 def test_deployment_trains_registers_and_links_the_model(
     stack: Settings, labeled: tuple[str, pd.DataFrame]
 ) -> None:
@@ -61,7 +50,7 @@ def test_deployment_trains_registers_and_links_the_model(
     outcome = trigger(stack, "train/train", params, timeout_s=400, say=lambda line: None)
     assert outcome.state == "COMPLETED", outcome.message
 
-    client, run = _run_of(stack, outcome.flow_run_id)
+    client, run = mlflow_run_of(stack, outcome.flow_run_id)
     metrics = run.data.metrics
     assert metrics["test_rows"] == 250
     assert metrics["test_accuracy"] > 0.8

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
-from infra.runs import trigger
+from infra.runs import mlflow_run_of, trigger
 from mlsys.data import YOUTUBE_SPAM, read_parquet_bytes, read_source, write_parquet_bytes
 from mlsys.data.s3 import get_bytes, put_bytes
 from mlsys.labeling import (
@@ -35,17 +34,6 @@ def _put_raw(settings: Settings, df: pd.DataFrame, batch: str) -> str:
     uri = settings.s3_uri(f"raw/youtube-spam/{batch}.parquet")
     put_bytes(settings.s3_client(), uri, write_parquet_bytes(df))
     return uri
-
-
-def _run_of(settings: Settings, flow_run_id: str):
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    exp = client.get_experiment_by_name(settings.mlflow_experiment)
-    assert exp is not None
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
-    )
-    assert len(runs) == 1
-    return client, runs[0]
 
 
 def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.DataFrame) -> None:
@@ -87,7 +75,7 @@ def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.Data
     y = gold_array(df)
     train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
     expected = evaluate_labelers(fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev]), L, df)
-    client, run = _run_of(stack, outcome.flow_run_id)
+    client, run = mlflow_run_of(stack, outcome.flow_run_id)
     metrics = run.data.metrics
     for key in (
         "label_model_test_accuracy",
