@@ -1,0 +1,24 @@
+"""Data validation: inferred, versioned schemas and drift/skew statistics."""
+
+from mlsys.validation.drift import (
+    FeatureDrift,
+    compare,
+    histograms,
+    jensen_shannon,
+    js_divergence,
+    linf_distance,
+)
+from mlsys.validation.profile import FeatureSchema, Schema, Violation, infer_schema
+
+__all__ = [
+    "FeatureDrift",
+    "FeatureSchema",
+    "Schema",
+    "Violation",
+    "compare",
+    "histograms",
+    "infer_schema",
+    "jensen_shannon",
+    "js_divergence",
+    "linf_distance",
+]
