@@ -86,6 +86,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="examples per mini-batch")
     parser.add_argument("--steps", type=int, default=2, help="mini-batches per epoch")
     parser.add_argument("--epochs", type=int, default=4, help="epochs (the first is warm-up)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow server to log the figures and the schedule picture to, as a run of the "
+        "experiment 'benchmarks' (default: $MLFLOW_TRACKING_URI; unset: not logged)",
+    )
     args = parser.parse_args()
 
     g = torch.Generator().manual_seed(0)
@@ -217,6 +223,28 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gpipe.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"figures written to {RESULTS / 'gpipe.json'}; schedule picture {picture}")
+    if args.tracking_uri:
+        print(f"logged to MLflow: {log_to_mlflow(args.tracking_uri, report, picture)}")
+
+
+def log_to_mlflow(tracking_uri: str, report: dict[str, Any], picture: Path) -> str:
+    """Log the figures as metrics of one MLflow run, with the JSON and the picture."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("benchmarks")
+    exp_id = experiment.experiment_id if experiment else client.create_experiment("benchmarks")
+    run = client.create_run(exp_id, run_name="gpipe", tags={"benchmark": "gpipe"})
+    run_id = run.info.run_id
+    for name, row in report["runs"].items():
+        slug = name.replace(" ", "_").replace("=", "").replace(",", "")
+        for key in ("examples_per_s", "bubble_measured", "bubble_theory", "vs_pipeline_m1"):
+            if isinstance(row.get(key), int | float):
+                client.log_metric(run_id, f"{slug}.{key}", float(row[key]))
+    client.log_dict(run_id, report, "gpipe.json")
+    client.log_artifact(run_id, str(picture))
+    client.set_terminated(run_id)
+    return f"{tracking_uri}/#/experiments/{exp_id}/runs/{run_id}"
 
 
 if __name__ == "__main__":
