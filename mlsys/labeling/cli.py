@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from mlsys.labeling.wrench import evaluate_wrench
-
 app = typer.Typer(help="Weak labeling: label models and their evaluation.", no_args_is_help=True)
 
 
@@ -37,6 +35,8 @@ def evaluate(
 ) -> None:
     """Fit the label model on train (tuned on valid) and print test accuracy and F1 of the
     label model and of majority vote."""
+    from mlsys.labeling.wrench import evaluate_wrench  # Snorkel and torch: only when used
+
     try:
         report = evaluate_wrench(wrench, seed=seed)
     except (OSError, ValueError) as exc:

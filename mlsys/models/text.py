@@ -8,7 +8,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -147,13 +147,7 @@ class HashingFeaturizer:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> HashingFeaturizer:
         """The featurizer saved by ``to_dict``; unknown keys are an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown HashingFeaturizer setting(s) {unknown}; known: {sorted(known)}"
-            )
-        return cls(**config)
+        return _from_settings(cls, config)
 
     def _hash_rows(self, texts: Iterable[str]) -> _Csr:
         """Hashed, normalized features of ``texts`` as sparse rows."""
@@ -193,6 +187,18 @@ class HashingFeaturizer:
             bucket = digest & mask
             buckets[bucket] = buckets.get(bucket, 0.0) + sign * (1.0 + math.log(count))
         return buckets
+
+
+_T = TypeVar("_T")
+
+
+def _from_settings(cls: type[_T], config: dict[str, Any]) -> _T:
+    """``cls(**config)`` for a dataclass, refusing keys it has no field for."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**config)
 
 
 def _check_classifier_args(
@@ -271,13 +277,7 @@ class TextClassifierSpec:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> TextClassifierSpec:
         """The spec saved by ``to_dict``; unknown keys are an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TextClassifierSpec setting(s) {unknown}; known: {sorted(known)}"
-            )
-        return cls(**config)
+        return _from_settings(cls, config)
 
     @classmethod
     def from_model(cls, model: nn.Sequential) -> TextClassifierSpec:

@@ -89,6 +89,17 @@ class FitSpec:
     resume: bool
     callbacks: tuple[Callback, ...] = ()
 
+    def batches(self, n_items: int, epoch: int) -> list[torch.Tensor]:
+        """The mini-batches of ``epoch`` over ``n_items`` items (see :func:`epoch_batches`)."""
+        return epoch_batches(
+            n_items,
+            self.batch_size,
+            epoch=epoch,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+        )
+
     def emit(self, hook: str, *args: Any, **kwargs: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(*args, **kwargs)
@@ -363,11 +374,11 @@ def _fit_plain(model: nn.Sequential, data: Dataset[Any], spec: FitSpec) -> FitRe
             start_epoch = int(state["epoch"]) + 1
             if "rng" in state:
                 torch.set_rng_state(state["rng"])
-    steps = len(_batches(n_items, spec, 0))
+    steps = len(spec.batches(n_items, 0))
     spec.emit("on_train_begin", epochs=spec.epochs, steps_per_epoch=steps, start_epoch=start_epoch)
     for epoch in range(start_epoch, spec.epochs):
         meter = EpochMeter(epoch)
-        for step, indices in enumerate(_batches(n_items, spec, epoch)):
+        for step, indices in enumerate(spec.batches(n_items, epoch)):
             x, y, w = collate(data, indices)
             optimizer.zero_grad(set_to_none=True)
             loss = weighted_mean(spec.loss(model(x), y), w)
@@ -391,14 +402,3 @@ def _fit_plain(model: nn.Sequential, data: Dataset[Any], spec: FitSpec) -> FitRe
             spec.emit("on_checkpoint", path, epoch)
     spec.emit("on_train_end", history)
     return FitResult(model=model.cpu(), history=history)
-
-
-def _batches(n_items: int, spec: FitSpec, epoch: int) -> list[torch.Tensor]:
-    return epoch_batches(
-        n_items,
-        spec.batch_size,
-        epoch=epoch,
-        seed=spec.seed,
-        shuffle=spec.shuffle,
-        drop_last=spec.drop_last,
-    )

@@ -45,7 +45,6 @@ from mlsys.training.fit import (
     FitResult,
     FitSpec,
     collate,
-    epoch_batches,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -210,14 +209,7 @@ class GPipe:
         saved_balance = self._resume(model, spec, plan)
         n_items = len(data)  # type: ignore[arg-type]
         epoch = min(plan.start_epoch, spec.epochs - 1)
-        first = epoch_batches(
-            n_items,
-            spec.batch_size,
-            epoch=epoch,
-            seed=spec.seed,
-            shuffle=spec.shuffle,
-            drop_last=spec.drop_last,
-        )[0]
+        first = spec.batches(n_items, epoch)[0]
         x, y, w = collate(data, first[: len(first) // self.microbatches])
         device = torch.device(self.devices[0]) if self.devices else torch.device("cpu")
         by: CostKind = "time" if self.balance == "time" and saved_balance is None else "size"
@@ -470,22 +462,12 @@ def _train_stage(job: _Job, emit: Emit, everyone: bool) -> tuple[dict[str, Any],
 
     n_items = len(job.data)  # type: ignore[arg-type]
 
-    def batches(epoch: int) -> list[torch.Tensor]:
-        return epoch_batches(
-            n_items,
-            spec.batch_size,
-            epoch=epoch,
-            seed=spec.seed,
-            shuffle=spec.shuffle,
-            drop_last=spec.drop_last,
-        )
-
     history = list(job.history)
     if last:
         emit(
             "on_train_begin",
             epochs=spec.epochs,
-            steps_per_epoch=len(batches(0)),
+            steps_per_epoch=len(spec.batches(n_items, 0)),
             start_epoch=job.start_epoch,
         )
     for epoch in range(job.start_epoch, spec.epochs):
@@ -493,7 +475,7 @@ def _train_stage(job: _Job, emit: Emit, everyone: bool) -> tuple[dict[str, Any],
         # makes a resumed run draw what an uninterrupted one would.
         torch.manual_seed(hash((spec.seed, epoch, job.stage)) & 0x7FFF_FFFF_FFFF)
         meter = EpochMeter(epoch)
-        for step, indices in enumerate(batches(epoch)):
+        for step, indices in enumerate(spec.batches(n_items, epoch)):
             if len(indices) not in schedules:
                 schedules[len(indices)] = _pipeline(job, module, device, loss, record)
             schedule = schedules[len(indices)]

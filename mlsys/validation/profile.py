@@ -350,15 +350,7 @@ def _infer_feature(
     if text:
         if not stringlike:
             raise ValueError(f"text column {name!r} has dtype {dtype}, not a string dtype")
-        low, high = _widened(present.str.len(), quantiles, slack)
-        return FeatureSchema(
-            kind="text",
-            min_length=max(0, math.floor(low)),
-            max_length=math.ceil(high),
-            drift_statistic="js",
-            drift_threshold=thresholds["js"],
-            **common,
-        )
+        return _text(present, quantiles, slack, thresholds["js"], common)
     if identifier:
         return FeatureSchema(kind="id", unique=True, **common)
     if pd.api.types.is_datetime64_any_dtype(dtype) or (
@@ -383,13 +375,24 @@ def _infer_feature(
         raise ValueError(f"column {name!r} has dtype {dtype}, which no schema kind covers")
     if len(distinct) == len(present):
         return FeatureSchema(kind="id", unique=True, **common)
+    return _text(present, quantiles, slack, thresholds["js"], common)
+
+
+def _text(
+    present: pd.Series[Any],
+    quantiles: tuple[float, float],
+    slack: float,
+    threshold: float,
+    common: dict[str, Any],
+) -> FeatureSchema:
+    """A text feature: bounds on its length in characters, drift of that length by JS."""
     low, high = _widened(present.str.len(), quantiles, slack)
     return FeatureSchema(
         kind="text",
         min_length=max(0, math.floor(low)),
         max_length=math.ceil(high),
         drift_statistic="js",
-        drift_threshold=thresholds["js"],
+        drift_threshold=threshold,
         **common,
     )
 
