@@ -20,6 +20,7 @@ from torch import nn
 
 from mlsys.data import read_parquet_bytes
 from mlsys.data.s3 import get_bytes
+from mlsys.labeling.batch import training_rows
 from mlsys.models.pyfunc import log_text_classifier
 from mlsys.models.text import (
     HashingFeaturizer,
@@ -48,7 +49,6 @@ from tasks.tracking import (
 )
 
 CLASS_NAMES = ("ham", "spam")
-TRAIN_SPLITS = ("train", "dev")
 
 
 class TrackingCallback(Callback):
@@ -112,16 +112,6 @@ def load_labeled_batch(settings: Settings, uri: str) -> pd.DataFrame:
         )
     get_run_logger().info("read %d rows from %s", len(df), uri)
     return df
-
-
-def training_rows(df: pd.DataFrame, use_weights: bool) -> pd.DataFrame:
-    """Rows a model learns from: train and dev rows with a label (weak or gold)."""
-    rows = df[df["split"].isin(TRAIN_SPLITS) & df["label"].notna()].copy()
-    if rows.empty:
-        raise ValueError("the labeled batch has no labeled train or dev rows to learn from")
-    if not use_weights:
-        rows["weight"] = 1.0
-    return rows
 
 
 @task(name="fit-model", cache_policy=NO_CACHE)

@@ -11,6 +11,8 @@ from mlsys.labeling.label_model import Labeler, TuningResult, weak_label_frame
 from mlsys.labeling.merge import MergeResult, Weighting, merge_labels
 
 QUARANTINE_REASON = "quarantine_reason"
+TRAIN_SPLITS = ("train", "dev")
+"""Splits a model learns from: weak labels on train rows, gold labels on dev rows."""
 
 
 def split_unlabelable(
@@ -113,3 +115,13 @@ def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             clean[key] = value
         out.append(clean)
     return out
+
+
+def training_rows(df: pd.DataFrame, use_weights: bool) -> pd.DataFrame:
+    """Rows a model learns from: train and dev rows with a label (weak or gold)."""
+    rows = df[df["split"].isin(TRAIN_SPLITS) & df["label"].notna()].copy()
+    if rows.empty:
+        raise ValueError("the labeled batch has no labeled train or dev rows to learn from")
+    if not use_weights:
+        rows["weight"] = 1.0
+    return rows

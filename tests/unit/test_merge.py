@@ -173,3 +173,21 @@ def test_split_unlabelable_quarantines_rows_without_text_and_loses_none() -> Non
     assert len(ok) + len(quarantined) == len(df)
     with pytest.raises(ValueError, match="no column\\(s\\) 'body'"):
         split_unlabelable(df, ("body",))
+
+
+def test_training_rows_are_labeled_train_and_dev_rows() -> None:
+    from mlsys.labeling.batch import training_rows
+
+    df = pd.DataFrame(
+        {
+            "split": ["train", "train", "dev", "test"],
+            "label": pd.array([1, pd.NA, 0, 1], dtype="Int64"),
+            "weight": [0.7, 0.0, 1.0, 0.9],
+        }
+    )
+    rows = training_rows(df, use_weights=True)
+    assert list(rows.index) == [0, 2] and list(rows["weight"]) == [0.7, 1.0]
+    assert list(training_rows(df, use_weights=False)["weight"]) == [1.0, 1.0]
+    assert list(df["weight"]) == [0.7, 0.0, 1.0, 0.9]  # the input is left alone
+    with pytest.raises(ValueError, match="no labeled train or dev rows"):
+        training_rows(df[df["split"] == "test"], use_weights=True)
