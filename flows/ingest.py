@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -10,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from mlsys.settings import Settings
 from tasks.ingest import read_source_task, resolve_source, track_ingest, write_raw_batch
 from tasks.tracking import flow_run_tracking
+from tasks.validate import previous_batch, validate_batch
 
 
 @flow(name="ingest", log_prints=True)
@@ -17,8 +19,15 @@ def ingest(
     source: str | None = None,
     dataset: str = "youtube-spam",
     batch: str | None = None,
+    validation: Literal["quarantine", "fail"] = "quarantine",
+    accept_schema_update: bool = False,
 ) -> str:
-    """Read a data source into a normalized raw batch at s3://<bucket>/raw/<dataset>/<batch>.parquet.
+    """Read a data source, validate it with the `raw` suite, and write the rows that pass
+    to s3://<bucket>/raw/<dataset>/<batch>.parquet.
+
+    Rows failing a row rule of the suite go to
+    s3://<bucket>/quarantine/raw/<dataset>/<batch>.parquet with their reasons; rows in =
+    rows out + rows quarantined. Drift is measured against the previous raw batch.
 
     Args:
         source: A folder of CSV files, a local or s3:// Parquet or CSV file, or an
@@ -26,6 +35,11 @@ def ingest(
             Spam Collection in ../shared/data, else its public archive.
         dataset: Dataset name; fixes the expected columns (known: youtube-spam).
         batch: Batch id used in the object key. Empty: the current UTC time.
+        validation: "quarantine": failing rows are set aside and the rest go on;
+            "fail": any failed critical expectation stops the run and lists them all.
+        accept_schema_update: Let this batch widen the raw suite (bounds, value sets,
+            null fractions) when it drifts within the suite's thresholds; the new suite
+            version is stored in s3://<bucket>/schemas/raw/ and linked from MLflow.
 
     Returns:
         The s3:// URI of the written batch.
@@ -33,18 +47,37 @@ def ingest(
     settings = Settings.load()
     batch = batch or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     resolved = resolve_source(source, dataset)
-    params = {"source": resolved, "dataset": dataset, "batch": batch}
+    params = {
+        "source": resolved,
+        "dataset": dataset,
+        "batch": batch,
+        "validation": validation,
+        "accept_schema_update": accept_schema_update,
+    }
     with flow_run_tracking(settings, params=params) as run:
         df = read_source_task(resolved, dataset, settings)
-        uri = write_raw_batch(df, settings, dataset, batch)
-        metrics = track_ingest(run, df, uri, dataset, batch)
+        target = settings.s3_uri(f"raw/{dataset}/{batch}.parquet")
+        report = validate_batch(
+            run,
+            settings,
+            df,
+            suite="raw",
+            mode=validation,
+            dataset=dataset,
+            batch=batch,
+            reference_uri=previous_batch(settings, f"raw/{dataset}/", target),
+            accept_schema_update=accept_schema_update,
+            source=resolved,
+        )
+        uri = write_raw_batch(report.passed, settings, dataset, batch)
+        metrics = track_ingest(run, report.passed, uri, dataset, batch, rows_in=len(df))
         create_markdown_artifact(
             key="ingest-summary",
             markdown=(
                 f"# Ingest {dataset}/{batch}\n\n"
-                f"| rows in | rows out | labeled | files |\n|---|---|---|---|\n"
-                f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_labeled']} "
-                f"| {metrics['source_files']} |\n\n"
+                f"| rows in | rows out | quarantined | labeled | files |\n|---|---|---|---|---|\n"
+                f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_quarantined']} "
+                f"| {metrics['rows_labeled']} | {metrics['source_files']} |\n\n"
                 f"Batch: `{uri}`  \nSource: `{resolved}`  \nMLflow run: [{run.run_id}]({run.url})\n"
             ),
             description=f"Rows ingested into {uri}",

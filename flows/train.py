@@ -3,16 +3,18 @@ evaluated on the gold test rows and registered in MLflow with alias `challenger`
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from mlsys.data.s3 import latest_key
+from mlsys.data.s3 import S3Uri, latest_key
 from mlsys.models.text import HashingFeaturizer
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
 from tasks.train import evaluate_model, fit_model, load_labeled_batch, register_model
+from tasks.validate import validate_batch
 
 
 @flow(name="train", log_prints=True)
@@ -33,6 +35,7 @@ def train(
     model_name: str = "spam-classifier",
     alias: str = "challenger",
     resume_from_run: str | None = None,
+    validation: Literal["fail", "quarantine"] = "fail",
 ) -> dict[str, str]:
     """Train the spam classifier on a labeled batch and register it as `alias`.
 
@@ -61,6 +64,9 @@ def train(
         model_name: Registered model name in MLflow.
         alias: Alias set on the new model version.
         resume_from_run: MLflow run id whose newest checkpoint to resume from.
+        validation: The labeled batch is checked with the `training` suite first.
+            "fail": any failed critical expectation stops the run before training;
+            "quarantine": failing rows are left out (and written to quarantine/training/).
 
     Returns:
         The registered model's name, version, alias and model URI.
@@ -84,9 +90,19 @@ def train(
         "seed": seed,
         "model_name": model_name,
         "resume_from_run": resume_from_run,
+        "validation": validation,
     }
     with flow_run_tracking(settings, params=params) as run:
         df = load_labeled_batch(settings, uri)
+        df = validate_batch(
+            run,
+            settings,
+            df,
+            suite="training",
+            mode=validation,
+            dataset=dataset,
+            batch=PurePosixPath(S3Uri.parse(uri).key).stem,
+        ).passed
         result = fit_model(
             run,
             df,

@@ -13,6 +13,7 @@ from mlsys.data.s3 import S3Uri
 from mlsys.labeling.analysis import plot_weights
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
+from tasks.validate import previous_batch, validate_batch
 from tasks.weak_label import (
     analyze_lfs,
     apply_labeling_functions,
@@ -39,14 +40,18 @@ def weak_label(
     seed: int = 123,
     lf_errors: Literal["raise", "abstain"] = "raise",
     n_jobs: int | None = None,
+    validation: Literal["quarantine", "fail"] = "quarantine",
+    accept_schema_update: bool = False,
 ) -> str:
     """Label a raw batch with labeling functions and a label model; merge gold labels in.
 
     Writes s3://<bucket>/labeled/<dataset>/<batch>.parquet: every row with its split
     (train/dev/test), weak label, class probabilities, confidence, final label,
-    label_source (gold | weak | none) and training weight. Rows without text go to
-    s3://<bucket>/quarantine/weak_label/<dataset>/<batch>.parquet; rows in = out +
-    quarantined.
+    label_source (gold | weak | none) and training weight. The raw batch is checked with
+    the `raw` suite and the labeled batch with the `training` suite (drift against the
+    previous labeled batch); failing rows go to
+    s3://<bucket>/quarantine/<raw|training>/<dataset>/<batch>.parquet with their reasons,
+    rows the LFs cannot read to quarantine/weak_label/...; rows in = out + quarantined.
 
     Args:
         raw_batch: s3:// URI of a raw batch written by `ingest`. Empty: the newest
@@ -65,6 +70,10 @@ def weak_label(
         lf_errors: "raise": an LF that fails names the LF and the row and fails the run;
             "abstain": its vote counts as abstain and failures are counted in MLflow.
         n_jobs: Processes for row-by-row LFs. Empty: one per CPU.
+        validation: "quarantine": rows failing a suite's row rules are set aside and the
+            rest go on; "fail": any failed critical expectation stops the run.
+        accept_schema_update: Let this batch widen the training suite when it drifts
+            within the suite's thresholds (new version in s3://<bucket>/schemas/training/).
 
     Returns:
         The s3:// URI of the labeled batch.
@@ -83,24 +92,42 @@ def weak_label(
         "seed": seed,
         "lf_errors": lf_errors,
         "n_jobs": n_jobs,
+        "validation": validation,
+        "accept_schema_update": accept_schema_update,
     }
     with flow_run_tracking(settings, params=params) as run:
         raw = load_raw_batch(settings, raw_uri)
-        df, quarantined = split_batch(raw, holdout_files, test_size, seed)
+        checked = validate_batch(
+            run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
+        )
+        df, quarantined = split_batch(checked.passed, holdout_files, test_size, seed)
         result = apply_labeling_functions(df, lf_set, lf_errors, n_jobs)
         analyze_lfs(run, result, df)
         tuning = tune_label_model(result, df, seed)
         merged = merge_gold_and_weak(df, result, tuning, weighting)
-        if len(merged.frame) + len(quarantined) != len(raw):
+        target = settings.s3_uri(f"labeled/{dataset}/{batch}.parquet")
+        training = validate_batch(
+            run,
+            settings,
+            merged.frame,
+            suite="training",
+            mode=validation,
+            dataset=dataset,
+            batch=batch,
+            reference_uri=previous_batch(settings, f"labeled/{dataset}/", target),
+            accept_schema_update=accept_schema_update,
+            source=raw_uri,
+        )
+        labeled = training.passed
+        rows_quarantined = checked.rows_quarantined + len(quarantined) + training.rows_quarantined
+        if len(labeled) + rows_quarantined != len(raw):
             raise RuntimeError(
-                f"row count mismatch: {len(raw)} in, {len(merged.frame)} labeled + "
-                f"{len(quarantined)} quarantined"
+                f"row count mismatch: {len(raw)} in, {len(labeled)} labeled + "
+                f"{rows_quarantined} quarantined"
             )
         uris = {
             "raw_batch": raw_uri,
-            "labeled_batch": write_batch(
-                settings, merged.frame, f"labeled/{dataset}/{batch}.parquet"
-            ),
+            "labeled_batch": write_batch(settings, labeled, f"labeled/{dataset}/{batch}.parquet"),
         }
         if len(quarantined):
             uris["quarantine_batch"] = write_batch(
@@ -110,7 +137,8 @@ def weak_label(
             run,
             df=df,
             rows_in=len(raw),
-            quarantined=len(quarantined),
+            rows_out=len(labeled),
+            quarantined=rows_quarantined,
             result=result,
             tuning=tuning,
             merged=merged,

@@ -17,11 +17,13 @@ def _register() -> None:
     from infra.cli import run_cmd, stack_app
     from mlsys.data.cli import app as data_app
     from mlsys.labeling.cli import app as label_app
+    from mlsys.validation.cli import app as validate_app
 
     app.add_typer(stack_app, name="stack")
     app.command("run")(run_cmd)
     app.add_typer(data_app, name="data")
     app.add_typer(label_app, name="label")
+    app.add_typer(validate_app, name="validate")
 
 
 _register()

@@ -64,14 +64,16 @@ def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: s
 
 @task(name="track-ingest", cache_policy=NO_CACHE, **S3_RETRIES)
 def track_ingest(
-    run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str
+    run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str, *, rows_in: int
 ) -> dict[str, int]:
-    """Log row counts, the batch as a dataset input, a summary and a chart to MLflow."""
+    """Log row counts (in = out + quarantined), the written batch as a dataset input, a
+    summary and a chart to MLflow."""
     client = run.client()
     summary = summarize_batch(df)
     metrics = {
-        "rows_in": summary.rows,
+        "rows_in": rows_in,
         "rows_out": summary.rows,
+        "rows_quarantined": rows_in - summary.rows,
         "rows_labeled": summary.labeled,
         "source_files": len(summary.files),
     }

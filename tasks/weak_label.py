@@ -182,6 +182,7 @@ def track_weak_label(
     *,
     df: pd.DataFrame,
     rows_in: int,
+    rows_out: int,
     quarantined: int,
     result: LFApplyResult,
     tuning: TuningResult,
@@ -194,7 +195,7 @@ def track_weak_label(
     counts = split_counts(df)
     metrics: dict[str, float] = {
         "rows_in": rows_in,
-        "rows_out": len(merged.frame),
+        "rows_out": rows_out,
         "rows_quarantined": quarantined,
         "rows_train": counts.train,
         "rows_dev": counts.dev,

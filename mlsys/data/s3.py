@@ -78,9 +78,10 @@ def get_bytes(client: Any, uri: str) -> bytes:
         raise S3Error(f"cannot read {source}: {exc}") from exc
 
 
-def latest_key(client: Any, bucket: str, prefix: str, suffix: str = ".parquet") -> str:
-    """The s3:// URI of the newest object under ``prefix`` (by last-modified time)."""
-    newest: tuple[Any, str] | None = None
+def list_keys(client: Any, bucket: str, prefix: str, suffix: str = "") -> list[tuple[Any, str]]:
+    """``(last_modified, key)`` of every object under ``prefix`` ending in ``suffix``,
+    newest first."""
+    found: list[tuple[Any, str]] = []
     token: str | None = None
     while True:
         kwargs = {"Bucket": bucket, "Prefix": prefix}
@@ -91,14 +92,20 @@ def latest_key(client: Any, bucket: str, prefix: str, suffix: str = ".parquet") 
         except Exception as exc:
             raise S3Error(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
         for obj in page.get("Contents", []):
-            if obj["Key"].endswith(suffix) and (newest is None or obj["LastModified"] > newest[0]):
-                newest = (obj["LastModified"], obj["Key"])
+            if obj["Key"].endswith(suffix):
+                found.append((obj["LastModified"], obj["Key"]))
         token = page.get("NextContinuationToken")
         if not token:
             break
-    if newest is None:
+    return sorted(found, reverse=True)
+
+
+def latest_key(client: Any, bucket: str, prefix: str, suffix: str = ".parquet") -> str:
+    """The s3:// URI of the newest object under ``prefix`` (by last-modified time)."""
+    keys = list_keys(client, bucket, prefix, suffix)
+    if not keys:
         raise S3Error(
             f"no {suffix} object under s3://{bucket}/{prefix}; run the ingest flow first",
             permanent=True,
         )
-    return f"s3://{bucket}/{newest[1]}"
+    return f"s3://{bucket}/{keys[0][1]}"

@@ -11,6 +11,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -133,7 +134,8 @@ def read_source(
 
     The result has the spec's renamed columns (unmapped columns lower-snake-cased), all as
     pandas ``string`` dtype except the label column (``Int64``), plus ``source_file`` and
-    ``source_row`` (0-based row within its file, ``int64``). Values are not cleaned; the one
+    ``source_row`` (0-based row within its file, ``int64``). A source without the label
+    column gets one with every label missing. Values are not cleaned; the one
     rewrite is that empty cells, and empty strings from Parquet, become ``pd.NA``.
 
     Downloads go to ``cache_dir`` and are reused from there on later calls with the same URL;
@@ -338,7 +340,18 @@ def _parse(raw: _RawFile) -> pd.DataFrame:
         # Everything stays text and no token such as "NA" or "null" is read as missing: those
         # are plausible comment texts. Empty cells become pd.NA later, in _normalize.
         # utf-8-sig drops a BOM at the very start of the file only; BOMs inside values stay.
-        return pd.read_csv(handle, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        # index_col=False: a first row with more fields than the header must not turn the
+        # first column into the index (shifting every value one column left); pandas then
+        # warns that data would be lost, and that warning is an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(
+                handle, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
+            )
+    except pd.errors.ParserWarning as exc:
+        raise SourceError(
+            f"cannot parse CSV {raw.location}: a row has more fields than the header ({exc})"
+        ) from exc
     except pd.errors.EmptyDataError as exc:
         raise SourceError(f"{raw.location} is empty (no header row)") from exc
     except UnicodeDecodeError as exc:
@@ -460,6 +473,10 @@ def _enforce_dtypes(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     # A column that only later files have would otherwise land after the provenance columns.
     data_columns = [c for c in df.columns if c not in PROVENANCE_COLUMNS]
     df = df[[*data_columns, *PROVENANCE_COLUMNS]]
+    if spec.label_column is not None and spec.label_column not in df.columns:
+        # An unlabeled batch has the same columns as a labeled one, its labels all missing,
+        # so one schema (the raw suite) covers both.
+        df.insert(len(data_columns), spec.label_column, pd.Series(pd.NA, index=df.index))
     for column in df.columns:
         if column == "source_row":
             df[column] = df[column].astype("int64")

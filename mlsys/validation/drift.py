@@ -6,22 +6,26 @@ of its result (and so its metric name) differs.
 
 Usage::
 
-    for d in compare(train_df, serving_df, schema, kind="skew"):
+    for d in compare(train_df, serving_df, schema.drift_specs(), kind="skew"):
         mlflow.log_metric(d.metric_name, d.value)   # e.g. skew_js_text_length
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlsys.validation.profile import Schema, Statistic
+from mlsys.validation.profile import Statistic
 
 DriftKind = Literal["drift", "skew"]
+On = Literal["value", "length"]
+Severity = Literal["critical", "warning", "info"]
+SEVERITIES: tuple[str, ...] = get_args(Severity)
 Binning = Literal["quantile", "uniform"]
 FloatArray = npt.NDArray[np.float64]
 
@@ -37,6 +41,59 @@ MISSING = _Missing()
 
 
 @dataclass(frozen=True)
+class DriftSpec:
+    """How one feature is compared: by which statistic, on its values or (text) lengths,
+    and from which value on the move is flagged with which severity.
+
+    A suite keeps these in its ``meta`` (see :mod:`mlsys.validation.suites`), so a person
+    tunes a threshold by editing the suite, like any other expectation.
+    """
+
+    column: str
+    statistic: Statistic
+    threshold: float
+    on: On = "value"
+    severity: Severity = "warning"
+
+    def __post_init__(self) -> None:
+        if self.statistic not in ("js", "linf"):
+            raise ValueError(
+                f"drift statistic of {self.column!r} must be 'js' or 'linf', got {self.statistic!r}"
+            )
+        if self.on not in ("value", "length"):
+            raise ValueError(f"drift of {self.column!r} is on 'value' or 'length', got {self.on!r}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(
+                f"drift threshold of {self.column!r} must be in (0, 1], got {self.threshold}"
+            )
+        if self.severity not in SEVERITIES:
+            raise ValueError(
+                f"drift severity of {self.column!r} must be one of {SEVERITIES}, "
+                f"got {self.severity!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column": self.column,
+            "statistic": self.statistic,
+            "on": self.on,
+            "threshold": self.threshold,
+            "severity": self.severity,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DriftSpec:
+        known = {"column", "statistic", "on", "threshold", "severity"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"drift spec {dict(data)!r} has unknown keys {unknown}")
+        missing = sorted({"column", "statistic", "threshold"} - set(data))
+        if missing:
+            raise ValueError(f"drift spec {dict(data)!r} lacks keys {missing}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class FeatureDrift:
     """How far one feature moved between a reference and a current batch.
 
@@ -46,16 +103,37 @@ class FeatureDrift:
     feature: str
     kind: DriftKind
     statistic: Statistic
-    on: Literal["value", "length"]
+    on: On
     value: float
     threshold: float
     drifted: bool
+    severity: Severity = "warning"
 
     @property
     def metric_name(self) -> str:
         """A tracking metric name, e.g. ``drift_js_text_length`` or ``skew_linf_label``."""
         suffix = "_length" if self.on == "length" else ""
         return f"{self.kind}_{self.statistic}_{self.feature}{suffix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "kind": self.kind,
+            "statistic": self.statistic,
+            "on": self.on,
+            "value": self.value,
+            "threshold": self.threshold,
+            "drifted": self.drifted,
+            "severity": self.severity,
+        }
+
+    def __str__(self) -> str:
+        what = f"{self.feature} length" if self.on == "length" else self.feature
+        verdict = "above" if self.drifted else "within"
+        return (
+            f"{self.kind} of {what}: {self.statistic} {self.value:.4f}, {verdict} "
+            f"threshold {self.threshold:g}"
+        )
 
 
 def histograms(
@@ -153,53 +231,54 @@ def linf_distance(reference: npt.ArrayLike, current: npt.ArrayLike) -> float:
 def compare(
     reference_df: pd.DataFrame,
     current_df: pd.DataFrame,
-    schema: Schema,
+    specs: Iterable[DriftSpec],
     *,
     kind: DriftKind = "drift",
     bins: int = 10,
 ) -> list[FeatureDrift]:
-    """Compare every feature of ``schema`` that has a drift threshold.
+    """Compare ``reference_df`` and ``current_df`` on every feature of ``specs``.
 
     Numeric features are compared by JS divergence of their values, text features by JS
-    divergence of their character lengths, categorical ones by L-infinity distance. Nulls
-    are left out of the JS samples (the schema's null fraction bounds them) and kept as a
-    category for L-infinity. Pass training data as reference and serving data as current
-    with ``kind="skew"`` for a training/serving skew check.
+    divergence of their character lengths (``on="length"``), categorical ones by
+    L-infinity distance. Nulls are left out of the JS samples (null fractions are bounded
+    by expectations) and kept as a category for L-infinity. Pass training data as
+    reference and serving data as current with ``kind="skew"`` for a training/serving
+    skew check.
     """
     if kind not in ("drift", "skew"):
         raise ValueError(f"kind must be 'drift' or 'skew', got {kind!r}")
     results: list[FeatureDrift] = []
-    for feature in schema.features:
-        if feature.drift_statistic is None or feature.drift_threshold is None:
-            continue
-        name = feature.name
+    for spec in specs:
+        name = spec.column
         for label, df in (("reference", reference_df), ("current", current_df)):
             if name not in df.columns:
                 raise ValueError(f"feature {name!r} is missing from the {label} batch")
             if df[name].notna().sum() == 0:
                 raise ValueError(f"feature {name!r} has no values in the {label} batch")
-        on: Literal["value", "length"] = "length" if feature.kind == "text" else "value"
-        if feature.drift_statistic == "linf":
+        if spec.statistic == "linf":
             value = linf_distance(reference_df[name], current_df[name])
         else:
             value = js_divergence(
-                _numbers(reference_df[name], on), _numbers(current_df[name], on), bins=bins
+                _numbers(reference_df[name], spec.on),
+                _numbers(current_df[name], spec.on),
+                bins=bins,
             )
         results.append(
             FeatureDrift(
                 feature=name,
                 kind=kind,
-                statistic=feature.drift_statistic,
-                on=on,
+                statistic=spec.statistic,
+                on=spec.on,
                 value=value,
-                threshold=feature.drift_threshold,
-                drifted=value > feature.drift_threshold,
+                threshold=spec.threshold,
+                drifted=value > spec.threshold,
+                severity=spec.severity,
             )
         )
     return results
 
 
-def _numbers(series: pd.Series[Any], on: Literal["value", "length"]) -> FloatArray:
+def _numbers(series: pd.Series[Any], on: On) -> FloatArray:
     values = series.dropna()
     if on == "length":
         values = values.str.len()

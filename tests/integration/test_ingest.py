@@ -27,7 +27,10 @@ def test_deployment_runs_on_worker_to_completed(stack: Settings) -> None:
     assert tags["prefect.deployment_name"] == "ingest"
     assert tags["prefect.flow_run_url"] == outcome.prefect_url
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["rows_in"] == run.data.metrics["rows_out"] == 1956
+    # The raw suite quarantines the later copy of each of the 3 repeated comment ids.
+    metrics = run.data.metrics
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_quarantined"]) == (1956, 1953, 3)
+    assert metrics["validate.raw.rows_quarantined"] == 3
 
     inputs = run.inputs.dataset_inputs
     assert [d.dataset.name for d in inputs] == ["youtube-spam/it-deploy"]
@@ -36,8 +39,15 @@ def test_deployment_runs_on_worker_to_completed(stack: Settings) -> None:
     df = read_parquet_bytes(
         get_bytes(stack.s3_client(), stack.s3_uri("raw/youtube-spam/it-deploy.parquet"))
     )
-    assert len(df) == 1956
-    assert int((df["label"] == 1).sum()) == 1005
+    assert len(df) == 1953 and df["comment_id"].is_unique
+    assert int((df["label"] == 1).sum()) == 1005 - 2  # the Eminem copies are spam
+    quarantined = read_parquet_bytes(
+        get_bytes(stack.s3_client(), stack.s3_uri("quarantine/raw/youtube-spam/it-deploy.parquet"))
+    )
+    assert len(quarantined) == 3
+    assert set(quarantined["quarantine_reason"]) == {
+        "comment_id: expect_column_values_to_be_unique"
+    }
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "ingest")}
     assert artifacts == {"ingest/summary.json", "ingest/rows_per_file.png"}
 
@@ -101,7 +111,7 @@ def test_ingest_reads_back_from_s3(stack_env: Settings) -> None:
     second = ingest(source=first, batch="it-s3-b")
     a = read_parquet_bytes(get_bytes(stack.s3_client(), first))
     b = read_parquet_bytes(get_bytes(stack.s3_client(), second))
-    assert len(a) == len(b) == 1956
+    assert len(a) == len(b) == 1953
     assert a["text"].equals(b["text"])
 
 
@@ -123,5 +133,5 @@ def test_data_show_reads_the_batch_from_s3(stack_env: Settings) -> None:
     uri = ingest(batch="it-show")
     result = CliRunner().invoke(app, ["data", "show", uri, "-n", "2"])
     assert result.exit_code == 0, result.output
-    assert f"{uri}: 1956 rows" in result.output
-    assert "labels:  0=951, 1=1005" in result.output
+    assert f"{uri}: 1953 rows" in result.output
+    assert "labels:  0=950, 1=1003" in result.output

@@ -91,7 +91,7 @@ def test_postgres_backed_stack_runs_a_deployment_and_stops_clean(
             [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
             filter_string=f"tags.`prefect.flow_run_id` = '{outcome.flow_run_id}'",
         )
-        assert runs[0].data.metrics["rows_out"] == 1956
+        assert runs[0].data.metrics["rows_out"] == 1953
     finally:
         family = _family(settings.stack_dir)
         bystander = psutil.Popen(["sleep", "60"])

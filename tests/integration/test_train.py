@@ -30,8 +30,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def labeled(stack: Settings, youtube_dir: Path) -> tuple[str, pd.DataFrame]:
-    """A labeled batch made by the weak-labeling engines, in the stack's S3."""
-    df = holdout_split(read_source(str(youtube_dir), YOUTUBE_SPAM))
+    """A labeled batch made by the weak-labeling engines, in the stack's S3 (from unique
+    comment ids, as the raw suite leaves them)."""
+    raw = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    df = holdout_split(raw[~raw["comment_id"].duplicated()])
     L = apply_lfs(df, youtube_lfs(), n_jobs=1).matrix
     y = gold_array(df)
     train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()

@@ -110,13 +110,22 @@ def test_local_parquet_file_is_normalized_like_csv(tmp_path: Path) -> None:
     assert df["source_file"].tolist() == ["batch.parquet", "batch.parquet"]
 
 
-def test_unlabeled_batch_has_no_label_column(tmp_path: Path) -> None:
+def test_unlabeled_batch_has_an_all_missing_label_column(tmp_path: Path) -> None:
     header = "COMMENT_ID,AUTHOR,DATE,CONTENT\n"
     path = write_csv(tmp_path / "new.csv", "id1,Alice,2014-01-01,hi\n", header=header)
 
     df = read_source(path, YOUTUBE_SPAM)
 
-    assert "label" not in df.columns
+    assert list(df.columns) == [
+        "comment_id",
+        "author",
+        "date",
+        "text",
+        "label",
+        "source_file",
+        "source_row",
+    ]
+    assert df["label"].dtype == "Int64" and df["label"].isna().all()
     assert df["text"].tolist() == ["hi"]
 
 

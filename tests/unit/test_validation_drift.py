@@ -89,13 +89,13 @@ def test_youtube_files_drift_little_and_a_long_text_batch_drifts(
 ) -> None:
     eminem, shakira = by_file["Youtube04-Eminem.csv"], by_file["Youtube05-Shakira.csv"]
     schema = infer_schema(eminem, id_columns=("comment_id",))
-    drifts = {d.metric_name: d for d in compare(eminem, shakira, schema)}
+    drifts = {d.metric_name: d for d in compare(eminem, shakira, schema.drift_specs())}
     assert set(drifts) == {"drift_js_author_length", "drift_js_text_length", "drift_linf_label"}
     assert 0 < drifts["drift_js_text_length"].value < 0.1
     assert not any(d.drifted for d in drifts.values())
 
     longer = shakira.assign(text=shakira["text"] * 10)
-    skew = {d.metric_name: d for d in compare(eminem, longer, schema, kind="skew")}
+    skew = {d.metric_name: d for d in compare(eminem, longer, schema.drift_specs(), kind="skew")}
     assert skew["skew_js_text_length"].drifted
     assert skew["skew_js_text_length"].value > 0.3
     assert not skew["skew_linf_label"].drifted
@@ -104,8 +104,8 @@ def test_youtube_files_drift_little_and_a_long_text_batch_drifts(
 def test_compare_names_the_empty_or_missing_feature(youtube: pd.DataFrame) -> None:
     schema = infer_schema(youtube, id_columns=("comment_id",))
     with pytest.raises(ValueError, match="'author' has no values in the current batch"):
-        compare(youtube, youtube.iloc[:0], schema)
+        compare(youtube, youtube.iloc[:0], schema.drift_specs())
     with pytest.raises(ValueError, match="'label' is missing from the reference batch"):
-        compare(youtube.drop(columns="label"), youtube, schema)
+        compare(youtube.drop(columns="label"), youtube, schema.drift_specs())
     with pytest.raises(ValueError, match="'sideways'"):
-        compare(youtube, youtube, schema, kind="sideways")  # type: ignore[arg-type]
+        compare(youtube, youtube, schema.drift_specs(), kind="sideways")  # type: ignore[arg-type]

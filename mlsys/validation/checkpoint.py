@@ -1,0 +1,520 @@
+"""Run a suite as a Great Expectations checkpoint and turn its result into a verdict.
+
+The GX project is the ``gx/`` folder of the repository: suites as JSON, one pandas data
+source with a dataframe asset per suite, a validation definition and a checkpoint per
+suite (created idempotently by :func:`ensure_project`). Each run works on a scratch
+copy of that folder, so runs never write into the repository, never see each other's
+results, and the Data Docs they build show exactly one validation.
+
+The verdict adds what GX does not do: which rows to quarantine and why (row rules, see
+:mod:`mlsys.validation.suites`), drift or skew against a reference batch, and whether
+the run may go on in ``fail`` or ``quarantine`` mode.
+
+Usage::
+
+    report = run_checkpoint(df, load_suite(suite_path("raw")), mode="quarantine",
+                            reference=previous_df, docs_dir=Path("docs"))
+    report.passed, report.quarantined       # rows in = passed + quarantined
+    if not report.ok:
+        raise ValidationFailed(report)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from mlsys.validation.drift import DriftKind, FeatureDrift, compare
+from mlsys.validation.suites import (
+    SUITE_NAMES,
+    drift_specs,
+    dump_suite,
+    is_row_rule,
+    load_suite,
+    suite_version,
+    validate_suite,
+)
+
+if TYPE_CHECKING:
+    from great_expectations.data_context.data_context.file_data_context import (
+        FileDataContext,
+    )
+
+Mode = Literal["fail", "quarantine"]
+MODES: tuple[str, ...] = ("fail", "quarantine")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DATASOURCE = "mlsys"
+BATCH_DEFINITION = "whole-batch"
+REASON_COLUMN = "quarantine_reason"
+MAX_EXAMPLES = 5
+MAX_EXAMPLE_CHARS = 80
+
+# GX reads these when it is imported: no usage statistics, no progress bars in logs.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def gx_dir(project_root: Path = PROJECT_ROOT) -> Path:
+    """The GX project folder (``<project_root>/gx``)."""
+    return Path(project_root) / "gx"
+
+
+def suite_path(name: str, project_root: Path = PROJECT_ROOT) -> Path:
+    """Where the shipped suite ``name`` lives in git."""
+    return gx_dir(project_root) / "expectations" / f"{name}.json"
+
+
+def _context(project_root: Path) -> FileDataContext:
+    import great_expectations as gx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctx = gx.get_context(mode="file", project_root_dir=str(project_root))
+    return ctx
+
+
+def ensure_project(
+    project_root: Path = PROJECT_ROOT, names: Iterable[str] | None = None
+) -> list[str]:
+    """Create what the checkpoints need, once: the pandas data source, a dataframe asset
+    and batch definition per suite, a validation definition and a checkpoint (with a
+    Data Docs action) per suite. Existing objects are left as they are, so the ids under
+    version control stay stable. Returns what was created, e.g. ``["checkpoint raw"]``.
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint.actions import UpdateDataDocsAction
+    from great_expectations.core.result_format import ResultFormat
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    names = list(names) if names is not None else _suite_names(project_root)
+    ctx = _context(project_root)
+    created: list[str] = []
+    bars = ctx.variables.progress_bars
+    globally = bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)
+    if globally is not False:
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        ctx.variables.save()
+        created.append("setting progress_bars off")
+    try:
+        source: Any = ctx.data_sources.get(DATASOURCE)
+    except (KeyError, ValueError):
+        source = ctx.data_sources.add_pandas(DATASOURCE)
+        created.append(f"data source {DATASOURCE}")
+    for name in names:
+        suite = ctx.suites.get(name)  # the JSON in gx/expectations must exist
+        asset_names = {a.name for a in source.assets}
+        if name in asset_names:
+            asset = source.get_asset(name)
+        else:
+            asset = source.add_dataframe_asset(name)
+            created.append(f"asset {name}")
+        if BATCH_DEFINITION in {b.name for b in asset.batch_definitions}:
+            batch = asset.get_batch_definition(BATCH_DEFINITION)
+        else:
+            batch = asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
+            created.append(f"batch definition {name}/{BATCH_DEFINITION}")
+        try:
+            definition = ctx.validation_definitions.get(name)
+        except Exception:  # GX raises its own DataContextError for a missing name
+            definition = ctx.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch, suite=suite)
+            )
+            created.append(f"validation definition {name}")
+        try:
+            ctx.checkpoints.get(name)
+        except Exception:
+            ctx.checkpoints.add(
+                gx.Checkpoint(
+                    name=name,
+                    validation_definitions=[definition],
+                    actions=[UpdateDataDocsAction(name="data-docs")],
+                    result_format=ResultFormat.SUMMARY,
+                )
+            )
+            created.append(f"checkpoint {name}")
+    return created
+
+
+def _suite_names(project_root: Path) -> list[str]:
+    folder = gx_dir(project_root) / "expectations"
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else list(SUITE_NAMES)
+
+
+@contextlib.contextmanager
+def _scratch_project(project_root: Path, suite: Mapping[str, Any]) -> Iterator[Path]:
+    """A throw-away copy of the GX project with ``suite`` in place of the shipped one
+    (keeping the id the validation definition points at)."""
+    source = gx_dir(project_root)
+    name = suite["name"]
+    definition = source / "validation_definitions" / f"{name}.json"
+    if not definition.is_file():
+        raise FileNotFoundError(
+            f"no validation definition for suite {name!r} in {source}; "
+            f"run `mlsys validate init` after adding gx/expectations/{name}.json"
+        )
+    with tempfile.TemporaryDirectory(prefix="mlsys-gx-") as tmp:
+        target = Path(tmp) / "gx"
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("uncommitted"))
+        (target / "uncommitted").mkdir()
+        suite_id = json.loads(definition.read_text())["suite"]["id"]
+        (target / "expectations" / f"{name}.json").write_text(
+            dump_suite({**suite, "id": suite_id}), encoding="utf-8"
+        )
+        yield Path(tmp)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One expectation that did not hold.
+
+    ``observed`` is GX's observed value for batch rules, or up to five offending values
+    (most common first, long ones cut) for row rules; ``count`` is the number of
+    offending rows where GX counts them. ``row_rule`` failures quarantine their rows.
+    """
+
+    expectation: str
+    column: str | None
+    severity: str
+    observed: Any
+    count: int | None
+    row_rule: bool
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        where = f"{self.column}: " if self.column else ""
+        rows = f" on {self.count} rows" if self.count is not None else ""
+        bound = {k: v for k, v in self.kwargs.items() if k not in ("column", "batch_id")}
+        return (
+            f"{where}{self.expectation} failed{rows} ({self.severity}); "
+            f"observed {self.observed!r}; expected {bound}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expectation": self.expectation,
+            "column": self.column,
+            "severity": self.severity,
+            "observed": self.observed,
+            "count": self.count,
+            "row_rule": self.row_rule,
+            "kwargs": {k: v for k, v in self.kwargs.items() if k != "batch_id"},
+        }
+
+
+@dataclass
+class CheckpointReport:
+    """The verdict on one batch: counts, failures, drift, and the rows split in two."""
+
+    suite: str
+    version: int
+    mode: Mode
+    rows_in: int
+    passed: pd.DataFrame
+    quarantined: pd.DataFrame
+    failures: list[Failure]
+    warnings: list[Failure]
+    drift: list[FeatureDrift]
+    rows_failing: int = 0
+    docs_dir: Path | None = None
+
+    @property
+    def rows_passed(self) -> int:
+        return len(self.passed)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return len(self.quarantined)
+
+    @property
+    def batch_failures(self) -> list[Failure]:
+        """Critical failures that judge the whole batch (no row to blame)."""
+        return [f for f in self.failures if not f.row_rule]
+
+    @property
+    def critical_drift(self) -> list[FeatureDrift]:
+        return [d for d in self.drift if d.drifted and d.severity == "critical"]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run may go on: in ``fail`` mode only with no critical failure at
+        all; in ``quarantine`` mode when every critical failure is a row failure (its
+        rows are set aside). Critical drift stops both."""
+        if self.critical_drift or self.batch_failures:
+            return False
+        return self.mode == "quarantine" or not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape ``mlsys validate run --json`` prints."""
+        return {
+            "suite": self.suite,
+            "version": self.version,
+            "mode": self.mode,
+            "success": self.ok,
+            "rows_in": self.rows_in,
+            "rows_passed": self.rows_passed,
+            "rows_quarantined": self.rows_quarantined,
+            "rows_failing": self.rows_failing,
+            "failed": [f.to_dict() for f in self.failures],
+            "warnings": [f.to_dict() for f in self.warnings],
+            "drift": [d.to_dict() for d in self.drift],
+        }
+
+    def summary(self) -> str:
+        """One line per failed expectation and drifted feature, for errors and logs."""
+        head = (
+            f"suite {self.suite} v{self.version} ({self.mode} mode): {self.rows_in} rows in, "
+            f"{self.rows_passed} passed, {self.rows_quarantined} quarantined"
+        )
+        if self.mode == "fail" and self.rows_failing:
+            head += f"; {self.rows_failing} rows break row rules"
+        lines = [head]
+        lines += [f"  FAILED {f}" for f in self.failures]
+        lines += [f"  DRIFT {d} ({d.severity})" for d in self.drift if d.drifted]
+        lines += [f"  {f.severity.upper()} {f}" for f in self.warnings]
+        return "\n".join(lines)
+
+
+class ValidationFailed(RuntimeError):
+    """A batch failed its checkpoint; the message lists each failed expectation."""
+
+    def __init__(self, report: CheckpointReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+def run_checkpoint(
+    df: pd.DataFrame,
+    suite: Mapping[str, Any],
+    *,
+    mode: Mode = "fail",
+    reference: pd.DataFrame | None = None,
+    drift_kind: DriftKind = "drift",
+    project_root: Path = PROJECT_ROOT,
+    docs_dir: Path | None = None,
+) -> CheckpointReport:
+    """Validate ``df`` against ``suite`` with the suite's GX checkpoint.
+
+    Args:
+        df: the batch; its index is not used (rows are numbered 0..n-1 for GX).
+        suite: the suite document (see :mod:`mlsys.validation.suites`).
+        mode: ``"fail"``: any critical failure fails the batch; ``"quarantine"``: rows
+            failing a row rule are set aside with their reasons and the rest may go on.
+        reference: the batch to compare against for drift (the previous batch) or skew
+            (the training data, ``drift_kind="skew"``); None skips the comparison.
+        project_root: the folder holding ``gx/``.
+        docs_dir: where to copy the Data Docs site of this run; None builds none.
+
+    Returns:
+        The report; ``report.ok`` says whether the run may go on. Rows in always equal
+        ``rows_passed + rows_quarantined``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    validate_suite(suite)
+    name = str(suite["name"])
+    if df.empty:
+        raise ValueError(f"the batch has no rows: nothing to validate with suite {name!r}")
+    frame = df.reset_index(drop=True)
+    with _scratch_project(project_root, suite) as scratch:
+        ctx = _context(scratch)
+        checkpoint = ctx.checkpoints.get(name)
+        # Every failing row's index (to quarantine it), not its values (which may be
+        # long texts, and are already sampled in partial_unexpected_list).
+        checkpoint.result_format = {"result_format": "COMPLETE", "exclude_unexpected_values": True}
+        if docs_dir is None:
+            checkpoint.actions = []
+        checkpoint.save()  # the scratch copy; GX refuses to run an unsaved change
+        with _quiet_gx():
+            result = checkpoint.run(
+                batch_parameters={"dataframe": _gx_frame(frame)},
+                expectation_parameters=None,
+            )
+        if docs_dir is not None:
+            site = scratch / "gx" / "uncommitted" / "data_docs" / "local_site"
+            if docs_dir.exists():
+                shutil.rmtree(docs_dir)
+            shutil.copytree(site, docs_dir)
+    (validation,) = result.run_results.values()
+    failures, warnings_, bad_rows = _read_results(validation.results, frame, suite)
+    drift = (
+        compare(reference, frame, drift_specs(suite), kind=drift_kind)
+        if reference is not None and drift_specs(suite)
+        else []
+    )
+    quarantine = mode == "quarantine" and not [f for f in failures if not f.row_rule]
+    if quarantine and bad_rows:
+        index = pd.Index(sorted(bad_rows))
+        quarantined = frame.loc[index].copy()
+        quarantined[REASON_COLUMN] = pd.array(
+            ["; ".join(bad_rows[i]) for i in index], dtype="string"
+        )
+        passed = frame.drop(index=index)
+    else:
+        quarantined = frame.iloc[:0].assign(**{REASON_COLUMN: pd.array([], dtype="string")})
+        passed = frame
+    return CheckpointReport(
+        suite=name,
+        version=suite_version(suite),
+        mode=mode,
+        rows_in=len(frame),
+        passed=passed,
+        quarantined=quarantined,
+        failures=failures,
+        warnings=warnings_,
+        drift=drift,
+        rows_failing=len(bad_rows),
+        docs_dir=docs_dir,
+    )
+
+
+def _gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every string column in the one string dtype GX's type check knows
+    (``pd.StringDtype()``): pandas has several (``str``, ``string[python]``,
+    ``string[pyarrow]``) that hold the same values."""
+    target = pd.StringDtype()
+    strings = [
+        c
+        for c, dtype in frame.dtypes.items()
+        if isinstance(dtype, pd.StringDtype) and dtype != target
+    ]
+    if not strings:
+        return frame
+    return frame.astype(dict.fromkeys(strings, target))
+
+
+@contextlib.contextmanager
+def _quiet_gx() -> Iterator[None]:
+    """GX logs a progress bar per metric and warns about pandas internals; keep logs readable."""
+    logger = logging.getLogger("great_expectations")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_results(
+    results: Iterable[Any], frame: pd.DataFrame, suite: Mapping[str, Any]
+) -> tuple[list[Failure], list[Failure], dict[int, list[str]]]:
+    """Failures (critical), warnings (warning/info) and, per failing row, its reasons."""
+    by_id = {e.get("id"): e for e in suite["expectations"]}
+    failures: list[Failure] = []
+    notes: list[Failure] = []
+    bad_rows: dict[int, list[str]] = {}
+    for r in results:
+        if r.success:
+            continue
+        config = r.expectation_config
+        declared = by_id.get(config.id) or {
+            "type": config.type,
+            "kwargs": dict(config.kwargs),
+            "severity": config.severity.value,
+        }
+        kwargs = dict(config.kwargs)
+        column = kwargs.get("column")
+        severity = str(getattr(config.severity, "value", config.severity))
+        error = _exception_message(r.exception_info)
+        result = r.result or {}
+        indices = result.get("unexpected_index_list")
+        row_rule = is_row_rule(declared) and error is None and indices is not None
+        if column is not None and column not in frame.columns:
+            observed: Any = f"column {column!r} is missing"
+        elif error is not None:
+            observed = error
+        elif "observed_value" in result:
+            observed = _plain(result["observed_value"])
+        elif indices and column in frame.columns:
+            observed = _examples(frame.loc[[int(i) for i in indices[:1000]], column].tolist())
+        else:
+            observed = _examples(result.get("partial_unexpected_list") or [])
+        count = result.get("unexpected_count")
+        failure = Failure(
+            expectation=config.type,
+            column=column,
+            severity=severity,
+            observed=observed,
+            count=None if count is None else int(count),
+            row_rule=row_rule,
+            kwargs=_plain(kwargs),
+        )
+        (failures if severity == "critical" else notes).append(failure)
+        if row_rule and indices is not None:
+            rows = _rows_to_quarantine(config.type, column, indices, frame)
+            reason = f"{column}: {config.type}"
+            for i in rows:
+                bad_rows.setdefault(int(i), []).append(reason)
+    return failures, notes, bad_rows
+
+
+def _rows_to_quarantine(
+    kind: str, column: str | None, indices: list[Any], frame: pd.DataFrame
+) -> list[int]:
+    rows = [int(i) for i in indices]
+    if kind == "expect_column_values_to_be_unique" and column is not None:
+        # GX flags every copy of a repeated value; the first copy is kept, the rest go.
+        values = frame.loc[sorted(rows), column]
+        return [int(i) for i in values.index[values.duplicated(keep="first")]]
+    return rows
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX's exception info is either one dict or a dict of dicts keyed by metric."""
+    if not info:
+        return None
+    candidates = [info] if "raised_exception" in info else list(info.values())
+    for item in candidates:
+        if isinstance(item, Mapping) and item.get("raised_exception"):
+            message = str(item.get("exception_message") or "error")
+            return message.splitlines()[0][:300]
+    return None
+
+
+def _examples(values: list[Any]) -> list[Any]:
+    counts = pd.Series(values, dtype=object).value_counts(dropna=False)
+    return [_plain(v) for v in counts.index[:MAX_EXAMPLES]]
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_EXAMPLE_CHARS:
+        return f"{value[:MAX_EXAMPLE_CHARS]}... ({len(value)} chars)"
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """GX results hold numpy scalars and pandas NA; make them JSON-ready."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(v) for v in value]
+    if value is pd.NA or value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, str):
+        with contextlib.suppress(ValueError, TypeError):
+            return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, str | int | float | bool):
+        return _cut(value)
+    return str(value)
+
+
+def load_shipped_suite(name: str, project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """The suite ``name`` as committed in ``gx/expectations``."""
+    if name not in _suite_names(project_root):
+        known = ", ".join(_suite_names(project_root))
+        raise ValueError(f"unknown suite {name!r}; the GX project has: {known}")
+    return load_suite(suite_path(name, project_root))
