@@ -36,6 +36,8 @@ demo: install
 	$(BIN)/mlsys run weak_label/weak_label --param raw_batch=s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
 	$(BIN)/mlsys run train/train --param labeled_batch=s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
+	$(BIN)/mlsys run batch_infer/batch_infer --param source=s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
+	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/predictions/youtube-spam/$(DEMO_BATCH)/part-0000-00000.parquet
 
 test: install
 	$(BIN)/python -m pytest

@@ -13,7 +13,13 @@ from mlsys.data.s3 import S3Uri, latest_key
 from mlsys.models.text import HashingFeaturizer
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
-from tasks.train import evaluate_model, fit_model, load_labeled_batch, register_model
+from tasks.train import (
+    evaluate_model,
+    fit_model,
+    load_labeled_batch,
+    promote_if_better,
+    register_model,
+)
 from tasks.validate import validate_batch
 
 
@@ -36,6 +42,7 @@ def train(
     alias: str = "challenger",
     resume_from_run: str | None = None,
     validation: Literal["fail", "quarantine"] = "fail",
+    promote: bool = True,
 ) -> dict[str, str]:
     """Train the spam classifier on a labeled batch and register it as `alias`.
 
@@ -67,9 +74,12 @@ def train(
         validation: The labeled batch is checked with the `training` suite first.
             "fail": any failed critical expectation stops the run before training;
             "quarantine": failing rows are left out (and written to quarantine/training/).
+        promote: Also set alias `champion` on the new version when its test accuracy
+            beats the current champion's (or there is none yet).
 
     Returns:
-        The registered model's name, version, alias and model URI.
+        The registered model's name, version, alias, model URI and "champion" ("yes" when
+        promoted).
     """
     settings = Settings.load()
     uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
@@ -91,6 +101,7 @@ def train(
         "model_name": model_name,
         "resume_from_run": resume_from_run,
         "validation": validation,
+        "promote": promote,
     }
     with flow_run_tracking(settings, params=params) as run:
         df = load_labeled_batch(settings, uri)
@@ -125,6 +136,10 @@ def train(
             run, result, featurizer, name=model_name, alias=alias, examples=examples,
             metrics=metrics,
         )  # fmt: skip
+        promoted = promote and promote_if_better(
+            run, name=model_name, version=registered["version"], metrics=metrics
+        )
+        registered["champion"] = "yes" if promoted else "no"
         create_markdown_artifact(
             key="train-summary",
             markdown=(
@@ -135,7 +150,8 @@ def train(
                 f"| {int(metrics['test_rows'])} | {len(result.history)} "
                 f"| {result.history[-1]['loss']:.4f} |\n\n"
                 f"Model: `{registered['name']}` version {registered['version']} "
-                f"(@{registered['alias']})  \nData: `{uri}`  \n"
+                f"(@{registered['alias']}; promoted to @champion: {registered['champion']})  \n"
+                f"Data: `{uri}`  \n"
                 f"MLflow run: [{run.run_id}]({run.url})\n"
             ),
             description=f"Training of {model_name} on {uri}",

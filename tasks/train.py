@@ -270,3 +270,52 @@ def register_model(
     client.set_model_version_tag(name, version, "test_accuracy", f"{metrics['test_accuracy']:.4f}")
     get_run_logger().info("registered %s version %s as @%s", name, version, alias)
     return {"name": name, "version": version, "alias": alias, "model_uri": info.model_uri}
+
+
+@task(name="promote-if-better", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
+def promote_if_better(
+    run: TrackedRun,
+    *,
+    name: str,
+    version: str,
+    metrics: dict[str, float],
+    alias: str = "champion",
+    metric: str = "test_accuracy",
+) -> bool:
+    """Point ``alias`` at ``version`` if its ``metric`` on the gold test rows beats the
+    current holder's (ties keep the holder), or if no version holds the alias yet."""
+    from mlflow.exceptions import MlflowException
+
+    client = run.client()
+    logger = get_run_logger()
+    new = metrics[metric]
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        holder = None
+    old = holder.tags.get(metric) if holder is not None else None
+    if holder is not None and old is not None and new <= float(old):
+        logger.info(
+            "kept %s version %s as @%s: its %s %s >= %.4f",
+            name,
+            holder.version,
+            alias,
+            metric,
+            old,
+            new,
+        )
+        client.set_tag(run.run_id, "mlsys.promoted", "false")
+        return False
+    client.set_registered_model_alias(name, alias, version)
+    was = f"version {holder.version} ({metric} {old})" if holder is not None else "no version"
+    logger.info(
+        "promoted %s version %s to @%s (%s %.4f; before: %s)",
+        name,
+        version,
+        alias,
+        metric,
+        new,
+        was,
+    )
+    client.set_tag(run.run_id, "mlsys.promoted", "true")
+    return True

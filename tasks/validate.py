@@ -95,6 +95,7 @@ def validate_batch(
     drift_kind: DriftKind = "drift",
     accept_schema_update: bool = False,
     source: str | None = None,
+    write_quarantine: bool = True,
 ) -> CheckpointReport:
     """Validate ``df`` with ``suite``; return the report (passed rows in ``.passed``).
 
@@ -111,6 +112,8 @@ def validate_batch(
             fractions and drifts within the suite's thresholds, store a new suite version
             that accepts it (S3, linked from MLflow) and validate with that.
         source: what the batch was read from, recorded in an accepted update.
+        write_quarantine: write quarantined rows to S3 (off when the caller quarantines
+            the same rows itself, e.g. a preview of the first chunk).
     """
     logger = get_run_logger()
     client = settings.s3_client()
@@ -140,7 +143,7 @@ def validate_batch(
     if report.rows_passed + report.rows_quarantined != report.rows_in:
         raise RuntimeError(f"row count mismatch in suite {suite}: {report.summary()}")
     quarantine_uri = None
-    if report.rows_quarantined:
+    if report.rows_quarantined and write_quarantine:
         quarantine_uri = settings.s3_uri(f"quarantine/{suite}/{dataset}/{batch}.parquet")
         put_bytes(client, quarantine_uri, write_parquet_bytes(report.quarantined), PARQUET)
         run.client().set_tag(run.run_id, f"mlsys.quarantine.{suite}", quarantine_uri)

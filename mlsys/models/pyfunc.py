@@ -21,11 +21,15 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, Schema, TensorSpec
 from torch import nn
 
+from mlsys.models.cnn import build_digit_cnn
 from mlsys.models.text import HashingFeaturizer, TextClassifierSpec, predict_texts
 
 __all__ = [
     "TEXT_COLUMN",
+    "DigitCNNModel",
     "TextClassifierModel",
+    "load_digit_cnn",
+    "log_digit_cnn",
     "log_text_classifier",
     "text_classifier_signature",
 ]
@@ -165,33 +169,62 @@ def log_text_classifier(
         artifacts[_CLASSIFIER].write_text(json.dumps(spec.to_dict(), indent=2))
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
         torch.save(state, artifacts[_WEIGHTS])
-        with _tracking_uri(tracking_uri):
-            client = mlflow.MlflowClient(tracking_uri)
-            run = client.get_run(run_id)
-            # Created here, not by Model.log: without an active run, Model.log would file
-            # the model under the default experiment instead of the run's.
-            logged = client.create_logged_model(
-                experiment_id=run.info.experiment_id,
-                name=name,
-                source_run_id=run_id,
-                params=dict(run.data.params),
-            )
-            # Model.log is what mlflow.pyfunc.log_model calls, minus the run_id it lacks.
-            info: ModelInfo = Model.log(
-                artifact_path=None,
-                name=name,
-                flavor=mlflow.pyfunc,
-                run_id=run_id,
-                model_id=logged.model_id,
-                registered_model_name=registered_model_name,
-                python_model=str(_write_model_script(staging)),
-                artifacts={key: str(path) for key, path in artifacts.items()},
-                code_paths=[str(_stage_code(staging / "code"))],
-                signature=text_classifier_signature(spec.n_classes),
-                input_example=input_example,
-                pip_requirements=_pinned_requirements(),
-            )
-            return info
+        return _log_pyfunc(
+            staging,
+            script=(_MODEL_SCRIPT, _MODEL_SCRIPT_SOURCE),
+            artifacts=artifacts,
+            signature=text_classifier_signature(spec.n_classes),
+            input_example=input_example,
+            run_id=run_id,
+            tracking_uri=tracking_uri,
+            name=name,
+            registered_model_name=registered_model_name,
+        )
+
+
+def _log_pyfunc(
+    staging: Path,
+    *,
+    script: tuple[str, str],
+    artifacts: dict[str, Path],
+    signature: ModelSignature,
+    input_example: Any,
+    run_id: str,
+    tracking_uri: str,
+    name: str,
+    registered_model_name: str | None,
+) -> ModelInfo:
+    """Log a models-from-code pyfunc (``script`` = file name and source) with its
+    ``artifacts`` and the ``mlsys.models`` sources into the run ``run_id``."""
+    script_path = staging / script[0]
+    script_path.write_text(script[1])
+    with _tracking_uri(tracking_uri):
+        client = mlflow.MlflowClient(tracking_uri)
+        run = client.get_run(run_id)
+        # Created here, not by Model.log: without an active run, Model.log would file
+        # the model under the default experiment instead of the run's.
+        logged = client.create_logged_model(
+            experiment_id=run.info.experiment_id,
+            name=name,
+            source_run_id=run_id,
+            params=dict(run.data.params),
+        )
+        # Model.log is what mlflow.pyfunc.log_model calls, minus the run_id it lacks.
+        info: ModelInfo = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            registered_model_name=registered_model_name,
+            python_model=str(script_path),
+            artifacts={key: str(path) for key, path in artifacts.items()},
+            code_paths=[str(_stage_code(staging / "code"))],
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pinned_requirements(),
+        )
+        return info
 
 
 @contextmanager
@@ -213,6 +246,124 @@ def _tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
+_CNN_CONFIG = "cnn"
+_CNN_SCRIPT = "mlsys_digit_cnn.py"
+_CNN_SCRIPT_SOURCE = (
+    "# Run by MLflow to load an mlsys digit CNN (models from code).\n"
+    "import mlflow\n\n"
+    "from mlsys.models.pyfunc import DigitCNNModel\n\n"
+    "mlflow.models.set_model(DigitCNNModel())\n"
+)
+
+
+def _build_cnn(config_path: str, weights_path: str) -> nn.Sequential:
+    config = json.loads(Path(config_path).read_text())
+    network = build_digit_cnn(**config)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return network.eval()
+
+
+class DigitCNNModel(PythonModel):
+    """Labels video frames with a digit CNN; what :func:`log_digit_cnn` logs.
+
+    Input: a float32 array ``(N, C, H, W)``. Output: one row per frame with ``label``,
+    ``probability`` and ``proba_0`` ... ``proba_9``. Loading reads the network's settings
+    (JSON) and ``state_dict`` (``weights_only``), so nothing is unpickled.
+    """
+
+    def load_context(self, context: PythonModelContext) -> None:
+        artifacts = context.artifacts
+        self.network = _build_cnn(artifacts[_CNN_CONFIG], artifacts[_WEIGHTS])
+
+    # model_input is left unannotated: MLflow reads a type hint as an input schema, and
+    # the tensor signature logged with the model already says what goes in.
+    def predict(  # type: ignore[no-untyped-def]
+        self,
+        context: PythonModelContext,
+        model_input,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        frames = torch.as_tensor(model_input, dtype=torch.float32)
+        if frames.ndim != 4:
+            raise ValueError(
+                f"model input must be (N, C, H, W) frames, got shape {tuple(frames.shape)}"
+            )
+        with torch.inference_mode():
+            proba = torch.softmax(self.network(frames), dim=1).double().numpy()
+        return probabilities_frame(proba)
+
+
+def probabilities_frame(proba: Any) -> pd.DataFrame:
+    """``label``, ``probability`` and ``proba_k`` columns from class probabilities."""
+    import numpy as np
+
+    labels = proba.argmax(axis=1).astype(np.int64)
+    frame = pd.DataFrame({"label": labels, "probability": proba[np.arange(len(labels)), labels]})
+    for k in range(proba.shape[1]):
+        frame[f"proba_{k}"] = proba[:, k]
+    return frame
+
+
+def log_digit_cnn(
+    model: nn.Sequential,
+    config: dict[str, Any],
+    *,
+    run_id: str,
+    tracking_uri: str,
+    example: torch.Tensor,
+    name: str = "model",
+    registered_model_name: str | None = None,
+) -> ModelInfo:
+    """Log a CNN made by ``build_digit_cnn(**config)`` as a pyfunc of the run ``run_id``,
+    with a tensor signature taken from ``example`` (a few frames ``(N, C, H, W)``)."""
+    rebuilt = build_digit_cnn(**config)
+    rebuilt.load_state_dict(model.state_dict())  # the config must describe this model
+    n_classes = int(config.get("n_classes", 10))
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec("long", "label"),
+        ColSpec("double", "probability"),
+    ]
+    outputs += [ColSpec("double", f"proba_{k}") for k in range(n_classes)]
+    import numpy as np
+
+    example_array = example.detach().cpu().numpy().astype(np.float32)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example_array.shape[1:]))]),
+        outputs=Schema(outputs),
+    )
+    with tempfile.TemporaryDirectory(prefix="mlsys-pyfunc-") as tmp:
+        staging = Path(tmp)
+        artifacts = {_CNN_CONFIG: staging / "cnn.json", _WEIGHTS: staging / "weights.pt"}
+        artifacts[_CNN_CONFIG].write_text(json.dumps(config, indent=2))
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        torch.save(state, artifacts[_WEIGHTS])
+        return _log_pyfunc(
+            staging,
+            script=(_CNN_SCRIPT, _CNN_SCRIPT_SOURCE),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example_array,
+            run_id=run_id,
+            tracking_uri=tracking_uri,
+            name=name,
+            registered_model_name=registered_model_name,
+        )
+
+
+def load_digit_cnn(model_uri: str, tracking_uri: str) -> nn.Sequential:
+    """The ``nn.Sequential`` of a digit CNN logged by :func:`log_digit_cnn` (e.g.
+    ``models:/digit-cnn@champion``), rebuilt from its artifacts in eval mode: what
+    incremental inference needs, where the pyfunc only gives predictions."""
+    with _tracking_uri(tracking_uri), tempfile.TemporaryDirectory(prefix="mlsys-cnn-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        config = local / "artifacts" / "cnn.json"
+        weights = local / "artifacts" / "weights.pt"
+        if not config.is_file() or not weights.is_file():
+            raise ValueError(f"{model_uri} is not a digit CNN logged by log_digit_cnn")
+        return _build_cnn(str(config), str(weights))
+
+
 def _stage_code(target: Path) -> Path:
     """A copy of the ``mlsys.models`` sources under ``target/mlsys``, for ``code_paths``.
 
@@ -231,13 +382,6 @@ def _stage_code(target: Path) -> Path:
         '"""mlsys, reduced to the modules a logged model needs."""\n'
     )
     return package
-
-
-def _write_model_script(folder: Path) -> Path:
-    """The models-from-code script, written into ``folder``."""
-    script = folder / _MODEL_SCRIPT
-    script.write_text(_MODEL_SCRIPT_SOURCE)
-    return script
 
 
 def _pinned_requirements() -> list[str]:

@@ -347,11 +347,19 @@ def run_checkpoint(
             shutil.copytree(site, docs_dir)
     (validation,) = result.run_results.values()
     failures, warnings_, bad_rows = _read_results(validation.results, frame, suite)
-    drift = (
-        compare(reference, frame, drift_specs(suite), kind=drift_kind)
-        if reference is not None and drift_specs(suite)
-        else []
-    )
+    drift = []
+    if reference is not None:
+        # A column missing or empty on either side is reported by the expectations
+        # (column set, nulls); drift is measured on the columns both batches have.
+        comparable = [
+            spec
+            for spec in drift_specs(suite)
+            if all(
+                spec.column in f.columns and f[spec.column].notna().any()
+                for f in (reference, frame)
+            )
+        ]
+        drift = compare(reference, frame, comparable, kind=drift_kind)
     quarantine = mode == "quarantine" and not [f for f in failures if not f.row_rule]
     if quarantine and bad_rows:
         index = pd.Index(sorted(bad_rows))

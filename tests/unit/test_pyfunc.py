@@ -190,3 +190,47 @@ def test_rejects_a_featurizer_of_another_width(logged: Logged) -> None:
             run_id=logged.run_id,
             tracking_uri=logged.tracking_uri,
         )
+
+
+def test_digit_cnn_logs_as_pyfunc_and_rebuilds_as_layers(tmp_path: Path) -> None:
+    from mlsys.models.cnn import build_digit_cnn
+    from mlsys.models.pyfunc import load_digit_cnn, log_digit_cnn
+
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("cnn", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment_id).info.run_id
+    torch.manual_seed(0)
+    config = {"channels": [4, 8], "n_classes": 10, "in_channels": 1}
+    model = build_digit_cnn(**config).eval()
+    frames = torch.rand(3, 1, 32, 32)
+    info = log_digit_cnn(
+        model,
+        config,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        example=frames[:2],
+        registered_model_name="digits",
+    )
+    assert info.registered_model_version == 1
+
+    rebuilt = load_digit_cnn("models:/digits/1", tracking_uri)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(frames), model(frames))
+        expected = torch.softmax(model(frames), dim=1).argmax(dim=1).tolist()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        out = mlflow.pyfunc.load_model("models:/digits/1").predict(frames.numpy())
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    assert out["label"].tolist() == expected
+    with pytest.raises(ValueError, match="not a digit CNN"):
+        log_text = client.create_run(experiment_id).info.run_id
+        log_text_classifier(
+            build_text_classifier(64, hidden=(4,)),
+            HashingFeaturizer(n_features=64),
+            run_id=log_text,
+            tracking_uri=tracking_uri,
+            registered_model_name="text",
+        )
+        load_digit_cnn("models:/text/1", tracking_uri)

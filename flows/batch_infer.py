@@ -1,0 +1,183 @@
+"""Flow `batch_infer`: a registered model scores a Parquet/CSV input in streaming chunks,
+predictions written as Parquet parts to S3, resumable, checked with the serving suite."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from mlsys.data import get_dataset
+from mlsys.data.s3 import latest_key
+from mlsys.settings import Settings
+from tasks.batch_infer import (
+    ModelRef,
+    claim_output,
+    first_chunk,
+    resolve_model,
+    score_partition,
+    scratch_folder,
+    stage_input,
+    write_manifest,
+)
+from tasks.tracking import flow_run_tracking
+from tasks.validate import validate_batch
+
+
+@flow(name="score-partitions")
+def score_partitions(
+    settings: Settings,
+    ref: ModelRef,
+    paths: list[Path],
+    workers: int,
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One `score-partition` task per worker, each taking every `workers`-th chunk."""
+    futures = [
+        score_partition.submit(settings, ref, paths, partition=(i, workers), **options)
+        for i in range(workers)
+    ]
+    return [row for future in futures for row in future.result()]
+
+
+def _dask_runner(workers: int) -> Any:
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+        }
+    )
+
+
+@flow(name="batch_infer", log_prints=True)
+def batch_infer(
+    source: str | None = None,
+    dataset: str = "youtube-spam",
+    batch: str | None = None,
+    model_name: str = "spam-classifier",
+    alias: str = "champion",
+    model_version: str | None = None,
+    chunk_rows: int = 50_000,
+    id_column: str | None = "comment_id",
+    workers: int = 1,
+    validation: Literal["quarantine", "fail"] = "quarantine",
+) -> str:
+    """Score an input with a registered model; write predictions to
+    s3://<bucket>/predictions/<dataset>/<batch>/part-*.parquet and a _manifest.json.
+
+    The first chunk is checked with the `serving` suite and its text lengths compared with
+    the model's training data (skew; MLflow metrics, Data Docs); then every chunk is
+    checked, its failing rows quarantined to quarantine/serving/<dataset>/<batch>/, and
+    the rest scored. Each chunk becomes one part, so a re-run with the same batch id skips
+    the chunks already written. The manifest is written last: without it the predictions
+    are incomplete. Rows in = rows out + rows quarantined.
+
+    Args:
+        source: A Parquet or CSV file or folder, or an s3:// object or prefix. Empty: the
+            newest raw batch under raw/<dataset>/.
+        dataset: Dataset name: prefix of predictions/, and the column mapping of raw
+            CSV inputs (e.g. CONTENT -> text).
+        batch: Id of the predictions. Empty: the input's file name without extension.
+        model_name: Registered model to score with.
+        alias: Alias of the version to use (ignored when model_version is given).
+        model_version: A version number to pin instead of the alias.
+        chunk_rows: Rows read, checked and scored at a time; bounds memory.
+        id_column: Input column copied into the predictions to join them back. Empty:
+            the row position (`row` = "<file>:<row>").
+        workers: Processes scoring chunks in parallel (a Dask cluster on this machine
+            when > 1).
+        validation: "quarantine": rows failing the serving suite are set aside; "fail":
+            any failing row stops the run.
+
+    Returns:
+        The s3:// URI of the manifest.
+    """
+    settings = Settings.load()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    source = source or latest_key(settings.s3_client(), settings.bucket, f"raw/{dataset}/")
+    batch = batch or PurePosixPath(source.rstrip("/")).stem
+    rename = dict(get_dataset(dataset).columns)
+    prefix = f"predictions/{dataset}/{batch}/"
+    params = {
+        "source": source,
+        "dataset": dataset,
+        "batch": batch,
+        "model_name": model_name,
+        "alias": alias,
+        "model_version": model_version,
+        "chunk_rows": chunk_rows,
+        "id_column": id_column,
+        "workers": workers,
+        "validation": validation,
+    }
+    ref = resolve_model(settings, model_name, alias, model_version)
+    with flow_run_tracking(settings, params=params) as run, scratch_folder(settings) as tmp:
+        client = run.client()
+        client.set_tag(run.run_id, "mlsys.model_uri", ref.uri)
+        paths = stage_input(settings, source, Path(tmp))
+        validate_batch(
+            run,
+            settings,
+            first_chunk(paths, chunk_rows, rename),
+            suite="serving",
+            mode=validation,
+            dataset=dataset,
+            batch=batch,
+            reference_uri=ref.training_batch,
+            drift_kind="skew",
+            write_quarantine=False,
+        )
+        resumed = claim_output(settings, prefix, ref, source, chunk_rows)
+        options: dict[str, Any] = {
+            "prefix": prefix,
+            "quarantine_prefix": f"quarantine/serving/{dataset}/{batch}/",
+            "chunk_rows": chunk_rows,
+            "id_column": id_column,
+            "rename": rename,
+            "validation": validation,
+        }
+        began = time.perf_counter()
+        if workers == 1:
+            results = score_partition(settings, ref, paths, **options)
+        else:
+            results = score_partitions.with_options(task_runner=_dask_runner(workers))(
+                settings, ref, paths, workers, options
+            )
+        seconds = time.perf_counter() - began
+        manifest, counts = write_manifest(settings, prefix, ref, source, results)
+        scored = counts["rows_in"] - sum(r["rows_in"] for r in results if r["skipped"])
+        metrics = {**counts, "seconds": seconds, "rows_per_second": scored / max(seconds, 1e-9)}
+        for key, value in metrics.items():
+            client.log_metric(run.run_id, key, float(value))
+        client.set_tag(run.run_id, "mlsys.predictions", settings.s3_uri(prefix))
+        create_markdown_artifact(
+            key="batch-infer-summary",
+            markdown=(
+                f"# Batch inference {dataset}/{batch}\n\n"
+                f"| rows in | predicted | quarantined | chunks | skipped (done before) | rows/s |\n"
+                f"|---|---|---|---|---|---|\n"
+                f"| {counts['rows_in']} | {counts['rows_out']} | {counts['rows_quarantined']} "
+                f"| {counts['chunks']} | {counts['chunks_skipped']} "
+                f"| {metrics['rows_per_second']:,.0f} |\n\n"
+                f"Model: `{ref.uri}` (run {ref.run_id})  \nInput: `{source}`  \n"
+                f"Predictions: `{settings.s3_uri(prefix)}`  \nManifest: `{manifest}`  \n"
+                f"Resumed: {'yes' if resumed else 'no'}  \nMLflow run: [{run.run_id}]({run.url})\n"
+            ),
+            description=f"Predictions of {ref.uri} for {source}",
+        )
+    return manifest
+
+
+if __name__ == "__main__":
+    batch_infer()

@@ -1,0 +1,364 @@
+"""Streaming, resumable batch scoring: chunks in, one prediction part per chunk out.
+
+Input files (Parquet or CSV) are read ``chunk_rows`` rows at a time, so memory stays
+bounded by the chunk, not the input. Each chunk is checked (optional), cast to the
+model's input signature, scored, and written as its own part; a part that already exists
+is skipped, so a re-run after a failure picks up where the last one stopped and never
+scores a chunk twice. Chunk names depend only on the input and ``chunk_rows``.
+
+Usage::
+
+    chunks = iter_chunks([Path("in.parquet")], chunk_rows=50_000)
+    results = score_chunks(chunks, model.predict, sink, id_column="comment_id",
+                           constants={"model_version": "3"})
+    assert sum(r.rows_in for r in results) == sum(r.rows_out + r.rows_quarantined for r in results)
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "Chunk",
+    "ChunkResult",
+    "PartSink",
+    "cast_to_signature",
+    "iter_chunks",
+    "part_name",
+    "score_chunks",
+]
+
+QUARANTINE_REASON = "quarantine_reason"
+ROW_COLUMN = "row"
+"""The id column of predictions when the input has none: ``<file>:<row>`` positions."""
+
+
+def part_name(file: int, index: int) -> str:
+    """The part written for chunk ``index`` of input file ``file``."""
+    return f"part-{file:04d}-{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """``chunk_rows`` (or fewer, at a file's end) consecutive rows of one input file."""
+
+    file: int
+    index: int
+    start: int
+    frame: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return part_name(self.file, self.index)
+
+
+def iter_chunks(
+    paths: Sequence[Path],
+    chunk_rows: int,
+    *,
+    rename: Mapping[str, str] | None = None,
+) -> Iterator[Chunk]:
+    """Chunks of every file in ``paths``, in order: Parquet via its row batches, CSV via
+    pandas' chunked reader (all columns as strings, empty cells missing). ``rename`` maps
+    source column names to the names the model and suites expect (e.g. ``CONTENT`` ->
+    ``text``); columns it does not name keep their names.
+
+    Raises:
+        ValueError: ``chunk_rows`` is not positive, a file is neither .parquet nor .csv,
+            or a file holds no rows.
+    """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    if not paths:
+        raise ValueError("no input files to score")
+    for file, path in enumerate(paths):
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            frames = _parquet_frames(path, chunk_rows)
+        elif suffix == ".csv":
+            frames = _csv_frames(path, chunk_rows)
+        else:
+            raise ValueError(f"input file {path.name!r} is neither .parquet nor .csv")
+        start = 0
+        for index, frame in enumerate(frames):
+            if rename:
+                frame = frame.rename(columns=dict(rename))
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            yield Chunk(file=file, index=index, start=start, frame=frame)
+            start += len(frame)
+        if start == 0:
+            raise ValueError(f"input file {path.name!r} holds no rows")
+
+
+def _parquet_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        reader = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"cannot read Parquet file {path.name!r}: {exc}") from exc
+    for batch in reader.iter_batches(batch_size=chunk_rows):
+        yield batch.to_pandas(types_mapper=_types_mapper)
+
+
+def _types_mapper(arrow_type: pa.DataType) -> Any:
+    """Arrow strings as pandas' NA-aware string dtype, as the rest of mlsys reads them."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.StringDtype()
+    return None
+
+
+def _csv_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        reader = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+            chunksize=chunk_rows,
+            index_col=False,
+        )
+        for frame in reader:
+            yield frame.astype("string").replace("", pd.NA)
+    except pd.errors.EmptyDataError:
+        return
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise ValueError(f"cannot parse CSV file {path.name!r}: {exc}") from exc
+
+
+def cast_to_signature(frame: pd.DataFrame, inputs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The signature's input columns of ``frame``, cast to the signature's types.
+
+    ``inputs`` are ``(column, mlflow type)`` pairs, e.g. ``[("text", "string")]``; strings
+    become Python ``str`` objects (what MLflow's schema enforcement accepts), integers
+    ``int64``, floats ``float64``, booleans ``bool``.
+
+    Raises:
+        ValueError: a column is missing (named, with the columns found) or a value cannot
+            be cast (the column, the row and the value are named).
+    """
+    missing = [name for name, _ in inputs if name not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"input lacks column(s) {missing} of the model signature; found {list(frame.columns)}"
+        )
+    out: dict[str, Any] = {}
+    for name, kind in inputs:
+        column = frame[name]
+        nulls = column.isna()
+        if nulls.any():
+            row = column.index[nulls.to_numpy()][0]
+            raise ValueError(f"column {name!r} is missing a value in row {row}")
+        try:
+            if kind == "string":
+                out[name] = column.astype(str).astype(object)
+            elif kind in ("long", "integer"):
+                out[name] = pd.to_numeric(column, errors="raise").astype("int64")
+            elif kind in ("double", "float"):
+                out[name] = pd.to_numeric(column, errors="raise").astype("float64")
+            elif kind == "boolean":
+                out[name] = column.astype("bool")
+            else:
+                raise ValueError(
+                    f"column {name!r} has signature type {kind!r}, which is not supported"
+                )
+        except (TypeError, ValueError) as exc:
+            if "not supported" in str(exc):
+                raise
+            bad = _first_uncastable(column, kind)
+            raise ValueError(
+                f"column {name!r} cannot be cast to {kind}: row {bad[0]} holds {bad[1]!r}"
+            ) from exc
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _first_uncastable(column: pd.Series[Any], kind: str) -> tuple[Any, Any]:
+    converted = pd.to_numeric(column, errors="coerce")
+    bad = converted.isna() & column.notna()
+    if bad.any():
+        row = column.index[bad.to_numpy()][0]
+        return row, column.loc[row]
+    return column.index[0], column.iloc[0]
+
+
+class PartSink(Protocol):
+    """Where parts go: an S3 prefix, a local folder."""
+
+    def rows(self, name: str) -> int | None:
+        """The row count of part ``name``, or None when it does not exist."""
+
+    def write(self, name: str, data: bytes) -> None:
+        """Store part ``name`` (atomically: a part is either whole or absent)."""
+
+
+class FolderSink:
+    """Parts as files in a local folder (tests, benchmarks, local runs)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(self, name: str) -> int | None:
+        path = self.folder / name
+        return pq.ParquetFile(path).metadata.num_rows if path.is_file() else None
+
+    def write(self, name: str, data: bytes) -> None:
+        tmp = self.folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(self.folder / name)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What happened to one chunk; ``skipped`` chunks were scored by an earlier run."""
+
+    name: str
+    rows_in: int
+    rows_out: int
+    rows_quarantined: int
+    skipped: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_quarantined": self.rows_quarantined,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+Check = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
+"""A chunk check: ``frame -> (passed, quarantined)``; quarantined rows carry a reason."""
+
+
+def score_chunks(
+    chunks: Iterable[Chunk],
+    predict: Callable[[pd.DataFrame], pd.DataFrame],
+    sink: PartSink,
+    *,
+    inputs: Sequence[tuple[str, str]] = (("text", "string"),),
+    id_column: str | None = None,
+    constants: Mapping[str, Any] | None = None,
+    check: Check | None = None,
+    quarantine: PartSink | None = None,
+    partition: tuple[int, int] = (0, 1),
+    progress: Callable[[ChunkResult], None] | None = None,
+) -> list[ChunkResult]:
+    """Score every chunk of this ``partition`` not already in ``sink``.
+
+    For each chunk: ``check`` splits it into passed and quarantined rows (the latter go to
+    ``quarantine`` under the chunk's part name), the passed rows are cast to ``inputs``
+    and given to ``predict``, and the predictions (``id_column``'s values, or ``row`` =
+    ``<file>:<row>`` when there is none; then the model's outputs; then ``constants``
+    such as model name and version) are written to ``sink`` as one Parquet part. The
+    prediction part is written last, so its presence means the chunk is done.
+
+    Args:
+        partition: ``(i, n)``: this call scores chunks whose running number is ``i`` mod
+            ``n``, so ``n`` workers can share an input.
+
+    Returns:
+        One result per chunk of the partition, in input order.
+
+    Raises:
+        ValueError: bad ``partition``, a chunk fails the cast, or ``predict`` returns a
+            different number of rows than it was given.
+    """
+    worker, workers = partition
+    if workers < 1 or not 0 <= worker < workers:
+        raise ValueError(f"partition must be (i, n) with 0 <= i < n, got {partition!r}")
+    constants = dict(constants or {})
+    results: list[ChunkResult] = []
+    for number, chunk in enumerate(chunks):
+        if number % workers != worker:
+            continue
+        began = time.perf_counter()
+        done = sink.rows(chunk.name)
+        if done is not None:
+            held = quarantine.rows(chunk.name) if quarantine is not None else None
+            result = ChunkResult(chunk.name, len(chunk.frame), done, held or 0, True, 0.0)
+        else:
+            result = _score_chunk(
+                chunk, predict, sink, inputs, id_column, constants, check, quarantine, began
+            )
+        if result.rows_in != result.rows_out + result.rows_quarantined:
+            raise RuntimeError(
+                f"{chunk.name}: {result.rows_in} rows in but {result.rows_out} predicted and "
+                f"{result.rows_quarantined} quarantined"
+            )
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
+
+
+def _score_chunk(
+    chunk: Chunk,
+    predict: Callable[[pd.DataFrame], pd.DataFrame],
+    sink: PartSink,
+    inputs: Sequence[tuple[str, str]],
+    id_column: str | None,
+    constants: Mapping[str, Any],
+    check: Check | None,
+    quarantine: PartSink | None,
+    began: float,
+) -> ChunkResult:
+    frame = chunk.frame
+    if check is not None:
+        passed, held = check(frame)
+        if len(passed) + len(held) != len(frame):
+            raise RuntimeError(
+                f"{chunk.name}: the check returned {len(passed)} + {len(held)} rows of {len(frame)}"
+            )
+        if len(held):
+            if quarantine is None:
+                raise ValueError(f"{chunk.name}: {len(held)} rows quarantined but no sink given")
+            quarantine.write(chunk.name, _parquet(held))
+    else:
+        passed, held = frame, frame.iloc[:0]
+    if id_column is not None and id_column not in frame.columns:
+        raise ValueError(
+            f"id column {id_column!r} is not in the input; found {list(frame.columns)}"
+        )
+    if len(passed):
+        try:
+            outputs = predict(cast_to_signature(passed, inputs))
+        except ValueError as exc:
+            raise ValueError(f"{chunk.name} (rows from {chunk.start}): {exc}") from exc
+        if len(outputs) != len(passed):
+            raise ValueError(
+                f"{chunk.name}: the model returned {len(outputs)} rows for {len(passed)} inputs"
+            )
+        ids = (
+            passed[id_column].reset_index(drop=True)
+            if id_column is not None
+            else pd.Series([f"{chunk.file}:{i}" for i in passed.index], dtype="string")
+        )
+        predictions = pd.concat(
+            [ids.rename(id_column or ROW_COLUMN), outputs.reset_index(drop=True)], axis=1
+        )
+        for key, value in constants.items():
+            predictions[key] = value
+        sink.write(chunk.name, _parquet(predictions))
+    else:
+        # An empty part still marks the chunk done, so a re-run does not redo it.
+        sink.write(chunk.name, _parquet(pd.DataFrame({id_column or ROW_COLUMN: []})))
+    return ChunkResult(
+        chunk.name, len(frame), len(passed), len(held), False, time.perf_counter() - began
+    )
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, engine="pyarrow", index=False)
+    return buffer.getvalue()

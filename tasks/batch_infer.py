@@ -1,0 +1,282 @@
+"""Tasks of `batch_infer`: find the model, stage the input, score partitions, write the manifest."""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from mlsys.data.s3 import S3Error, S3Uri, get_bytes, list_keys, put_bytes
+from mlsys.inference.batch import ChunkResult, iter_chunks, score_chunks
+from mlsys.settings import Settings
+from mlsys.validation.checkpoint import Mode, ValidationFailed, load_shipped_suite, run_checkpoint
+from tasks.retry import S3_RETRIES
+
+MANIFEST = "_manifest.json"
+STARTED = "_started.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version, resolved once so every chunk uses the same one."""
+
+    name: str
+    version: str
+    run_id: str
+    uri: str
+    inputs: tuple[tuple[str, str], ...]
+    training_batch: str | None
+
+    def constants(self) -> dict[str, str]:
+        return {"model_name": self.name, "model_version": self.version, "run_id": self.run_id}
+
+
+@task(name="resolve-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
+def resolve_model(settings: Settings, name: str, alias: str, version: str | None) -> ModelRef:
+    """The model version ``version`` of ``name``, else the one ``alias`` points at, with
+    its input signature and the labeled batch it was trained on (for the skew check)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        raise ValueError(f"no registered model {name!r} in {settings.tracking_uri}") from exc
+    try:
+        mv = (
+            client.get_model_version(name, version)
+            if version
+            else client.get_model_version_by_alias(name, alias)
+        )
+    except MlflowException as exc:
+        if version:
+            raise ValueError(f"model {name!r} has no version {version!r}") from exc
+        aliases = sorted(registered.aliases) if registered.aliases else []
+        raise ValueError(
+            f"model {name!r} has no alias {alias!r}; its aliases are {aliases or 'none'}"
+        ) from exc
+    uri = f"models:/{name}/{mv.version}"
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    signature = mlflow.models.get_model_info(uri).signature
+    if signature is None or signature.inputs is None:
+        raise ValueError(f"{uri} has no input signature; batch inference needs one")
+    inputs = tuple((str(c.name), str(c.type.name)) for c in signature.inputs.inputs)
+    run = client.get_run(str(mv.run_id))
+    ref = ModelRef(
+        name=name,
+        version=str(mv.version),
+        run_id=str(mv.run_id),
+        uri=uri,
+        inputs=inputs,
+        training_batch=run.data.params.get("labeled_batch") or None,
+    )
+    get_run_logger().info(
+        "scoring with %s (%s), inputs %s", uri, f"@{alias}" if not version else "pinned", inputs
+    )
+    return ref
+
+
+@task(name="stage-input", cache_policy=NO_CACHE, **S3_RETRIES)
+def stage_input(settings: Settings, source: str, folder: Path) -> list[Path]:
+    """Local paths of the input files: an s3:// object or every .parquet/.csv under an
+    s3:// prefix is downloaded (streamed to disk) into ``folder``; a local file or folder
+    is used in place."""
+    wanted = (".parquet", ".csv")
+    if source.startswith("s3://"):
+        uri = S3Uri.parse(source)
+        client = settings.s3_client()
+        if uri.key.endswith(wanted):
+            keys = [uri.key]
+        else:
+            prefix = uri.key.rstrip("/") + "/"
+            keys = sorted(k for _, k in list_keys(client, uri.bucket, prefix) if k.endswith(wanted))
+        if not keys:
+            raise S3Error(f"no .parquet or .csv input at {source}", permanent=True)
+        paths = []
+        for i, key in enumerate(keys):
+            target = folder / f"{i:04d}-{PurePosixPath(key).name}"
+            try:
+                client.download_file(uri.bucket, key, str(target))
+            except Exception as exc:
+                raise S3Error(f"cannot read s3://{uri.bucket}/{key}: {exc}") from exc
+            paths.append(target)
+        return paths
+    path = Path(source)
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in wanted)
+        if not paths:
+            raise ValueError(f"no .parquet or .csv files in {path}")
+        return paths
+    if path.is_file():
+        return [path]
+    raise ValueError(f"input {source!r} is neither an s3:// URI nor an existing file or folder")
+
+
+class S3Sink:
+    """Parts under an S3 prefix; each put is atomic, so a part is whole or absent."""
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        self.settings = settings
+        self.client = settings.s3_client()
+        self.prefix = prefix.rstrip("/") + "/"
+
+    def uri(self, name: str) -> str:
+        return self.settings.s3_uri(self.prefix + name)
+
+    def rows(self, name: str) -> int | None:
+        try:
+            self.client.head_object(Bucket=self.settings.bucket, Key=self.prefix + name)
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise S3Error(f"cannot look up {self.uri(name)}: {exc}") from exc
+        data = get_bytes(self.client, self.uri(name))
+        return int(pq.ParquetFile(pa_buffer(data)).metadata.num_rows)
+
+    def write(self, name: str, data: bytes) -> None:
+        put_bytes(self.client, self.uri(name), data, "application/vnd.apache.parquet")
+
+
+def pa_buffer(data: bytes) -> Any:
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(tracking_uri: str, uri: str) -> Any:
+    """One loaded model per process and version (Dask workers score many chunks)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(uri)
+
+
+def serving_check(mode: Mode) -> Any:
+    """A chunk check with the serving suite: rows failing row rules are quarantined (in
+    ``fail`` mode they fail the run); batch-level failures fail the run."""
+    suite = load_shipped_suite("serving")
+
+    def check(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        report = run_checkpoint(frame, suite, mode=mode)
+        if not report.ok:
+            raise ValidationFailed(report)
+        return report.passed, report.quarantined
+
+    return check
+
+
+@task(name="score-partition", cache_policy=NO_CACHE, **S3_RETRIES)
+def score_partition(
+    settings: Settings,
+    ref: ModelRef,
+    paths: list[Path],
+    *,
+    prefix: str,
+    quarantine_prefix: str,
+    chunk_rows: int,
+    id_column: str | None,
+    rename: dict[str, str],
+    validation: Mode,
+    partition: tuple[int, int] = (0, 1),
+) -> list[dict[str, Any]]:
+    """Score this partition's chunks of the input with the model; skip chunks done before."""
+    logger = get_run_logger()
+    model = _load_model(settings.tracking_uri, ref.uri)
+
+    def progress(result: ChunkResult) -> None:
+        verb = "skipped (done before)" if result.skipped else f"scored in {result.seconds:.2f} s"
+        logger.info(
+            "%s: %d rows in, %d predicted, %d quarantined; %s",
+            result.name,
+            result.rows_in,
+            result.rows_out,
+            result.rows_quarantined,
+            verb,
+        )
+
+    results = score_chunks(
+        iter_chunks(paths, chunk_rows, rename=rename),
+        model.predict,
+        S3Sink(settings, prefix),
+        inputs=ref.inputs,
+        id_column=id_column,
+        constants=ref.constants(),
+        check=serving_check(validation),
+        quarantine=S3Sink(settings, quarantine_prefix),
+        partition=partition,
+        progress=progress,
+    )
+    return [r.to_dict() for r in results]
+
+
+@task(name="claim-output", cache_policy=NO_CACHE, **S3_RETRIES)
+def claim_output(
+    settings: Settings, prefix: str, ref: ModelRef, source: str, chunk_rows: int
+) -> bool:
+    """Record which model and chunking fill ``prefix``; a re-run must match them (its
+    parts are reused), and a prefix finished by another model version is refused.
+    Returns whether earlier parts exist (a resumed run)."""
+    client = settings.s3_client()
+    claim = {"model_uri": ref.uri, "run_id": ref.run_id, "source": source, "chunk_rows": chunk_rows}
+    existing = [k for _, k in list_keys(client, settings.bucket, prefix)]
+    started = prefix + STARTED
+    if started in existing:
+        before = json.loads(get_bytes(client, settings.s3_uri(started)))
+        if before != claim:
+            raise ValueError(
+                f"s3://{settings.bucket}/{prefix} holds predictions of {before}, not {claim}; "
+                "choose another batch id"
+            )
+    else:
+        put_bytes(client, settings.s3_uri(started), json.dumps(claim).encode(), "application/json")
+    return any(k.endswith(".parquet") for k in existing)
+
+
+@task(name="write-manifest", cache_policy=NO_CACHE, **S3_RETRIES)
+def write_manifest(
+    settings: Settings, prefix: str, ref: ModelRef, source: str, results: list[dict[str, Any]]
+) -> tuple[str, dict[str, int]]:
+    """The manifest that marks the predictions complete: model, source, counts, parts."""
+    counts = {
+        "rows_in": sum(r["rows_in"] for r in results),
+        "rows_out": sum(r["rows_out"] for r in results),
+        "rows_quarantined": sum(r["rows_quarantined"] for r in results),
+        "chunks": len(results),
+        "chunks_skipped": sum(bool(r["skipped"]) for r in results),
+    }
+    if counts["rows_in"] != counts["rows_out"] + counts["rows_quarantined"]:
+        raise RuntimeError(f"row count mismatch: {counts}")
+    manifest = {
+        "model": asdict(ref),
+        "source": source,
+        **counts,
+        "parts": sorted(results, key=lambda r: r["name"]),
+    }
+    uri = settings.s3_uri(prefix + MANIFEST)
+    put_bytes(
+        settings.s3_client(), uri, json.dumps(manifest, indent=2).encode(), "application/json"
+    )
+    return uri, counts
+
+
+def first_chunk(paths: list[Path], chunk_rows: int, rename: dict[str, str]) -> pd.DataFrame:
+    """The input's first chunk: what the serving checkpoint and skew check look at in
+    full (Data Docs, skew against the training data) before anything is scored."""
+    return next(iter(iter_chunks(paths, chunk_rows, rename=rename))).frame
+
+
+def scratch_folder(settings: Settings) -> tempfile.TemporaryDirectory[str]:
+    folder = settings.stack_dir / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix="batch-infer-", dir=folder)

@@ -1,0 +1,188 @@
+"""The streaming scorer: chunking, casting to the signature, resumption, counts, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from mlsys.inference.batch import (
+    FolderSink,
+    cast_to_signature,
+    iter_chunks,
+    part_name,
+    score_chunks,
+)
+
+CONSTANTS = {"model_name": "m", "model_version": "3", "run_id": "r1"}
+
+
+def _predict(frame: pd.DataFrame) -> pd.DataFrame:
+    """A stand-in model: spam when the text is long."""
+    label = (frame["text"].str.len() > 20).astype("int64")
+    return pd.DataFrame({"label": label.to_numpy(), "probability": 0.9})
+
+
+def _input(tmp_path: Path, rows: int = 25) -> Path:
+    df = pd.DataFrame(
+        {
+            "comment_id": [f"c{i}" for i in range(rows)],
+            "text": ["short" if i % 3 else "a much longer comment text" for i in range(rows)],
+        }
+    )
+    path = tmp_path / "in.parquet"
+    df.to_parquet(path, row_group_size=7)
+    return path
+
+
+def _all(folder: Path) -> pd.DataFrame:
+    parts = sorted(folder.glob("part-*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def test_chunks_cover_every_row_once_in_order(tmp_path: Path) -> None:
+    path = _input(tmp_path)
+    chunks = list(iter_chunks([path, path], chunk_rows=10))
+    assert [(c.file, c.index, len(c.frame)) for c in chunks] == [
+        (0, 0, 10), (0, 1, 10), (0, 2, 5), (1, 0, 10), (1, 1, 10), (1, 2, 5),
+    ]  # fmt: skip
+    assert chunks[1].frame.index[0] == 10 and chunks[1].name == part_name(0, 1)
+    assert chunks[0].frame["text"].dtype == pd.StringDtype()
+
+
+def test_csv_chunks_are_renamed_and_empty_cells_missing(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("COMMENT_ID,CONTENT\na,hello\nb,\nc,bye\n", encoding="utf-8")
+    (chunk,) = iter_chunks([path], 5, rename={"COMMENT_ID": "comment_id", "CONTENT": "text"})
+    assert list(chunk.frame.columns) == ["comment_id", "text"]
+    assert chunk.frame["text"].isna().tolist() == [False, True, False]
+
+
+def test_scores_all_chunks_and_counts_add_up(tmp_path: Path) -> None:
+    sink = FolderSink(tmp_path / "out")
+    results = score_chunks(
+        iter_chunks([_input(tmp_path)], 10),
+        _predict,
+        sink,
+        id_column="comment_id",
+        constants=CONSTANTS,
+    )
+    assert [r.rows_in for r in results] == [10, 10, 5]
+    assert all(r.rows_out == r.rows_in and not r.skipped for r in results)
+    out = _all(tmp_path / "out")
+    assert list(out.columns) == [
+        "comment_id", "label", "probability", "model_name", "model_version", "run_id"
+    ]  # fmt: skip
+    assert out["comment_id"].tolist() == [f"c{i}" for i in range(25)]
+    assert out["label"].tolist() == [0 if i % 3 else 1 for i in range(25)]
+    assert set(out["model_version"]) == {"3"}
+
+
+def test_rerun_skips_written_chunks_and_redoes_a_missing_one(tmp_path: Path) -> None:
+    path, out = _input(tmp_path), tmp_path / "out"
+    score_chunks(iter_chunks([path], 10), _predict, FolderSink(out), id_column="comment_id")
+    first = _all(out)
+    (out / part_name(0, 1)).unlink()
+    calls: list[int] = []
+
+    def counting(frame: pd.DataFrame) -> pd.DataFrame:
+        calls.append(len(frame))
+        return _predict(frame)
+
+    results = score_chunks(
+        iter_chunks([path], 10), counting, FolderSink(out), id_column="comment_id"
+    )
+    assert [r.skipped for r in results] == [True, False, True]
+    assert calls == [10]  # only the missing chunk was scored again
+    pd.testing.assert_frame_equal(_all(out), first)
+
+
+def test_partitions_split_the_chunks_between_workers(tmp_path: Path) -> None:
+    path, out = _input(tmp_path), tmp_path / "out"
+    a = score_chunks(iter_chunks([path], 5), _predict, FolderSink(out), partition=(0, 2))
+    b = score_chunks(iter_chunks([path], 5), _predict, FolderSink(out), partition=(1, 2))
+    assert [r.name for r in a] == [part_name(0, i) for i in (0, 2, 4)]
+    assert [r.name for r in b] == [part_name(0, i) for i in (1, 3)]
+    assert len(_all(out)) == 25
+    assert _all(out)["row"].tolist() == [f"0:{i}" for i in range(25)]  # no id column given
+
+
+def test_quarantined_rows_are_written_and_counted(tmp_path: Path) -> None:
+    def check(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        bad = frame["text"] == "short"
+        held = frame[bad].assign(quarantine_reason="too short")
+        return frame[~bad], held
+
+    quarantine = FolderSink(tmp_path / "q")
+    results = score_chunks(
+        iter_chunks([_input(tmp_path)], 10),
+        _predict,
+        FolderSink(tmp_path / "out"),
+        id_column="comment_id",
+        check=check,
+        quarantine=quarantine,
+    )
+    assert sum(r.rows_out for r in results) == 9 and sum(r.rows_quarantined for r in results) == 16
+    held = pd.read_parquet(tmp_path / "q" / part_name(0, 0))
+    assert set(held["quarantine_reason"]) == {"too short"}
+    # A rerun counts the quarantined rows of skipped chunks from their parts.
+    again = score_chunks(
+        iter_chunks([_input(tmp_path)], 10),
+        _predict,
+        FolderSink(tmp_path / "out"),
+        id_column="comment_id",
+        check=check,
+        quarantine=quarantine,
+    )
+    assert [(r.rows_out, r.rows_quarantined, r.skipped) for r in again] == [
+        (r.rows_out, r.rows_quarantined, True) for r in results
+    ]
+
+
+def test_cast_to_signature_types_and_errors() -> None:
+    frame = pd.DataFrame(
+        {"text": pd.array(["a", "b"], dtype="string"), "n": ["1", "2"], "x": ["0.5", "1"]}
+    )
+    cast = cast_to_signature(frame, [("text", "string"), ("n", "long"), ("x", "double")])
+    assert cast["text"].dtype == object and cast["text"].tolist() == ["a", "b"]
+    assert cast["n"].dtype == "int64" and cast["x"].dtype == "float64"
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['body'\]"):
+        cast_to_signature(frame, [("body", "string")])
+    with pytest.raises(ValueError, match="column 'n' cannot be cast to long: row 1 holds 'two'"):
+        cast_to_signature(frame.assign(n=["1", "two"]), [("n", "long")])
+    with pytest.raises(ValueError, match="column 'text' is missing a value in row 0"):
+        cast_to_signature(
+            frame.assign(text=pd.array([None, "b"], dtype="string")), [("text", "string")]
+        )
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
+        list(iter_chunks([_input(tmp_path)], 0))
+    with pytest.raises(ValueError, match=r"neither \.parquet nor \.csv"):
+        list(iter_chunks([tmp_path / "in.json"], 10))
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"text": pd.Series([], dtype="string")}).to_parquet(empty)
+    with pytest.raises(ValueError, match=r"'empty\.parquet' holds no rows"):
+        list(iter_chunks([empty], 10))
+    with pytest.raises(ValueError, match="id column 'id' is not in the input"):
+        score_chunks(
+            iter_chunks([_input(tmp_path)], 10),
+            _predict,
+            FolderSink(tmp_path / "o"),
+            id_column="id",
+        )
+    with pytest.raises(ValueError, match=r"partition must be \(i, n\)"):
+        score_chunks([], _predict, FolderSink(tmp_path / "o"), partition=(2, 2))
+
+
+def test_a_model_returning_the_wrong_row_count_fails_the_chunk(tmp_path: Path) -> None:
+    def short(frame: pd.DataFrame) -> pd.DataFrame:
+        return _predict(frame).iloc[:-1]
+
+    with pytest.raises(ValueError, match="returned 9 rows for 10 inputs"):
+        score_chunks(iter_chunks([_input(tmp_path)], 10), short, FolderSink(tmp_path / "o"))
+    assert not list((tmp_path / "o").glob("part-*"))  # nothing half-written
+    assert pq.read_metadata(_input(tmp_path)).num_rows == 25
