@@ -45,8 +45,10 @@ test: install
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
+# Every benchmark, then their figures to MLflow when MLFLOW_TRACKING_URI is set.
 bench: install
-	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
+	for b in $$(ls benchmarks/*.py | grep -v log_results); do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/log_results.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,10 @@ def log_result(client: Any, experiment_id: str, path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--tracking-uri", required=True, help="MLflow tracking URI, e.g. http://127.0.0.1:5000"
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI, "
+        "which `source .stack/env` sets); without one nothing is logged",
     )
     parser.add_argument(
         "--only",
@@ -75,6 +79,9 @@ def main() -> None:
         help="benchmark names (result file stems) to log; default: every results/*.json",
     )
     args = parser.parse_args()
+    if not args.tracking_uri:
+        print("no MLflow tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI): nothing logged")
+        return
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=args.tracking_uri)

@@ -3,6 +3,7 @@ predictions written as Parquet parts to S3, resumable, checked with the serving 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -12,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from mlsys.data import get_dataset
 from mlsys.data.s3 import latest_key
+from mlsys.inference.batch import count_chunks
 from mlsys.settings import Settings
 from tasks.batch_infer import (
     ModelRef,
@@ -67,7 +69,7 @@ def batch_infer(
     model_version: str | None = None,
     chunk_rows: int = 50_000,
     id_column: str | None = "comment_id",
-    workers: int = 1,
+    workers: int | None = None,
     validation: Literal["quarantine", "fail"] = "quarantine",
 ) -> str:
     """Score an input with a registered model; write predictions to
@@ -93,7 +95,8 @@ def batch_infer(
         id_column: Input column copied into the predictions to join them back. Empty:
             the row position (`row` = "<file>:<row>").
         workers: Processes scoring chunks in parallel (a Dask cluster on this machine
-            when > 1).
+            when > 1). Empty: one per CPU, at most one per chunk (so a one-chunk input
+            runs in this process).
         validation: "quarantine": rows failing the serving suite are set aside; "fail":
             any failing row stops the run.
 
@@ -101,7 +104,7 @@ def batch_infer(
         The s3:// URI of the manifest.
     """
     settings = Settings.load()
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
@@ -138,6 +141,10 @@ def batch_infer(
             drift_kind="skew",
             write_quarantine=False,
         )
+        chunks = count_chunks(paths, chunk_rows)
+        workers = workers or max(1, min(os.cpu_count() or 1, chunks))
+        print(f"{chunks} chunks of up to {chunk_rows} rows; {workers} worker(s)")
+        client.log_param(run.run_id, "workers_used", workers)
         resumed = claim_output(settings, prefix, ref, source, chunk_rows)
         options: dict[str, Any] = {
             "prefix": prefix,

@@ -32,6 +32,7 @@ __all__ = [
     "ChunkResult",
     "PartSink",
     "cast_to_signature",
+    "count_chunks",
     "iter_chunks",
     "part_name",
     "score_chunks",
@@ -97,6 +98,25 @@ def iter_chunks(
             start += len(frame)
         if start == 0:
             raise ValueError(f"input file {path.name!r} holds no rows")
+
+
+def count_chunks(paths: Sequence[Path], chunk_rows: int) -> int:
+    """How many chunks :func:`iter_chunks` will make: exact for Parquet (from the file
+    footers), an estimate for CSV (line count, which overcounts quoted line breaks).
+    Cheap enough to size a worker pool before reading anything."""
+    total = 0
+    for path in paths:
+        if path.suffix.lower() == ".parquet":
+            rows = pq.ParquetFile(path).metadata.num_rows
+        else:
+            with path.open("rb") as handle:
+                rows = max(
+                    sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+                    - 1,
+                    0,
+                )
+        total += max(1, -(-rows // chunk_rows))
+    return total
 
 
 def _parquet_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:

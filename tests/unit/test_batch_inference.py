@@ -11,6 +11,7 @@ import pytest
 from mlsys.inference.batch import (
     FolderSink,
     cast_to_signature,
+    count_chunks,
     iter_chunks,
     part_name,
     score_chunks,
@@ -186,3 +187,12 @@ def test_a_model_returning_the_wrong_row_count_fails_the_chunk(tmp_path: Path) -
         score_chunks(iter_chunks([_input(tmp_path)], 10), short, FolderSink(tmp_path / "o"))
     assert not list((tmp_path / "o").glob("part-*"))  # nothing half-written
     assert pq.read_metadata(_input(tmp_path)).num_rows == 25
+
+
+def test_count_chunks_matches_iter_chunks(tmp_path: Path) -> None:
+    parquet = _input(tmp_path)
+    csv = tmp_path / "in.csv"
+    pd.read_parquet(parquet).to_csv(csv, index=False)
+    for chunk_rows in (1, 7, 10, 25, 100):
+        made = len(list(iter_chunks([parquet, csv], chunk_rows)))
+        assert count_chunks([parquet, csv], chunk_rows) == made, chunk_rows
