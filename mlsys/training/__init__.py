@@ -3,6 +3,7 @@ spilling strategies."""
 
 from mlsys.training.fit import Callback, FitResult, FitSpec, Strategy, fit
 from mlsys.training.gpipe import GPipe, GPipeWorkers, StageError
+from mlsys.training.spill import Spill, SpillIOError
 
 __all__ = [
     "Callback",
@@ -10,6 +11,8 @@ __all__ = [
     "FitSpec",
     "GPipe",
     "GPipeWorkers",
+    "Spill",
+    "SpillIOError",
     "StageError",
     "Strategy",
     "fit",
