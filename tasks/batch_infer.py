@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -141,16 +142,10 @@ class S3Sink:
                 return None
             raise S3Error(f"cannot look up {self.uri(name)}: {exc}") from exc
         data = get_bytes(self.client, self.uri(name))
-        return int(pq.ParquetFile(pa_buffer(data)).metadata.num_rows)
+        return int(pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows)
 
     def write(self, name: str, data: bytes) -> None:
         put_bytes(self.client, self.uri(name), data, "application/vnd.apache.parquet")
-
-
-def pa_buffer(data: bytes) -> Any:
-    import pyarrow as pa
-
-    return pa.BufferReader(data)
 
 
 @functools.lru_cache(maxsize=4)

@@ -22,7 +22,8 @@ from mlsys.data.s3 import put_bytes
 from mlsys.data.video import DigitVideo, digit_training_set
 from mlsys.inference.incremental import IncrementalCNN
 from mlsys.models.cnn import build_digit_cnn
-from mlsys.models.pyfunc import load_digit_cnn, log_digit_cnn, probabilities_frame
+from mlsys.models.pyfunc import load_digit_cnn, log_digit_cnn
+from mlsys.models.text import probabilities_frame
 from mlsys.settings import Settings
 from mlsys.training import fit
 from tasks.retry import S3_RETRIES

@@ -22,7 +22,12 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from torch import nn
 
 from mlsys.models.cnn import build_digit_cnn
-from mlsys.models.text import HashingFeaturizer, TextClassifierSpec, predict_texts
+from mlsys.models.text import (
+    HashingFeaturizer,
+    TextClassifierSpec,
+    predict_texts,
+    probabilities_frame,
+)
 
 __all__ = [
     "TEXT_COLUMN",
@@ -292,17 +297,6 @@ class DigitCNNModel(PythonModel):
         with torch.inference_mode():
             proba = torch.softmax(self.network(frames), dim=1).double().numpy()
         return probabilities_frame(proba)
-
-
-def probabilities_frame(proba: Any) -> pd.DataFrame:
-    """``label``, ``probability`` and ``proba_k`` columns from class probabilities."""
-    import numpy as np
-
-    labels = proba.argmax(axis=1).astype(np.int64)
-    frame = pd.DataFrame({"label": labels, "probability": proba[np.arange(len(labels)), labels]})
-    for k in range(proba.shape[1]):
-        frame[f"proba_{k}"] = proba[:, k]
-    return frame
 
 
 def log_digit_cnn(

@@ -23,6 +23,7 @@ __all__ = [
     "TextDataset",
     "build_text_classifier",
     "predict_texts",
+    "probabilities_frame",
 ]
 
 TextItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -472,7 +473,13 @@ def predict_texts(
                 chunks.append(torch.softmax(model(x), dim=1))
     finally:
         model.train(was_training)
-    proba = torch.cat(chunks).double().numpy()
+    return probabilities_frame(torch.cat(chunks).double().numpy())
+
+
+def probabilities_frame(proba: np.ndarray) -> pd.DataFrame:
+    """One row per row of class probabilities ``proba`` (n x k): ``label`` (int64, the
+    most probable class), ``probability`` (its probability) and ``proba_0`` ...
+    ``proba_{k-1}``."""
     labels = proba.argmax(axis=1).astype(np.int64)
     frame = pd.DataFrame(
         {
