@@ -1,8 +1,9 @@
 """Trainers: ``fit(model, data, strategy=...)`` with plain, pipeline-parallel (GPipe) and
-spilling strategies."""
+spilling strategies; ``train_many(jobs, devices=...)`` trains many models at once (SHARP)."""
 
 from mlsys.training.fit import Callback, FitResult, FitSpec, Strategy, fit
 from mlsys.training.gpipe import GPipe, GPipeWorkers, StageError
+from mlsys.training.sharp import Job, ManyResult, train_many
 from mlsys.training.spill import Spill, SpillIOError
 
 __all__ = [
@@ -11,9 +12,12 @@ __all__ = [
     "FitSpec",
     "GPipe",
     "GPipeWorkers",
+    "Job",
+    "ManyResult",
     "Spill",
     "SpillIOError",
     "StageError",
     "Strategy",
     "fit",
+    "train_many",
 ]

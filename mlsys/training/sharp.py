@@ -1,0 +1,1444 @@
+"""SHARP: many models trained at once on several devices, one shard of one model per device
+at a time (Hydra's shard alternator parallelism: Nagrecha and Kumar 2021,
+https://arxiv.org/abs/2110.08633).
+
+Spilling (:mod:`mlsys.training.spill`) lets any model train on one device one shard at a
+time. Then task parallelism is easy: a grid of models, whatever their sizes, keeps every
+device busy, because a model needs only one device at a time. ``train_many`` cuts each
+model into shards that fit the device budget (the planning of :class:`~mlsys.training.Spill`),
+turns each model's training into a chain of shard *units*, and schedules units onto devices:
+
+- a model's training step over S shards is the chain ``F0 .. F(S-2), L(S-1), B(S-2) .. B0``:
+  forward of each shard without autograd (its input saved with the RNG state), the last
+  shard's forward, loss, backward and optimizer step, then each earlier shard's recomputed
+  forward, backward and optimizer step (the same unit order as :class:`Spill`);
+- a free device takes the idle model with the most remaining work (longest remaining time
+  first, from measured unit times); a model keeps its device while no idle model has more
+  than 2% of its work (and one step) more left, which spares moving shards every unit;
+- each device is handed units ahead; the next unit's shard is read by a background I/O
+  thread while the current one computes (double buffering: two shards in memory at once,
+  so shards are planned for half the budget, as Spill does with prefetch).
+
+On CPU, devices are worker processes with ``threads`` threads each (one by default). A
+model's state between units lives in files (the offload tier: shared memory by default,
+or a folder on disk): each shard's weights and its optimizer state as raw tensors, mapped
+shared by the device that runs the shard, so that on a CPU device the layers and the
+optimizer compute on the file's pages in place and moving a shard copies nothing (a CUDA
+device copies in and back). Units of one model never run at once, and a model moves to
+another device only when its last unit is done and its files synced, so the next device
+finds them complete. The saved shard inputs and the chain's carry (the activation or
+gradient passed on, and the model's RNG state) go through small files that appear by
+atomic rename; a unit whose successor runs on the same device hands them over in memory.
+
+Every model trains exactly as it would alone: same batches, same dropout masks (the RNG
+state travels with the model), per-shard optimizers as in Spill. The parameters and the
+loss trajectory equal ``fit(..., strategy="plain")``'s; a test checks it.
+
+A job that fails (an exception in any of its units) stops; the others finish, and
+``ManyResult.failures`` holds its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import mmap
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mlsys.training.fit import (
+    Callback,
+    EpochMeter,
+    FitResult,
+    LossFn,
+    OptimizerFactory,
+    collate,
+    epoch_batches,
+    weighted_mean,
+)
+from mlsys.training.spill import layer_footprints, pack
+
+__all__ = [
+    "Job",
+    "ManyResult",
+    "UnitRecord",
+    "lower_bound",
+    "plot_gantt",
+    "simulate_lrtf",
+    "train_many",
+    "unit_chain",
+]
+
+UnitKind = Literal["F", "L", "B"]
+
+# How long a device waits for a file another device is still writing before giving up.
+READ_TIMEOUT_S = 600.0
+# Units handed to a device ahead: the running one, the next (its shard read meanwhile) and
+# one more, so that the next is known when a unit starts (the scheduler answers a unit's
+# completion while the device already runs the following one).
+QUEUE_DEPTH = 3
+# A device keeps its model until an idle one has this share of that model's work more left.
+SWITCH_MARGIN = 0.02
+
+
+@dataclass
+class Job:
+    """One model to train with :func:`train_many`; the arguments of ``fit`` for it.
+
+    Everything but ``callbacks`` is sent to the worker processes, so it must pickle (a
+    ``functools.partial`` of an optimizer class, a loss module; not a lambda)."""
+
+    model: nn.Sequential
+    data: Dataset[Any]
+    optimizer: OptimizerFactory
+    loss: LossFn
+    epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    shuffle: bool = False
+    drop_last: bool = False
+    name: str = ""
+    callbacks: Sequence[Callback] = ()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One shard's share of one training step of one job."""
+
+    job: int
+    seq: int  # position in the job's chain of units
+    kind: UnitKind  # F: forward; L: last shard's forward+loss+backward+step; B: backward+step
+    shard: int
+    epoch: int
+    step: int  # within the epoch
+    version: int  # steps the job has done before this one: the shard weights' version
+    last_step: bool  # the job's final step: the shard's state is written for the result
+    final: bool  # the job's last unit: nothing to pass on
+
+    @property
+    def updates(self) -> bool:
+        return self.kind != "F"
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    """What a device did: one unit, when (``time.perf_counter`` seconds, one clock for all
+    processes of the machine) and how long it computed and waited for reads."""
+
+    device: int
+    job: int
+    seq: int
+    kind: str
+    shard: int
+    start: float
+    end: float
+    compute: float
+    wait: float
+
+
+@dataclass
+class ManyResult:
+    """Results in job order (None for a failed job), failures by job name (tracebacks), the
+    device timeline, and the shards each job was cut into."""
+
+    results: list[FitResult | None]
+    failures: dict[str, str]
+    timeline: list[UnitRecord]
+    shards: list[list[tuple[int, int]]]
+    devices: list[str]
+    makespan: float
+    setup_seconds: float
+
+    def raise_failures(self) -> None:
+        """Raise RuntimeError with every failed job's traceback, if any failed."""
+        if self.failures:
+            detail = "\n\n".join(f"job {name}:\n{tb}" for name, tb in self.failures.items())
+            raise RuntimeError(f"{len(self.failures)} job(s) failed:\n\n{detail}")
+
+
+def unit_chain(n_shards: int) -> list[tuple[UnitKind, int]]:
+    """The units of one training step over ``n_shards`` shards, in order:
+    ``[("F", 0), ..., ("F", S-2), ("L", S-1), ("B", S-2), ..., ("B", 0)]``."""
+    chain: list[tuple[UnitKind, int]] = [("F", s) for s in range(n_shards - 1)]
+    chain.append(("L", n_shards - 1))
+    chain.extend(("B", s) for s in range(n_shards - 2, -1, -1))
+    return chain
+
+
+# --- the public entry point ---------------------------------------------------------------
+
+
+def train_many(
+    jobs: Sequence[Job],
+    *,
+    devices: int | Sequence[str] = 2,
+    budget_bytes: int | None = None,
+    threads: int = 1,
+    offload: Literal["host", "disk"] = "host",
+    folder: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ManyResult:
+    """Train every job, sharing ``devices`` between them shard by shard (SHARP).
+
+        result = train_many([Job(model_a, data, adam, loss, epochs=3, name="a"), ...],
+                            devices=2, budget_bytes=64 * 2**20)
+        result.results[0].model, result.results[0].history
+
+    Args:
+        jobs: the models and how to train each (see :class:`Job`); names must be unique
+            (empty names become ``job-<index>``).
+        devices: how many CPU worker processes, or device names: ``["cpu", "cpu"]``,
+            ``["cuda:0", "cuda:1"]``. Each device runs one unit at a time.
+        budget_bytes: memory a device may hold for shards; each model is cut into shards of
+            at most half of it (two shards are held at once: the running one and the one
+            being read). None: every model is one shard (task parallelism over whole models).
+        threads: torch threads per CPU worker process.
+        offload: where shard state lives between units: ``"host"``, shared memory
+            (``/dev/shm``; the temporary folder where there is none), or ``"disk"``, files in
+            ``folder``. Pages of host files are never written back to a disk, which makes
+            units on CPU devices about 10 % faster.
+        folder: ``offload="disk"``: where the files go (a private subfolder, removed at the
+            end); None: the system's temporary folder.
+        progress: called as ``progress(units_done, units_total)`` as units finish.
+
+    Returns:
+        A :class:`ManyResult`; the trained models are on the CPU.
+
+    Raises:
+        TypeError / ValueError naming the bad job or value before any work starts; a job that
+        fails while training is reported in ``failures`` instead, and the others finish.
+    """
+    if not jobs:
+        raise ValueError("train_many needs at least one job")
+    device_names = _device_names(devices)
+    _check_positive("threads", threads)
+    if budget_bytes is not None:
+        _check_positive("budget_bytes", budget_bytes)
+    names = _job_names(jobs)
+    plans = [_plan(job, name, budget_bytes) for job, name in zip(jobs, names, strict=True)]
+    specs = _specs(jobs, names, plans)
+    base = _offload_folder(offload, folder)
+    work = Path(tempfile.mkdtemp(prefix="mlsys-sharp-", dir=base))
+    started = time.perf_counter()
+    try:
+        for index, (job, bounds) in enumerate(zip(jobs, plans, strict=True)):
+            specs[index].layouts = _write_initial_state(work, index, job.model, bounds)
+        scheduler = _Scheduler(jobs, names, plans, device_names, work, threads, progress)
+        try:
+            scheduler.start(pickle.dumps(specs, protocol=pickle.HIGHEST_PROTOCOL))
+            setup = time.perf_counter() - started
+            scheduler.run()
+        finally:
+            scheduler.stop()
+        results: list[FitResult | None] = []
+        for index, job in enumerate(jobs):
+            if names[index] in scheduler.failures:
+                results.append(None)
+                continue
+            _load_final_state(work, index, job.model, specs[index].layouts)
+            results.append(FitResult(model=job.model.cpu(), history=scheduler.history[index]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    timeline = sorted(scheduler.timeline, key=lambda r: r.start)
+    makespan = (max(r.end for r in timeline) - min(r.start for r in timeline)) if timeline else 0.0
+    return ManyResult(
+        results=results,
+        failures=dict(scheduler.failures),
+        timeline=timeline,
+        shards=[list(b) for b in plans],
+        devices=device_names,
+        makespan=makespan,
+        setup_seconds=setup,
+    )
+
+
+# --- schedule analysis: lower bound and a simulator ------------------------------------------
+
+
+def lower_bound(timeline: Sequence[UnitRecord], n_devices: int) -> float:
+    """The shortest makespan any schedule could reach with these measured unit times: no
+    less than the longest job's chain (its units run one after another) and no less than
+    all the work spread evenly over the devices."""
+    per_job: dict[int, float] = {}
+    for record in timeline:
+        per_job[record.job] = per_job.get(record.job, 0.0) + record.compute
+    if not per_job:
+        return 0.0
+    return max(max(per_job.values()), sum(per_job.values()) / n_devices)
+
+
+def simulate_lrtf(timeline: Sequence[UnitRecord], n_devices: int) -> float:
+    """Makespan of longest-remaining-time-first over the measured unit times with free,
+    instant transfers (what the scheduler would reach on ideal devices)."""
+    chains: dict[int, list[float]] = {}
+    for record in sorted(timeline, key=lambda r: (r.job, r.seq)):
+        chains.setdefault(record.job, []).append(record.compute)
+    remaining = {job: sum(chain) for job, chain in chains.items()}
+    position = dict.fromkeys(chains, 0)
+    ready_at = dict.fromkeys(chains, 0.0)
+    free_at = [0.0] * n_devices
+    end = 0.0
+    while any(position[j] < len(chains[j]) for j in chains):
+        device = min(range(n_devices), key=lambda d: free_at[d])
+        now = free_at[device]
+        ready = [j for j in chains if position[j] < len(chains[j]) and ready_at[j] <= now]
+        if not ready:
+            free_at[device] = min(ready_at[j] for j in chains if position[j] < len(chains[j]))
+            continue
+        job = max(ready, key=lambda j: remaining[j])
+        cost = chains[job][position[job]]
+        position[job] += 1
+        remaining[job] -= cost
+        free_at[device] = ready_at[job] = now + cost
+        end = max(end, now + cost)
+    return end
+
+
+def plot_gantt(
+    timeline: Sequence[UnitRecord],
+    path: Path,
+    *,
+    names: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """Device usage over time: one row per device, one bar per unit, coloured by job (its
+    name in the legend), the time a device waited for reads drawn hatched. Saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if not timeline:
+        raise ValueError("the timeline is empty: nothing to draw")
+    origin = min(r.start for r in timeline)
+    devices = sorted({r.device for r in timeline})
+    jobs = sorted({r.job for r in timeline})
+    colours = plt.get_cmap("tab10" if len(jobs) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.7 * len(devices)))
+    for r in timeline:
+        row = devices.index(r.device)
+        colour = colours(jobs.index(r.job) % colours.N)
+        start = r.start - origin
+        ax.broken_barh([(start, r.wait)], (row - 0.35, 0.7), facecolors="white",
+                       edgecolors=colour, hatch="///", linewidth=0.3)  # fmt: skip
+        ax.broken_barh([(start + r.wait, max(r.end - r.start - r.wait, 0.0))],
+                       (row - 0.35, 0.7), facecolors=colour, linewidth=0)  # fmt: skip
+    ax.set_yticks(range(len(devices)), [f"device {d}" for d in devices])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    handles = [
+        Patch(color=colours(i % colours.N), label=(names[j] if names else f"job {j}"))
+        for i, j in enumerate(jobs)
+    ]
+    handles.append(
+        Patch(facecolor="white", edgecolor="grey", hatch="///", label="waiting for reads")
+    )
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.4 - 0.05 * len(devices)),
+        ncol=min(len(handles), 5),
+        fontsize="small",
+        frameon=False,
+    )
+    ax.set_title(title or f"SHARP: {len(jobs)} models on {len(devices)} devices")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- planning and set-up (main process) --------------------------------------------------
+
+
+def _device_names(devices: int | Sequence[str]) -> list[str]:
+    if isinstance(devices, bool):
+        raise ValueError(f"devices must be a count or a list of device names, got {devices!r}")
+    if isinstance(devices, int):
+        _check_positive("devices", devices)
+        return ["cpu"] * devices
+    names = list(devices)
+    if not names:
+        raise ValueError("devices is empty: give a count of CPU workers or device names")
+    for name in names:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"devices: {name!r} is not a device name") from exc
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            raise ValueError(f"devices: {name!r} but no such CUDA device is visible here")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f'devices: {name!r}: only "cpu" and "cuda" devices are supported')
+    return names
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _job_names(jobs: Sequence[Job]) -> list[str]:
+    names = [job.name or f"job-{index}" for index, job in enumerate(jobs)]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"job names must be unique: {name!r} appears twice")
+        seen.add(name)
+    return names
+
+
+def _plan(job: Job, name: str, budget: int | None) -> list[tuple[int, int]]:
+    """Check a job and cut its model into shards: ``[(start, stop), ...]`` layer ranges."""
+    if not isinstance(job, Job):
+        raise TypeError(f"jobs must be Job objects, got {type(job).__name__}")
+    if not isinstance(job.model, nn.Sequential):
+        raise TypeError(
+            f"job {name}: model must be an nn.Sequential (SHARP cuts it into shards between "
+            f"layers), got {type(job.model).__name__}"
+        )
+    if len(job.model) == 0:
+        raise ValueError(f"job {name}: model is an empty nn.Sequential")
+    for field_name in ("epochs", "batch_size"):
+        value = getattr(job, field_name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"job {name}: {field_name} must be a positive integer, got {value!r}")
+    try:
+        n_items = len(job.data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"job {name}: data must be a map-style Dataset with __len__, got "
+            f"{type(job.data).__name__}"
+        ) from None
+    if n_items == 0:
+        raise ValueError(f"job {name}: data is empty: nothing to train on")
+    if job.drop_last and job.batch_size > n_items:
+        raise ValueError(
+            f"job {name}: batch_size {job.batch_size} is larger than the {n_items} examples "
+            f"and drop_last is set: no batch would remain"
+        )
+    if budget is None:
+        return [(0, len(job.model))]
+    sample, _, _ = collate(job.data, torch.arange(1))
+    footprints = layer_footprints(
+        job.model, sample, job.optimizer, batch_size=min(job.batch_size, n_items)
+    )
+    try:
+        counts = pack(footprints, budget, prefetch=True)
+    except ValueError as exc:
+        raise ValueError(f"job {name}: {exc}") from None
+    bounds, start = [], 0
+    for count in counts:
+        bounds.append((start, start + count))
+        start += count
+    return bounds
+
+
+@dataclass
+class _JobSpec:
+    """What a worker process needs of a job: the model's layers on the meta device (their
+    weights come from the shard files), the data and the training arguments."""
+
+    name: str
+    skeleton: nn.Sequential
+    data: Dataset[Any]
+    optimizer: OptimizerFactory
+    loss: LossFn
+    epochs: int
+    batch_size: int
+    seed: int
+    shuffle: bool
+    drop_last: bool
+    bounds: list[tuple[int, int]]
+    layouts: list[tuple[list[_Slot], int]] = field(default_factory=list)  # per shard file
+
+
+def _specs(
+    jobs: Sequence[Job], names: list[str], plans: list[list[tuple[int, int]]]
+) -> list[_JobSpec]:
+    """Every job's spec, checked to pickle (they go to the workers in one message, so a
+    dataset shared by several jobs is sent once)."""
+    specs = []
+    for job, name, bounds in zip(jobs, names, plans, strict=True):
+        spec = _JobSpec(
+            name=name,
+            skeleton=copy.deepcopy(job.model).to("meta"),
+            data=job.data,
+            optimizer=job.optimizer,
+            loss=job.loss,
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            seed=job.seed,
+            shuffle=job.shuffle,
+            drop_last=job.drop_last,
+            bounds=bounds,
+        )
+        try:
+            pickle.dumps(spec)
+        except Exception as exc:  # any pickling failure: the user's value
+            raise TypeError(
+                f"job {name} can't be sent to the worker processes: {exc} (use picklable "
+                f"values: functools.partial(torch.optim.Adam, lr=...), loss modules, "
+                f"datasets of tensors; not lambdas or local functions)"
+            ) from None
+        specs.append(spec)
+    return specs
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def _offload_folder(offload: str, folder: str | Path | None) -> Path:
+    if offload not in ("host", "disk"):
+        raise ValueError(f'offload must be "host" or "disk", got {offload!r}')
+    if offload == "host":
+        if folder is not None:
+            raise ValueError(
+                f"folder={str(folder)!r} is for offload='disk'; offload='host' uses shared memory"
+            )
+        if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+            return SHARED_MEMORY
+        return Path(tempfile.gettempdir())
+    base = Path(folder).expanduser() if folder is not None else Path(tempfile.gettempdir())
+    _check_folder(base)
+    return base
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"folder {str(folder)!r} is not writable")
+
+
+def _job_dir(work: Path, job: int) -> Path:
+    return work / f"job-{job:04d}"
+
+
+def _weights_path(work: Path, job: int, shard: int) -> Path:
+    return _job_dir(work, job) / f"weights-{shard:02d}.bin"
+
+
+def _optimizer_path(work: Path, job: int, shard: int) -> Path:
+    return _job_dir(work, job) / f"optimizer-{shard:02d}.bin"
+
+
+def _optimizer_meta_path(work: Path, job: int, shard: int) -> Path:
+    return _job_dir(work, job) / f"optimizer-{shard:02d}.meta.pt"
+
+
+# Shard state lives in files of raw tensors, mapped (MAP_SHARED) by the device that runs the
+# shard: on a CPU device the layers and the optimizer compute on the mapped pages in place,
+# so moving a shard between the tier and a device copies nothing; the page cache (or the
+# disk behind it) holds what isn't mapped. A CUDA device copies the mapped tensors in and
+# back. Each tensor starts at a multiple of _ALIGN bytes.
+_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class _Slot:
+    key: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _dtype(self.dtype).itemsize
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name)
+    assert isinstance(dtype, torch.dtype), name
+    return dtype
+
+
+def _plan_slots(tensors: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[_Slot], int]:
+    """Where each tensor goes in a file, and the file's size."""
+    slots, offset = [], 0
+    for key, tensor in tensors:
+        slot = _Slot(key, offset, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+        slots.append(slot)
+        offset += -(-slot.nbytes // _ALIGN) * _ALIGN
+    return slots, max(offset, _ALIGN)
+
+
+def _map(path: Path, nbytes: int) -> torch.Tensor:
+    """The file as a shared byte tensor: writes go to the file, other mappings see them."""
+    return torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
+
+
+def _views(buffer: torch.Tensor, slots: Sequence[_Slot]) -> dict[str, torch.Tensor]:
+    """A tensor per slot on the buffer's memory. Not autograd views of the buffer: views
+    share their base's version counter, so batch norm updating its running mean in place
+    would look to autograd like a change of the weights saved for backward."""
+    storage = buffer.untyped_storage()
+    out = {}
+    for s in slots:
+        dtype = _dtype(s.dtype)
+        stride = [math.prod(s.shape[i + 1 :]) for i in range(len(s.shape))]
+        out[s.key] = torch.empty(0, dtype=dtype).set_(
+            storage, s.offset // dtype.itemsize, s.shape, stride
+        )
+    return out
+
+
+def _touch(buffer: torch.Tensor) -> None:
+    """Fault every page of a mapping in (one byte per page), so compute doesn't."""
+    if buffer.numel():
+        int(buffer[:: mmap.PAGESIZE].sum())
+
+
+def _create(path: Path, tensors: Sequence[tuple[str, torch.Tensor]]) -> list[_Slot]:
+    """Write ``tensors`` to a new file at ``path`` (atomically); returns their slots."""
+    slots, nbytes = _plan_slots(tensors)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("wb") as f:
+            f.truncate(nbytes)
+        views = _views(_map(partial, nbytes), slots)
+        for key, tensor in tensors:
+            views[key].copy_(tensor.detach())
+        del views
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
+    return slots
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of an optimizer's ``state_dict()["state"]``, keyed ``<param>.<name>``."""
+    return [
+        (f"{pid}.{name}", value)
+        for pid, entry in state["state"].items()
+        for name, value in entry.items()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
+@dataclass
+class _Mapped:
+    """A shard's files mapped by a device: views of its weights, and of its optimizer
+    state when the unit steps and one exists (with the state dict around it)."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    optimizer_slots: list[_Slot] | None
+    optimizer_views: dict[str, torch.Tensor] | None
+    optimizer_skeleton: dict[str, Any] | None = None
+
+
+def _map_shard(
+    work: Path, job: int, shard: int, slots: list[_Slot], nbytes: int, *, optimizer: bool,
+    stepped: bool,
+) -> _Mapped:  # fmt: skip
+    """Map a shard's files and fault their pages in (forward units need only the weights;
+    no optimizer state exists before the shard's first step)."""
+    buffer = _map(_weights_path(work, job, shard), nbytes)
+    _touch(buffer)
+    mapped = _Mapped(_views(buffer, slots), None, None, None)
+    if optimizer and stepped:
+        meta = _load(_optimizer_meta_path(work, job, shard))
+        opt_slots = [_Slot(*fields) for fields in meta["slots"]]
+        opt_buffer = _map(_optimizer_path(work, job, shard), meta["nbytes"])
+        _touch(opt_buffer)
+        views = _views(opt_buffer, opt_slots)
+        state = copy.deepcopy(meta["skeleton"])
+        mapped.optimizer_skeleton = meta["skeleton"]
+        for pid, entry in state["state"].items():
+            for name in entry:
+                key = f"{pid}.{name}"
+                if key in views:
+                    entry[name] = views[key]
+        mapped.optimizer, mapped.optimizer_slots, mapped.optimizer_views = state, opt_slots, views
+    return mapped
+
+
+def _saved_path(work: Path, job: int, version: int, shard: int) -> Path:
+    return _job_dir(work, job) / f"input-{version:06d}-{shard:02d}.pt"
+
+
+def _carry_path(work: Path, job: int, seq: int) -> Path:
+    return _job_dir(work, job) / f"carry-{seq:09d}.pt"
+
+
+def _shard_tensors(model: nn.Sequential, bounds: tuple[int, int]) -> list[tuple[str, torch.Tensor]]:
+    start, stop = bounds
+    return list(model[start:stop].state_dict().items())
+
+
+def _write_initial_state(
+    work: Path, job: int, model: nn.Sequential, bounds: list[tuple[int, int]]
+) -> list[tuple[list[_Slot], int]]:
+    """Each shard's weights to its file; returns each file's slots and size."""
+    _job_dir(work, job).mkdir(parents=True)
+    layouts = []
+    for shard, shard_bounds in enumerate(bounds):
+        tensors = _shard_tensors(model, shard_bounds)
+        slots = _create(_weights_path(work, job, shard), tensors)
+        layouts.append((slots, _plan_slots(tensors)[1]))
+    return layouts
+
+
+def _load_final_state(
+    work: Path, job: int, model: nn.Sequential, layouts: list[tuple[list[_Slot], int]]
+) -> None:
+    state: dict[str, torch.Tensor] = {}
+    for shard, (slots, nbytes) in enumerate(layouts):
+        state.update(_views(_map(_weights_path(work, job, shard), nbytes), slots))
+    model.load_state_dict(state)
+
+
+def _save(path: Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` atomically: readers see the whole file or none."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(obj, partial)
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
+
+
+def _load(path: Path, *, timeout: float = READ_TIMEOUT_S) -> Any:
+    """Read ``path``, waiting up to ``timeout`` seconds for another device to write it."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{path} did not appear within {timeout:.0f} s (the device writing it stopped?)"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- the scheduler (main process) ------------------------------------------------------------
+
+
+@dataclass
+class _Device:
+    index: int
+    name: str
+    process: Any
+    conn: Connection
+    queue: deque[Unit] = field(default_factory=deque)
+    alive: bool = True
+
+
+class _Scheduler:
+    """Hands units to devices (longest remaining time first, two per device) and collects
+    what they report: losses into per-epoch history, times into the timeline."""
+
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        names: list[str],
+        plans: list[list[tuple[int, int]]],
+        device_names: list[str],
+        work: Path,
+        threads: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.jobs = jobs
+        self.names = names
+        self.plans = plans
+        self.device_names = device_names
+        self.work = work
+        self.threads = threads
+        self.progress = progress
+        self.chains = [unit_chain(len(bounds)) for bounds in plans]
+        self.steps_per_epoch = [
+            [
+                len(
+                    epoch_batches(
+                        len(job.data),  # type: ignore[arg-type]
+                        job.batch_size,
+                        epoch=e,
+                        seed=job.seed,
+                        shuffle=job.shuffle,
+                        drop_last=job.drop_last,
+                    )
+                )
+                for e in range(job.epochs)
+            ]
+            for job in jobs
+        ]
+        self.steps = [sum(per_epoch) for per_epoch in self.steps_per_epoch]
+        self.total_units = [len(c) * s for c, s in zip(self.chains, self.steps, strict=True)]
+        self.next_seq = [0] * len(jobs)
+        self.done_units = [0] * len(jobs)
+        self.holder: list[int | None] = [None] * len(jobs)  # device with the job's units
+        self.failures: dict[str, str] = {}
+        self.history: list[list[dict[str, Any]]] = [[] for _ in jobs]
+        self.meters: list[EpochMeter | None] = [None] * len(jobs)
+        self.last_loss = [math.nan] * len(jobs)
+        self.timeline: list[UnitRecord] = []
+        self.devices: list[_Device] = []
+        # Unit cost estimates per (job, chain position): measured seconds once seen, else
+        # parameters x batch (x3 for units with a backward pass), scaled by what was seen.
+        self.measured: list[dict[int, float]] = [{} for _ in jobs]
+        self.prior = [self._prior(i) for i in range(len(jobs))]
+        self.scale: list[float] = []
+
+    def _prior(self, job: int) -> list[float]:
+        model = self.jobs[job].model
+        cost: list[float] = []
+        for kind, shard in self.chains[job]:
+            start, stop = self.plans[job][shard]
+            params = sum(p.numel() for p in model[start:stop].parameters()) + 1
+            cost.append(params * self.jobs[job].batch_size * (1 if kind == "F" else 3))
+        return cost
+
+    # -- estimates
+
+    def _unit_cost(self, job: int, position: int) -> float:
+        seen = self.measured[job].get(position)
+        if seen is not None:
+            return seen
+        scale = sorted(self.scale)[len(self.scale) // 2] if self.scale else 1e-9
+        return self.prior[job][position] * scale
+
+    def remaining(self, job: int, *, from_seq: int | None = None) -> float:
+        seq = self.next_seq[job] if from_seq is None else from_seq
+        chain = len(self.chains[job])
+        left = self.total_units[job] - seq
+        if left <= 0:
+            return 0.0
+        per_step = sum(self._unit_cost(job, p) for p in range(chain))
+        position = seq % chain
+        partial = sum(self._unit_cost(job, p) for p in range(position, chain))
+        full_steps = (left - (chain - position)) // chain
+        return partial + full_steps * per_step
+
+    def step_cost(self, job: int) -> float:
+        return sum(self._unit_cost(job, p) for p in range(len(self.chains[job])))
+
+    # -- processes
+
+    def start(self, payload: bytes) -> None:
+        context = mp.get_context("spawn")
+        for index, name in enumerate(self.device_names):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_worker_main,
+                args=(child, index, name, str(self.work), self.threads),
+                name=f"mlsys-sharp-{index}",
+                daemon=True,
+            )
+            process.start()
+            child.close()
+            parent.send_bytes(payload)
+            self.devices.append(_Device(index, name, process, parent))
+        for device in self.devices:
+            message = device.conn.recv()
+            if message[0] != "ready":
+                raise RuntimeError(f"device {device.index} ({device.name}) failed to start: "
+                                   f"{message[1]}")  # fmt: skip
+
+    def stop(self) -> None:
+        for device in self.devices:
+            if device.alive:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    device.conn.send(("stop",))
+        for device in self.devices:
+            device.process.join(timeout=30)
+            if device.process.is_alive():
+                device.process.kill()
+                device.process.join()
+            device.conn.close()
+
+    # -- the loop
+
+    def _active(self, job: int) -> bool:
+        return self.names[job] not in self.failures and self.next_seq[job] < self.total_units[job]
+
+    def _choose(self, device: _Device) -> int | None:
+        """The job whose next unit ``device`` takes: longest remaining time first, except
+        that the job the device runs keeps it while no idle job has more than
+        :data:`SWITCH_MARGIN` of its work (and at least one step) more left: switching costs
+        writing one shard and reading another."""
+        own = device.queue[-1].job if device.queue else None
+        idle = [j for j in range(len(self.jobs)) if self.holder[j] is None and self._active(j)]
+        best = max(idle, key=self.remaining, default=None)
+        if own is not None and self._active(own):
+            margin = max(self.step_cost(own), SWITCH_MARGIN * self.remaining(own, from_seq=0))
+            if best is None or self.remaining(best) <= self.remaining(own) + margin:
+                return own
+        return best
+
+    def _unit(self, job: int) -> Unit:
+        seq = self.next_seq[job]
+        chain = self.chains[job]
+        kind, shard = chain[seq % len(chain)]
+        version = seq // len(chain)
+        epoch, step = self._epoch_step(job, version)
+        return Unit(
+            job=job,
+            seq=seq,
+            kind=kind,
+            shard=shard,
+            epoch=epoch,
+            step=step,
+            version=version,
+            last_step=version == self.steps[job] - 1,
+            final=seq == self.total_units[job] - 1,
+        )
+
+    def _epoch_step(self, job: int, version: int) -> tuple[int, int]:
+        for epoch, count in enumerate(self.steps_per_epoch[job]):
+            if version < count:
+                return epoch, version
+            version -= count
+        raise AssertionError("unit beyond the last epoch")
+
+    def _fill(self) -> None:
+        for device in self.devices:
+            while device.alive and len(device.queue) < QUEUE_DEPTH:
+                job = self._choose(device)
+                if job is None:
+                    break
+                unit = self._unit(job)
+                self.next_seq[job] += 1
+                self.holder[job] = device.index
+                device.queue.append(unit)
+                device.conn.send(("unit", unit))
+
+    def run(self) -> None:
+        total = sum(self.total_units)
+        for index, job in enumerate(self.jobs):
+            for callback in job.callbacks:
+                callback.on_train_begin(
+                    epochs=job.epochs, steps_per_epoch=self.steps_per_epoch[index][0],
+                    start_epoch=0,
+                )  # fmt: skip
+        while True:
+            self._fill()
+            if not any(device.queue for device in self.devices if device.alive):
+                break
+            live = [d for d in self.devices if d.alive and d.queue]
+            ready = wait([d.conn for d in live] + [d.process.sentinel for d in live])
+            for device in live:
+                if device.conn in ready:
+                    try:
+                        message = device.conn.recv()
+                    except (EOFError, OSError):
+                        self._lost(device)
+                        continue
+                    self._handle(device, message)
+                elif device.process.sentinel in ready and not device.conn.poll():
+                    self._lost(device)
+            if self.progress is not None:
+                self.progress(sum(self.done_units), total)
+        for index, job in enumerate(self.jobs):
+            if self.names[index] in self.failures:
+                continue
+            if self.done_units[index] < self.total_units[index]:
+                self.failures[self.names[index]] = "no device was left to train it"
+                continue
+            for callback in job.callbacks:
+                callback.on_train_end(self.history[index])
+
+    def _lost(self, device: _Device) -> None:
+        device.alive = False
+        code = device.process.exitcode
+        for unit in device.queue:
+            self._fail(unit.job, f"device {device.index} ({device.name}) exited with code {code} "
+                                 f"while training it")  # fmt: skip
+        device.queue.clear()
+
+    def _fail(self, job: int, text: str) -> None:
+        self.failures.setdefault(self.names[job], text)
+        self.holder[job] = None
+
+    def _handle(self, device: _Device, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        unit = device.queue.popleft()
+        if kind == "failed":
+            _, job, seq, text = message
+            assert (job, seq) == (unit.job, unit.seq), "device reports out of order"
+            self._fail(job, text)
+            # The device drops the job's units queued behind this one, unanswered.
+            device.queue = deque(u for u in device.queue if u.job != job)
+            return
+        _, job, seq, start, end, compute, waited, loss = message
+        assert (job, seq) == (unit.job, unit.seq), "device reports out of order"
+        self.timeline.append(
+            UnitRecord(device.index, job, seq, unit.kind, unit.shard, start, end, compute, waited)
+        )
+        position = seq % len(self.chains[job])
+        self.measured[job][position] = compute
+        self.scale.append(compute / self.prior[job][position])
+        self.done_units[job] += 1
+        if not any(u.job == job for u in device.queue):
+            self.holder[job] = None
+        if unit.kind == "L":
+            self._record_loss(job, unit, loss)
+        if position == len(self.chains[job]) - 1:
+            self._step_done(job, unit)
+
+    def _record_loss(self, job: int, unit: Unit, loss: tuple[float, float, int]) -> None:
+        if self.meters[job] is None:
+            self.meters[job] = EpochMeter(unit.epoch)
+        value, weight, count = loss
+        meter = self.meters[job]
+        assert meter is not None
+        meter.total += value * weight
+        meter.weight += weight
+        meter.examples += count
+        self.last_loss[job] = value
+
+    def _step_done(self, job: int, unit: Unit) -> None:
+        meter = self.meters[job]
+        assert meter is not None
+        for callback in self.jobs[job].callbacks:
+            callback.on_step_end(epoch=unit.epoch, step=unit.step, loss=self.last_loss[job])
+        if unit.step == self.steps_per_epoch[job][unit.epoch] - 1:
+            record = meter.record()
+            self.history[job].append(record)
+            self.meters[job] = None
+            for callback in self.jobs[job].callbacks:
+                callback.on_epoch_end(record)
+
+
+# --- the worker (one process per device) ----------------------------------------------------
+
+
+@dataclass
+class _Resident:
+    """A shard held by this device: its layers and optimizer after ``version`` steps, the
+    mapping of its files, and whether the files need syncing (after a step: the optimizer
+    state's layout, non-tensor state, and on CUDA the tensors themselves)."""
+
+    job: int
+    shard: int
+    version: int
+    layers: nn.Sequential
+    optimizer: torch.optim.Optimizer | None
+    mapped: _Mapped
+    dirty: bool
+
+
+class _Worker:
+    def __init__(self, conn: Connection, index: int, device: str, work: Path) -> None:
+        self.conn = conn
+        self.index = index
+        self.device = torch.device(device)
+        self.work = work
+        self.specs: list[_JobSpec] = []
+        self.pending: deque[Unit] = deque()
+        self.failed: set[int] = set()
+        self.stopping = False
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharp-io")
+        self.reads: dict[tuple[int, int], Future[_Mapped]] = {}
+        self.saved_reads: dict[tuple[int, int], Future[Any]] = {}
+        self.resident: _Resident | None = None
+        self.carry: tuple[int, int, dict[str, Any]] | None = None  # (job, seq it feeds, carry)
+        self.writes: list[Future[None]] = []
+        self.batches: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    # -- messages
+
+    def receive(self, block: bool) -> None:
+        if block:
+            self._take(self.conn.recv())
+        while self.conn.poll():
+            self._take(self.conn.recv())
+
+    def _take(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "unit":
+            unit = message[1]
+            if unit.job not in self.failed:
+                self.pending.append(unit)
+        elif message[0] == "stop":
+            self.stopping = True
+
+    def loop(self) -> None:
+        while True:
+            self.receive(block=not self.pending and not self.stopping)
+            if not self.pending:
+                if self.stopping:
+                    break
+                continue
+            unit = self.pending.popleft()
+            if self.resident is not None and not self._held(unit):
+                self._evict()
+            self._prefetch(unit)
+            started = time.perf_counter()
+            try:
+                compute, waited, loss = self.run(unit)
+            except Exception:  # reported to the scheduler with its traceback
+                self._drop(unit.job)
+                self.conn.send(("failed", unit.job, unit.seq, traceback.format_exc()))
+                continue
+            self.conn.send(
+                ("done", unit.job, unit.seq, started, time.perf_counter(), compute, waited, loss)
+            )
+        self.io.shutdown(wait=True)
+
+    def _drop(self, job: int) -> None:
+        self.failed.add(job)
+        self.pending = deque(u for u in self.pending if u.job != job)
+        if self.resident is not None and self.resident.job == job:
+            self.resident = None
+        if self.carry is not None and self.carry[0] == job:
+            self.carry = None
+        for reads in (self.reads, self.saved_reads):
+            for key in [k for k in reads if k[0] == job]:
+                del reads[key]
+
+    # -- reads ahead (double buffering)
+
+    def _prefetch(self, running: Unit) -> None:
+        """Start reading what the unit after ``running`` needs: its shard, unless it is the
+        same shard (then it stays in memory), and for a backward unit its saved input."""
+        if not self.pending:
+            return
+        nxt = self.pending[0]
+        key = (nxt.job, nxt.seq)
+        if nxt.kind == "B" and key not in self.saved_reads:
+            path = _saved_path(self.work, nxt.job, nxt.version, nxt.shard)
+            self.saved_reads[key] = self.io.submit(_load, path)
+        if key in self.reads or (nxt.job, nxt.shard) == (running.job, running.shard):
+            return
+        self.reads[key] = self.io.submit(self._map_shard, nxt)
+
+    def _map_shard(self, unit: Unit) -> _Mapped:
+        slots, nbytes = self.specs[unit.job].layouts[unit.shard]
+        return _map_shard(self.work, unit.job, unit.shard, slots, nbytes,
+                          optimizer=unit.updates, stepped=unit.version > 0)  # fmt: skip
+
+    def _held(self, unit: Unit) -> bool:
+        r = self.resident
+        return r is not None and (r.job, r.shard, r.version) == (
+            unit.job,
+            unit.shard,
+            unit.version,
+        )
+
+    # -- one unit
+
+    def run(self, unit: Unit) -> tuple[float, float, tuple[float, float, int] | None]:
+        spec = self.specs[unit.job]
+        waited = 0.0
+        t0 = time.perf_counter()
+        carry = self._take_carry(unit)
+        layers, optimizer, mapped, dirty = self._acquire(unit)
+        waited += time.perf_counter() - t0
+        n_shards = len(spec.bounds)
+        loss_report: tuple[float, float, int] | None = None
+        compute_started = time.perf_counter()
+        if unit.kind == "F":
+            _set_rng(carry["rng"], self.device)
+            x = self._batch(unit)[0] if unit.shard == 0 else carry["x"]
+            x = x.to(self.device)
+            with torch.no_grad():
+                y = layers(x)
+            # The input and RNG state replay this forward in the backward unit; the buffers
+            # it updated (batch norm's running statistics) are restored after that replay.
+            self._write(
+                _saved_path(self.work, unit.job, unit.version, unit.shard),
+                {
+                    "x": x.cpu(),
+                    "rng": carry["rng"],
+                    "buffers": [b.detach().cpu().clone() for b in layers.buffers()],
+                },
+            )
+            out = {"x": y, "rng": _get_rng(self.device)}
+        elif unit.kind == "L":
+            _set_rng(carry["rng"], self.device)
+            x, targets, weights = self._batch(unit)
+            if n_shards > 1:
+                x = carry["x"]
+            x = x.to(self.device).detach().requires_grad_(n_shards > 1)
+            assert optimizer is not None
+            optimizer.zero_grad(set_to_none=True)
+            loss = weighted_mean(
+                spec.loss(layers(x), targets.to(self.device)), weights.to(self.device)
+            )
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"loss is {value} at epoch {unit.epoch}, step {unit.step}; lower the "
+                    f"learning rate or check the inputs"
+                )
+            rng_after = _get_rng(self.device)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            out = {"grad": x.grad if n_shards > 1 else None, "rng": rng_after}
+            loss_report = (value, float(weights.sum()), int(weights.numel()))
+        else:
+            t1 = time.perf_counter()
+            path = _saved_path(self.work, unit.job, unit.version, unit.shard)
+            future = self.saved_reads.pop((unit.job, unit.seq), None)
+            saved = future.result() if future is not None else self._read(path)
+            waited += time.perf_counter() - t1
+            _set_rng(saved["rng"], self.device)
+            x = saved["x"].to(self.device).requires_grad_(unit.shard > 0)
+            assert optimizer is not None
+            optimizer.zero_grad(set_to_none=True)
+            layers(x).backward(carry["grad"].to(self.device))
+            # The forward unit updated the running statistics (batch norm) once; the
+            # recomputation counted the batch again, and the shard may have been read before
+            # the forward unit's update: its buffers are what that unit left.
+            with torch.no_grad():
+                for buffer, after in zip(layers.buffers(), saved["buffers"], strict=True):
+                    buffer.copy_(after)
+            optimizer.step()
+            out = {"grad": x.grad if unit.shard > 0 else None, "rng": carry["rng"]}
+            _saved_path(self.work, unit.job, unit.version, unit.shard).unlink(missing_ok=True)
+        compute = time.perf_counter() - compute_started
+        self._release(unit, layers, optimizer, mapped, dirty=dirty or unit.updates)
+        self._pass_on(unit, out)
+        return compute, waited, loss_report
+
+    def _batch(self, unit: Unit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        spec = self.specs[unit.job]
+        key = (unit.job, unit.epoch)
+        if key not in self.batches:
+            for old in [k for k in self.batches if k[0] == unit.job]:
+                del self.batches[old]
+            self.batches[key] = epoch_batches(
+                len(spec.data),  # type: ignore[arg-type]
+                spec.batch_size,
+                epoch=unit.epoch,
+                seed=spec.seed,
+                shuffle=spec.shuffle,
+                drop_last=spec.drop_last,
+            )
+        return collate(spec.data, self.batches[key][unit.step])
+
+    def _take_carry(self, unit: Unit) -> dict[str, Any]:
+        if unit.seq == 0:
+            torch.manual_seed(self.specs[unit.job].seed)
+            return {"rng": _get_rng(self.device)}
+        if self.carry is not None and self.carry[:2] == (unit.job, unit.seq):
+            carry = self.carry[2]
+            self.carry = None
+            return carry
+        path = _carry_path(self.work, unit.job, unit.seq)
+        carry = self._read(path)
+        path.unlink(missing_ok=True)
+        return carry  # type: ignore[no-any-return]
+
+    def _read(self, path: Path) -> Any:
+        """Read a file this device may itself still be writing (its writes are queued on the
+        I/O thread, before any read it queues later)."""
+        return self.io.submit(_load, path).result()
+
+    def _acquire(
+        self, unit: Unit
+    ) -> tuple[nn.Sequential, torch.optim.Optimizer | None, _Mapped, bool]:
+        """The unit's shard (held, or mapped from the tier), its optimizer when the unit
+        steps, the mapping, and whether the files lag behind it."""
+        spec = self.specs[unit.job]
+        if self._held(unit):
+            r = self.resident
+            assert r is not None
+            self.resident = None
+            if unit.updates and r.optimizer is None:
+                r.optimizer = self._optimizer(spec, r.layers, r.mapped)
+            return r.layers, r.optimizer, r.mapped, r.dirty
+        if self.resident is not None:
+            self._evict()
+        future = self.reads.pop((unit.job, unit.seq), None)
+        mapped = future.result() if future is not None else self.io.submit(
+            self._map_shard, unit
+        ).result()  # fmt: skip
+        start, stop = spec.bounds[unit.shard]
+        layers = cast(nn.Sequential, copy.deepcopy(spec.skeleton[start:stop]))
+        weights = mapped.weights
+        if self.device.type != "cpu":
+            weights = {k: v.to(self.device) for k, v in weights.items()}
+        layers.load_state_dict(weights, assign=True)
+        layers.train()
+        optimizer = self._optimizer(spec, layers, mapped) if unit.updates else None
+        return layers, optimizer, mapped, False
+
+    def _optimizer(
+        self, spec: _JobSpec, layers: nn.Sequential, mapped: _Mapped
+    ) -> torch.optim.Optimizer:
+        """The shard's optimizer, its state the mapped one when there is one (on a CPU
+        device it then steps in the file's pages)."""
+        optimizer = spec.optimizer(layers.parameters())
+        if mapped.optimizer is not None:
+            optimizer.load_state_dict(mapped.optimizer)
+        return optimizer
+
+    def _release(
+        self,
+        unit: Unit,
+        layers: nn.Sequential,
+        optimizer: torch.optim.Optimizer | None,
+        mapped: _Mapped,
+        *,
+        dirty: bool,
+    ) -> None:
+        """Keep the shard if this device runs it next; otherwise, or after the job's final
+        step, sync its files and let it go (before the unit is reported done, so that the
+        device that takes the model next finds them complete)."""
+        version = unit.version + 1 if unit.updates else unit.version
+        self.resident = _Resident(unit.job, unit.shard, version, layers, optimizer, mapped, dirty)
+        self.receive(block=False)
+        final = unit.last_step and unit.updates
+        if final or not (self.pending and self._held(self.pending[0])):
+            self._evict()
+
+    def _evict(self) -> None:
+        """Let the held shard go, first making its files hold its state: tensors that are
+        not the mapped ones (all of them on CUDA) are copied in; the optimizer's state gets
+        a file of its own at its first step (or when its tensors change shape), and its
+        non-tensor parts a small metadata file."""
+        r = self.resident
+        self.resident = None
+        if r is None or not r.dirty:
+            return
+        for key, tensor in r.layers.state_dict().items():
+            view = r.mapped.weights[key]
+            if tensor.data_ptr() != view.data_ptr():
+                view.copy_(tensor.detach())
+        if r.optimizer is None:
+            return
+        state = r.optimizer.state_dict()
+        tensors = _optimizer_tensors(state)
+        layout = [(k, tuple(t.shape), t.dtype) for k, t in tensors]
+        slots = r.mapped.optimizer_slots
+        views = r.mapped.optimizer_views
+        path = _optimizer_path(self.work, r.job, r.shard)
+        relaid = (
+            slots is None
+            or views is None
+            or layout != [(s.key, s.shape, _dtype(s.dtype)) for s in slots]
+        )
+        if relaid or views is None:
+            slots = _create(path, tensors)
+        else:
+            for key, tensor in tensors:
+                if tensor.data_ptr() != views[key].data_ptr():
+                    views[key].copy_(tensor.detach())
+        skeleton = {
+            "state": {
+                pid: {n: (None if isinstance(v, torch.Tensor) else v) for n, v in entry.items()}
+                for pid, entry in state["state"].items()
+            },
+            "param_groups": state["param_groups"],
+        }
+        if not relaid and _same(skeleton, r.mapped.optimizer_skeleton):
+            return  # Adam, SGD...: all that changes is in the tensors, already in the file
+        assert slots is not None
+        _save(
+            _optimizer_meta_path(self.work, r.job, r.shard),
+            {
+                "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
+                "nbytes": _plan_slots(tensors)[1],
+                "skeleton": skeleton,
+            },
+        )
+
+    def _pass_on(self, unit: Unit, out: dict[str, Any]) -> None:
+        """Hand the carry to the job's next unit: in memory when it runs here next, else
+        through a file."""
+        if unit.final:
+            return
+        self.receive(block=False)
+        nxt = self.pending[0] if self.pending else None
+        if nxt is not None and (nxt.job, nxt.seq) == (unit.job, unit.seq + 1):
+            self.carry = (unit.job, unit.seq + 1, out)
+            return
+        data = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+        self._write(_carry_path(self.work, unit.job, unit.seq + 1), data)
+
+    def _write(self, path: Path, obj: Any) -> Future[None]:
+        return self._write_all([(path, obj)], [])
+
+    def _write_all(self, files: list[tuple[Path, Any]], remove: list[Path]) -> Future[None]:
+        """Queue writes on the I/O thread (behind earlier writes, before later reads), then
+        the removal of ``remove``."""
+
+        def job() -> None:
+            for path, obj in files:
+                _save(path, obj)
+            for path in remove:
+                path.unlink(missing_ok=True)
+
+        future = self.io.submit(job)
+        self.writes = [f for f in self.writes if not f.done()]
+        self.writes.append(future)
+        return future
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two state-dict skeletons are equal (tensors in them: never assumed so)."""
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def _get_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _worker_main(conn: Connection, index: int, device: str, work: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    worker = _Worker(conn, index, device, Path(work))
+    try:
+        worker.specs = pickle.loads(conn.recv_bytes())
+        if worker.device.type == "cuda":
+            torch.cuda.set_device(worker.device)
+        _warm_up(worker.specs, worker.device)
+    except Exception:  # reported to the scheduler
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready",))
+    worker.loop()
+
+
+def _warm_up(specs: Sequence[_JobSpec], device: torch.device) -> None:
+    """Pay the one-time costs (an optimizer's first step imports a good part of torch, the
+    first save and load set up serialization) at start-up, not in the first unit."""
+    import io
+
+    for spec in specs:
+        param = torch.zeros(2, 2, device=device, requires_grad=True)
+        try:
+            optimizer = spec.optimizer([param])
+            (param @ param).sum().backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        except Exception:  # a broken optimizer fails its own job's first unit, not start-up
+            continue
+    buffer = io.BytesIO()
+    torch.save({"x": torch.zeros(2)}, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)

@@ -1,0 +1,251 @@
+"""SHARP (train_many): each model trains exactly as it would alone, units of one model never
+overlap, every device runs one unit at a time, a failing job leaves the others to finish,
+and bad input is refused before any work starts."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from mlsys.training import Callback, fit
+from mlsys.training.sharp import (
+    Job,
+    UnitRecord,
+    lower_bound,
+    simulate_lrtf,
+    train_many,
+    unit_chain,
+)
+
+SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+ADAM = functools.partial(torch.optim.Adam, lr=0.01)
+CE = nn.CrossEntropyLoss(reduction="none")
+# Cuts the models below into two to four shards (half of it per shard, as with prefetch).
+BUDGET = 24_000
+
+
+def mlp(seed: int, *, width: int = 16, fancy: bool = False) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(6, width), nn.Tanh()]
+    if fancy:
+        layers += [nn.Dropout(0.3), nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU()]
+    layers += [nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3)]
+    return nn.Sequential(*layers)
+
+
+def dataset(n: int = 40, weighted: bool = True) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 6, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    if weighted:
+        return TensorDataset(x, y, torch.rand(n, generator=g) + 0.1)
+    return TensorDataset(x, y)
+
+
+def job(name: str, model: nn.Sequential, optimizer: Any = ADAM, **kwargs: Any) -> Job:
+    defaults: dict[str, Any] = {
+        "data": dataset(),
+        "loss": CE,
+        "epochs": 2,
+        "batch_size": 8,
+        "seed": 3,
+        "shuffle": True,
+    }
+    defaults.update(kwargs)
+    return Job(model=model, optimizer=optimizer, name=name, **defaults)
+
+
+def alone(j: Job, model: nn.Sequential) -> Any:
+    return fit(
+        model,
+        j.data,
+        optimizer=j.optimizer,
+        loss=j.loss,
+        epochs=j.epochs,
+        batch_size=j.batch_size,
+        seed=j.seed,
+        shuffle=j.shuffle,
+        drop_last=j.drop_last,
+    )
+
+
+def assert_same(a: nn.Module, b: nn.Module, tol: float) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(x.float(), y.float(), atol=tol, rtol=0), (
+            name,
+            float((x.float() - y.float()).abs().max()),
+        )
+
+
+def test_unit_chain_is_forward_then_last_then_backward() -> None:
+    assert unit_chain(1) == [("L", 0)]
+    assert unit_chain(3) == [("F", 0), ("F", 1), ("L", 2), ("B", 1), ("B", 0)]
+
+
+class Steps(Callback):
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.epochs: list[dict[str, Any]] = []
+        self.ended = False
+
+    def on_step_end(self, *, epoch: int, step: int, loss: float) -> None:
+        self.steps.append((epoch, step))
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.epochs.append(record)
+
+    def on_train_end(self, history: list[dict[str, Any]]) -> None:
+        self.ended = True
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_every_model_equals_training_it_alone(devices: int, tmp_path: Path) -> None:
+    callbacks = Steps()
+    jobs = [
+        # SGD: under Adam the bias before batch norm (zero gradient but for rounding) moves
+        # by whatever rounding gives, so one thread vs two would already differ.
+        job("sgd-dropout-bn", mlp(0, fancy=True), SGD, callbacks=[callbacks]),
+        job("adam", mlp(1), epochs=3),
+        job("unweighted-wide", mlp(2, width=24), data=dataset(weighted=False), seed=9),
+        job("in-order", mlp(3), shuffle=False, batch_size=12, drop_last=True),
+    ]
+    references = [alone(j, mlp(i, fancy=i == 0, width=24 if i == 2 else 16))
+                  for i, j in enumerate(jobs)]  # fmt: skip
+    result = train_many(jobs, devices=devices, budget_bytes=BUDGET, offload="disk", folder=tmp_path)
+    assert result.failures == {}
+    assert sorted(len(bounds) for bounds in result.shards) == [2, 2, 2, 3], result.shards
+    for j, ref, got in zip(jobs, references, result.results, strict=True):
+        assert got is not None, j.name
+        assert_same(got.model, ref.model, 1e-6)
+        assert [h["loss"] for h in got.history] == pytest.approx(
+            [h["loss"] for h in ref.history], abs=1e-6
+        ), j.name
+        assert [h["examples"] for h in got.history] == [h["examples"] for h in ref.history]
+    assert callbacks.steps == [(e, s) for e in range(2) for s in range(5)]
+    assert [r["loss"] for r in callbacks.epochs] == [h["loss"] for h in result.results[0].history]
+    assert callbacks.ended
+    # Nothing is left behind in the offload folder.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_whole_models_without_a_budget_are_one_shard_each() -> None:
+    jobs = [job(f"m{i}", mlp(i)) for i in range(3)]
+    references = [alone(j, mlp(i)) for i, j in enumerate(jobs)]
+    result = train_many(jobs, devices=2)
+    assert result.shards == [[(0, 5)]] * 3
+    for ref, got in zip(references, result.results, strict=True):
+        assert got is not None
+        assert_same(got.model, ref.model, 1e-6)
+
+
+def check_schedule(timeline: list[UnitRecord], n_jobs: int) -> None:
+    by_device: dict[int, list[UnitRecord]] = {}
+    by_job: dict[int, list[UnitRecord]] = {}
+    for record in timeline:
+        by_device.setdefault(record.device, []).append(record)
+        by_job.setdefault(record.job, []).append(record)
+    for records in by_device.values():
+        records.sort(key=lambda r: r.start)
+        for a, b in itertools.pairwise(records):
+            assert a.end <= b.start, ("a device ran two units at once", a, b)
+    assert len(by_job) == n_jobs
+    for records in by_job.values():
+        records.sort(key=lambda r: r.start)
+        assert [r.seq for r in records] == list(range(len(records))), "units out of order"
+        for a, b in itertools.pairwise(records):
+            assert a.end <= b.start, ("a model ran on two devices at once", a, b)
+
+
+def test_the_schedule_keeps_devices_and_models_sequential() -> None:
+    jobs = [job(f"m{i}", mlp(i), epochs=1) for i in range(4)]
+    result = train_many(jobs, devices=2, budget_bytes=BUDGET)
+    check_schedule(result.timeline, 4)
+    n_units = sum(len(unit_chain(len(b))) * 5 for b in result.shards)
+    assert len(result.timeline) == n_units
+    assert {r.device for r in result.timeline} == {0, 1}, "both devices worked"
+    assert result.makespan > 0
+    bound = lower_bound(result.timeline, 2)
+    assert 0 < bound <= simulate_lrtf(result.timeline, 2) + 1e-12
+
+
+def test_a_failing_job_leaves_the_others_to_finish() -> None:
+    x, y, w = dataset().tensors
+    y = y.clone()
+    y[30] = 7  # three classes: the loss fails on the batch holding example 30
+    bad = TensorDataset(x, y, w)
+    jobs = [job("ok-0", mlp(0)), job("bad-label", mlp(1), data=bad), job("ok-2", mlp(2))]
+    references = {0: alone(jobs[0], mlp(0)), 2: alone(jobs[2], mlp(2))}
+    result = train_many(jobs, devices=2, budget_bytes=BUDGET)
+    assert list(result.failures) == ["bad-label"]
+    assert "Traceback" in result.failures["bad-label"]
+    assert "Target 7 is out of bounds" in result.failures["bad-label"]
+    assert result.results[1] is None
+    for index, ref in references.items():
+        got = result.results[index]
+        assert got is not None
+        assert_same(got.model, ref.model, 1e-6)
+    with pytest.raises(RuntimeError, match="bad-label"):
+        result.raise_failures()
+
+
+def test_lower_bound_and_simulator_on_a_known_timeline() -> None:
+    def unit(job: int, seq: int, cost: float) -> UnitRecord:
+        return UnitRecord(0, job, seq, "L", 0, 0.0, cost, cost, 0.0)
+
+    # Job 0: 3+3 s, job 1: 1 s, job 2: 1 s. On 2 devices: all work / 2 = 4 s, but job 0's
+    # chain alone takes 6 s.
+    timeline = [unit(0, 0, 3), unit(0, 1, 3), unit(1, 0, 1), unit(2, 0, 1)]
+    assert lower_bound(timeline, 2) == 6
+    assert simulate_lrtf(timeline, 2) == 6
+    assert lower_bound(timeline, 1) == 8
+    assert simulate_lrtf(timeline, 1) == 8
+    # Four equal single-unit jobs on two devices pack perfectly.
+    even = [unit(j, 0, 2) for j in range(4)]
+    assert lower_bound(even, 2) == simulate_lrtf(even, 2) == 4
+
+
+class NotSequential(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_bad_input_is_refused_naming_the_value(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one job"):
+        train_many([])
+    with pytest.raises(TypeError, match=r"job odd: model must be an nn\.Sequential.*NotSequential"):
+        train_many([job("odd", NotSequential())])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'twin' appears twice"):
+        train_many([job("twin", mlp(0)), job("twin", mlp(1))])
+    with pytest.raises(ValueError, match="devices must be a positive integer, got 0"):
+        train_many([job("a", mlp(0))], devices=0)
+    with pytest.raises(ValueError, match="'tpu'"):
+        train_many([job("a", mlp(0))], devices=["tpu"])
+    with pytest.raises(ValueError, match="job a: epochs must be a positive integer, got 0"):
+        train_many([job("a", mlp(0), epochs=0)])
+    with pytest.raises(TypeError, match="job a can't be sent to the worker processes"):
+        train_many([job("a", mlp(0), lambda params: torch.optim.SGD(params, lr=0.1))])
+    with pytest.raises(ValueError, match=r"job a: layer 0 \(Linear\) needs \d+ bytes"):
+        train_many([job("a", mlp(0))], budget_bytes=1000)
+    with pytest.raises(ValueError, match="is not a directory"):
+        train_many([job("a", mlp(0))], offload="disk", folder=tmp_path / "missing")
+    with pytest.raises(ValueError, match="is for offload='disk'"):
+        train_many([job("a", mlp(0))], folder=tmp_path)
+    with pytest.raises(ValueError, match="offload must be"):
+        train_many([job("a", mlp(0))], offload="ssd")  # type: ignore[arg-type]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root can write anyway
+            with pytest.raises(ValueError, match="is not writable"):
+                train_many([job("a", mlp(0))], offload="disk", folder=locked)
+    finally:
+        locked.chmod(0o700)
