@@ -27,7 +27,7 @@ from tasks.validate import validate_batch
 def train(
     labeled_batch: str | None = None,
     dataset: str = "youtube-spam",
-    trainer: Literal["plain", "gpipe"] = "plain",
+    trainer: Literal["plain", "gpipe", "spill"] = "plain",
     epochs: int = 8,
     batch_size: int = 64,
     lr: float = 0.01,
@@ -37,6 +37,7 @@ def train(
     use_weights: bool = True,
     stages: int = 2,
     microbatches: int = 4,
+    spill_budget_mb: int = 32,
     seed: int = 123,
     model_name: str = "spam-classifier",
     alias: str = "challenger",
@@ -56,8 +57,9 @@ def train(
         labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
             under labeled/<dataset>/.
         dataset: Dataset name (the labeled/ key prefix).
-        trainer: "plain" (one process) or "gpipe" (pipeline-parallel: `stages` processes,
-            `microbatches` per mini-batch).
+        trainer: "plain" (one process), "gpipe" (pipeline-parallel: `stages` processes,
+            `microbatches` per mini-batch) or "spill" (one shard at a time within
+            `spill_budget_mb`, the others spilled to disk).
         epochs: Passes over the training rows.
         batch_size: Examples per optimizer step (gpipe: a multiple of `microbatches`).
         lr: Adam learning rate.
@@ -67,6 +69,8 @@ def train(
         use_weights: Weigh each example by its label's quality (gold 1, weak < 1).
         stages: gpipe: pipeline stages (one process each).
         microbatches: gpipe: micro-batches per mini-batch.
+        spill_budget_mb: spill: memory for shards in MiB (weights, gradients, Adam state,
+            activations); shards are cut to half of it.
         seed: Seed of initialization, shuffling and dropout.
         model_name: Registered model name in MLflow.
         alias: Alias set on the new model version.
@@ -97,6 +101,7 @@ def train(
         "use_weights": use_weights,
         "stages": stages if trainer == "gpipe" else None,
         "microbatches": microbatches if trainer == "gpipe" else None,
+        "spill_budget_mb": spill_budget_mb if trainer == "spill" else None,
         "seed": seed,
         "model_name": model_name,
         "resume_from_run": resume_from_run,
@@ -129,6 +134,7 @@ def train(
             microbatches=microbatches,
             use_weights=use_weights,
             resume_from_run=resume_from_run,
+            spill_budget_mb=spill_budget_mb,
         )
         metrics = evaluate_model(run, result, df, featurizer)
         examples = df.loc[df["split"] == "test", "text"].head(3).tolist()

@@ -42,19 +42,19 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def mlflow_runs_of(settings: Settings, flow_run_id: str) -> list[Any]:
-    """The MLflow runs tagged with this Prefect flow run (one parent run per flow run)."""
+    """The MLflow parent runs tagged with this Prefect flow run (one per flow run; child
+    runs, which carry the same tags, are left out)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is None:
         return []
-    return list(
-        client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
-        )
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
     )
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
 
 
 def mlflow_run_of(settings: Settings, flow_run_id: str) -> tuple[Any, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import RunStatus
@@ -108,3 +108,36 @@ def flow_run_tracking(
         client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@dataclass(frozen=True)
+class ChildRun(TrackedRun):
+    """A child run of a flow run's parent run; ``fail()`` marks it FAILED at its end."""
+
+    failed: list[bool] = field(default_factory=lambda: [False], compare=False)
+
+    def fail(self) -> None:
+        self.failed[0] = True
+
+
+@contextmanager
+def child_run(
+    parent: TrackedRun, name: str, *, params: Mapping[str, Any] | None = None
+) -> Iterator[ChildRun]:
+    """An MLflow run nested under ``parent`` (the UI shows it beneath it), with the parent's
+    Prefect tags, closed FINISHED, or FAILED on an exception or ``fail()``."""
+    client = parent.client()
+    inherited = client.get_run(parent.run_id).data.tags
+    tags = {k: v for k, v in inherited.items() if k.startswith("prefect.")}
+    tags["mlflow.parentRunId"] = parent.run_id
+    run = client.create_run(parent.experiment_id, tags=tags, run_name=name)
+    child = ChildRun(run.info.run_id, parent.experiment_id, parent.tracking_uri)
+    for key, value in (params or {}).items():
+        client.log_param(child.run_id, key, "" if value is None else str(value)[:6000])
+    try:
+        yield child
+    except BaseException:
+        client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    status = RunStatus.FAILED if child.failed[0] else RunStatus.FINISHED
+    client.set_terminated(child.run_id, RunStatus.to_string(status))

@@ -39,6 +39,7 @@ from mlsys.training.schedule import (
     plot_timeline,
     theoretical_bubble,
 )
+from mlsys.training.spill import Spill
 from tasks.retry import S3_RETRIES
 from tasks.tracking import (
     TAG_DEPLOYMENT,
@@ -49,6 +50,7 @@ from tasks.tracking import (
 )
 
 CLASS_NAMES = ("ham", "spam")
+TRAINERS = ("plain", "gpipe", "spill")
 
 
 class TrackingCallback(Callback):
@@ -131,18 +133,20 @@ def fit_model(
     microbatches: int,
     use_weights: bool,
     resume_from_run: str | None,
+    spill_budget_mb: int = 32,
 ) -> FitResult:
     """Train the text classifier with the chosen strategy; checkpoints go to the MLflow run."""
     rows = training_rows(df, use_weights)
     data = TextDataset.from_frame(rows, featurizer)
     torch.manual_seed(seed)
     model = build_text_classifier(featurizer.n_features, hidden=hidden, dropout=dropout)
-    if trainer not in ("plain", "gpipe"):
-        raise ValueError(f"trainer must be 'plain' or 'gpipe', got {trainer!r}")
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
     client = run.client()
     client.log_metric(run.run_id, "rows_train", len(rows))
     for source, count in rows["label_source"].value_counts().items():
         client.log_metric(run.run_id, f"rows_train_{source}", int(count))
+    adam = functools.partial(torch.optim.Adam, lr=lr)
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = Path(folder)
         if resume_from_run:
@@ -152,11 +156,17 @@ def fit_model(
             strategy = GPipe(
                 stages=stages, microbatches=microbatches, trace_dir=checkpoints / "trace"
             )
+        elif trainer == "spill":
+            strategy = Spill(spill_budget_mb * 2**20, offload="disk", folder=folder)
+            plan = strategy.plan(model, data[0][0].unsqueeze(0), adam, batch_size)
+            get_run_logger().info("spilling in %d shards:\n%s", len(plan.counts), plan.describe())
+            client.log_metric(run.run_id, "spill_shards", len(plan.counts))
+            client.log_text(run.run_id, plan.describe(), "train/spill_plan.txt")
         result = fit(
             model,
             data,
             strategy=strategy,
-            optimizer=functools.partial(torch.optim.Adam, lr=lr),
+            optimizer=adam,
             loss=nn.CrossEntropyLoss(reduction="none"),
             epochs=epochs,
             batch_size=batch_size,

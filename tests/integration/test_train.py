@@ -138,3 +138,79 @@ def test_a_raw_batch_is_refused_naming_the_missing_columns(
     put_bytes(stack_env.s3_client(), uri, write_parquet_bytes(raw))
     with pytest.raises(ValueError, match=r"not a labeled batch .* lacks gold_label, label_source"):
         train(labeled_batch=uri, epochs=1, model_name="it-bad")
+
+
+def test_spill_trainer_trains_in_shards_within_the_budget(
+    stack_env: Settings, labeled: tuple[str, pd.DataFrame]
+) -> None:
+    from flows.train import train
+
+    uri, _ = labeled
+    registered = train(
+        labeled_batch=uri, trainer="spill", spill_budget_mb=32, epochs=2, model_name="it-spill"
+    )
+    client = MlflowClient(tracking_uri=stack_env.tracking_uri)
+    run = client.get_run(client.get_model_version("it-spill", registered["version"]).run_id)
+    assert run.data.params["trainer"] == "spill"
+    assert run.data.params["spill_budget_mb"] == "32"
+    # The 8192-feature input layer with Adam needs about 12 MB: shards of 16 MB hold it
+    # alone, the rest of the model in a second shard.
+    assert run.data.metrics["spill_shards"] == 2
+    assert run.data.metrics["test_accuracy"] > 0.8
+    plan = client.download_artifacts(run.info.run_id, "train/spill_plan.txt")
+    assert Path(plan).read_text().startswith("shard 0: layers 0..0")
+
+
+def test_select_models_ranks_a_grid_and_registers_the_best_on_dev(
+    stack_env: Settings, labeled: tuple[str, pd.DataFrame]
+) -> None:
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    uri, _ = labeled
+    params = {
+        "labeled_batch": uri,
+        "lrs": [0.01, 0.03],
+        "widths": [16],
+        "depths": [0, 1],
+        "epochs": 2,
+        "workers": 2,
+        "model_name": "it-select",
+    }
+    outcome = trigger(stack_env, "select_models/select_models", params, timeout_s=500,
+                      say=lambda line: None)  # fmt: skip
+    assert outcome.state == "COMPLETED", outcome.message
+    client, parent = mlflow_run_of(stack_env, outcome.flow_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    names = sorted(c.info.run_name for c in children)
+    assert names == ["lr0.01-linear", "lr0.01-w16-d1", "lr0.03-linear", "lr0.03-w16-d1"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.metrics["dev_rows"] > 100
+        assert child.data.metrics["test_rows"] == 250
+        losses = client.get_metric_history(child.info.run_id, "train_loss")
+        assert [m.step for m in losses] == [0, 1]
+    best = max(children, key=lambda c: (c.data.metrics["dev_accuracy"],
+                                        -c.data.metrics["dev_log_loss"]))  # fmt: skip
+    version = client.get_model_version_by_alias("it-select", "challenger")
+    assert version.run_id == best.info.run_id
+    assert parent.data.tags["mlsys.best_model"] == best.info.run_name
+    gantt = {a.path for a in client.list_artifacts(parent.info.run_id, "selection")}
+    assert gantt == {"selection/sharp_gantt.png"}
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["model-ranking"]))
+        )
+    tables = [a for a in artifacts if str(a.flow_run_id) == outcome.flow_run_id]
+    assert len(tables) == 1
+    table = tables[0].data if isinstance(tables[0].data, list) else json.loads(tables[0].data)
+    assert [row["rank"] for row in table] == [1, 2, 3, 4]
+    assert table[0]["model"] == best.info.run_name
+    accuracies = [row["dev_accuracy"] for row in table]
+    assert accuracies == sorted(accuracies, reverse=True)

@@ -1,0 +1,218 @@
+"""Flow `select_models`: a grid of spam classifiers (learning rate x width x depth) trained at
+once with SHARP, each an MLflow child run, the best on the gold dev rows registered as
+`challenger`, the ranking a Prefect table artifact."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from mlsys.data.s3 import S3Uri, latest_key
+from mlsys.models.text import HashingFeaturizer
+from mlsys.settings import Settings
+from mlsys.training.selection import expand_grid, rank
+from tasks.select import log_candidates, selection_rows, train_grid
+from tasks.tracking import flow_run_tracking
+from tasks.train import load_labeled_batch, promote_if_better, register_model
+from tasks.validate import validate_batch
+
+RANKED_BY = "dev_accuracy"
+
+
+@flow(name="select_models", log_prints=True)
+def select_models(
+    labeled_batch: str | None = None,
+    dataset: str = "youtube-spam",
+    lrs: list[float] | None = None,
+    widths: list[int] | None = None,
+    depths: list[int] | None = None,
+    epochs: int = 8,
+    batch_size: int = 64,
+    dropout: float = 0.0,
+    n_features: int = 2**13,
+    use_weights: bool = True,
+    workers: int = 2,
+    budget_mb: int | None = None,
+    seed: int = 123,
+    model_name: str = "spam-classifier",
+    alias: str = "challenger",
+    validation: Literal["fail", "quarantine"] = "fail",
+    promote: bool = False,
+) -> dict[str, str]:
+    """Train a grid of spam classifiers at once (SHARP) and register the best on the gold
+    dev rows as `alias`.
+
+    Every model learns from the weakly labeled train rows only (weighted by label quality
+    unless `use_weights` is off), is chosen by accuracy on the gold dev rows (ties: lower
+    dev log loss) and reported on the gold test rows. Each model is an MLflow child run of
+    this flow run's run; the ranking is the Prefect table artifact `model-ranking`, the
+    device timeline a Gantt chart in the parent run (selection/sharp_gantt.png).
+
+    Args:
+        labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
+            under labeled/<dataset>/.
+        dataset: Dataset name (the labeled/ key prefix).
+        lrs: Adam learning rates of the grid. Empty: [0.003, 0.01, 0.03].
+        widths: Hidden layer widths of the grid. Empty: [32, 128].
+        depths: Numbers of hidden layers of the grid (0: a linear model). Empty: [1, 2].
+        epochs: Passes over the training rows, for every model.
+        batch_size: Examples per optimizer step.
+        dropout: Dropout after each hidden layer.
+        n_features: Hashed text features (a power of two).
+        use_weights: Weigh each example by its label's quality.
+        workers: Worker processes (one thread each) sharing the models, shard by shard.
+        budget_mb: Memory per worker for model shards, in MiB; each model is cut into shards
+            of at most half of it. Empty: every model is one shard.
+        seed: Seed of initialization, shuffling and dropout (the same for every model).
+        model_name: Registered model name in MLflow.
+        alias: Alias set on the best model's new version.
+        validation: The labeled batch is checked with the `training` suite first.
+            "fail": any failed critical expectation stops the run before training;
+            "quarantine": failing rows are left out.
+        promote: Also set alias `champion` on the best model when its test accuracy beats
+            the current champion's.
+
+    Returns:
+        The registered model's name, version, alias, model URI, the chosen grid point and
+        "champion" ("yes" when promoted).
+    """
+    settings = Settings.load()
+    points = expand_grid(lrs or [0.003, 0.01, 0.03], widths or [32, 128], depths or [1, 2])
+    if budget_mb is not None and budget_mb < 1:
+        raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb}")
+    uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
+    featurizer = HashingFeaturizer(n_features=n_features)
+    common = {
+        "labeled_batch": uri,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "dropout": dropout,
+        "n_features": n_features,
+        "use_weights": use_weights,
+        "seed": seed,
+    }
+    params = {
+        **common,
+        "grid": [p.name for p in points],
+        "workers": workers,
+        "budget_mb": budget_mb,
+        "model_name": model_name,
+        "ranked_by": RANKED_BY,
+    }
+    with flow_run_tracking(settings, params=params) as run:
+        df = load_labeled_batch(settings, uri)
+        df = validate_batch(
+            run,
+            settings,
+            df,
+            suite="training",
+            mode=validation,
+            dataset=dataset,
+            batch=PurePosixPath(S3Uri.parse(uri).key).stem,
+        ).passed
+        rows = selection_rows(df, use_weights)
+        result = train_grid(
+            run,
+            rows["train"],
+            points,
+            featurizer=featurizer,
+            dropout=dropout,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            workers=workers,
+            budget_bytes=None if budget_mb is None else budget_mb * 2**20,
+        )
+        candidates = log_candidates(run, points, result, rows, featurizer, common=common)
+        ranked = rank(candidates, RANKED_BY, tie_breaker="dev_log_loss")
+        create_table_artifact(
+            key="model-ranking",
+            table=[_table_row(c) for c in ranked],
+            description=f"{len(ranked)} models ranked by {RANKED_BY} on the gold dev rows",
+        )
+        best = ranked[0]
+        if best["rank"] is None:
+            raise RuntimeError(
+                f"all {len(ranked)} models failed; the first error: {best.get('error')}"
+            )
+        index = [p.name for p in points].index(best["model"])
+        fitted = result.results[index]
+        assert fitted is not None
+        client = run.client()
+        client.set_tag(run.run_id, "mlsys.best_model", best["model"])
+        for key in ("dev_accuracy", "dev_f1", "test_accuracy", "test_f1"):
+            client.log_metric(run.run_id, f"best_{key}", float(best[key]))
+        metrics = {k: float(v) for k, v in best.items() if k.startswith(("dev_", "test_"))}
+        examples = rows["test"]["text"].head(3).tolist()
+        best_run = run.__class__(best["run_id"], run.experiment_id, run.tracking_uri)
+        registered = register_model(
+            best_run, fitted, featurizer, name=model_name, alias=alias, examples=examples,
+            metrics=metrics,
+        )  # fmt: skip
+        promoted = promote and promote_if_better(
+            best_run, name=model_name, version=registered["version"], metrics=metrics
+        )
+        registered["champion"] = "yes" if promoted else "no"
+        registered["model"] = best["model"]
+        create_markdown_artifact(
+            key="selection-summary",
+            markdown=_summary(ranked, registered, result.makespan, workers, uri, run.url),
+            description=f"Model selection of {model_name} on {uri}",
+        )
+    return registered
+
+
+def _table_row(c: dict[str, object]) -> dict[str, object]:
+    def fmt(key: str) -> object:
+        value = c.get(key)
+        return round(value, 4) if isinstance(value, float) else value
+
+    return {
+        "rank": c["rank"],
+        "model": c["model"],
+        "lr": c["lr"],
+        "width": c["width"],
+        "depth": c["depth"],
+        "dev_accuracy": fmt("dev_accuracy"),
+        "dev_f1": fmt("dev_f1"),
+        "dev_log_loss": fmt("dev_log_loss"),
+        "test_accuracy": fmt("test_accuracy"),
+        "final_train_loss": fmt("final_loss"),
+        "mlflow_run": c.get("run_url"),
+        "error": c.get("error", ""),
+    }
+
+
+def _summary(
+    ranked: list[dict[str, object]],
+    registered: dict[str, str],
+    makespan: float,
+    workers: int,
+    uri: str,
+    run_url: str,
+) -> str:
+    best = ranked[0]
+    failed = [c["model"] for c in ranked if c["rank"] is None]
+    lines = [
+        "# Model selection",
+        "",
+        f"{len(ranked)} models trained at once on {workers} worker(s) in {makespan:.1f} s "
+        f"(SHARP); {len(failed)} failed{': ' + ', '.join(map(str, failed)) if failed else ''}.",
+        "",
+        f"Best on the gold dev rows: **{best['model']}**: dev accuracy "
+        f"{float(best['dev_accuracy']):.3f}, test accuracy {float(best['test_accuracy']):.3f}"  # type: ignore[arg-type]
+        ".",
+        "",
+        f"Registered: `{registered['name']}` version {registered['version']} "
+        f"(@{registered['alias']}; promoted to @champion: {registered['champion']})  ",
+        f"Data: `{uri}`  ",
+        f"MLflow run: [{run_url}]({run_url})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    select_models()
