@@ -27,16 +27,14 @@ lock:
 
 DEMO_BATCH := demo-$(shell date -u +%Y%m%dT%H%M%SZ)
 
-# Start the stack, run the main deployment through the Prefect API on the worker,
-# then read its output back from S3 through boto3.
+# Start the stack, run the end_to_end deployment through the Prefect API on the worker
+# (ingest -> weak_label -> train -> promote -> batch_infer), then read each stage's
+# output back from S3 through boto3.
 demo: install
 	$(BIN)/mlsys stack up
-	$(BIN)/mlsys run ingest/ingest --param batch=$(DEMO_BATCH)
+	$(BIN)/mlsys run end_to_end/end_to_end --param batch=$(DEMO_BATCH)
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
-	$(BIN)/mlsys run weak_label/weak_label --param raw_batch=s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
-	$(BIN)/mlsys run train/train --param labeled_batch=s3://$${MLSYS_BUCKET:-mlsys}/labeled/youtube-spam/$(DEMO_BATCH).parquet
-	$(BIN)/mlsys run batch_infer/batch_infer --param source=s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/predictions/youtube-spam/$(DEMO_BATCH)/part-0000-00000.parquet
 
 test: install

@@ -152,10 +152,15 @@ def select_models(
             best_run, fitted, featurizer, name=model_name, alias=alias, examples=examples,
             metrics=metrics,
         )  # fmt: skip
-        promoted = promote and promote_if_better(
-            best_run, name=model_name, version=registered["version"], metrics=metrics
+        promoted, reason = (
+            promote_if_better(
+                best_run, name=model_name, version=registered["version"], metrics=metrics
+            )
+            if promote
+            else (False, "promotion not asked for (promote=false)")
         )
         registered["champion"] = "yes" if promoted else "no"
+        registered["promotion"] = reason
         registered["model"] = best["model"]
         create_markdown_artifact(
             key="selection-summary",

@@ -82,8 +82,8 @@ def train(
             beats the current champion's (or there is none yet).
 
     Returns:
-        The registered model's name, version, alias, model URI and "champion" ("yes" when
-        promoted).
+        The registered model's name, version, alias, model URI, test accuracy, "champion"
+        ("yes" when promoted) and "promotion" (what was decided and why).
     """
     settings = Settings.load()
     uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
@@ -142,10 +142,14 @@ def train(
             run, result, featurizer, name=model_name, alias=alias, examples=examples,
             metrics=metrics,
         )  # fmt: skip
-        promoted = promote and promote_if_better(
-            run, name=model_name, version=registered["version"], metrics=metrics
+        promoted, reason = (
+            promote_if_better(run, name=model_name, version=registered["version"], metrics=metrics)
+            if promote
+            else (False, "promotion not asked for (promote=false)")
         )
         registered["champion"] = "yes" if promoted else "no"
+        registered["promotion"] = reason
+        registered["test_accuracy"] = f"{metrics['test_accuracy']:.4f}"
         create_markdown_artifact(
             key="train-summary",
             markdown=(
@@ -157,6 +161,7 @@ def train(
                 f"| {result.history[-1]['loss']:.4f} |\n\n"
                 f"Model: `{registered['name']}` version {registered['version']} "
                 f"(@{registered['alias']}; promoted to @champion: {registered['champion']})  \n"
+                f"Promotion: {registered['promotion']}  \n"
                 f"Data: `{uri}`  \n"
                 f"MLflow run: [{run.run_id}]({run.url})\n"
             ),

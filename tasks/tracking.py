@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class TrackedRun:
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
+
+# The run of the flow run in progress: a subflow's run nests under it (mlflow.parentRunId).
+_CURRENT_RUN: ContextVar[TrackedRun | None] = ContextVar("mlsys_current_run", default=None)
 
 # The MLflow UI shows an experiment of this kind with its model-training views
 # (runs, metrics, models) rather than the GenAI ones (traces, evaluations).
@@ -80,17 +84,22 @@ def prefect_context(settings: Settings) -> dict[str, str]:
 def flow_run_tracking(
     settings: Settings, *, run_name: str | None = None, params: Mapping[str, Any] | None = None
 ) -> Iterator[TrackedRun]:
-    """Open the MLflow parent run of the current Prefect flow run.
+    """Open the MLflow run of the current Prefect flow run.
 
     Tags it with the flow run id, flow and deployment names and the Prefect UI URL,
     publishes a Prefect link artifact pointing at it, and closes it as FINISHED or
-    FAILED with the flow.
+    FAILED with the flow. Called in a subflow (e.g. a stage of `end_to_end`), the run is
+    a child of the calling flow's run.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     exp_id = experiment_id(client, settings.mlflow_experiment)
     tags = prefect_context(settings)
     name = run_name or tags[TAG_FLOW_RUN_NAME] or tags[TAG_FLOW_NAME] or None
+    outer = _CURRENT_RUN.get()
+    if outer is not None:
+        tags["mlflow.parentRunId"] = outer.run_id
+        name = f"{tags[TAG_FLOW_NAME] or name}"
     run = client.create_run(exp_id, tags=tags, run_name=name)
     tracked = TrackedRun(run.info.run_id, exp_id, settings.tracking_uri)
     for key, value in (params or {}).items():
@@ -102,12 +111,41 @@ def flow_run_tracking(
             key="mlflow-run",
             description="MLflow run of this flow run: parameters, metrics, datasets, artifacts.",
         )
+    token = _CURRENT_RUN.set(tracked)
     try:
         yield tracked
     except BaseException:
         client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
+    finally:
+        _CURRENT_RUN.reset(token)
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def stage_metrics(run: TrackedRun) -> list[dict[str, Any]]:
+    """The child runs of ``run`` (the stages of a pipeline), oldest first: flow name, run
+    name and URL, and their row counts where they logged them."""
+    client = run.client()
+    children = client.search_runs(
+        [run.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    rows = []
+    for child in children:
+        child_run = TrackedRun(child.info.run_id, run.experiment_id, run.tracking_uri)
+        row: dict[str, Any] = {
+            "stage": child.data.tags.get(TAG_FLOW_NAME, child.info.run_name),
+            "run_name": child.info.run_name,
+            "url": child_run.url,
+        }
+        for key in ("rows_in", "rows_out", "rows_quarantined"):
+            if key in child.data.metrics:
+                row[key] = int(child.data.metrics[key])
+        if "rows_in" not in row and "rows_train" in child.data.metrics:
+            row["rows_in"] = int(child.data.metrics["rows_train"])  # what training learned from
+        rows.append(row)
+    return rows
 
 
 @dataclass(frozen=True)

@@ -291,9 +291,12 @@ def promote_if_better(
     metrics: dict[str, float],
     alias: str = "champion",
     metric: str = "test_accuracy",
-) -> bool:
+) -> tuple[bool, str]:
     """Point ``alias`` at ``version`` if its ``metric`` on the gold test rows beats the
-    current holder's (ties keep the holder), or if no version holds the alias yet."""
+    current holder's (ties keep the holder), or if no version holds the alias yet.
+
+    Returns whether it did and why, in words; the run gets the tags ``mlsys.promoted``
+    (true/false) and ``mlsys.promotion`` (the reason)."""
     from mlflow.exceptions import MlflowException
 
     client = run.client()
@@ -305,27 +308,19 @@ def promote_if_better(
         holder = None
     old = holder.tags.get(metric) if holder is not None else None
     if holder is not None and old is not None and new <= float(old):
-        logger.info(
-            "kept %s version %s as @%s: its %s %s >= %.4f",
-            name,
-            holder.version,
-            alias,
-            metric,
-            old,
-            new,
+        reason = (
+            f"kept {name} version {holder.version} as @{alias}: its {metric} {float(old):.4f} "
+            f"is at least version {version}'s {new:.4f}"
         )
-        client.set_tag(run.run_id, "mlsys.promoted", "false")
-        return False
-    client.set_registered_model_alias(name, alias, version)
-    was = f"version {holder.version} ({metric} {old})" if holder is not None else "no version"
-    logger.info(
-        "promoted %s version %s to @%s (%s %.4f; before: %s)",
-        name,
-        version,
-        alias,
-        metric,
-        new,
-        was,
-    )
-    client.set_tag(run.run_id, "mlsys.promoted", "true")
-    return True
+        promoted = False
+    else:
+        was = f"version {holder.version} ({metric} {old})" if holder is not None else "no version"
+        reason = (
+            f"promoted {name} version {version} to @{alias}: {metric} {new:.4f} (before: {was})"
+        )
+        client.set_registered_model_alias(name, alias, version)
+        promoted = True
+    logger.info(reason)
+    client.set_tag(run.run_id, "mlsys.promoted", "true" if promoted else "false")
+    client.set_tag(run.run_id, "mlsys.promotion", reason)
+    return promoted, reason

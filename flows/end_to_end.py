@@ -1,0 +1,181 @@
+"""Flow `end_to_end`: ingest -> weak_label -> train -> evaluate, register, promote if better ->
+batch_infer with the champion, each stage a subflow whose MLflow run nests under this one's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from flows.batch_infer import batch_infer
+from flows.ingest import ingest
+from flows.train import train
+from flows.weak_label import weak_label
+from mlsys.settings import Settings
+from tasks.tracking import flow_run_tracking, stage_metrics
+
+
+class LabelOptions(BaseModel):
+    """How the raw batch gets its labels."""
+
+    lf_set: Literal["tutorial", "extended"] = Field(
+        "extended", description="Labeling functions: the Snorkel tutorial's 9 or all 15."
+    )
+    test_size: int = Field(250, ge=1, description="Gold rows held out as the test set.")
+
+
+class TrainOptions(BaseModel):
+    """How the spam classifier is trained."""
+
+    trainer: Literal["plain", "gpipe", "spill"] = Field(
+        "plain",
+        description="plain: one process; gpipe: pipeline-parallel stages; spill: one shard "
+        "at a time within a memory budget.",
+    )
+    epochs: int = Field(8, ge=1, description="Passes over the training rows.")
+    batch_size: int = Field(64, ge=1, description="Examples per optimizer step.")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate.")
+    hidden: list[int] = Field(default_factory=lambda: [64], description="Hidden layer widths.")
+    seed: int = Field(123, description="Seed of initialization, shuffling and dropout.")
+
+
+class InferOptions(BaseModel):
+    """How the newest batch is scored."""
+
+    chunk_rows: int = Field(50_000, ge=1, description="Rows per streamed chunk.")
+    workers: int | None = Field(
+        None, ge=1, description="Scoring workers (Dask); empty: one per CPU, at most one per chunk."
+    )
+
+
+@flow(name="end_to_end", log_prints=True)
+def end_to_end(
+    source: str | None = None,
+    dataset: str = "youtube-spam",
+    batch: str | None = None,
+    model_name: str = "spam-classifier",
+    label: LabelOptions = LabelOptions(),  # noqa: B008 - a default the Prefect UI form shows
+    training: TrainOptions = TrainOptions(),  # noqa: B008
+    inference: InferOptions = InferOptions(),  # noqa: B008
+    promote: bool = True,
+) -> dict[str, Any]:
+    """The whole pipeline on one batch of data, as `make demo` runs it.
+
+    ingest (raw suite) -> weak_label (raw and training suites) -> train (training suite;
+    evaluated on the gold test rows, registered as @challenger) -> promoted to @champion
+    only if it beats the current champion on the test rows (otherwise the champion stays
+    and the summary says why) -> batch_infer of the batch with @champion (serving suite
+    and skew check).
+
+    Args:
+        source: What to ingest: a folder of CSV files, a Parquet/CSV file or URL. Empty:
+            the YouTube Spam Collection.
+        dataset: Dataset name (the S3 key prefix of every stage).
+        batch: Batch id of every stage's output. Empty: the current UTC time.
+        model_name: Registered model name in MLflow.
+        label: Weak-labeling options.
+        training: Training options (trainer, epochs, batch size, learning rate, widths).
+        inference: Batch-inference options.
+        promote: Let a better model become @champion (off: register @challenger only).
+
+    Returns:
+        Every stage's output URI, the registered version, its test accuracy, the
+        promotion decision and its reason, and the predictions' manifest.
+    """
+    settings = Settings.load()
+    batch = batch or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    params = {
+        "source": source,
+        "dataset": dataset,
+        "batch": batch,
+        "model_name": model_name,
+        "promote": promote,
+        **{f"label.{k}": v for k, v in label.model_dump().items()},
+        **{f"training.{k}": v for k, v in training.model_dump().items()},
+        **{f"inference.{k}": v for k, v in inference.model_dump().items()},
+    }
+    with flow_run_tracking(settings, params=params) as run:
+        raw = ingest(source=source, dataset=dataset, batch=batch)
+        labeled = weak_label(
+            raw_batch=raw,
+            dataset=dataset,
+            batch=batch,
+            lf_set=label.lf_set,
+            test_size=label.test_size,
+        )
+        registered = train(
+            labeled_batch=labeled,
+            dataset=dataset,
+            trainer=training.trainer,
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            lr=training.lr,
+            hidden=training.hidden,
+            seed=training.seed,
+            model_name=model_name,
+            promote=promote,
+        )
+        manifest = batch_infer(
+            source=raw,
+            dataset=dataset,
+            batch=batch,
+            model_name=model_name,
+            alias="champion",
+            chunk_rows=inference.chunk_rows,
+            workers=inference.workers,
+        )
+        rows = stage_metrics(run)
+        client = run.client()
+        client.set_tag(run.run_id, "mlsys.promotion", registered["promotion"])
+        client.set_tag(run.run_id, "mlsys.model_version", registered["version"])
+        client.log_metric(run.run_id, "test_accuracy", float(registered["test_accuracy"]))
+        outcome = {
+            "raw_batch": raw,
+            "labeled_batch": labeled,
+            "model_version": registered["version"],
+            "model_uri": registered["model_uri"],
+            "test_accuracy": float(registered["test_accuracy"]),
+            "champion": registered["champion"],
+            "promotion": registered["promotion"],
+            "predictions_manifest": manifest,
+            "mlflow_run": run.url,
+        }
+        create_markdown_artifact(
+            key="end-to-end-summary",
+            markdown=_summary(outcome, rows, model_name, settings),
+            description=f"End-to-end run on {dataset}/{batch}",
+        )
+    return outcome
+
+
+def _summary(
+    outcome: dict[str, Any], rows: list[dict[str, Any]], model_name: str, settings: Settings
+) -> str:
+    lines = [
+        "# End to end",
+        "",
+        "| stage | rows in | rows out | quarantined | MLflow run |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['stage']} | {row.get('rows_in', '')} | {row.get('rows_out', '')} "
+            f"| {row.get('rows_quarantined', '')} | [{row['run_name']}]({row['url']}) |"
+        )
+    model_url = f"{settings.tracking_uri}/#/models/{model_name}/versions/{outcome['model_version']}"
+    lines += [
+        "",
+        f"Model: [`{model_name}` version {outcome['model_version']}]({model_url}), test "
+        f"accuracy {outcome['test_accuracy']:.4f} on the gold test rows.  ",
+        f"Promotion: {outcome['promotion']}  ",
+        f"Predictions: `{outcome['predictions_manifest']}`  ",
+        f"MLflow run: [{outcome['mlflow_run']}]({outcome['mlflow_run']})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    end_to_end()
