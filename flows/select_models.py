@@ -4,20 +4,18 @@ once with SHARP, each an MLflow child run, the best on the gold dev rows registe
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlsys.data.s3 import S3Uri, latest_key
+from mlsys.data.s3 import latest_key
 from mlsys.models.text import HashingFeaturizer
 from mlsys.settings import Settings
 from mlsys.training.selection import expand_grid, rank
 from tasks.select import log_candidates, selection_rows, train_grid
 from tasks.tracking import flow_run_tracking
-from tasks.train import load_labeled_batch, promote_if_better, register_model
-from tasks.validate import validate_batch
+from tasks.train import load_validated_batch, promote_if_better, register_model
 
 RANKED_BY = "dev_accuracy"
 
@@ -103,16 +101,7 @@ def select_models(
         "ranked_by": RANKED_BY,
     }
     with flow_run_tracking(settings, params=params) as run:
-        df = load_labeled_batch(settings, uri)
-        df = validate_batch(
-            run,
-            settings,
-            df,
-            suite="training",
-            mode=validation,
-            dataset=dataset,
-            batch=PurePosixPath(S3Uri.parse(uri).key).stem,
-        ).passed
+        df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
         rows = selection_rows(df, use_weights)
         result = train_grid(
             run,

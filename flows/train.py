@@ -3,24 +3,22 @@ evaluated on the gold test rows and registered in MLflow with alias `challenger`
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from mlsys.data.s3 import S3Uri, latest_key
+from mlsys.data.s3 import latest_key
 from mlsys.models.text import HashingFeaturizer
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
     evaluate_model,
     fit_model,
-    load_labeled_batch,
+    load_validated_batch,
     promote_if_better,
     register_model,
 )
-from tasks.validate import validate_batch
 
 
 @flow(name="train", log_prints=True)
@@ -109,16 +107,7 @@ def train(
         "promote": promote,
     }
     with flow_run_tracking(settings, params=params) as run:
-        df = load_labeled_batch(settings, uri)
-        df = validate_batch(
-            run,
-            settings,
-            df,
-            suite="training",
-            mode=validation,
-            dataset=dataset,
-            batch=PurePosixPath(S3Uri.parse(uri).key).stem,
-        ).passed
+        df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
         result = fit_model(
             run,
             df,

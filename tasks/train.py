@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from mlsys.data import read_parquet_bytes
-from mlsys.data.s3 import get_bytes
+from mlsys.data.s3 import S3Uri, get_bytes
 from mlsys.labeling.batch import training_rows
 from mlsys.models.pyfunc import log_text_classifier
 from mlsys.models.text import (
@@ -48,6 +48,7 @@ from tasks.tracking import (
     TAG_FLOW_RUN_URL,
     TrackedRun,
 )
+from tasks.validate import validate_batch
 
 CLASS_NAMES = ("ham", "spam")
 TRAINERS = ("plain", "gpipe", "spill")
@@ -114,6 +115,24 @@ def load_labeled_batch(settings: Settings, uri: str) -> pd.DataFrame:
         )
     get_run_logger().info("read %d rows from %s", len(df), uri)
     return df
+
+
+def load_validated_batch(
+    run: TrackedRun, settings: Settings, uri: str, *, dataset: str, validation: str
+) -> pd.DataFrame:
+    """The labeled batch at ``uri``, checked with the ``training`` suite: in "fail" mode a
+    failed critical expectation stops the run, in "quarantine" mode failing rows are left
+    out (and written to quarantine/training/)."""
+    df = load_labeled_batch(settings, uri)
+    return validate_batch(
+        run,
+        settings,
+        df,
+        suite="training",
+        mode=validation,
+        dataset=dataset,
+        batch=PurePosixPath(S3Uri.parse(uri).key).stem,
+    ).passed
 
 
 @task(name="fit-model", cache_policy=NO_CACHE)

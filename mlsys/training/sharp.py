@@ -1056,7 +1056,7 @@ class _Worker:
         self.saved_reads: dict[tuple[int, int], Future[Any]] = {}
         self.resident: _Resident | None = None
         self.carry: tuple[int, int, dict[str, Any]] | None = None  # (job, seq it feeds, carry)
-        self.writes: list[Future[None]] = []
+        self.writes: list[tuple[int, Future[None]]] = []  # (job, write) not yet checked
         self.batches: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     # -- messages
@@ -1141,6 +1141,7 @@ class _Worker:
     # -- one unit
 
     def run(self, unit: Unit) -> tuple[float, float, tuple[float, float, int] | None]:
+        self._raise_failed_write(unit.job)
         spec = self.specs[unit.job]
         waited = 0.0
         t0 = time.perf_counter()
@@ -1159,6 +1160,7 @@ class _Worker:
             # The input and RNG state replay this forward in the backward unit; the buffers
             # it updated (batch norm's running statistics) are restored after that replay.
             self._write(
+                unit.job,
                 _saved_path(self.work, unit.job, unit.version, unit.shard),
                 {
                     "x": x.cpu(),
@@ -1368,24 +1370,38 @@ class _Worker:
             self.carry = (unit.job, unit.seq + 1, out)
             return
         data = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
-        self._write(_carry_path(self.work, unit.job, unit.seq + 1), data)
+        self._write(unit.job, _carry_path(self.work, unit.job, unit.seq + 1), data)
 
-    def _write(self, path: Path, obj: Any) -> Future[None]:
-        return self._write_all([(path, obj)], [])
+    def _write(self, job: int, path: Path, obj: Any) -> Future[None]:
+        return self._write_all(job, [(path, obj)], [])
 
-    def _write_all(self, files: list[tuple[Path, Any]], remove: list[Path]) -> Future[None]:
+    def _raise_failed_write(self, job: int) -> None:
+        """Fail ``job``'s next unit here with the error of a write of it that failed (a full
+        disk, say) instead of leaving a reader waiting for the file."""
+        pending, failed = [], None
+        for owner, future in self.writes:
+            if not future.done() or (future.exception() is not None and owner != job):
+                pending.append((owner, future))
+            elif future.exception() is not None:
+                failed = future.exception()
+        self.writes = pending
+        if failed is not None:
+            raise failed
+
+    def _write_all(
+        self, job: int, files: list[tuple[Path, Any]], remove: list[Path]
+    ) -> Future[None]:
         """Queue writes on the I/O thread (behind earlier writes, before later reads), then
         the removal of ``remove``."""
 
-        def job() -> None:
+        def write() -> None:
             for path, obj in files:
                 _save(path, obj)
             for path in remove:
                 path.unlink(missing_ok=True)
 
-        future = self.io.submit(job)
-        self.writes = [f for f in self.writes if not f.done()]
-        self.writes.append(future)
+        future = self.io.submit(write)
+        self.writes.append((job, future))
         return future
 
 
