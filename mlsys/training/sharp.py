@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import mmap
 import multiprocessing as mp
@@ -456,19 +457,11 @@ def _plan(job: Job, name: str, budget: int | None) -> list[tuple[int, int]]:
 
 @dataclass
 class _JobSpec:
-    """What a worker process needs of a job: the model's layers on the meta device (their
-    weights come from the shard files), the data and the training arguments."""
+    """What a worker process needs of a job: the job itself with its model's layers on the
+    meta device (their weights come from the shard files) and no callbacks (they run in the
+    calling process), its shards, and each shard file's layout."""
 
-    name: str
-    skeleton: nn.Sequential
-    data: Dataset[Any]
-    optimizer: OptimizerFactory
-    loss: LossFn
-    epochs: int
-    batch_size: int
-    seed: int
-    shuffle: bool
-    drop_last: bool
+    job: Job
     bounds: list[tuple[int, int]]
     layouts: list[tuple[list[_Slot], int]] = field(default_factory=list)  # per shard file
 
@@ -480,19 +473,8 @@ def _specs(
     dataset shared by several jobs is sent once)."""
     specs = []
     for job, name, bounds in zip(jobs, names, plans, strict=True):
-        spec = _JobSpec(
-            name=name,
-            skeleton=copy.deepcopy(job.model).to("meta"),
-            data=job.data,
-            optimizer=job.optimizer,
-            loss=job.loss,
-            epochs=job.epochs,
-            batch_size=job.batch_size,
-            seed=job.seed,
-            shuffle=job.shuffle,
-            drop_last=job.drop_last,
-            bounds=bounds,
-        )
+        skeleton = copy.deepcopy(job.model).to("meta")
+        spec = _JobSpec(dataclasses.replace(job, model=skeleton, name=name, callbacks=()), bounds)
         try:
             pickle.dumps(spec)
         except Exception as exc:  # any pickling failure: the user's value
@@ -1178,7 +1160,7 @@ class _Worker:
             assert optimizer is not None
             optimizer.zero_grad(set_to_none=True)
             loss = weighted_mean(
-                spec.loss(layers(x), targets.to(self.device)), weights.to(self.device)
+                spec.job.loss(layers(x), targets.to(self.device)), weights.to(self.device)
             )
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -1223,18 +1205,18 @@ class _Worker:
             for old in [k for k in self.batches if k[0] == unit.job]:
                 del self.batches[old]
             self.batches[key] = epoch_batches(
-                len(spec.data),  # type: ignore[arg-type]
-                spec.batch_size,
+                len(spec.job.data),  # type: ignore[arg-type]
+                spec.job.batch_size,
                 epoch=unit.epoch,
-                seed=spec.seed,
-                shuffle=spec.shuffle,
-                drop_last=spec.drop_last,
+                seed=spec.job.seed,
+                shuffle=spec.job.shuffle,
+                drop_last=spec.job.drop_last,
             )
-        return collate(spec.data, self.batches[key][unit.step])
+        return collate(spec.job.data, self.batches[key][unit.step])
 
     def _take_carry(self, unit: Unit) -> dict[str, Any]:
         if unit.seq == 0:
-            torch.manual_seed(self.specs[unit.job].seed)
+            torch.manual_seed(self.specs[unit.job].job.seed)
             return {"rng": _get_rng(self.device)}
         if self.carry is not None and self.carry[:2] == (unit.job, unit.seq):
             carry = self.carry[2]
@@ -1246,8 +1228,8 @@ class _Worker:
         return carry  # type: ignore[no-any-return]
 
     def _read(self, path: Path) -> Any:
-        """Read a file this device may itself still be writing (its writes are queued on the
-        I/O thread, before any read it queues later)."""
+        """Read a file on the I/O thread, behind this device's own queued writes (so a file it
+        is still writing is read whole); another device's files are waited for."""
         return self.io.submit(_load, path).result()
 
     def _acquire(
@@ -1270,7 +1252,7 @@ class _Worker:
             self._map_shard, unit
         ).result()  # fmt: skip
         start, stop = spec.bounds[unit.shard]
-        layers = cast(nn.Sequential, copy.deepcopy(spec.skeleton[start:stop]))
+        layers = cast(nn.Sequential, copy.deepcopy(spec.job.model[start:stop]))
         weights = mapped.weights
         if self.device.type != "cpu":
             weights = {k: v.to(self.device) for k, v in weights.items()}
@@ -1284,7 +1266,7 @@ class _Worker:
     ) -> torch.optim.Optimizer:
         """The shard's optimizer, its state the mapped one when there is one (on a CPU
         device it then steps in the file's pages)."""
-        optimizer = spec.optimizer(layers.parameters())
+        optimizer = spec.job.optimizer(layers.parameters())
         if mapped.optimizer is not None:
             optimizer.load_state_dict(mapped.optimizer)
         return optimizer
@@ -1372,8 +1354,10 @@ class _Worker:
         data = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
         self._write(unit.job, _carry_path(self.work, unit.job, unit.seq + 1), data)
 
-    def _write(self, job: int, path: Path, obj: Any) -> Future[None]:
-        return self._write_all(job, [(path, obj)], [])
+    def _write(self, job: int, path: Path, obj: Any) -> None:
+        """Queue a write of ``job``'s on the I/O thread (behind earlier writes, before later
+        reads); a failure surfaces at the job's next unit here."""
+        self.writes.append((job, self.io.submit(_save, path, obj)))
 
     def _raise_failed_write(self, job: int) -> None:
         """Fail ``job``'s next unit here with the error of a write of it that failed (a full
@@ -1387,22 +1371,6 @@ class _Worker:
         self.writes = pending
         if failed is not None:
             raise failed
-
-    def _write_all(
-        self, job: int, files: list[tuple[Path, Any]], remove: list[Path]
-    ) -> Future[None]:
-        """Queue writes on the I/O thread (behind earlier writes, before later reads), then
-        the removal of ``remove``."""
-
-        def write() -> None:
-            for path, obj in files:
-                _save(path, obj)
-            for path in remove:
-                path.unlink(missing_ok=True)
-
-        future = self.io.submit(write)
-        self.writes.append((job, future))
-        return future
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -1449,7 +1417,7 @@ def _warm_up(specs: Sequence[_JobSpec], device: torch.device) -> None:
     for spec in specs:
         param = torch.zeros(2, 2, device=device, requires_grad=True)
         try:
-            optimizer = spec.optimizer([param])
+            optimizer = spec.job.optimizer([param])
             (param @ param).sum().backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         except Exception:  # a broken optimizer fails its own job's first unit, not start-up
