@@ -5,9 +5,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit bench lint format stack-up stack-down stack-status clean lock
+.PHONY: install browser demo test test-unit bench lint format stack-up stack-down stack-status clean lock
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Debian's Chromium and ChromeDriver for the UI test (tests/integration/test_end_to_end.py).
+# Installed with apt-get where it is available (as root, or through sudo); elsewhere the
+# UI test is skipped and says why.
+APT_GET := $(shell command -v apt-get 2>/dev/null)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ -n "$(APT_GET)" ]; then \
+		echo "installing Debian's chromium and chromium-driver"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "no apt-get: install Chromium and ChromeDriver to run the UI test"; fi
 
 # Reinstall only when the dependency set changes. requirements.lock pins every
 # package; torch==2.13.0 is the CPU wheel this machine keeps on disk.

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from mlsys.links import mlflow_run_link
 from mlsys.training import GPipe, GPipeWorkers, fit
 from mlsys.training.balance import partition, profile
 from mlsys.training.schedule import (
@@ -244,7 +245,7 @@ def log_to_mlflow(tracking_uri: str, report: dict[str, Any], picture: Path) -> s
     client.log_dict(run_id, report, "gpipe.json")
     client.log_artifact(run_id, str(picture))
     client.set_terminated(run_id)
-    return f"{tracking_uri}/#/experiments/{exp_id}/runs/{run_id}"
+    return mlflow_run_link(tracking_uri, exp_id, run_id)
 
 
 if __name__ == "__main__":

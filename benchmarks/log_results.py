@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mlsys.links import mlflow_run_link
+
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPERIMENT = "benchmarks"
 _UNSAFE = re.compile(r"[^0-9A-Za-z_\-. /]+")
@@ -95,7 +97,7 @@ def main() -> None:
         files = [f for f in files if f.stem in args.only]
     for path in files:
         run_id = log_result(client, experiment_id, path)
-        print(f"{path.stem}: {args.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}")
+        print(f"{path.stem}: {mlflow_run_link(args.tracking_uri, experiment_id, run_id)}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from flows.batch_infer import batch_infer
 from flows.ingest import ingest
 from flows.train import train
 from flows.weak_label import weak_label
+from mlsys.links import mlflow_model_link
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking, stage_metrics
 
@@ -165,7 +166,7 @@ def _summary(
             f"| {row['stage']} | {row.get('rows_in', '')} | {row.get('rows_out', '')} "
             f"| {row.get('rows_quarantined', '')} | [{row['run_name']}]({row['url']}) |"
         )
-    model_url = f"{settings.tracking_uri}/#/models/{model_name}/versions/{outcome['model_version']}"
+    model_url = mlflow_model_link(settings.tracking_uri, model_name, outcome["model_version"])
     lines += [
         "",
         f"Model: [`{model_name}` version {outcome['model_version']}]({model_url}), test "

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mlsys.links import mlflow_run_link
 from mlsys.settings import Settings
 
 Say = Callable[[str], None]
@@ -74,7 +75,7 @@ def mlflow_run_url(settings: Settings, flow_run_id: str) -> str | None:
     if not runs:
         return None
     info = runs[0].info
-    return f"{settings.tracking_uri}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+    return mlflow_run_link(settings.tracking_uri, info.experiment_id, info.run_id)
 
 
 def trigger(

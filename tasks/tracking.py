@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from prefect import runtime
 from prefect.artifacts import create_link_artifact
 
+from mlsys.links import mlflow_run_link
 from mlsys.settings import Settings
 
 # Tags written on every parent run; the UI and `mlsys run` search by them.
@@ -38,7 +39,7 @@ class TrackedRun:
 
     @property
     def url(self) -> str:
-        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return mlflow_run_link(self.tracking_uri, self.experiment_id, self.run_id)
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri)

@@ -1,6 +1,7 @@
 """The end_to_end deployment as a user drives it: triggered through Prefect's API, run by the
-worker to Completed, every stage a child MLflow run of its run; run again on the same data
-it registers a new version but keeps the champion, and says why."""
+worker to Completed, every stage a child MLflow run of its run; the Prefect and MLflow UIs
+show the run and the model in a real browser; run again on the same data it registers a
+new version but keeps the champion, and says why."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from typing import Any
 
 import pytest
 
-from infra.runs import mlflow_run_of, trigger
+from infra.runs import RunOutcome, mlflow_run_of, trigger
+from mlsys.links import mlflow_model_link, mlflow_run_link
 from mlsys.settings import Settings
+from tests.integration.browser import browser_missing, chromium
 
 pytestmark = pytest.mark.integration
 
 MODEL = "it-e2e"
 
 
-def run_pipeline(stack: Settings, batch: str) -> tuple[Any, Any, Any]:
+def run_pipeline(stack: Settings, batch: str) -> tuple[RunOutcome, Any, Any]:
     params = {"batch": batch, "model_name": MODEL, "training": {"epochs": 4}}
     outcome = trigger(stack, "end_to_end/end_to_end", params, timeout_s=900,
                       say=lambda line: None)  # fmt: skip
@@ -25,8 +28,16 @@ def run_pipeline(stack: Settings, batch: str) -> tuple[Any, Any, Any]:
     return outcome, client, parent
 
 
-def test_end_to_end_runs_every_stage_and_promotes_only_a_better_model(stack: Settings) -> None:
-    _, client, parent = run_pipeline(stack, "it-e2e-1")
+@pytest.fixture(scope="module")
+def first_run(stack: Settings) -> tuple[RunOutcome, Any, Any]:
+    """The first end_to_end run of the module: it registers version 1 and promotes it."""
+    return run_pipeline(stack, "it-e2e-1")
+
+
+def test_end_to_end_runs_every_stage_and_promotes_the_first_model(
+    first_run: tuple[RunOutcome, Any, Any],
+) -> None:
+    _, client, parent = first_run
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
@@ -43,7 +54,47 @@ def test_end_to_end_runs_every_stage_and_promotes_only_a_better_model(stack: Set
     assert parent.data.metrics["test_accuracy"] > 0.85
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
 
-    # The same data again: the same model, which doesn't beat the champion.
+
+def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
+    stack: Settings, first_run: tuple[RunOutcome, Any, Any]
+) -> None:
+    """What a user opens after a run, in headless Chromium: the Prefect UI's flow run page
+    and the deployment's run form, the MLflow UI's run page and registered model page."""
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    outcome, _, parent = first_run
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: stack.api_url}),
+        get_client(sync_client=True) as prefect,
+    ):
+        deployment = prefect.read_deployment_by_name("end_to_end/end_to_end")
+    run_name = parent.info.run_name
+    with chromium() as page:
+        text = page.show(
+            outcome.prefect_url, [outcome.flow_run_name, "Completed"], shot="prefect-flow-run"
+        )
+        assert "end_to_end" in text
+        text = page.show(
+            f"{stack.ui_url}/deployments/deployment/{deployment.id}/run",
+            ["Training", "Passes over the training rows."],
+            shot="prefect-deployment-run-form",
+        )
+        run_url = mlflow_run_link(stack.tracking_uri, parent.info.experiment_id, parent.info.run_id)
+        page.show(run_url, [run_name, "test_accuracy", "Child runs", "train"], shot="mlflow-run")
+        page.show(
+            mlflow_model_link(stack.tracking_uri, MODEL),
+            [MODEL, "Version 1", "champion"],
+            shot="mlflow-registered-model",
+        )
+
+
+def test_a_second_run_on_the_same_data_keeps_the_champion_and_says_why(
+    stack: Settings, first_run: tuple[RunOutcome, Any, Any]
+) -> None:
     _, client, again = run_pipeline(stack, "it-e2e-2")
     reason = again.data.tags["mlsys.promotion"]
     assert reason.startswith(f"kept {MODEL} version 1 as @champion"), reason
