@@ -16,6 +16,7 @@ from flows.train import train
 from flows.weak_label import weak_label
 from mlsys.links import mlflow_model_link
 from mlsys.settings import Settings
+from tasks.stages import Stages, path_fingerprint, s3_fingerprint
 from tasks.tracking import flow_run_tracking, stage_metrics
 
 
@@ -62,6 +63,7 @@ def end_to_end(
     training: TrainOptions = TrainOptions(),  # noqa: B008
     inference: InferOptions = InferOptions(),  # noqa: B008
     promote: bool = True,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     """The whole pipeline on one batch of data, as `make demo` runs it.
 
@@ -81,6 +83,8 @@ def end_to_end(
         training: Training options (trainer, epochs, batch size, learning rate, widths).
         inference: Batch-inference options.
         promote: Let a better model become @champion (off: register @challenger only).
+        refresh: Run every stage, even one whose result an earlier run with the same
+            inputs stored (by default such a stage is reused: a failed run resumes).
 
     Returns:
         Every stage's output URI, the registered version, its test accuracy, the
@@ -94,20 +98,43 @@ def end_to_end(
         "batch": batch,
         "model_name": model_name,
         "promote": promote,
+        "refresh": refresh,
         **{f"label.{k}": v for k, v in label.model_dump().items()},
         **{f"training.{k}": v for k, v in training.model_dump().items()},
         **{f"inference.{k}": v for k, v in inference.model_dump().items()},
     }
     with flow_run_tracking(settings, params=params) as run:
-        raw = ingest(source=source, dataset=dataset, batch=batch)
-        labeled = weak_label(
+        stages = Stages(settings, refresh=refresh)
+        raw = stages.run(
+            "ingest",
+            ingest,
+            inputs={"source": path_fingerprint(source), "dataset": dataset, "batch": batch},
+            still_valid=lambda uri: s3_fingerprint(settings, uri)["etag"] is not None,
+            source=source,
+            dataset=dataset,
+            batch=batch,
+        )
+        labeled = stages.run(
+            "weak_label",
+            weak_label,
+            inputs={"raw": s3_fingerprint(settings, raw), **label.model_dump()},
+            still_valid=lambda uri: s3_fingerprint(settings, uri)["etag"] is not None,
             raw_batch=raw,
             dataset=dataset,
             batch=batch,
             lf_set=label.lf_set,
             test_size=label.test_size,
         )
-        registered = train(
+        registered = stages.run(
+            "train",
+            train,
+            inputs={
+                "labeled": s3_fingerprint(settings, labeled),
+                "model_name": model_name,
+                "promote": promote,
+                **training.model_dump(),
+            },
+            still_valid=lambda out: _version_exists(settings, model_name, out["version"]),
             labeled_batch=labeled,
             dataset=dataset,
             trainer=training.trainer,
@@ -119,6 +146,8 @@ def end_to_end(
             model_name=model_name,
             promote=promote,
         )
+        # Not cached: the champion may have changed, and batch_infer resumes by itself,
+        # skipping the chunks it has already written.
         manifest = batch_infer(
             source=raw,
             dataset=dataset,
@@ -128,10 +157,17 @@ def end_to_end(
             chunk_rows=inference.chunk_rows,
             workers=inference.workers,
         )
-        rows = stage_metrics(run)
+        rows = stages.rows + [r for r in stage_metrics(run) if r["stage"] == "batch_infer"]
+        promotion = registered["promotion"]
+        if "train" in stages.reused:
+            promotion = (
+                f"no new model: an earlier run trained version {registered['version']} on the "
+                f"same data and options (its promotion then: {promotion})"
+            )
         client = run.client()
-        client.set_tag(run.run_id, "mlsys.promotion", registered["promotion"])
+        client.set_tag(run.run_id, "mlsys.promotion", promotion)
         client.set_tag(run.run_id, "mlsys.model_version", registered["version"])
+        client.set_tag(run.run_id, "mlsys.reused_stages", ",".join(stages.reused) or "none")
         client.log_metric(run.run_id, "test_accuracy", float(registered["test_accuracy"]))
         outcome = {
             "raw_batch": raw,
@@ -140,7 +176,8 @@ def end_to_end(
             "model_uri": registered["model_uri"],
             "test_accuracy": float(registered["test_accuracy"]),
             "champion": registered["champion"],
-            "promotion": registered["promotion"],
+            "reused_stages": stages.reused,
+            "promotion": promotion,
             "predictions_manifest": manifest,
             "mlflow_run": run.url,
         }
@@ -162,9 +199,12 @@ def _summary(
         "|---|---|---|---|---|",
     ]
     for row in rows:
+        link = f"[{row['run_name']}]({row['url']})" if "url" in row else ""
+        if row.get("reused"):
+            link += " (reused: an earlier run had the same inputs)"
         lines.append(
             f"| {row['stage']} | {row.get('rows_in', '')} | {row.get('rows_out', '')} "
-            f"| {row.get('rows_quarantined', '')} | [{row['run_name']}]({row['url']}) |"
+            f"| {row.get('rows_quarantined', '')} | {link} |"
         )
     model_url = mlflow_model_link(settings.tracking_uri, model_name, outcome["model_version"])
     lines += [
@@ -176,6 +216,17 @@ def _summary(
         f"MLflow run: [{outcome['mlflow_run']}]({outcome['mlflow_run']})",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _version_exists(settings: Settings, model_name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=settings.tracking_uri).get_model_version(model_name, version)
+    except MlflowException:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -48,6 +48,12 @@ class TrackedRun:
 # The run of the flow run in progress: a subflow's run nests under it (mlflow.parentRunId).
 _CURRENT_RUN: ContextVar[TrackedRun | None] = ContextVar("mlsys_current_run", default=None)
 
+
+def current_run() -> TrackedRun | None:
+    """The MLflow run of the flow run in progress in this context, if any."""
+    return _CURRENT_RUN.get()
+
+
 # The MLflow UI shows an experiment of this kind with its model-training views
 # (runs, metrics, models) rather than the GenAI ones (traces, evaluations).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

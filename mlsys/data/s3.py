@@ -68,6 +68,21 @@ def put_bytes(client: Any, uri: str, data: bytes, content_type: str | None = Non
     return target
 
 
+def object_etag(client: Any, uri: str) -> str | None:
+    """The ETag of the object at ``uri`` (it changes when the content does), or None when
+    there is no such object."""
+    target = S3Uri.parse(uri)
+    try:
+        head = client.head_object(Bucket=target.bucket, Key=target.key)
+    except Exception as exc:
+        error = S3Error(f"cannot look up {target}: {exc}")
+        error.__cause__ = exc
+        if error.permanent:
+            return None
+        raise error from exc
+    return str(head["ETag"]).strip('"')
+
+
 def get_bytes(client: Any, uri: str) -> bytes:
     """Read the whole object at ``uri``."""
     source = S3Uri.parse(uri)

@@ -92,12 +92,43 @@ def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
         )
 
 
-def test_a_second_run_on_the_same_data_keeps_the_champion_and_says_why(
+def stage_names(client: Any, parent: Any) -> set[str]:
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    return {c.data.tags["prefect.flow_name"] for c in children}
+
+
+def test_a_failed_run_resumes_at_the_failed_stage_and_keeps_the_champion(
     stack: Settings, first_run: tuple[RunOutcome, Any, Any]
 ) -> None:
+    """A mistake the form accepts (gpipe needs a batch size that its 4 micro-batches
+    divide) fails the run at train; the corrected run reuses ingest and weak_label from
+    Prefect's stored results, trains, and keeps the champion, saying why."""
+    bad = {"batch": "it-e2e-2", "model_name": MODEL,
+           "training": {"epochs": 4, "trainer": "gpipe", "batch_size": 30}}  # fmt: skip
+    failed = trigger(stack, "end_to_end/end_to_end", bad, timeout_s=900, say=lambda line: None)
+    assert failed.state == "FAILED", failed.message
+    client, failed_parent = mlflow_run_of(stack, failed.flow_run_id)
+    assert stage_names(client, failed_parent) == {"ingest", "weak_label", "train"}
+
     _, client, again = run_pipeline(stack, "it-e2e-2")
+    assert again.data.tags["mlsys.reused_stages"] == "ingest,weak_label"
+    assert stage_names(client, again) == {"train", "batch_infer"}
     reason = again.data.tags["mlsys.promotion"]
     assert reason.startswith(f"kept {MODEL} version 1 as @champion"), reason
     assert "is at least version 2's" in reason
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
+
+
+def test_the_same_run_again_reuses_every_stage_up_to_batch_infer(
+    stack: Settings, first_run: tuple[RunOutcome, Any, Any]
+) -> None:
+    _, client, again = run_pipeline(stack, "it-e2e-1")
+    assert again.data.tags["mlsys.reused_stages"] == "ingest,weak_label,train"
+    assert stage_names(client, again) == {"batch_infer"}
+    assert again.data.tags["mlsys.promotion"].startswith("no new model: an earlier run trained")
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
