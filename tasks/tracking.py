@@ -6,6 +6,7 @@ nothing here relies on it: every call names its run id explicitly.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -119,14 +120,44 @@ def flow_run_tracking(
             description="MLflow run of this flow run: parameters, metrics, datasets, artifacts.",
         )
     token = _CURRENT_RUN.set(tracked)
+    monitor = start_system_metrics(tracked)
     try:
         yield tracked
     except BaseException:
+        stop_system_metrics(monitor)
         client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     finally:
         _CURRENT_RUN.reset(token)
+    stop_system_metrics(monitor)
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def start_system_metrics(run: TrackedRun) -> Any:
+    """Sample CPU, memory, disk and network use into ``run`` (MLflow's ``system/*``
+    metrics, the run page's "System metrics" tab) every ``MLSYS_SYSTEM_METRICS_INTERVAL_S``
+    seconds (default 5; 0 turns it off). Returns the monitor, or None when off or when it
+    cannot start (the flow goes on without it)."""
+    interval = float(os.environ.get("MLSYS_SYSTEM_METRICS_INTERVAL_S", "5"))
+    if interval <= 0:
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run.run_id, sampling_interval=interval, tracking_uri=run.tracking_uri
+        )
+        monitor.start()
+    except Exception as exc:  # psutil missing or a platform it cannot read
+        logging.getLogger(__name__).warning("no system metrics for this run: %s", exc)
+        return None
+    return monitor
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    """Stop a monitor from ``start_system_metrics`` and send what it sampled."""
+    if monitor is not None:
+        monitor.finish()
 
 
 def stage_metrics(run: TrackedRun) -> list[dict[str, Any]]:
