@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from prefect import get_run_logger, task
@@ -21,16 +20,14 @@ from mlsys.models.text import (
     HashingFeaturizer,
     TextDataset,
     build_text_classifier,
-    predict_texts,
+    score_texts,
 )
 from mlsys.training import FitResult, Job, ManyResult, train_many
-from mlsys.training.evaluate import classification_metrics, plot_history
+from mlsys.training.evaluate import plot_history
 from mlsys.training.selection import GridPoint
 from mlsys.training.sharp import lower_bound, plot_gantt
 from tasks.retry import S3_RETRIES
 from tasks.tracking import TrackedRun, child_run
-
-CLASSES = 2
 
 
 def selection_rows(df: pd.DataFrame, use_weights: bool) -> dict[str, pd.DataFrame]:
@@ -177,13 +174,9 @@ def score(
     fitted: FitResult, rows: dict[str, pd.DataFrame], featurizer: HashingFeaturizer
 ) -> dict[str, float]:
     """Accuracy, F1 and log loss on the gold dev and test rows."""
-    model = fitted.model.eval()
     metrics = {}
     for split in ("dev", "test"):
         frame = rows[split]
-        scored = predict_texts(model, featurizer, frame["text"].tolist())
-        proba = scored[[f"proba_{c}" for c in range(CLASSES)]].to_numpy()
-        y = frame["gold_label"].to_numpy(dtype=np.int64)
-        for key, value in classification_metrics(y, proba).items():
-            metrics[f"{split}_{key}"] = value
+        scores, _ = score_texts(fitted.model, featurizer, frame["text"], frame["gold_label"])
+        metrics.update({f"{split}_{key}": value for key, value in scores.items()})
     return metrics

@@ -26,11 +26,11 @@ from mlsys.models.text import (
     HashingFeaturizer,
     TextDataset,
     build_text_classifier,
-    predict_texts,
+    score_texts,
 )
 from mlsys.settings import Settings
 from mlsys.training import Callback, FitResult, fit
-from mlsys.training.evaluate import classification_metrics, plot_confusion, plot_history
+from mlsys.training.evaluate import plot_confusion, plot_history
 from mlsys.training.fit import latest_checkpoint
 from mlsys.training.gpipe import GPipe
 from mlsys.training.schedule import (
@@ -236,7 +236,6 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Accuracy, F1 and log loss on the gold test rows (and on train/dev rows' labels), a
     confusion matrix and the loss curve, logged to MLflow."""
-    model = result.model.eval()
     metrics: dict[str, float] = {}
     client = run.client()
     test = df[(df["split"] == "test") & df["gold_label"].notna()]
@@ -246,12 +245,10 @@ def evaluate_model(
         ("test", test, "gold_label"),
         ("train", training_rows(df, True), "label"),
     ):
-        scored = predict_texts(model, featurizer, rows["text"].tolist())
-        proba = scored[[f"proba_{c}" for c in range(len(CLASS_NAMES))]].to_numpy()
-        y = rows[column].to_numpy(dtype=np.int64)
-        for key, value in classification_metrics(y, proba).items():
-            metrics[f"{name}_{key}"] = value
+        scores, proba = score_texts(result.model, featurizer, rows["text"], rows[column])
+        metrics.update({f"{name}_{key}": value for key, value in scores.items()})
         if name == "test":
+            y = rows[column].to_numpy(dtype=np.int64)
             fig = plot_confusion(y, proba.argmax(axis=1), CLASS_NAMES, title="Gold test rows")
             client.log_figure(run.run_id, fig, "train/confusion_test.png")
     for key, value in metrics.items():

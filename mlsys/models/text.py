@@ -24,6 +24,7 @@ __all__ = [
     "build_text_classifier",
     "predict_texts",
     "probabilities_frame",
+    "score_texts",
 ]
 
 TextItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -474,6 +475,19 @@ def predict_texts(
     finally:
         model.train(was_training)
     return probabilities_frame(torch.cat(chunks).double().numpy())
+
+
+def score_texts(
+    model: nn.Module, featurizer: HashingFeaturizer, texts: Iterable[str], labels: Iterable[int]
+) -> tuple[dict[str, float], np.ndarray]:
+    """How well ``model`` classifies labeled ``texts``: ``classification_metrics``
+    (accuracy, F1, log loss, rows) and the class probabilities (n x k) it gave."""
+    from mlsys.training.evaluate import classification_metrics
+
+    scored = predict_texts(model, featurizer, texts)
+    proba = scored[[c for c in scored.columns if c.startswith("proba_")]].to_numpy()
+    y = np.asarray(list(labels), dtype=np.int64)
+    return classification_metrics(y, proba), proba
 
 
 def probabilities_frame(proba: np.ndarray) -> pd.DataFrame:

@@ -78,6 +78,11 @@ def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
             outcome.prefect_url, [outcome.flow_run_name, "Completed"], shot="prefect-flow-run"
         )
         assert "end_to_end" in text
+        page.show(
+            f"{stack.ui_url}/artifacts/key/end-to-end-summary",
+            ["rows in", "Promotion: promoted", f"{MODEL} version 1"],
+            shot="prefect-summary-artifact",
+        )
         text = page.show(
             f"{stack.ui_url}/deployments/deployment/{deployment.id}/run",
             ["Training", "Passes over the training rows."],
