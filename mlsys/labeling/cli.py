@@ -30,15 +30,23 @@ def evaluate(
         typer.Option("--json", help="Print exactly one JSON object instead of a table."),
     ] = False,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the label model fits (tuning grid).")
+        int, typer.Option("--seed", help="Seed of the label model and end model fits.")
     ] = 123,
+    end_model: Annotated[
+        bool,
+        typer.Option(
+            "--end-model",
+            help="Also train the pipeline's text classifier on the label model's labels of "
+            "train (chosen on valid from a 12-point grid) and score it on test.",
+        ),
+    ] = False,
 ) -> None:
     """Fit the label model on train (tuned on valid) and print test accuracy and F1 of the
-    label model and of majority vote."""
+    label model and of majority vote (and of the end model with --end-model)."""
     from mlsys.labeling.wrench import evaluate_wrench  # Snorkel and torch: only when used
 
     try:
-        report = evaluate_wrench(wrench, seed=seed)
+        report = evaluate_wrench(wrench, seed=seed, end_model=end_model)
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc

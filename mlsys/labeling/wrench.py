@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mlsys.labeling.end_model import EndModelConfig, train_end_model
 from mlsys.labeling.label_model import ABSTAIN, LabelModelConfig, fit_labeler
 
 __all__ = [
@@ -183,9 +184,16 @@ def evaluate_wrench(
     *,
     grid: Sequence[LabelModelConfig] | None = None,
     seed: int = 123,
-) -> dict[str, dict[str, float]]:
+    end_model: bool = False,
+    end_model_grid: Sequence[EndModelConfig] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Tune the label model on train (selecting on valid) and score it and majority vote on
     test: ``{"label_model": {"accuracy", "f1"}, "majority_vote": {"accuracy", "f1"}}``.
+
+    With ``end_model``, also train the pipeline's text classifier on the label model's
+    labels of the train rows, chosen on valid (see :func:`train_end_model`), and add its
+    test scores as ``"end_model"`` (``accuracy``, ``f1``, ``valid_accuracy``,
+    ``train_rows``, ``config``).
 
     ``label_model`` is the best LabelModel config on valid, even where majority vote scored
     higher there. Accuracy and F1 follow :meth:`Labeler.metrics` (ties and uncovered rows
@@ -206,11 +214,24 @@ def evaluate_wrench(
     if result.label_model is None:
         failures = "; ".join(str(t["error"]) for t in result.trials if t["error"])
         raise WrenchError(f"{data.folder}: every label model config failed to fit: {failures}")
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
     for name, labeler in (
         ("label_model", result.label_model),
         ("majority_vote", result.majority_vote),
     ):
         scores = labeler.metrics(data.test.L, data.test.labels)
         report[name] = {"accuracy": scores["accuracy"], "f1": scores["f1"]}
+    if end_model:
+        try:
+            trained = train_end_model(
+                result.label_model,
+                (data.train.texts, data.train.L),
+                (data.valid.texts, data.valid.labels),
+                (data.test.texts, data.test.labels),
+                grid=end_model_grid,
+                seed=seed,
+            )
+        except ValueError as exc:
+            raise WrenchError(f"{data.folder}: end model: {exc}") from exc
+        report["end_model"] = trained.report()
     return report

@@ -134,3 +134,37 @@ def test_cli_table_and_error_naming_the_path(tmp_path: Path, wrench_dir: Path) -
     error = CliRunner().invoke(app, ["evaluate", "--wrench", str(missing)])
     assert error.exit_code == 1
     assert str(missing) in error.output
+
+
+def test_end_model_learns_from_the_label_model_and_is_chosen_on_valid(wrench_dir: Path) -> None:
+    """Texts that say their class: the end model generalizes past the LFs' noise."""
+    from mlsys.labeling.end_model import EndModelConfig
+
+    for name in SIZES:
+        file = wrench_dir / f"{name}.json"
+        rows = json.loads(file.read_text())
+        for row in rows.values():
+            row["data"]["text"] = "buy cheap pills now" if row["label"] else "what a lovely song"
+        file.write_text(json.dumps(rows))
+    grid = [EndModelConfig(lr=0.1, hidden=(), epochs=e, batch_size=8) for e in (1, 20)]
+    report = evaluate_wrench(wrench_dir, end_model=True, end_model_grid=grid)
+    end = report["end_model"]
+    data = load_wrench(wrench_dir)
+    assert end["train_rows"] == int((data.train.L != -1).any(axis=1).sum())
+    assert end["config"]["epochs"] in (1, 20) and end["config"]["hidden"] == []
+    assert end["accuracy"] == 1.0 > report["label_model"]["accuracy"]
+
+
+def test_end_model_flag_adds_end_model_to_the_json(
+    wrench_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlsys.labeling import end_model
+
+    small = [end_model.EndModelConfig(lr=0.03, hidden=(), epochs=2, batch_size=16)]
+    monkeypatch.setattr(end_model, "default_end_model_grid", lambda: small)
+    args = ["evaluate", "--wrench", str(wrench_dir), "--json", "--end-model"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"label_model", "majority_vote", "end_model"}
+    assert 0.0 <= report["end_model"]["f1"] <= 1.0
