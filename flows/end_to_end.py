@@ -41,6 +41,14 @@ class TrainOptions(BaseModel):
     batch_size: int = Field(64, ge=1, description="Examples per optimizer step.")
     lr: float = Field(0.01, gt=0, description="Adam learning rate.")
     hidden: list[int] = Field(default_factory=lambda: [64], description="Hidden layer widths.")
+    n_features: int = Field(8192, ge=16, description="Hashed text features (a power of two).")
+    char_ngrams: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[min, max] character n-gram lengths hashed beside the word n-grams "
+        "(e.g. [2, 5], with n_features 32768). Empty: words only.",
+    )
     seed: int = Field(123, description="Seed of initialization, shuffling and dropout.")
 
 
@@ -142,6 +150,8 @@ def end_to_end(
             batch_size=training.batch_size,
             lr=training.lr,
             hidden=training.hidden,
+            n_features=training.n_features,
+            char_ngrams=training.char_ngrams,
             seed=training.seed,
             model_name=model_name,
             promote=promote,

@@ -32,6 +32,7 @@ def train(
     hidden: list[int] | None = None,
     dropout: float = 0.0,
     n_features: int = 2**13,
+    char_ngrams: list[int] | None = None,
     use_weights: bool = True,
     stages: int = 2,
     microbatches: int = 4,
@@ -64,6 +65,8 @@ def train(
         hidden: Hidden layer widths of the MLP. Empty: [64].
         dropout: Dropout after each hidden layer.
         n_features: Hashed text features (a power of two).
+        char_ngrams: [min, max] lengths of character n-grams hashed beside the word
+            n-grams (e.g. [2, 5], best with n_features 32768). Empty: words only.
         use_weights: Weigh each example by its label's quality (gold 1, weak < 1).
         stages: gpipe: pipeline stages (one process each).
         microbatches: gpipe: micro-batches per mini-batch.
@@ -86,7 +89,10 @@ def train(
     settings = Settings.load()
     uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
     hidden = hidden or [64]
-    featurizer = HashingFeaturizer(n_features=n_features)
+    featurizer = HashingFeaturizer(
+        n_features=n_features,
+        char_ngram_range=tuple(char_ngrams) if char_ngrams else None,  # type: ignore[arg-type]
+    )
     params = {
         "labeled_batch": uri,
         "trainer": trainer,
@@ -96,6 +102,7 @@ def train(
         "hidden": hidden,
         "dropout": dropout,
         "n_features": n_features,
+        "char_ngrams": char_ngrams,
         "use_weights": use_weights,
         "stages": stages if trainer == "gpipe" else None,
         "microbatches": microbatches if trainer == "gpipe" else None,

@@ -96,15 +96,24 @@ class HashingFeaturizer:
     for Large Scale Multitask Learning", ICML 2009). Each row is then scaled to unit L2 norm,
     so long and short comments weigh alike. A text without words maps to a zero row.
 
+    With ``char_ngram_range``, character n-grams of each word (padded with a space on
+    each side, so prefixes and suffixes are grams of their own) are hashed into the same
+    buckets too, marked so that they never share a hash with a word n-gram; they catch
+    misspellings, URLs and run-together words ("subscribe2me"). They multiply the distinct
+    grams per text, so give them more buckets (2**15).
+
     Args:
         n_features: width of the output, a power of two in [16, 2**24].
         ngram_range: ``(min_n, max_n)`` lengths of the word n-grams, ``1 <= min_n <= max_n``.
         lowercase: lowercase the text before splitting it into words.
+        char_ngram_range: ``(min_n, max_n)`` lengths of the character n-grams, or None
+            (the default) for word n-grams only.
     """
 
     n_features: int = 2**13
     ngram_range: tuple[int, int] = (1, 2)
     lowercase: bool = True
+    char_ngram_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         n = self.n_features
@@ -130,6 +139,18 @@ class HashingFeaturizer:
             )
         if not isinstance(self.lowercase, bool):
             raise ValueError(f"lowercase must be a bool, got {self.lowercase!r}")
+        if self.char_ngram_range is not None:
+            chars = tuple(self.char_ngram_range)
+            object.__setattr__(self, "char_ngram_range", chars)
+            if (
+                len(chars) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in chars)
+                or not 1 <= chars[0] <= chars[1]
+            ):
+                raise ValueError(
+                    f"char_ngram_range must be None or (min_n, max_n) with "
+                    f"1 <= min_n <= max_n, got {self.char_ngram_range!r}"
+                )
 
     def transform(self, texts: Iterable[str]) -> torch.Tensor:
         """Features of ``texts`` as a float32 tensor ``(len(texts), n_features)``.
@@ -144,6 +165,10 @@ class HashingFeaturizer:
         """The configuration as JSON-ready values; ``from_dict`` rebuilds an equal featurizer."""
         config = asdict(self)
         config["ngram_range"] = list(self.ngram_range)
+        if self.char_ngram_range is None:
+            del config["char_ngram_range"]  # what models saved before the field read back
+        else:
+            config["char_ngram_range"] = list(self.char_ngram_range)
         return config
 
     @classmethod
@@ -181,6 +206,14 @@ class HashingFeaturizer:
         for n in range(low, high + 1):
             for start in range(len(words) - n + 1):
                 counts[" ".join(words[start : start + n])] += 1
+        if self.char_ngram_range is not None:
+            char_low, char_high = self.char_ngram_range
+            for word in words:
+                padded = f" {word} "
+                for n in range(char_low, char_high + 1):
+                    for start in range(len(padded) - n + 1):
+                        # "\x00c" never occurs in a word n-gram: no shared hash by design.
+                        counts["\x00c" + padded[start : start + n]] += 1
         buckets: dict[int, float] = {}
         mask = self.n_features - 1
         for gram, count in counts.items():

@@ -290,3 +290,31 @@ def test_model_learns_youtube_spam(youtube_dir: Path) -> None:
     accuracy = float((predicted == test["label"].to_numpy()).mean())
     # Chance is about 0.53 (the majority class); the full training set reaches about 0.92.
     assert accuracy > 0.8
+
+
+def test_char_ngrams_make_a_misspelling_share_features_with_the_word() -> None:
+    words_only = HashingFeaturizer(n_features=2**15)
+    with_chars = HashingFeaturizer(n_features=2**15, char_ngram_range=(2, 5))
+    for featurizer, expected_zero in ((words_only, True), (with_chars, False)):
+        x = featurizer.transform(["subscribe", "subscrbe"])
+        similarity = float(x[0] @ x[1])
+        assert (similarity == 0.0) is expected_zero, (featurizer, similarity)
+    x = with_chars.transform(["subscribe"])
+    assert float(x.norm()) == pytest.approx(1.0)
+    # A word n-gram and a character n-gram with the same letters are different features.
+    assert float(with_chars.transform(["ab"])[0] @ words_only.transform(["ab"])[0]) < 1.0
+
+
+def test_char_ngram_range_round_trips_and_old_configs_still_load() -> None:
+    featurizer = HashingFeaturizer(n_features=2**15, char_ngram_range=(2, 5))
+    config = json.loads(json.dumps(featurizer.to_dict()))
+    assert config["char_ngram_range"] == [2, 5]
+    assert HashingFeaturizer.from_dict(config) == featurizer
+    assert "char_ngram_range" not in HashingFeaturizer().to_dict()
+    assert HashingFeaturizer.from_dict({"n_features": 64, "ngram_range": [1, 2], "lowercase": True})
+
+
+@pytest.mark.parametrize("bad", [(0, 3), (4, 2), (2,), ("a", 3), (True, 2)])
+def test_a_bad_char_ngram_range_is_named(bad: tuple[object, ...]) -> None:
+    with pytest.raises(ValueError, match="char_ngram_range must be None or"):
+        HashingFeaturizer(char_ngram_range=bad)  # type: ignore[arg-type]
