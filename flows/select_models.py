@@ -10,10 +10,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlsys.data.s3 import latest_key
+from mlsys.labeling.batch import selection_rows
 from mlsys.models.text import HashingFeaturizer
 from mlsys.settings import Settings
 from mlsys.training.selection import expand_grid, rank
-from tasks.select import log_candidates, selection_rows, train_grid
+from tasks.select import log_candidates, train_grid
 from tasks.tracking import flow_run_tracking
 from tasks.train import load_validated_batch, promote_if_better, register_model
 

@@ -125,3 +125,20 @@ def training_rows(df: pd.DataFrame, use_weights: bool) -> pd.DataFrame:
     if not use_weights:
         rows["weight"] = 1.0
     return rows
+
+
+def selection_rows(df: pd.DataFrame, use_weights: bool) -> dict[str, pd.DataFrame]:
+    """Train rows with a (weak) label to learn from; gold dev rows to choose by; gold test
+    rows to report."""
+    train = df[(df["split"] == "train") & df["label"].notna()].copy()
+    if not use_weights:
+        train["weight"] = 1.0
+    dev = df[(df["split"] == "dev") & df["gold_label"].notna()]
+    test = df[(df["split"] == "test") & df["gold_label"].notna()]
+    for name, rows in (("train", train), ("dev", dev), ("test", test)):
+        if rows.empty:
+            raise ValueError(
+                f"the labeled batch has no {'labeled' if name == 'train' else 'gold'} "
+                f"{name} rows: model selection needs train, dev and test rows"
+            )
+    return {"train": train, "dev": dev, "test": test}

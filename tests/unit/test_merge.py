@@ -191,3 +191,22 @@ def test_training_rows_are_labeled_train_and_dev_rows() -> None:
     assert list(df["weight"]) == [0.7, 0.0, 1.0, 0.9]  # the input is left alone
     with pytest.raises(ValueError, match="no labeled train or dev rows"):
         training_rows(df[df["split"] == "test"], use_weights=True)
+
+
+def test_selection_rows_learn_from_train_choose_on_dev_report_on_test() -> None:
+    from mlsys.labeling.batch import selection_rows
+
+    df = pd.DataFrame(
+        {
+            "split": ["train", "train", "dev", "dev", "test"],
+            "label": [1, None, 0, 1, 1],
+            "gold_label": [None, None, 0, 1, 1],
+            "weight": [0.5, 0.7, 1.0, 1.0, 0.9],
+        }
+    ).astype({"label": "Int64", "gold_label": "Int64"})
+    rows = selection_rows(df, use_weights=False)
+    assert [len(rows[k]) for k in ("train", "dev", "test")] == [1, 2, 1]
+    assert rows["train"]["weight"].tolist() == [1.0]
+    assert selection_rows(df, use_weights=True)["train"]["weight"].tolist() == [0.5]
+    with pytest.raises(ValueError, match="no gold test rows"):
+        selection_rows(df[df["split"] != "test"], use_weights=True)
