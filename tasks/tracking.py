@@ -160,6 +160,20 @@ def stop_system_metrics(monitor: Any) -> None:
         monitor.finish()
 
 
+def mark_model_version(
+    run: TrackedRun, name: str, version: str, *, alias: str, test_accuracy: float
+) -> None:
+    """Point ``alias`` at a newly registered version and tag it with the Prefect flow run
+    that made it (the tags of ``run``, its MLflow run) and its test accuracy."""
+    client = run.client()
+    client.set_registered_model_alias(name, alias, version)
+    tags = client.get_run(run.run_id).data.tags
+    for key in (TAG_FLOW_RUN_ID, TAG_FLOW_NAME, TAG_DEPLOYMENT, TAG_FLOW_RUN_URL):
+        if tags.get(key):
+            client.set_model_version_tag(name, version, key, tags[key])
+    client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.4f}")
+
+
 def stage_metrics(run: TrackedRun) -> list[dict[str, Any]]:
     """The child runs of ``run`` (the stages of a pipeline), oldest first: flow name, run
     name and URL, and their row counts where they logged them."""

@@ -41,13 +41,7 @@ from mlsys.training.schedule import (
 )
 from mlsys.training.spill import Spill
 from tasks.retry import S3_RETRIES
-from tasks.tracking import (
-    TAG_DEPLOYMENT,
-    TAG_FLOW_NAME,
-    TAG_FLOW_RUN_ID,
-    TAG_FLOW_RUN_URL,
-    TrackedRun,
-)
+from tasks.tracking import TrackedRun, mark_model_version
 from tasks.validate import validate_batch
 
 CLASS_NAMES = ("ham", "spam")
@@ -289,15 +283,9 @@ def register_model(
         input_example_texts=examples,
     )
     version = str(info.registered_model_version)
-    client = run.client()
-    client.set_registered_model_alias(name, alias, version)
-    tags = client.get_run(run.run_id).data.tags
-    for key in (TAG_FLOW_RUN_ID, TAG_FLOW_NAME, TAG_DEPLOYMENT, TAG_FLOW_RUN_URL):
-        if tags.get(key):
-            client.set_model_version_tag(name, version, key, tags[key])
-    client.set_model_version_tag(name, version, "test_accuracy", f"{metrics['test_accuracy']:.4f}")
+    mark_model_version(run, name, version, alias=alias, test_accuracy=metrics["test_accuracy"])
     seconds = time.perf_counter() - started
-    client.log_metric(run.run_id, "log_register_seconds", seconds)
+    run.client().log_metric(run.run_id, "log_register_seconds", seconds)
     get_run_logger().info(
         "registered %s version %s as @%s (logged and registered in %.2f s)",
         name,

@@ -27,7 +27,7 @@ from mlsys.models.text import probabilities_frame
 from mlsys.settings import Settings
 from mlsys.training import fit
 from tasks.retry import S3_RETRIES
-from tasks.tracking import TrackedRun
+from tasks.tracking import TrackedRun, mark_model_version
 from tasks.train import TrackingCallback
 
 
@@ -92,9 +92,7 @@ def register_digit_cnn(
         registered_model_name=name,
     )
     version = str(info.registered_model_version)
-    client = run.client()
-    client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "test_accuracy", f"{trained.test_accuracy:.4f}")
+    mark_model_version(run, name, version, alias=alias, test_accuracy=trained.test_accuracy)
     get_run_logger().info("registered %s version %s as @%s", name, version, alias)
     return version
 

@@ -32,6 +32,9 @@ def registered(stack: Settings) -> str:
     _, run = mlflow_run_of(stack, outcome.flow_run_id)
     assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
     version = MlflowClient(stack.tracking_uri).get_model_version_by_alias(MODEL, "champion")
+    assert version.run_id == run.info.run_id
+    assert version.tags["prefect.flow_run_id"] == outcome.flow_run_id
+    assert version.tags["test_accuracy"] == f"{run.data.metrics['test_accuracy']:.4f}"
     return str(version.version)
 
 
