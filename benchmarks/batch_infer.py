@@ -73,13 +73,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from _measure import peak_rss_during, rss
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tasks/ is not installed; the flow imports it from the root
@@ -90,7 +91,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "batch_infer.json"
 MODEL_NAME = "bench-spam"
 ALIAS = "champion"
 WARMUP_ROWS = 1_000
-SAMPLE_S = 0.005
 CONFIGS = ("baseline", "stream_1w_checked", "stream_1w_unchecked", "stream_2w_checked")
 LABELS = {
     "baseline": "pyfunc whole DataFrame",
@@ -107,33 +107,6 @@ QUIET_ENV = {
 
 
 # --- memory -----------------------------------------------------------------------------------
-
-
-def _rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def peak_rss_during(fn: Callable[[], Any], interval_s: float = SAMPLE_S) -> tuple[Any, int]:
-    """Run ``fn``; return its result and the peak RSS seen while it ran."""
-    peak = _rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss())
-            done.wait(interval_s)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        out = fn()
-    finally:
-        done.set()
-        sampler.join()
-    return out, max(peak, _rss())
 
 
 # --- setup: registry and input (parent process) -----------------------------------------------
@@ -240,7 +213,7 @@ def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
         timings["predict_s"] = timings["seconds"] - timings["read_s"]
         return df["comment_id"], out
 
-    before = _rss()
+    before = rss()
     (ids, out), peak = peak_rss_during(run)
     if spec.get("save"):
         out.assign(comment_id=ids.to_numpy()).to_parquet(spec["save"], index=False)
@@ -294,7 +267,7 @@ def _score(spec: dict[str, Any], partition: tuple[int, int], barrier: Any = None
         clock["end"] = time.monotonic()
         return results
 
-    before = _rss()
+    before = rss()
     results, peak = peak_rss_during(run)
     return {
         "seconds": clock["end"] - clock["start"],

@@ -30,7 +30,6 @@ import platform
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _measure import peak_rss_during, rss
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "youtube-spam"
@@ -171,33 +171,6 @@ ENGINES: dict[str, Callable[[pd.DataFrame, Mapping[str, Any]], dict[str, Any]]] 
 # --- one measurement, in its own process ----------------------------------------------------------
 
 
-def _rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def peak_rss_during(fn: Callable[[], Any], interval_s: float = 0.005) -> tuple[Any, int]:
-    """Run ``fn``; return its result and the peak RSS seen while it ran."""
-    peak = _rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss())
-            done.wait(interval_s)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        out = fn()
-    finally:
-        done.set()
-        sampler.join()
-    return out, max(peak, _rss())
-
-
 def worker(engine: str, rows: int, repeat: int) -> dict[str, Any]:
     """Time ``engine`` on ``rows`` rows: best of ``repeat`` runs, peak RSS of the first."""
     from mlsys.validation.checkpoint import load_shipped_suite
@@ -213,7 +186,7 @@ def worker(engine: str, rows: int, repeat: int) -> dict[str, Any]:
     times: list[float] = []
     rss_delta = 0
     for i in range(repeat):
-        before = _rss()
+        before = rss()
         start = time.perf_counter()
         out, peak = peak_rss_during(lambda: run(df, suite))
         times.append(time.perf_counter() - start)
