@@ -34,16 +34,17 @@ from mlsys.validation.checkpoint import (
     run_checkpoint,
 )
 from mlsys.validation.drift import DriftKind
-from mlsys.validation.suites import dump_suite, evolve_suite, suite_version, validate_suite
+from mlsys.validation.suites import (
+    dump_suite,
+    evolve_suite,
+    suite_version,
+    validate_suite,
+)
 from tasks.retry import S3_RETRIES
 from tasks.tracking import TrackedRun
 
 PARQUET = "application/vnd.apache.parquet"
 _VERSION_KEY = re.compile(r"/v(\d{4,})\.json$")
-
-
-class SchemaUpdateRefused(RuntimeError):
-    """``accept_schema_update`` was set but the batch drifted beyond the suite's thresholds."""
 
 
 def schema_prefix(suite: str) -> str:
@@ -162,14 +163,7 @@ def _accept_update(
     df: pd.DataFrame,
     source: str,
 ) -> tuple[dict[str, Any], str] | None:
-    drifted = [d for d in report.drift if d.drifted]
-    if drifted:
-        raise SchemaUpdateRefused(
-            f"accept_schema_update: suite {report.suite} v{report.version} is not updated "
-            f"because the batch drifted beyond its thresholds: "
-            + "; ".join(str(d) for d in drifted)
-        )
-    updated, changes = evolve_suite(document, df, updated_from=source)
+    updated, changes = evolve_suite(document, df, updated_from=source, drift=report.drift)
     if not changes:
         get_run_logger().info("accept_schema_update: the batch already fits %s", report.suite)
         return None

@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlsys.validation.drift import DriftSpec
+from mlsys.validation.drift import DriftSpec, FeatureDrift
 from mlsys.validation.profile import ISO_DATE, FeatureSchema, Schema
 
 Suite = dict[str, Any]
@@ -236,17 +236,36 @@ def dump_suite(suite: Mapping[str, Any]) -> str:
     return json.dumps(suite, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+class SchemaUpdateRefused(ValueError):
+    """A suite update was asked for on a batch that drifted beyond the suite's thresholds."""
+
+
 def evolve_suite(
-    suite: Mapping[str, Any], df: pd.DataFrame, *, updated_from: str
+    suite: Mapping[str, Any],
+    df: pd.DataFrame,
+    *,
+    updated_from: str,
+    drift: Sequence[FeatureDrift] = (),
 ) -> tuple[Suite, list[str]]:
     """A new version of ``suite`` that accepts ``df``: bounds widened to its values and
     lengths, its new categories added to value sets, ``mostly`` lowered to its non-null
     fraction. Types, column sets and uniqueness are never relaxed: a batch that breaks
-    those is a different schema, not an evolution of this one.
+    those is a different schema, not an evolution of this one. Nor is a batch that
+    drifted: ``drift`` (the checkpoint's comparison of ``df`` with its reference) holding
+    a drifted feature refuses the update.
 
     Returns the new suite (version + 1, ``parent`` the old version) and one line per
     change; no changes means the batch already fits.
+
+    Raises:
+        SchemaUpdateRefused: a feature of ``drift`` drifted; the message names each.
     """
+    drifted = [d for d in drift if d.drifted]
+    if drifted:
+        raise SchemaUpdateRefused(
+            f"suite {suite.get('name', '?')} v{suite_version(suite)} is not updated because "
+            f"the batch drifted beyond its thresholds: " + "; ".join(str(d) for d in drifted)
+        )
     new: Suite = copy.deepcopy(dict(suite))
     changes: list[str] = []
     declared = {

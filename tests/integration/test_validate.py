@@ -172,7 +172,7 @@ def test_schema_update_refused_when_the_batch_drifts(
     clean_schemas: Settings, tmp_path: Path, youtube_dir: Path
 ) -> None:
     from flows.ingest import ingest
-    from tasks.validate import SchemaUpdateRefused
+    from mlsys.validation.suites import SchemaUpdateRefused
 
     settings = clean_schemas
     ingest(source=str(youtube_dir), batch="it-val-ref")

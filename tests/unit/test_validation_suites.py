@@ -223,6 +223,22 @@ def test_evolve_widens_bounds_and_value_sets_and_bumps_the_version(fifth: pd.Dat
     assert report.ok, report.summary()
 
 
+def test_evolve_refuses_a_batch_that_drifted_naming_the_feature(fifth: pd.DataFrame) -> None:
+    from mlsys.validation.drift import FeatureDrift
+    from mlsys.validation.suites import SchemaUpdateRefused
+
+    suite = load_shipped_suite("raw")
+    moved = FeatureDrift("text", "drift", "js", "length", 0.42, 0.1, drifted=True)
+    within = FeatureDrift("label", "drift", "linf", "value", 0.01, 0.1, drifted=False)
+    with pytest.raises(SchemaUpdateRefused, match=r"raw v1 is not updated.*drift of text length"):
+        evolve_suite(suite, fifth, updated_from="b3", drift=[within, moved])
+    longer = fifth.copy()
+    longer.loc[0, "text"] = "w" * 12_000
+    new, changes = evolve_suite(suite, longer, updated_from="b3", drift=[within])
+    assert changes == ["text length: max 10000 -> 12000"]
+    assert new["meta"]["mlsys"]["version"] == 2
+
+
 def test_evolve_lowers_mostly_to_the_observed_non_null_fraction(
     inferred: dict[str, Any], fifth: pd.DataFrame
 ) -> None:
