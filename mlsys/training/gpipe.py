@@ -115,6 +115,11 @@ class GPipe:
         trace_dir: write each stage's timeline of forward/backward intervals there
             (``stage-K.json``; read with :func:`mlsys.training.schedule.load_trace`).
         workers: run on these long-lived stage processes instead of starting new ones.
+        prefetch: ``schedule="gpipe"`` only: post every micro-batch's receive (its
+            activations, later its gradients) before computing any, so transfers
+            overlap compute; off, torch's ``ScheduleGPipe`` posts each receive only when
+            the stage is ready for that micro-batch. The order of computation, and so the
+            result, is the same.
     """
 
     stages: int
@@ -126,6 +131,7 @@ class GPipe:
     threads: int = 1
     trace_dir: Path | str | None = None
     workers: GPipeWorkers | None = field(default=None, compare=False, repr=False)
+    prefetch: bool = True
 
     def check(self, model: nn.Sequential, spec: FitSpec, n_items: int) -> None:
         """Raise naming the bad value before any process starts."""
@@ -281,6 +287,7 @@ class GPipe:
                 start_epoch=plan.start_epoch,
                 history=plan.history,
                 optimizer_state=plan.optimizers[s],
+                prefetch=self.prefetch,
             )
             for s, module in enumerate(modules)
         ]
@@ -338,6 +345,7 @@ class _Job:
     start_epoch: int
     history: list[dict[str, Any]]
     optimizer_state: dict[str, Any] | None
+    prefetch: bool = True
 
 
 # --- inside a stage process ----------------------------------------------------------------
@@ -411,8 +419,65 @@ def _pipeline(
         stage.record = record  # type: ignore[attr-defined]
     else:
         stage = PipelineStage(module, job.stage, job.stages, device)
-    kind = ScheduleGPipe if job.schedule == "gpipe" else Schedule1F1B
+    kind: type[ScheduleGPipe | Schedule1F1B] = Schedule1F1B
+    if job.schedule == "gpipe":
+        kind = _prefetching_gpipe_class() if job.prefetch else ScheduleGPipe
     return kind(stage, n_microbatches=job.microbatches, loss_fn=loss, scale_grads=False)
+
+
+@functools.cache
+def _prefetching_gpipe_class() -> type[ScheduleGPipe]:
+    """``ScheduleGPipe`` with every receive posted ahead: all M forward receives before
+    the first forward, all M backward receives before the first backward. Each
+    micro-batch has its own receive buffers in ``PipelineStage``, and p2p messages
+    between two ranks match in posting order, so the data lands while the stage computes
+    earlier micro-batches instead of after it asks. Same computations in the same order
+    as ``ScheduleGPipe._step_microbatches`` (torch 2.13), which it otherwise follows."""
+    from torch.distributed.pipelining import ScheduleGPipe
+    from torch.distributed.pipelining.schedules import _sorted_batch_p2p, _wait_batch_p2p
+
+    def wait(works: dict[int, Any]) -> None:
+        for work in works.values():
+            _wait_batch_p2p(work)
+
+    class PrefetchingGPipe(ScheduleGPipe):
+        def _step_microbatches(  # type: ignore[no-untyped-def]
+            self,
+            arg_mbs=None,
+            kwarg_mbs=None,
+            target_mbs=None,
+            losses=None,
+            return_outputs=True,
+            loss_kwargs=None,
+        ):
+            arg_mbs, kwarg_mbs = self._check_inputs(arg_mbs, kwarg_mbs, target_mbs, losses)
+            first_target = target_mbs[0] if target_mbs is not None else None
+            self._initialize_stage(arg_mbs[0], kwarg_mbs[0], first_target, loss_kwargs)  # type: ignore[no-untyped-call]
+            stage, m = self._stage, self._n_microbatches
+            received = [_sorted_batch_p2p(stage.get_fwd_recv_ops(i)) for i in range(m)]
+            sends: list[Any] = []
+            for i in range(m):
+                wait(received[i])
+                output = stage.forward_one_chunk(
+                    i, arg_mbs[i], kwarg_mbs[i], save_forward_output=return_outputs
+                )
+                sends.extend(_sorted_batch_p2p(stage.get_fwd_send_ops(i)).values())
+                self._maybe_compute_loss(stage, output, target_mbs, i, loss_kwargs)  # type: ignore[no-untyped-call]
+            grads = [_sorted_batch_p2p(stage.get_bwd_recv_ops(i)) for i in range(m)]
+            for work in sends:
+                _wait_batch_p2p(work)
+            sends = []
+            for i in range(m):
+                wait(grads[i])
+                loss = self._maybe_get_loss(stage, i)  # type: ignore[no-untyped-call]
+                stage.backward_one_chunk(i, loss=loss, last_backward=i == m - 1)
+                sends.extend(_sorted_batch_p2p(stage.get_bwd_send_ops(i)).values())
+            for work in sends:
+                _wait_batch_p2p(work)
+            self._update_losses(stage, losses)  # type: ignore[no-untyped-call]
+            stage.perform_reduce_grad(m if self.scale_grads else 1)
+
+    return PrefetchingGPipe
 
 
 @functools.cache

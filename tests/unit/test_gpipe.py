@@ -362,15 +362,35 @@ def test_table_bubble_is_the_theoretical_bubble(schedule: Any) -> None:
             assert idle == pytest.approx(theoretical_bubble(k, m)), (k, m)
 
 
-@pytest.mark.parametrize(("k", "m", "schedule"), [(2, 4, "gpipe"), (2, 4, "1f1b"), (3, 4, "1f1b")])
+@pytest.mark.parametrize("k", [2, 3])
+def test_gpipe_without_receive_prefetch_equals_plain_training(workers: Any, k: int) -> None:
+    """prefetch=False is torch's own ScheduleGPipe; the default posts receives ahead."""
+    strategy = GPipe(k, 4, balance="size", prefetch=False, workers=workers(k))
+    result = fit(mlp(), dataset(weighted=True), strategy=strategy, optimizer=SGD, loss=CE,
+                 epochs=2, batch_size=BATCH)  # fmt: skip
+    want_state, want_losses = plain(True)
+    assert_same_parameters(result.model, want_state, atol=1e-5)
+    assert [r["loss"] for r in result.history] == pytest.approx(want_losses, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "schedule", "prefetch"),
+    [(2, 4, "gpipe", True), (2, 4, "gpipe", False), (2, 4, "1f1b", True), (3, 4, "1f1b", True)],
+)
 def test_torch_runs_the_documented_order(
-    workers: Any, tmp_path: Path, k: int, m: int, schedule: Any
+    workers: Any, tmp_path: Path, k: int, m: int, schedule: Any, prefetch: bool
 ) -> None:
     fit(
         mlp(),
         dataset(n=32),
         strategy=GPipe(
-            k, m, balance="size", schedule=schedule, trace_dir=tmp_path, workers=workers(k)
+            k,
+            m,
+            balance="size",
+            schedule=schedule,
+            trace_dir=tmp_path,
+            workers=workers(k),
+            prefetch=prefetch,
         ),
         optimizer=SGD,
         loss=CE,
