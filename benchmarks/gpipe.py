@@ -117,12 +117,18 @@ def main() -> None:
         f"{args.steps} steps/epoch x {args.epochs} epochs; balance by time: {balance}"
     )
 
-    runs = [(f"gpipe M={m}", m, "gpipe", "never") for m in (1, 2, 4, 8)]
-    runs += [("1f1b M=8", 8, "1f1b", "never"), ("gpipe M=8 ckpt", 8, "gpipe", "except_last")]
+    # (name, M, schedule, checkpointing, receives posted ahead); "torch" rows are torch's
+    # own ScheduleGPipe, which posts each receive when the stage is ready for it.
+    runs = [(f"gpipe M={m}", m, "gpipe", "never", True) for m in (1, 2, 4, 8)]
+    runs += [
+        ("gpipe M=8 torch", 8, "gpipe", "never", False),
+        ("1f1b M=8", 8, "1f1b", "never", True),
+        ("gpipe M=8 ckpt", 8, "gpipe", "except_last", True),
+    ]
     rows: dict[str, dict[str, Any]] = {}
     panels = []
     with GPipeWorkers(STAGES) as workers, tempfile.TemporaryDirectory() as tmp:
-        for name, m, schedule, checkpoint in runs:
+        for name, m, schedule, checkpoint, prefetch in runs:
             trace = Path(tmp) / name.replace(" ", "_")
             strategy = GPipe(
                 STAGES,
@@ -132,6 +138,7 @@ def main() -> None:
                 checkpoint=checkpoint,  # type: ignore[arg-type]
                 trace_dir=trace,
                 workers=workers,
+                prefetch=prefetch,
             )
             result = fit(mlp(args.width, args.depth), data, strategy=strategy, **common)
             steps = load_trace(trace)[args.steps :]
@@ -141,12 +148,13 @@ def main() -> None:
                 "microbatches": m,
                 "schedule": schedule,
                 "checkpoint": checkpoint,
+                "prefetch": prefetch,
                 "examples_per_s": steady_throughput(result.history),
                 "bubble_measured": bubbles[median],
                 "bubble_theory": theoretical_bubble(STAGES, m),
                 "stage_busy_share": busy_shares(steps[median]),
             }
-            if name in ("gpipe M=1", "gpipe M=8", "1f1b M=8"):
+            if name in ("gpipe M=1", "gpipe M=8", "gpipe M=8 torch", "1f1b M=8"):
                 panels.append(
                     (
                         f"{name}: measured bubble {bubbles[median]:.3f}, "
