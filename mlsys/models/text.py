@@ -125,32 +125,13 @@ class HashingFeaturizer:
             or n & (n - 1)
         ):
             raise ValueError(f"n_features must be a power of two in [16, 2**24], got {n!r}")
-        # JSON round trips give lists; keep the field a hashable tuple.
-        ngrams = tuple(self.ngram_range)
-        object.__setattr__(self, "ngram_range", ngrams)
-        if (
-            len(ngrams) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in ngrams)
-            or not 1 <= ngrams[0] <= ngrams[1]
-        ):
-            raise ValueError(
-                f"ngram_range must be (min_n, max_n) with 1 <= min_n <= max_n, "
-                f"got {self.ngram_range!r}"
-            )
+        # JSON round trips give lists; keep the fields hashable tuples.
+        object.__setattr__(self, "ngram_range", _length_range("ngram_range", self.ngram_range))
         if not isinstance(self.lowercase, bool):
             raise ValueError(f"lowercase must be a bool, got {self.lowercase!r}")
         if self.char_ngram_range is not None:
-            chars = tuple(self.char_ngram_range)
+            chars = _length_range("char_ngram_range", self.char_ngram_range, optional=True)
             object.__setattr__(self, "char_ngram_range", chars)
-            if (
-                len(chars) != 2
-                or not all(isinstance(n, int) and not isinstance(n, bool) for n in chars)
-                or not 1 <= chars[0] <= chars[1]
-            ):
-                raise ValueError(
-                    f"char_ngram_range must be None or (min_n, max_n) with "
-                    f"1 <= min_n <= max_n, got {self.char_ngram_range!r}"
-                )
 
     def transform(self, texts: Iterable[str]) -> torch.Tensor:
         """Features of ``texts`` as a float32 tensor ``(len(texts), n_features)``.
@@ -222,6 +203,25 @@ class HashingFeaturizer:
             bucket = digest & mask
             buckets[bucket] = buckets.get(bucket, 0.0) + sign * (1.0 + math.log(count))
         return buckets
+
+
+def _length_range(name: str, value: Any, *, optional: bool = False) -> tuple[int, int]:
+    """``value`` as a ``(min_n, max_n)`` tuple of ints with ``1 <= min_n <= max_n``;
+    the error names the field and the value."""
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if (
+        len(pair) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
+        or not 1 <= pair[0] <= pair[1]
+    ):
+        none = "None or " if optional else ""
+        raise ValueError(
+            f"{name} must be {none}(min_n, max_n) with 1 <= min_n <= max_n, got {value!r}"
+        )
+    return (pair[0], pair[1])
 
 
 _T = TypeVar("_T")
