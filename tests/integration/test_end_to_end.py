@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 
 from infra.runs import RunOutcome, mlflow_run_of, trigger
@@ -78,8 +79,15 @@ def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
             outcome.prefect_url, [outcome.flow_run_name, "Completed"], shot="prefect-flow-run"
         )
         assert "end_to_end" in text
+        summary = httpx.post(
+            f"{stack.api_url}/artifacts/filter",
+            json={"artifacts": {"key": {"any_": ["end-to-end-summary"]},
+                                "flow_run_id": {"any_": [outcome.flow_run_id]}}},
+            timeout=30,
+        ).json()  # fmt: skip
+        assert len(summary) == 1, summary
         page.show(
-            f"{stack.ui_url}/artifacts/key/end-to-end-summary",
+            f"{stack.ui_url}/artifacts/artifact/{summary[0]['id']}",
             ["rows in", "Promotion: promoted", f"{MODEL} version 1"],
             shot="prefect-summary-artifact",
         )
