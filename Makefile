@@ -44,7 +44,7 @@ DEMO_BATCH := demo-$(shell date -u +%Y%m%dT%H%M%SZ)
 # Start the stack, run the end_to_end deployment through the Prefect API on the worker
 # (ingest -> weak_label -> train -> promote -> batch_infer), then read each stage's
 # output back from S3 through boto3.
-demo: install
+demo: $(STAMP)
 	$(BIN)/mlsys stack up
 	$(BIN)/mlsys run end_to_end/end_to_end --param batch=$(DEMO_BATCH)
 	$(BIN)/mlsys data show s3://$${MLSYS_BUCKET:-mlsys}/raw/youtube-spam/$(DEMO_BATCH).parquet
@@ -54,15 +54,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-test-unit: install
+test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 # Every benchmark, then their figures to MLflow when MLFLOW_TRACKING_URI is set.
-bench: install
+bench: $(STAMP)
 	for b in $$(ls benchmarks/*.py | grep -v -e log_results -e "/_"); do $(BIN)/python $$b || exit 1; done
 	$(BIN)/python benchmarks/log_results.py
 
-lint: install
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -71,13 +71,13 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-stack-up: install
+stack-up: $(STAMP)
 	$(BIN)/mlsys stack up
 
 stack-down:
 	@test -x $(BIN)/mlsys && $(BIN)/mlsys stack down || echo "no venv: nothing to stop"
 
-stack-status: install
+stack-status: $(STAMP)
 	$(BIN)/mlsys stack status
 
 clean: stack-down
