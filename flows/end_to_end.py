@@ -16,7 +16,7 @@ from flows.train import train
 from flows.weak_label import weak_label
 from mlsys.links import mlflow_model_link
 from mlsys.settings import Settings
-from tasks.stages import Stages, path_fingerprint, s3_fingerprint
+from tasks.stages import Stages, path_fingerprint, s3_fingerprint, s3_object_exists
 from tasks.tracking import flow_run_tracking, stage_metrics
 
 
@@ -117,7 +117,7 @@ def end_to_end(
             "ingest",
             ingest,
             inputs={"source": path_fingerprint(source), "dataset": dataset, "batch": batch},
-            still_valid=lambda uri: s3_fingerprint(settings, uri)["etag"] is not None,
+            still_valid=lambda uri: s3_object_exists(settings, uri),
             source=source,
             dataset=dataset,
             batch=batch,
@@ -126,7 +126,7 @@ def end_to_end(
             "weak_label",
             weak_label,
             inputs={"raw": s3_fingerprint(settings, raw), **label.model_dump()},
-            still_valid=lambda uri: s3_fingerprint(settings, uri)["etag"] is not None,
+            still_valid=lambda uri: s3_object_exists(settings, uri),
             raw_batch=raw,
             dataset=dataset,
             batch=batch,

@@ -104,6 +104,11 @@ def s3_fingerprint(settings: Settings, uri: str) -> dict[str, Any]:
     return {"uri": uri, "etag": object_etag(settings.s3_client(), uri)}
 
 
+def s3_object_exists(settings: Settings, uri: str) -> bool:
+    """Whether there is an object at ``uri``: a stored stage result pointing at it holds."""
+    return object_etag(settings.s3_client(), uri) is not None
+
+
 @task(
     name="stage",
     persist_result=True,
@@ -137,6 +142,7 @@ class Stages:
     refresh: bool = False
     reused: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    _storage: S3Bucket | None = field(default=None, repr=False)
 
     def run(
         self,
@@ -149,21 +155,22 @@ class Stages:
     ) -> Any:
         """``call(**kwargs)``, or the stored output of an earlier run with the same
         ``inputs`` while ``still_valid(output)`` holds."""
-        storage = result_storage(self.settings)
-        options = {"result_storage": storage, "refresh_cache": self.refresh}
-        state = run_stage.with_options(**options)(stage, inputs, call, kwargs, return_state=True)
-        result = state.result()
-        cached = state.name == "Cached"
-        if cached and not still_valid(result["output"]):
-            get_run_logger().info(
-                "stored result of %s points at something that is gone; running it again", stage
-            )
-            options["refresh_cache"] = True
+        if self._storage is None:  # saved once per pipeline run, not once per stage
+            self._storage = result_storage(self.settings)
+        refresh = self.refresh
+        while True:
+            options = {"result_storage": self._storage, "refresh_cache": refresh}
             state = run_stage.with_options(**options)(
                 stage, inputs, call, kwargs, return_state=True
             )
             result = state.result()
-            cached = False
+            cached = state.name == "Cached"
+            if not cached or still_valid(result["output"]):
+                break
+            get_run_logger().info(
+                "stored result of %s points at something that is gone; running it again", stage
+            )
+            refresh = True
         row = dict(result["row"], reused=cached)
         if cached:
             self.reused.append(stage)
