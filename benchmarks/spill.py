@@ -155,15 +155,18 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         def __init__(self) -> None:
             self.wall: list[float] = []
             self.cpu: list[float] = []
+            self.faults: list[int] = []
             self.floor = 0
 
         def on_train_begin(self, **_: Any) -> None:
             self.floor = rss()
             self.wall, self.cpu = [time.perf_counter()], [cpu_seconds()]
+            self.faults = [minor_faults()]
 
         def on_step_end(self, **_: Any) -> None:
             self.wall.append(time.perf_counter())
             self.cpu.append(cpu_seconds())
+            self.faults.append(minor_faults())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -206,9 +209,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_kernel_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "step_seconds": wall,
         "step_cpu_seconds": cpu,
+        "step_minor_faults": [b - a for a, b in itertools.pairwise(clock.faults)],
         "total_seconds": total,
         "plan": plan_info,
     }
+
+
+def minor_faults() -> int:
+    """Page faults this process took that needed no disk read: mostly first touches of
+    fresh memory, each of which the kernel must zero and map."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def cpu_seconds() -> float:
@@ -372,6 +382,9 @@ def main() -> None:
             "step_seconds_median": median(steps),
             "step_seconds_best_run": min(median(run["step_seconds"][1:]) for run in runs),
             "step_cpu_seconds_median": median(cpu),
+            "step_minor_faults_median": median(
+                [f for run in runs for f in run["step_minor_faults"][1:]]
+            ),
             "rss_cold_bytes": min(run["rss_cold_bytes"] for run in runs),
             "rss_warm_bytes": warm,
             "runtime_overhead_bytes": warm - min(run["rss_cold_bytes"] for run in runs),
@@ -391,6 +404,7 @@ def main() -> None:
         f"\n{'run':<31}{'step s':>8}{'vs plain':>9}{'best':>6}{'vs plain':>9}"
         f"{'cpu s':>7}{'vs plain':>9}"
         f"{'peak-warm MiB':>14}{'vs budget':>10}{'shards':>7}{'others cpu':>11}"
+        f"{'faults/step':>12}"
     )
     for row in rows.values():
         row["step_vs_plain"] = row["step_seconds_median"] / base["step_seconds_median"]
@@ -403,6 +417,7 @@ def main() -> None:
             f"{row['step_cpu_seconds_median']:>7.2f}{row['cpu_vs_plain']:>8.2f}x"
             f"{row['peak_minus_warm_bytes'] / MB:>14.0f}{row['peak_minus_warm_vs_budget']:>9.2f}x"
             f"{row['plan'].get('shards', ''):>7}{row['others_cpu_share_mean']:>10.0%}"
+            f"{row['step_minor_faults_median']:>12.0f}"
         )
     overhead = max(row["runtime_overhead_bytes"] for row in rows.values())
     print(

@@ -47,15 +47,17 @@ prefetch two shards are on the device at once (the running one and the one movin
 shards are cut to half the budget (double buffering); a layer too big for half the budget
 gets a shard of its own and the transfers next to it wait instead of overlapping.
 
-With ``offload="disk"`` on a CPU device the budget bounds the process's resident memory,
-and three things keep freed memory from lingering there: shard images are anonymous memory
-maps of their own, not malloc blocks, so freeing one unmaps it; glibc is told to do the same
-for every block of 1 MiB or more (gradients, optimizer scratch), which it otherwise keeps in
-its fragmented heap, growing towards the size of the model (the price: fresh pages, so page
-faults, for those blocks at every shard); and a freed image waits for the next image of its
-size only within what the schedule leaves of the budget (reading into memory already there
-is ten times faster than into fresh pages). Files are read into those buffers and written
-from them with plain reads and writes: the page cache holds the files, outside the process.
+With ``offload="disk"`` on a CPU device the budget bounds the process's resident memory.
+A loaded shard is a shared mapping of its file, populated by the I/O thread: the optimizer
+updates the file's pages in place, nothing is copied either way, and letting go of the
+shard unmaps it (the page cache holds the files, outside the process). Two more things keep
+freed memory from lingering: glibc is told to give back at once every block of 1 MiB or
+more (gradients, optimizer scratch, activations), which it otherwise keeps in a heap that
+fragments towards the size of the model (the price: fresh pages, a page fault each, for
+those blocks at every shard, most of what Spill costs over plain training on CPU); and the
+buffers Spill fills itself (packed shard images, saved inputs on their way to disk) come
+from a pool that keeps freed ones, by size, only within what the schedule leaves of the
+budget (filling memory already there is ten times faster than fresh pages).
 
 Optimizers are per shard: ``optimizer(shard_params)``; Adam, SGD and the other per-parameter
 optimizers give exactly what one optimizer over the whole model gives. Global-norm gradient
@@ -74,6 +76,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -506,24 +509,34 @@ class _HostTier:
 class _DiskTier:
     """Images in files of a private folder under ``folder``, one per shard and part.
 
-    Loading reads a file straight into a buffer from the pool (one copy, no mapping: pages of
-    a mapped file count toward the process's RSS while mapped, so mapping and then copying
-    would hold a shard twice). Writing back writes the buffer with explicit writes, in
-    place (same size: no new blocks, so steady-state training can't run out of disk) or
-    truncated to the new size. Checkpoints and the trained model read the files through
-    private mappings, whose pages a checkpoint drops as soon as they are copied
-    (:meth:`drop_pages`)."""
+    Loading a shard for a CPU device maps its file (shared, populated in the I/O thread:
+    the pages come from the page cache without a copy), and the shard's tensors are views of
+    that mapping: the optimizer's updates land in the file's pages, so writing the shard
+    back costs nothing, and letting go of the image unmaps it. A mapping's pages count
+    toward the process's RSS only while it is mapped, the same as a buffer read into.
+    Loading for CUDA reads the file into a pinned buffer from the pool. Images that are
+    not a mapping of their own file (a new layout, packed from separate tensors) are
+    written with explicit writes, in place (same size: no new blocks, so steady-state
+    training can't run out of disk) or truncated to the new size. Checkpoints and the
+    trained model read the files through private mappings, whose pages a checkpoint drops
+    as soon as they are copied (:meth:`drop_pages`)."""
 
     def __init__(self, folder: Path, pool: _Pool) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="spill-", dir=folder))
         self._shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         self._mapped: list[torch.Tensor] = []
+        # Live shared mappings (by id, while alive) and the file each maps: writing one
+        # back is a no-op.
+        self._live: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
         self.pool = pool
 
     def path(self, name: str) -> Path:
         return self.root / f"shard-{name}.bin"
 
     def write(self, name: str, image: torch.Tensor) -> None:
+        live = self._live.get(id(image))
+        if live is not None and live[0]() is image and live[1] == name:
+            return  # a shared mapping of this very file: its pages are the file's
         path = self.path(name)
         try:
             _write_file(path, image.numpy().data)
@@ -532,10 +545,22 @@ class _DiskTier:
                 exc, f"writing {name} ({image.numel()} bytes) to {path}", self.root.parent
             ) from exc
 
-    def read(self, name: str, nbytes: int, pin: bool, *, pooled: bool = True) -> torch.Tensor:
-        image = self.pool.take(nbytes, pin) if pooled else _empty(nbytes, pin)
+    def read(self, name: str, nbytes: int, pin: bool, *, shard: bool = True) -> torch.Tensor:
+        """The file ``name``: for the CPU a shared mapping of it (a ``shard`` image's is
+        remembered, so that writing it back is a no-op); for CUDA a pinned copy, in a buffer
+        from the pool for a shard image."""
         path = self.path(name)
         try:
+            if not pin:
+                image = _map_shared(path, nbytes)
+                if shard:
+                    key = id(image)
+                    self._live[key] = (
+                        weakref.ref(image, lambda _: self._live.pop(key, None)),
+                        name,
+                    )
+                return image
+            image = self.pool.take(nbytes, pin) if shard else _empty(nbytes, pin)
             _read_file(path, image.numpy().data)
         except OSError as exc:
             raise _io_error(
@@ -555,7 +580,11 @@ class _DiskTier:
     def get_tensor(self, name: str, pin: bool) -> torch.Tensor:
         shape, dtype = self._shapes[name]
         nbytes = _itemsize(dtype) * _numel(shape)
-        return self.read(name, nbytes, pin, pooled=False).view(dtype).view(shape)
+        if not nbytes:
+            return torch.empty(shape, dtype=dtype, pin_memory=pin)
+        # On CPU a shared mapping of the file (no copy, no fresh pages); a first layer
+        # that works in place writes into the file, which the next forward rewrites first.
+        return self.read(name, nbytes, pin, shard=False).view(dtype).view(shape)
 
     def drop_pages(self) -> None:
         """Drop the pages of every mapped image from this process (they stay in the page
@@ -576,23 +605,24 @@ _Tier = _HostTier | _DiskTier
 
 
 class _Pool:
-    """Image buffers to reuse, by exact size: a freed one waits for the next image of its
-    size, up to ``limit`` bytes waiting. Reading into a buffer already in memory runs ten
-    times faster than into fresh memory, which takes a page fault per page."""
+    """Buffers to reuse, by exact size: a freed one waits for the next request of its size,
+    up to ``limit`` bytes waiting (the longest-waiting ones are let go first). Filling a
+    buffer already in memory runs ten times faster than fresh memory, which takes a page
+    fault per page."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._free: dict[tuple[int, bool], list[torch.Tensor]] = {}
+        self._free: list[tuple[tuple[int, bool], torch.Tensor]] = []  # oldest first
         self._ours: set[int] = set()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def take(self, nbytes: int, pin: bool) -> torch.Tensor:
         with self._lock:
-            waiting = self._free.get((nbytes, pin))
-            if waiting:
-                self._bytes -= nbytes
-                return waiting.pop()
+            for i in range(len(self._free) - 1, -1, -1):
+                if self._free[i][0] == (nbytes, pin):
+                    self._bytes -= nbytes
+                    return self._free.pop(i)[1]
         image = _empty(nbytes, pin)
         with self._lock:
             self._ours.add(image.data_ptr())
@@ -606,11 +636,15 @@ class _Pool:
             whole = image.untyped_storage().nbytes() == nbytes and not image.storage_offset()
             if image.data_ptr() not in self._ours or not whole or not nbytes:
                 return
-            if self._bytes + nbytes > self.limit:
+            if nbytes > self.limit:
                 self._ours.discard(image.data_ptr())
                 return
-            self._free.setdefault(key, []).append(image)
+            self._free.append((key, image))
             self._bytes += nbytes
+            while self._bytes > self.limit:
+                (old, _), dropped = self._free.pop(0)
+                self._bytes -= old
+                self._ours.discard(dropped.data_ptr())
 
     def clear(self) -> None:
         with self._lock:
@@ -638,6 +672,20 @@ def _write_file(path: Path, data: memoryview) -> None:
         os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+def _map_shared(path: Path, nbytes: int) -> torch.Tensor:
+    """The first ``nbytes`` of ``path`` as a shared, writable mapping, its pages populated
+    now (from the page cache, or read from disk here rather than on first touch); unmapped
+    when the last tensor viewing it is freed."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size < nbytes:
+            raise OSError(errno.EIO, f"{path} is shorter than {nbytes} bytes")
+        mapping = mmap.mmap(fd, nbytes, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    finally:
+        os.close(fd)
+    return torch.frombuffer(mapping, dtype=torch.uint8)
 
 
 def _read_file(path: Path, into: memoryview) -> None:
@@ -1081,8 +1129,12 @@ class _Trainer:
         self.tier.write(name, image)
         self._recycle(image)
 
-    def _store_input(self, s: int, tensor: torch.Tensor, event: torch.cuda.Event | None) -> None:
-        """I/O thread: save shard ``s``'s input to the tier."""
+    def _store_input(
+        self, s: int, tensor: torch.Tensor, event: torch.cuda.Event | None,
+        buffer: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        """I/O thread: save shard ``s``'s input to the tier (``buffer``, the pool's memory
+        under ``tensor``, goes back to the pool once written)."""
         if self.cuda:
             assert self.copy_stream is not None and event is not None
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
@@ -1092,6 +1144,9 @@ class _Trainer:
             self.copy_stream.synchronize()
             tensor = host
         self.tier.put_tensor(f"{s}.input", tensor)
+        if buffer is not None:
+            del tensor
+            self._recycle(buffer)
 
     def _recycle(self, image: torch.Tensor) -> None:
         """``image`` is no longer used: keep it for the next load (the host tier keeps its
@@ -1168,13 +1223,21 @@ class _Trainer:
             self._check_writes(wait=True)
 
     def save_input(self, s: int, h: torch.Tensor) -> None:
-        """Save shard ``s``'s input, copied first: a layer may work on its input in place."""
-        copy = h.detach().clone()
+        """Save shard ``s``'s input, copied first: a layer may work on its input in place.
+        Written to disk from a CPU device, the copy goes into a buffer from the pool (given
+        back once written), not into fresh memory: a page fault per page, every step."""
         self._note("write", s, "input")
         if not self.cuda and isinstance(self.tier, _HostTier):
-            self.tier.put_tensor(f"{s}.input", copy)
+            self.tier.put_tensor(f"{s}.input", h.detach().clone())
             return
-        self.writes.append(self._submit(self._store_input, s, copy, self._event()))
+        buffer = None
+        if self.cuda or not _nbytes(h):
+            copy = h.detach().clone()
+        else:
+            buffer = self.pool.take(_nbytes(h), False)
+            copy = buffer.view(h.dtype).view(h.shape)
+            copy.copy_(h.detach())
+        self.writes.append(self._submit(self._store_input, s, copy, self._event(), buffer))
 
     def _attach(
         self, shard: _Shard, part: str, image: torch.Tensor, host_state: dict[str, torch.Tensor]

@@ -321,6 +321,53 @@ def test_without_prefetch_nothing_is_loaded_ahead() -> None:
             assert after[1] == before[1], f"{before} was loaded ahead of {after}"
 
 
+def test_a_loaded_shard_is_its_file_so_writing_it_back_copies_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU device a shard is loaded as a shared mapping of its file: the optimizer's
+    updates land in the file, so a shard's weights are written once (when set up) and its
+    optimizer state once (when the first step creates it), however many steps follow."""
+    from mlsys.training import spill
+
+    written: list[str] = []
+    real = spill._write_file
+
+    def write(path: Path, data: memoryview) -> None:
+        written.append(path.name)
+        real(path, data)
+
+    monkeypatch.setattr(spill, "_write_file", write)
+    strategy = Spill(BUDGET, offload="disk", folder=tmp_path)
+    plan = strategy.plan(mlp(), dataset().tensors[0][:1], ADAM, BATCH)
+    with_params = [
+        s for s in range(len(plan.counts)) if any(layer.params for layer in plan.shard_layers(s))
+    ]
+    got = train(strategy, optimizer=ADAM, epochs=3)
+    assert_same(got, train(optimizer=ADAM, epochs=3))
+    weights = sorted(name for name in written if name.endswith(".weights.bin"))
+    state = sorted(name for name in written if name.endswith(".state.bin"))
+    assert len(with_params) > 1
+    assert weights == sorted(f"shard-{s}.weights.bin" for s in with_params)
+    assert state == sorted(f"shard-{s}.state.bin" for s in with_params)
+
+
+def test_the_pool_reuses_buffers_by_size_and_lets_the_longest_waiting_go_first() -> None:
+    from mlsys.training.spill import _Pool
+
+    mib = 1 << 20
+    pool = _Pool(limit=3 * mib)
+    a, b, c = pool.take(mib, False), pool.take(2 * mib, False), pool.take(mib, False)
+    pool.give(a)
+    pool.give(b)
+    pool.give(c)  # 4 MiB would wait: a, the longest waiting, is let go
+    assert pool.take(2 * mib, False).data_ptr() == b.data_ptr()
+    assert pool.take(mib, False).data_ptr() == c.data_ptr()
+    assert pool.take(mib, False).data_ptr() not in (a.data_ptr(), c.data_ptr())
+    foreign = torch.empty(mib, dtype=torch.uint8)
+    pool.give(foreign)  # not the pool's own: not kept
+    assert pool.take(mib, False).data_ptr() != foreign.data_ptr()
+
+
 # --- checkpoints, resume, callbacks ----------------------------------------------------------
 
 
