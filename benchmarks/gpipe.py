@@ -225,15 +225,11 @@ def main() -> None:
     for row in rows.values():
         row.pop("_step", None)
 
-    naive = rows["gpipe M=1"]["examples_per_s"]
-    plain2 = rows["plain, 2 threads"]["examples_per_s"]
     print(
         f"\n{'run':<18}{'examples/s':>11}{'vs M=1':>8}{'vs plain 2t':>12}"
         f"{'bubble':>8}{'theory':>8}{'ratio':>7}   busy share per stage"
     )
     for name, row in rows.items():
-        row.setdefault("vs_pipeline_m1", row["examples_per_s"] / naive)
-        row.setdefault("vs_plain_2_threads", row["examples_per_s"] / plain2)
         line = f"{name:<18}{row['examples_per_s']:>11.1f}{row['vs_pipeline_m1']:>7.2f}x"
         line += f"{row['vs_plain_2_threads']:>11.2f}x"
         if "bubble_measured" in row:

@@ -525,17 +525,16 @@ class _DiskTier:
         self.root = Path(tempfile.mkdtemp(prefix="spill-", dir=folder))
         self._shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         self._mapped: list[torch.Tensor] = []
-        # Live shared mappings (by id, while alive) and the file each maps: writing one
-        # back is a no-op.
-        self._live: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
+        # The newest shared mapping of each shard file: writing it back is a no-op.
+        self._live: dict[str, weakref.ref[torch.Tensor]] = {}
         self.pool = pool
 
     def path(self, name: str) -> Path:
         return self.root / f"shard-{name}.bin"
 
     def write(self, name: str, image: torch.Tensor) -> None:
-        live = self._live.get(id(image))
-        if live is not None and live[0]() is image and live[1] == name:
+        live = self._live.get(name)
+        if live is not None and live() is image:
             return  # a shared mapping of this very file: its pages are the file's
         path = self.path(name)
         try:
@@ -554,11 +553,7 @@ class _DiskTier:
             if not pin:
                 image = _map_shared(path, nbytes)
                 if shard:
-                    key = id(image)
-                    self._live[key] = (
-                        weakref.ref(image, lambda _: self._live.pop(key, None)),
-                        name,
-                    )
+                    self._live[name] = weakref.ref(image)
                 return image
             image = self.pool.take(nbytes, pin) if shard else _empty(nbytes, pin)
             _read_file(path, image.numpy().data)
@@ -1145,7 +1140,6 @@ class _Trainer:
             tensor = host
         self.tier.put_tensor(f"{s}.input", tensor)
         if buffer is not None:
-            del tensor
             self._recycle(buffer)
 
     def _recycle(self, image: torch.Tensor) -> None:
@@ -1230,11 +1224,11 @@ class _Trainer:
         if not self.cuda and isinstance(self.tier, _HostTier):
             self.tier.put_tensor(f"{s}.input", h.detach().clone())
             return
-        buffer = None
-        if self.cuda or not _nbytes(h):
+        nbytes, buffer = _nbytes(h), None
+        if self.cuda or not nbytes:
             copy = h.detach().clone()
         else:
-            buffer = self.pool.take(_nbytes(h), False)
+            buffer = self.pool.take(nbytes, False)
             copy = buffer.view(h.dtype).view(h.shape)
             copy.copy_(h.detach())
         self.writes.append(self._submit(self._store_input, s, copy, self._event(), buffer))
