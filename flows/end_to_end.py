@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from flows.batch_infer import batch_infer
 from flows.ingest import ingest
@@ -18,13 +18,14 @@ from mlsys.links import mlflow_model_link
 from mlsys.settings import Settings
 from tasks.stages import Stages, path_fingerprint, s3_fingerprint, s3_object_exists
 from tasks.tracking import flow_run_tracking, stage_metrics
+from tasks.train import check_gpipe_depth
 
 
 class LabelOptions(BaseModel):
     """How the raw batch gets its labels."""
 
     lf_set: Literal["tutorial", "extended"] = Field(
-        "extended", description="Labeling functions: the Snorkel tutorial's 9 or all 15."
+        "extended", description="Labeling functions: the Snorkel tutorial's 9 or all 25."
     )
     test_size: int = Field(250, ge=1, description="Gold rows held out as the test set.")
 
@@ -34,22 +35,32 @@ class TrainOptions(BaseModel):
 
     trainer: Literal["plain", "gpipe", "spill"] = Field(
         "plain",
-        description="plain: one process; gpipe: pipeline-parallel stages; spill: one shard "
-        "at a time within a memory budget.",
+        description="plain: one process; gpipe: pipeline-parallel stages (needs hidden "
+        "layers); spill: one shard at a time within a memory budget.",
     )
     epochs: int = Field(8, ge=1, description="Passes over the training rows.")
     batch_size: int = Field(64, ge=1, description="Examples per optimizer step.")
     lr: float = Field(0.01, gt=0, description="Adam learning rate.")
-    hidden: list[int] = Field(default_factory=lambda: [64], description="Hidden layer widths.")
-    n_features: int = Field(8192, ge=16, description="Hashed text features (a power of two).")
+    hidden: list[int] = Field(
+        default_factory=list,
+        description="Hidden layer widths. Empty: a linear model (logistic regression); "
+        "gpipe needs at least one, e.g. [64].",
+    )
+    n_features: int = Field(32768, ge=16, description="Hashed text features (a power of two).")
     char_ngrams: list[int] | None = Field(
-        None,
+        default_factory=lambda: [1, 4],
         min_length=2,
         max_length=2,
         description="[min, max] character n-gram lengths hashed beside the word n-grams "
-        "(e.g. [2, 5], with n_features 32768). Empty: words only.",
+        "(they want many features: 32768 for [1, 4]). Empty: words only.",
     )
     seed: int = Field(123, description="Seed of initialization, shuffling and dropout.")
+
+    @model_validator(mode="after")
+    def _gpipe_needs_layers(self) -> TrainOptions:
+        if self.trainer == "gpipe":
+            check_gpipe_depth(self.hidden, stages=2)
+        return self
 
 
 class InferOptions(BaseModel):
@@ -151,7 +162,7 @@ def end_to_end(
             lr=training.lr,
             hidden=training.hidden,
             n_features=training.n_features,
-            char_ngrams=training.char_ngrams,
+            char_ngrams=_pair(training.char_ngrams),
             seed=training.seed,
             model_name=model_name,
             promote=promote,
@@ -226,6 +237,11 @@ def _summary(
         f"MLflow run: [{outcome['mlflow_run']}]({outcome['mlflow_run']})",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pair(lengths: list[int] | None) -> tuple[int, int] | None:
+    """``[min, max]`` from the form as the tuple `train` takes; empty or None stays None."""
+    return (lengths[0], lengths[1]) if lengths else None
 
 
 def _version_exists(settings: Settings, model_name: str, version: str) -> bool:

@@ -13,6 +13,7 @@ from mlsys.models.text import HashingFeaturizer
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
+    check_gpipe_depth,
     evaluate_model,
     fit_model,
     load_validated_batch,
@@ -31,8 +32,8 @@ def train(
     lr: float = 0.01,
     hidden: list[int] | None = None,
     dropout: float = 0.0,
-    n_features: int = 2**13,
-    char_ngrams: list[int] | None = None,
+    n_features: int = 2**15,
+    char_ngrams: tuple[int, int] | None = (1, 4),
     use_weights: bool = True,
     stages: int = 2,
     microbatches: int = 4,
@@ -62,16 +63,18 @@ def train(
         epochs: Passes over the training rows.
         batch_size: Examples per optimizer step (gpipe: a multiple of `microbatches`).
         lr: Adam learning rate.
-        hidden: Hidden layer widths of the MLP. Empty: [64].
+        hidden: Hidden layer widths. Empty (the default): none, a linear model (logistic
+            regression over the hashed features); gpipe needs at least one, e.g. [64].
         dropout: Dropout after each hidden layer.
         n_features: Hashed text features (a power of two).
         char_ngrams: [min, max] lengths of character n-grams hashed beside the word
-            n-grams (e.g. [2, 5], best with n_features 32768). Empty: words only.
+            n-grams (they want many features: 32768 for [1, 4]). Empty: words only.
         use_weights: Weigh each example by its label's quality (gold 1, weak < 1).
         stages: gpipe: pipeline stages (one process each).
         microbatches: gpipe: micro-batches per mini-batch.
         spill_budget_mb: spill: memory for shards in MiB (weights, gradients, Adam state,
-            activations); shards are cut to half of it.
+            activations); shards are cut to half of it (a model with hidden=[64] over
+            32768 features needs 96 to train in two shards).
         seed: Seed of initialization, shuffling and dropout.
         model_name: Registered model name in MLflow.
         alias: Alias set on the new model version.
@@ -88,7 +91,9 @@ def train(
     """
     settings = Settings.load()
     uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
-    hidden = hidden or [64]
+    hidden = list(hidden or [])
+    if trainer == "gpipe":
+        check_gpipe_depth(hidden, stages, dropout)
     featurizer = HashingFeaturizer(
         n_features=n_features,
         char_ngram_range=tuple(char_ngrams) if char_ngrams else None,  # type: ignore[arg-type]
@@ -102,7 +107,7 @@ def train(
         "hidden": hidden,
         "dropout": dropout,
         "n_features": n_features,
-        "char_ngrams": char_ngrams,
+        "char_ngrams": list(char_ngrams) if char_ngrams else None,
         "use_weights": use_weights,
         "stages": stages if trainer == "gpipe" else None,
         "microbatches": microbatches if trainer == "gpipe" else None,

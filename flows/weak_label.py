@@ -59,7 +59,7 @@ def weak_label(
         dataset: Dataset name (the raw/ and labeled/ key prefix).
         batch: Id of the labeled batch. Empty: the raw batch's id.
         lf_set: Labeling functions: "tutorial" (the Snorkel tutorial's, without spaCy)
-            or "extended" (tutorial + 6 keyword/regex LFs).
+            or "extended" (tutorial + 16 keyword/regex LFs).
         weighting: Weight of a weak label: "calibrated" (P(correct | confidence) fitted on
             dev), "confidence" (the label model's own) or "per_source" (weak labels'
             dev accuracy). Gold labels weigh 1.

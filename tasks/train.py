@@ -48,6 +48,26 @@ CLASS_NAMES = ("ham", "spam")
 TRAINERS = ("plain", "gpipe", "spill")
 
 
+def check_gpipe_depth(hidden: list[int], stages: int, dropout: float = 0.0) -> None:
+    """Fail early, naming the values, when the classifier has fewer layers than GPipe
+    has stages (the default, a linear model, is a single layer).
+
+    Raises:
+        ValueError: ``hidden`` gives fewer layers than ``stages``.
+    """
+    layers = 2 * len(hidden) + 1 + (len(hidden) if dropout > 0 else 0)
+    if layers < stages:
+        raise ValueError(
+            f"trainer 'gpipe' cuts the model into stages={stages} stages, but hidden={hidden} "
+            f"gives {layers} layer{'s' if layers > 1 else ''} "
+            + (
+                "(a linear model): give it hidden layers, e.g. hidden=[64]"
+                if not hidden
+                else "(Linear and ReLU per hidden layer): add hidden layers or use fewer stages"
+            )
+        )
+
+
 class TrackingCallback(Callback):
     """Per-epoch metrics to MLflow, a Prefect progress artifact over all steps, and each
     epoch's checkpoint uploaded to the MLflow run (``checkpoints/``)."""

@@ -89,7 +89,8 @@ def train_end_model(
     Raises:
         ValueError: no train row has an LF vote, or the grid is empty.
     """
-    featurizer = featurizer or HashingFeaturizer()
+    # The pipeline's default features (flow `train`): word 1-2-grams and character 1-4-grams.
+    featurizer = featurizer or HashingFeaturizer(n_features=2**15, char_ngram_range=(1, 4))
     configs = list(grid) if grid is not None else default_end_model_grid()
     if not configs:
         raise ValueError("the end-model grid is empty")

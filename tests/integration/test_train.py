@@ -150,14 +150,19 @@ def test_spill_trainer_trains_in_shards_within_the_budget(
 
     uri, _ = labeled
     registered = train(
-        labeled_batch=uri, trainer="spill", spill_budget_mb=32, epochs=2, model_name="it-spill"
+        labeled_batch=uri,
+        trainer="spill",
+        hidden=[64],
+        spill_budget_mb=96,
+        epochs=2,
+        model_name="it-spill",
     )
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)
     run = client.get_run(client.get_model_version("it-spill", registered["version"]).run_id)
     assert run.data.params["trainer"] == "spill"
-    assert run.data.params["spill_budget_mb"] == "32"
-    # The 8192-feature input layer with Adam needs about 12 MB: shards of 16 MB hold it
-    # alone, the rest of the model in a second shard.
+    assert run.data.params["spill_budget_mb"] == "96"
+    # The 32768-feature input layer of 64 units with Adam and its activations needs about
+    # 64 MB: it takes a shard alone, the rest of the model a second one.
     assert run.data.metrics["spill_shards"] == 2
     assert run.data.metrics["test_accuracy"] > 0.8
     plan = client.download_artifacts(run.info.run_id, "train/spill_plan.txt")

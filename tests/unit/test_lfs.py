@@ -120,6 +120,18 @@ def test_textblob_lfs_share_one_sentiment_computation_per_text(
         ("keyword_visit", "click here", SPAM, "cliché"),
         ("keyword_artist", "Shakira is the best", HAM, "who sings this"),
         ("keyword_love", "LOVE it", HAM, "hate it"),
+        ("regex_url", "go to zonepa . com now", SPAM, "so. come on"),
+        ("regex_url", "\uff48\uff54\uff54\uff50://\uff57\uff57\uff57.x", SPAM, "http is a word"),
+        ("regex_url", "HTTPS :/ /x.io", SPAM, "wow.what a song"),
+        ("regex_social", "follow me on Instagram", SPAM, "I follow the news"),
+        ("regex_free", "get FREE gift cards", SPAM, "freedom"),
+        ("regex_earn", "download this app", SPAM, "apple"),
+        ("regex_my_new", "listen to my new song", SPAM, "my favourite song"),
+        ("regex_promo", "I'm a young rapper", SPAM, "rapping is hard"),
+        ("regex_support", "please support my dream", SPAM, "supported by many"),
+        ("regex_views", "almost a BILLION views", HAM, "I viewed it"),
+        ("regex_long", " ".join(["word"] * 26), SPAM, " ".join(["word"] * 25)),
+        ("regex_no_letters", "<3 :) 2015 \ufeff", HAM, "<3 u"),
     ],
 )
 def test_extended_lfs_vote_as_documented(
@@ -133,6 +145,6 @@ def test_extended_lfs_vote_as_documented(
 def test_lf_sets_by_name() -> None:
     assert [lf.name for lf in lfs_module.get_lf_set("tutorial")] == NAMES
     extended = [lf.name for lf in lfs_module.get_lf_set("extended")]
-    assert extended[: len(NAMES)] == NAMES and len(extended) == len(set(extended)) == 15
+    assert extended[: len(NAMES)] == NAMES and len(extended) == len(set(extended)) == 25
     with pytest.raises(ValueError, match="unknown LF set 'nope'; known: tutorial, extended"):
         lfs_module.get_lf_set("nope")

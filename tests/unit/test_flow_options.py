@@ -1,0 +1,37 @@
+"""The flows' parameter checks that run before any work: the end_to_end form's training
+options and the train flow's GPipe depth check."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from flows.end_to_end import TrainOptions
+from tasks.train import check_gpipe_depth
+
+
+def test_the_default_model_is_linear_over_word_and_character_grams() -> None:
+    options = TrainOptions()
+    assert options.hidden == []
+    assert options.char_ngrams == [1, 4]
+    assert options.n_features == 2**15
+
+
+def test_gpipe_on_the_linear_default_is_refused_naming_hidden() -> None:
+    with pytest.raises(ValidationError, match=r"stages=2 stages, but hidden=\[\] gives 1 layer"):
+        TrainOptions(trainer="gpipe")
+    assert TrainOptions(trainer="gpipe", hidden=[64]).hidden == [64]
+
+
+@pytest.mark.parametrize(
+    ("hidden", "stages", "dropout", "layers"),
+    [([], 2, 0.0, 1), ([64], 4, 0.0, 3), ([64], 5, 0.1, 4)],
+)
+def test_gpipe_depth_counts_every_layer(
+    hidden: list[int], stages: int, dropout: float, layers: int
+) -> None:
+    check_gpipe_depth(hidden, stages=layers, dropout=dropout)
+    with pytest.raises(ValueError, match=re.escape(f"hidden={hidden} gives {layers} layer")):
+        check_gpipe_depth(hidden, stages=stages, dropout=dropout)
