@@ -31,8 +31,9 @@ TextItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """One ``TextDataset`` item: features ``[n_features]`` float32, label int64, weight float32."""
 
 PREDICT_CHUNK_ROWS = 1024
-"""Rows featurized and scored at a time by ``predict_texts``: 1024 rows of 2**13 float32
-features are 32 MiB, so memory stays bounded however many texts come in."""
+"""Rows featurized and scored at a time by ``predict_texts``, so memory stays bounded
+however many texts come in (a model whose first layer is not a Linear over the features
+gets them dense: 1024 rows of 2**15 float32 features are 128 MiB)."""
 
 _MAX_FEATURES = 2**24
 # Words are runs of letters/digits/underscore; everything else separates them. Fixed, not a
@@ -158,51 +159,103 @@ class HashingFeaturizer:
         return _from_settings(cls, config)
 
     def _hash_rows(self, texts: Iterable[str]) -> _Csr:
-        """Hashed, normalized features of ``texts`` as sparse rows."""
+        """Hashed, normalized features of ``texts`` as sparse rows.
+
+        Python collects each text's distinct n-grams and their counts (``Counter`` over a
+        list, character grams of a word taken from a per-process cache); NumPy does the
+        rest for all rows at once: sublinear tf, signs, buckets, sums of colliding grams,
+        row norms.
+        """
         checked = _check_texts(texts)
-        indptr = np.zeros(len(checked) + 1, dtype=np.int64)
-        indices: list[int] = []
-        values: list[float] = []
+        grams: list[str] = []
+        counts: list[int] = []
+        lengths = np.zeros(len(checked), dtype=np.int64)
         for row, text in enumerate(checked):
-            buckets = self._row(text)
-            norm = math.sqrt(sum(v * v for v in buckets.values()))
-            for bucket in sorted(buckets):
-                value = buckets[bucket]
-                # Buckets whose n-grams cancelled exactly add nothing; leave them out.
-                if value != 0.0:
-                    indices.append(bucket)
-                    values.append(value / norm)
-            indptr[row + 1] = len(indices)
+            found = self._grams(text)
+            grams.extend(found)
+            counts.extend(found.values())
+            lengths[row] = len(found)
+        n_rows = len(checked)
+        if not grams:
+            return _Csr(
+                indptr=np.zeros(n_rows + 1, dtype=np.int64),
+                indices=np.zeros(0, dtype=np.int64),
+                values=np.zeros(0, dtype=np.float32),
+            )
+        digests = np.fromiter(map(_DIGESTS.__getitem__, grams), dtype=np.int64, count=len(grams))
+        signed = np.where(digests & 0x80000000, -1.0, 1.0) * (
+            1.0 + np.log(np.asarray(counts, dtype=np.float64))
+        )
+        rows = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
+        # One key per (row, bucket), in row-major order: unique() sorts rows and, within a
+        # row, buckets, and bincount sums the grams that share a bucket.
+        keys, inverse = np.unique(rows * self.n_features + (digests & (self.n_features - 1)),
+                                  return_inverse=True)  # fmt: skip
+        sums = np.bincount(inverse, weights=signed, minlength=len(keys))
+        key_rows = keys // self.n_features
+        norms = np.sqrt(np.bincount(key_rows, weights=sums * sums, minlength=n_rows))
+        # Buckets whose n-grams cancelled exactly add nothing; leave them out.
+        keep = sums != 0.0
+        key_rows, keys, sums = key_rows[keep], keys[keep], sums[keep]
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key_rows, minlength=n_rows), out=indptr[1:])
         return _Csr(
             indptr=indptr,
-            indices=np.asarray(indices, dtype=np.int64),
-            values=np.asarray(values, dtype=np.float32),
+            indices=keys - key_rows * self.n_features,
+            values=(sums / norms[key_rows]).astype(np.float32),
         )
 
-    def _row(self, text: str) -> dict[int, float]:
-        """Signed sublinear-tf values of one text, keyed by bucket (before normalization)."""
+    def _grams(self, text: str) -> Counter[str]:
+        """The distinct n-grams of one text with their counts (character grams marked)."""
         words = _WORD_RE.findall(text.lower() if self.lowercase else text)
         low, high = self.ngram_range
-        counts: Counter[str] = Counter()
-        for n in range(low, high + 1):
-            for start in range(len(words) - n + 1):
-                counts[" ".join(words[start : start + n])] += 1
+        found: list[str] = words[:] if low == 1 else []
+        for n in range(max(low, 2), high + 1):
+            found.extend(" ".join(words[start : start + n]) for start in range(len(words) - n + 1))
         if self.char_ngram_range is not None:
-            char_low, char_high = self.char_ngram_range
+            cache = _char_gram_cache(self.char_ngram_range)
             for word in words:
-                padded = f" {word} "
-                for n in range(char_low, char_high + 1):
-                    for start in range(len(padded) - n + 1):
-                        # "\x00c" never occurs in a word n-gram: no shared hash by design.
-                        counts["\x00c" + padded[start : start + n]] += 1
-        buckets: dict[int, float] = {}
-        mask = self.n_features - 1
-        for gram, count in counts.items():
-            digest = zlib.crc32(gram.encode("utf-8"))
-            sign = -1.0 if digest & 0x80000000 else 1.0
-            bucket = digest & mask
-            buckets[bucket] = buckets.get(bucket, 0.0) + sign * (1.0 + math.log(count))
-        return buckets
+                char_grams = cache.get(word)
+                if char_grams is None:
+                    char_grams = cache[word] = _char_grams(word, self.char_ngram_range)
+                found.extend(char_grams)
+        return Counter(found)
+
+
+class _DigestCache(dict[str, int]):
+    """CRC-32 of each n-gram's UTF-8 bytes, computed on first use; cleared when it grows
+    past ``_CACHE_ENTRIES`` so that memory stays bounded on any input."""
+
+    def __missing__(self, gram: str) -> int:
+        if len(self) >= _CACHE_ENTRIES:
+            self.clear()
+        digest = self[gram] = zlib.crc32(gram.encode("utf-8"))
+        return digest
+
+
+_CACHE_ENTRIES = 2**18
+_DIGESTS = _DigestCache()
+_CHAR_GRAMS: dict[tuple[int, int], dict[str, list[str]]] = {}
+
+
+def _char_gram_cache(lengths: tuple[int, int]) -> dict[str, list[str]]:
+    """Per-process cache of each word's character n-grams for one length range."""
+    cache = _CHAR_GRAMS.setdefault(lengths, {})
+    if len(cache) >= _CACHE_ENTRIES:
+        cache.clear()
+    return cache
+
+
+def _char_grams(word: str, lengths: tuple[int, int]) -> list[str]:
+    """Character n-grams of ``word`` padded with a space on each side, each marked with
+    "\\x00c", which never occurs in a word n-gram: no shared hash by design."""
+    padded = f" {word} "
+    low, high = lengths
+    return [
+        "\x00c" + padded[start : start + n]
+        for n in range(low, high + 1)
+        for start in range(len(padded) - n + 1)
+    ]
 
 
 def _length_range(name: str, value: Any, *, optional: bool = False) -> tuple[int, int]:
@@ -502,12 +555,53 @@ def predict_texts(
     try:
         with torch.no_grad():
             # At least one (possibly empty) chunk, so no input still yields k proba columns.
+            sparse = _SparseInput.of(model, featurizer.n_features)
             for start in range(0, max(len(checked), 1), chunk_rows):
-                x = featurizer.transform(checked[start : start + chunk_rows])
-                chunks.append(torch.softmax(model(x), dim=1))
+                rows = featurizer._hash_rows(checked[start : start + chunk_rows])
+                logits = sparse(rows) if sparse else model(rows.dense(featurizer.n_features))
+                chunks.append(torch.softmax(logits, dim=1))
     finally:
         model.train(was_training)
     return probabilities_frame(torch.cat(chunks).double().numpy())
+
+
+@dataclass(frozen=True)
+class _SparseInput:
+    """A model whose first layer is a Linear over the hashed features, run on sparse rows:
+    that layer becomes an embedding bag (each row sums the weight columns of its buckets,
+    scaled by their values), so no dense ``rows x n_features`` matrix is ever made; the
+    other layers run as they are. Same result as ``model(rows.dense(n))`` up to float32
+    rounding, and far faster when rows hold a few hundred of 2**15 features."""
+
+    weight_t: torch.Tensor
+    bias: torch.Tensor | None
+    rest: nn.Module
+
+    @classmethod
+    def of(cls, model: nn.Module, n_features: int) -> _SparseInput | None:
+        """The sparse form of ``model``, or None when its first layer is not a Linear
+        over ``n_features`` inputs (then the caller runs it on dense rows)."""
+        if not isinstance(model, nn.Sequential) or len(model) == 0:
+            return None
+        first = model[0]
+        if not isinstance(first, nn.Linear) or first.in_features != n_features:
+            return None
+        # (n_features, out) rows, one per bucket, as embedding_bag wants them; made once
+        # per call, so the model may keep training between calls.
+        return cls(first.weight.detach().t().contiguous(), first.bias, model[1:])
+
+    def __call__(self, rows: _Csr) -> torch.Tensor:
+        hidden = nn.functional.embedding_bag(
+            torch.from_numpy(rows.indices),
+            self.weight_t,
+            torch.from_numpy(rows.indptr[:-1]),
+            mode="sum",
+            per_sample_weights=torch.from_numpy(rows.values),
+        )
+        if self.bias is not None:
+            hidden = hidden + self.bias
+        out: torch.Tensor = self.rest(hidden)
+        return out
 
 
 def score_texts(

@@ -318,3 +318,120 @@ def test_char_ngram_range_round_trips_and_old_configs_still_load() -> None:
 def test_a_bad_char_ngram_range_is_named(bad: tuple[object, ...]) -> None:
     with pytest.raises(ValueError, match="char_ngram_range must be None or"):
         HashingFeaturizer(char_ngram_range=bad)  # type: ignore[arg-type]
+
+
+# --- the vectorized hashing and the sparse input layer ---------------------------------------
+
+TRICKY = [
+    "Check out my channel check out my channel",
+    "",
+    "   !!! ",
+    "a a a a b",
+    "Üñíçødé ČŠŽ 日本語 テキスト",
+    "x" * 300,
+    "subscribe2me http://www.example.com",
+]
+
+
+def _reference_rows(featurizer: HashingFeaturizer, texts: list[str]) -> torch.Tensor:
+    """The featurizer's definition, one text and one n-gram at a time."""
+    import re
+    import zlib
+    from collections import Counter
+
+    out = torch.zeros(len(texts), featurizer.n_features)
+    for row, text in enumerate(texts):
+        words = re.findall(r"\w+", text.lower() if featurizer.lowercase else text)
+        counts: Counter[str] = Counter()
+        for n in range(featurizer.ngram_range[0], featurizer.ngram_range[1] + 1):
+            for start in range(len(words) - n + 1):
+                counts[" ".join(words[start : start + n])] += 1
+        if featurizer.char_ngram_range:
+            for word in words:
+                padded = f" {word} "
+                low, high = featurizer.char_ngram_range
+                for n in range(low, high + 1):
+                    for start in range(len(padded) - n + 1):
+                        counts["\x00c" + padded[start : start + n]] += 1
+        buckets: dict[int, float] = {}
+        for gram, count in counts.items():
+            digest = zlib.crc32(gram.encode("utf-8"))
+            bucket = digest % featurizer.n_features
+            sign = -1.0 if digest & 0x80000000 else 1.0
+            buckets[bucket] = buckets.get(bucket, 0.0) + sign * (1.0 + math.log(count))
+        norm = math.sqrt(sum(v * v for v in buckets.values()))
+        for bucket, value in buckets.items():
+            out[row, bucket] = value / norm
+    return out
+
+
+@pytest.mark.parametrize(
+    "featurizer",
+    [
+        HashingFeaturizer(),
+        HashingFeaturizer(n_features=16, ngram_range=(1, 3)),  # many collisions, some cancel
+        HashingFeaturizer(n_features=2**15, char_ngram_range=(1, 4)),
+        HashingFeaturizer(n_features=1024, ngram_range=(2, 2), lowercase=False),
+    ],
+    ids=["default", "16-buckets", "chars", "bigrams-cased"],
+)
+def test_transform_equals_the_definition_one_gram_at_a_time(featurizer: HashingFeaturizer) -> None:
+    youtube = [
+        "Hey guys check out my new channel and our first vid",
+        "Love this song <3",
+        "ｈｔｔｐ://ｗｗｗ.ｅｂａｙ.ｃｏｍ",
+    ]
+    texts = TRICKY + youtube
+    torch.testing.assert_close(featurizer.transform(texts), _reference_rows(featurizer, texts))
+
+
+def test_hashing_caches_stay_bounded_and_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlsys.models.text as text_module
+
+    featurizer = HashingFeaturizer(n_features=2**12, char_ngram_range=(2, 3))
+    texts = [f"word{i} other{i % 7} shared" for i in range(200)]
+    expected = _reference_rows(featurizer, texts)
+    monkeypatch.setattr(text_module, "_CACHE_ENTRIES", 50)
+    text_module._DIGESTS.clear()
+    text_module._CHAR_GRAMS.clear()
+    torch.testing.assert_close(featurizer.transform(texts), expected)
+    assert len(text_module._DIGESTS) <= 50
+    assert all(len(cache) <= 50 for cache in text_module._CHAR_GRAMS.values())
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Linear(512, 2)),
+        nn.Sequential(nn.Linear(512, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)),
+        nn.Sequential(nn.Linear(512, 2, bias=False)),
+    ],
+    ids=["linear", "mlp-dropout", "no-bias"],
+)
+def test_predict_texts_on_sparse_rows_equals_the_dense_model(model: nn.Sequential) -> None:
+    featurizer = HashingFeaturizer(n_features=512, char_ngram_range=(1, 3))
+    texts = TRICKY * 3
+    model.train()  # predict_texts must score in eval mode and put the mode back
+    scored = predict_texts(model, featurizer, texts, chunk_rows=4)
+    assert model.training
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(featurizer.transform(texts)), dim=1).double()
+    proba = scored[[c for c in scored.columns if c.startswith("proba_")]].to_numpy()
+    np.testing.assert_allclose(proba, expected.numpy(), rtol=0, atol=1e-6)
+
+
+def test_predict_texts_runs_other_models_on_dense_rows() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(64, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.layout == torch.strided and x.shape[1] == 64
+            return self.linear(2 * x)
+
+    model, featurizer = Scaled(), HashingFeaturizer(n_features=64)
+    scored = predict_texts(model, featurizer, ["check out my channel", "nice"])
+    with torch.no_grad():
+        expected = torch.softmax(model(featurizer.transform(["check out my channel", "nice"])), 1)
+    np.testing.assert_allclose(scored[["proba_0", "proba_1"]].to_numpy(), expected.double())
