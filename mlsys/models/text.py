@@ -224,16 +224,19 @@ class HashingFeaturizer:
 
 class _DigestCache(dict[str, int]):
     """CRC-32 of each n-gram's UTF-8 bytes, computed on first use; cleared when it grows
-    past ``_CACHE_ENTRIES`` so that memory stays bounded on any input."""
+    past ``_DIGEST_ENTRIES`` so that memory stays bounded on any input."""
 
     def __missing__(self, gram: str) -> int:
-        if len(self) >= _CACHE_ENTRIES:
+        if len(self) >= _DIGEST_ENTRIES:
             self.clear()
         digest = self[gram] = zlib.crc32(gram.encode("utf-8"))
         return digest
 
 
-_CACHE_ENTRIES = 2**18
+# Bounds of the per-process caches: about 15 MiB of digests and 20 MiB of words' character
+# grams at most. Words follow Zipf's law, so the common ones stay cached.
+_DIGEST_ENTRIES = 2**17
+_WORD_ENTRIES = 2**14
 _DIGESTS = _DigestCache()
 _CHAR_GRAMS: dict[tuple[int, int], dict[str, list[str]]] = {}
 
@@ -241,7 +244,7 @@ _CHAR_GRAMS: dict[tuple[int, int], dict[str, list[str]]] = {}
 def _char_gram_cache(lengths: tuple[int, int]) -> dict[str, list[str]]:
     """Per-process cache of each word's character n-grams for one length range."""
     cache = _CHAR_GRAMS.setdefault(lengths, {})
-    if len(cache) >= _CACHE_ENTRIES:
+    if len(cache) >= _WORD_ENTRIES:
         cache.clear()
     return cache
 

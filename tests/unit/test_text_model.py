@@ -391,12 +391,13 @@ def test_hashing_caches_stay_bounded_and_change_nothing(monkeypatch: pytest.Monk
     featurizer = HashingFeaturizer(n_features=2**12, char_ngram_range=(2, 3))
     texts = [f"word{i} other{i % 7} shared" for i in range(200)]
     expected = _reference_rows(featurizer, texts)
-    monkeypatch.setattr(text_module, "_CACHE_ENTRIES", 50)
+    monkeypatch.setattr(text_module, "_DIGEST_ENTRIES", 50)
+    monkeypatch.setattr(text_module, "_WORD_ENTRIES", 30)
     text_module._DIGESTS.clear()
     text_module._CHAR_GRAMS.clear()
     torch.testing.assert_close(featurizer.transform(texts), expected)
     assert len(text_module._DIGESTS) <= 50
-    assert all(len(cache) <= 50 for cache in text_module._CHAR_GRAMS.values())
+    assert all(len(cache) <= 30 for cache in text_module._CHAR_GRAMS.values())
 
 
 @pytest.mark.parametrize(
