@@ -31,7 +31,8 @@ def select_models(
     epochs: int = 8,
     batch_size: int = 64,
     dropout: float = 0.0,
-    n_features: int = 2**13,
+    n_features: int = 2**15,
+    char_ngrams: tuple[int, int] | None = (1, 4),
     use_weights: bool = True,
     workers: int = 2,
     budget_mb: int | None = None,
@@ -56,11 +57,13 @@ def select_models(
         dataset: Dataset name (the labeled/ key prefix).
         lrs: Adam learning rates of the grid. Empty: [0.003, 0.01, 0.03].
         widths: Hidden layer widths of the grid. Empty: [32, 128].
-        depths: Numbers of hidden layers of the grid (0: a linear model). Empty: [1, 2].
+        depths: Numbers of hidden layers of the grid (0: a linear model). Empty: [0, 1].
         epochs: Passes over the training rows, for every model.
         batch_size: Examples per optimizer step.
         dropout: Dropout after each hidden layer.
         n_features: Hashed text features (a power of two).
+        char_ngrams: [min, max] lengths of character n-grams hashed beside the word
+            n-grams, as in `train`. Empty: words only.
         use_weights: Weigh each example by its label's quality.
         workers: Worker processes (one thread each) sharing the models, shard by shard.
         budget_mb: Memory per worker for model shards, in MiB; each model is cut into shards
@@ -79,17 +82,21 @@ def select_models(
         "champion" ("yes" when promoted).
     """
     settings = Settings.load()
-    points = expand_grid(lrs or [0.003, 0.01, 0.03], widths or [32, 128], depths or [1, 2])
+    points = expand_grid(lrs or [0.003, 0.01, 0.03], widths or [32, 128], depths or [0, 1])
     if budget_mb is not None and budget_mb < 1:
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb}")
     uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
-    featurizer = HashingFeaturizer(n_features=n_features)
+    featurizer = HashingFeaturizer(
+        n_features=n_features,
+        char_ngram_range=tuple(char_ngrams) if char_ngrams else None,  # type: ignore[arg-type]
+    )
     common = {
         "labeled_batch": uri,
         "epochs": epochs,
         "batch_size": batch_size,
         "dropout": dropout,
         "n_features": n_features,
+        "char_ngrams": list(char_ngrams) if char_ngrams else None,
         "use_weights": use_weights,
         "seed": seed,
     }
