@@ -121,7 +121,7 @@ def register_model(tracking_uri: str, scratch: Path) -> dict[str, Any]:
 
     from mlsys.data import get_dataset, read_source
     from mlsys.models.pyfunc import log_text_classifier
-    from mlsys.models.text import HashingFeaturizer, build_text_classifier
+    from mlsys.models.text import build_text_classifier, pipeline_featurizer
 
     client = MlflowClient(tracking_uri)
     name = "bench-batch-infer"
@@ -135,12 +135,13 @@ def register_model(tracking_uri: str, scratch: Path) -> dict[str, Any]:
         experiment_id = client.create_experiment(name)
     run_id = client.create_run(experiment_id).info.run_id
     torch.manual_seed(0)
-    n_features, hidden, char_ngrams = 2**15, [], (1, 4)
+    featurizer, hidden = pipeline_featurizer(), []
+    n_features = featurizer.n_features
     model = build_text_classifier(n_features=n_features, hidden=hidden)
     texts = read_source(str(DATA), get_dataset("youtube-spam"))["text"].head(5).tolist()
     info = log_text_classifier(
         model,
-        HashingFeaturizer(n_features=n_features, char_ngram_range=char_ngrams),
+        featurizer,
         run_id=run_id,
         tracking_uri=tracking_uri,
         registered_model_name=MODEL_NAME,
@@ -159,7 +160,7 @@ def register_model(tracking_uri: str, scratch: Path) -> dict[str, Any]:
         "version_uri": f"models:/{MODEL_NAME}/{version}",
         "n_features": n_features,
         "hidden": hidden,
-        "char_ngrams": list(char_ngrams),
+        "char_ngrams": list(featurizer.char_ngram_range or []),
         "weights": "random, torch.manual_seed(0) (untrained: scoring cost does not depend on them)",
     }
 

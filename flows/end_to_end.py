@@ -15,6 +15,7 @@ from flows.ingest import ingest
 from flows.train import train
 from flows.weak_label import weak_label
 from mlsys.links import mlflow_model_link
+from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
 from tasks.stages import Stages, path_fingerprint, s3_fingerprint, s3_object_exists
 from tasks.tracking import flow_run_tracking, stage_metrics
@@ -46,9 +47,11 @@ class TrainOptions(BaseModel):
         description="Hidden layer widths. Empty: a linear model (logistic regression); "
         "gpipe needs at least one, e.g. [64].",
     )
-    n_features: int = Field(32768, ge=16, description="Hashed text features (a power of two).")
+    n_features: int = Field(
+        PIPELINE_N_FEATURES, ge=16, description="Hashed text features (a power of two)."
+    )
     char_ngrams: list[int] | None = Field(
-        default_factory=lambda: [1, 4],
+        default_factory=lambda: list(PIPELINE_CHAR_NGRAMS),
         min_length=2,
         max_length=2,
         description="[min, max] character n-gram lengths hashed beside the word n-grams "

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlsys.data.s3 import latest_key
 from mlsys.labeling.batch import selection_rows
-from mlsys.models.text import HashingFeaturizer
+from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
 from mlsys.training.selection import expand_grid, rank
 from tasks.select import log_candidates, train_grid
@@ -31,8 +31,8 @@ def select_models(
     epochs: int = 8,
     batch_size: int = 64,
     dropout: float = 0.0,
-    n_features: int = 2**15,
-    char_ngrams: tuple[int, int] | None = (1, 4),
+    n_features: int = PIPELINE_N_FEATURES,
+    char_ngrams: tuple[int, int] | None = PIPELINE_CHAR_NGRAMS,
     use_weights: bool = True,
     workers: int = 2,
     budget_mb: int | None = None,
@@ -86,10 +86,7 @@ def select_models(
     if budget_mb is not None and budget_mb < 1:
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb}")
     uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
-    featurizer = HashingFeaturizer(
-        n_features=n_features,
-        char_ngram_range=tuple(char_ngrams) if char_ngrams else None,  # type: ignore[arg-type]
-    )
+    featurizer = pipeline_featurizer(n_features, char_ngrams)
     common = {
         "labeled_batch": uri,
         "epochs": epochs,

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from mlsys.data.s3 import latest_key
-from mlsys.models.text import HashingFeaturizer
+from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
@@ -32,8 +32,8 @@ def train(
     lr: float = 0.01,
     hidden: list[int] | None = None,
     dropout: float = 0.0,
-    n_features: int = 2**15,
-    char_ngrams: tuple[int, int] | None = (1, 4),
+    n_features: int = PIPELINE_N_FEATURES,
+    char_ngrams: tuple[int, int] | None = PIPELINE_CHAR_NGRAMS,
     use_weights: bool = True,
     stages: int = 2,
     microbatches: int = 4,
@@ -94,10 +94,7 @@ def train(
     hidden = list(hidden or [])
     if trainer == "gpipe":
         check_gpipe_depth(hidden, stages, dropout)
-    featurizer = HashingFeaturizer(
-        n_features=n_features,
-        char_ngram_range=tuple(char_ngrams) if char_ngrams else None,  # type: ignore[arg-type]
-    )
+    featurizer = pipeline_featurizer(n_features, char_ngrams)
     params = {
         "labeled_batch": uri,
         "trainer": trainer,

@@ -27,6 +27,7 @@ from mlsys.models.text import (
     TextDataset,
     build_text_classifier,
     score_texts,
+    text_classifier_layers,
 )
 from mlsys.settings import Settings
 from mlsys.training import Callback, FitResult, fit
@@ -55,7 +56,7 @@ def check_gpipe_depth(hidden: list[int], stages: int, dropout: float = 0.0) -> N
     Raises:
         ValueError: ``hidden`` gives fewer layers than ``stages``.
     """
-    layers = 2 * len(hidden) + 1 + (len(hidden) if dropout > 0 else 0)
+    layers = text_classifier_layers(hidden, dropout)
     if layers < stages:
         raise ValueError(
             f"trainer 'gpipe' cuts the model into stages={stages} stages, but hidden={hidden} "

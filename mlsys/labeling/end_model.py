@@ -23,6 +23,7 @@ from mlsys.models.text import (
     HashingFeaturizer,
     TextDataset,
     build_text_classifier,
+    pipeline_featurizer,
     score_texts,
 )
 from mlsys.training import fit
@@ -89,8 +90,7 @@ def train_end_model(
     Raises:
         ValueError: no train row has an LF vote, or the grid is empty.
     """
-    # The pipeline's default features (flow `train`): word 1-2-grams and character 1-4-grams.
-    featurizer = featurizer or HashingFeaturizer(n_features=2**15, char_ngram_range=(1, 4))
+    featurizer = featurizer or pipeline_featurizer()
     configs = list(grid) if grid is not None else default_end_model_grid()
     if not configs:
         raise ValueError("the end-model grid is empty")

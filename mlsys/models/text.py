@@ -17,14 +17,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = [
+    "PIPELINE_CHAR_NGRAMS",
+    "PIPELINE_N_FEATURES",
     "PREDICT_CHUNK_ROWS",
     "HashingFeaturizer",
     "TextClassifierSpec",
     "TextDataset",
     "build_text_classifier",
+    "pipeline_featurizer",
     "predict_texts",
     "probabilities_frame",
     "score_texts",
+    "text_classifier_layers",
 ]
 
 TextItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -261,6 +265,25 @@ def _char_grams(word: str, lengths: tuple[int, int]) -> list[str]:
     ]
 
 
+PIPELINE_N_FEATURES = 2**15
+PIPELINE_CHAR_NGRAMS = (1, 4)
+"""The pipeline's default features (flows `train`, `select_models`, `end_to_end`): word
+1-2-grams and character 1-4-grams in 2**15 buckets, chosen by cross-validation on the
+gold dev rows of the YouTube task."""
+
+
+def pipeline_featurizer(
+    n_features: int = PIPELINE_N_FEATURES,
+    char_ngrams: Sequence[int] | None = PIPELINE_CHAR_NGRAMS,
+) -> HashingFeaturizer:
+    """The featurizer the flows build from their parameters: word 1-2-grams, plus
+    character n-grams of lengths ``char_ngrams`` = [min, max] (empty or None: words only)."""
+    return HashingFeaturizer(
+        n_features=n_features,
+        char_ngram_range=_length_range("char_ngrams", char_ngrams) if char_ngrams else None,
+    )
+
+
 def _length_range(name: str, value: Any, *, optional: bool = False) -> tuple[int, int]:
     """``value`` as a ``(min_n, max_n)`` tuple of ints with ``1 <= min_n <= max_n``;
     the error names the field and the value."""
@@ -307,6 +330,12 @@ def _check_classifier_args(
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
     return sizes
+
+
+def text_classifier_layers(hidden: Sequence[int], dropout: float = 0.0) -> int:
+    """How many layers ``build_text_classifier(n, hidden, dropout)`` stacks: Linear and
+    ReLU (and Dropout when ``dropout`` > 0) per hidden layer, then the output Linear."""
+    return len(hidden) * (3 if dropout > 0 else 2) + 1
 
 
 def build_text_classifier(
