@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlsys.data.s3 import S3Error, S3Uri, get_bytes, list_keys, put_bytes
 from mlsys.inference.batch import ChunkResult, iter_chunks, score_chunks
+from mlsys.memory import bound_streaming_memory
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode, ValidationFailed, load_shipped_suite, run_checkpoint
 from tasks.retry import S3_RETRIES
@@ -187,6 +188,9 @@ def score_partition(
 ) -> list[dict[str, Any]]:
     """Score this partition's chunks of the input with the model; skip chunks done before."""
     logger = get_run_logger()
+    # Before the model and the checks allocate anything: freed blocks then go back to the
+    # system from the start, and the peak stays one chunk's working set.
+    bound_streaming_memory()
     model = _load_model(settings.tracking_uri, ref.uri)
 
     def progress(result: ChunkResult) -> None:

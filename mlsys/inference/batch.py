@@ -27,6 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlsys.memory import bound_streaming_memory, trim_heap
+
 __all__ = [
     "Chunk",
     "ChunkResult",
@@ -283,6 +285,10 @@ def score_chunks(
     such as model name and version) are written to ``sink`` as one Parquet part. The
     prediction part is written last, so its presence means the chunk is done.
 
+    Memory stays bounded by one chunk's working set: before the first chunk the process's
+    allocators are set to return what a chunk frees (:func:`mlsys.memory.bound_streaming_memory`,
+    process-wide), and the heap is trimmed after each chunk.
+
     Args:
         partition: ``(i, n)``: this call scores chunks whose running number is ``i`` mod
             ``n``, so ``n`` workers can share an input.
@@ -299,6 +305,7 @@ def score_chunks(
         raise ValueError(f"partition must be (i, n) with 0 <= i < n, got {partition!r}")
     constants = dict(constants or {})
     results: list[ChunkResult] = []
+    bound_streaming_memory()
     for number, chunk in enumerate(chunks):
         if number % workers != worker:
             continue
@@ -317,6 +324,7 @@ def score_chunks(
                 f"{result.rows_quarantined} quarantined"
             )
         results.append(result)
+        trim_heap()
         if progress is not None:
             progress(result)
     return results

@@ -89,6 +89,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
+from mlsys.memory import fix_mmap_threshold
 from mlsys.training.fit import (
     EpochMeter,
     FitResult,
@@ -715,18 +716,11 @@ def _madvise() -> Callable[[int, int, int], int] | None:
 @functools.cache
 def _return_freed_memory() -> None:
     """Have glibc's malloc give every freed block of 1 MiB or more back to the system at
-    once (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, the same as ``MALLOC_MMAP_THRESHOLD_=1048576``;
-    process-wide). By default the threshold rises as large blocks are freed, after which
-    blocks of a shard's size (gradients, optimizer scratch) come from the heap and stay with
-    the process when freed: training shard after shard, it would grow towards the size of
-    the whole model."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    once (:func:`mlsys.memory.fix_mmap_threshold`; process-wide). By default the threshold
+    rises as large blocks are freed, after which blocks of a shard's size (gradients,
+    optimizer scratch) come from the heap and stay with the process when freed: training
+    shard after shard, it would grow towards the size of the whole model."""
+    fix_mmap_threshold(1 << 20)
 
 
 def _drop_pages(mapped: torch.Tensor) -> None:
