@@ -11,7 +11,8 @@ warnings.
 
 Each measurement runs in a fresh process (data built, engine warmed on 1,000 rows, then
 timed), so memory figures do not depend on what ran before. Memory is the peak resident
-set size (RSS, sampled every 5 ms by a thread) during the timed call minus the RSS just
+set size (RSS: the kernel's high-water mark, reset just before; sampled every 5 ms where
+that is missing) during the timed call minus the RSS just
 before it: what the call adds on top of the batch. tracemalloc is not used because the
 string columns live in Arrow buffers it does not see.
 
