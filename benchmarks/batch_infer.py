@@ -37,10 +37,13 @@ give the second worker nothing to do. Torch threads: one-worker runs keep torch'
 (reported); each of the two workers is set to ``--threads-per-worker`` (default 1) so that
 two processes do not oversubscribe the CPUs.
 
-Memory is the peak resident set size (psutil, sampled every 5 ms by a thread) during the
-timed part minus the RSS just before it (before the Parquet read for the baseline, before
-the first chunk for the streaming scorer); for two workers, the sum of both processes'
-deltas. The absolute peak (model, libraries and all) is kept as well.
+Memory is the peak resident set size (the kernel's high-water mark, reset just before;
+psutil sampling every 5 ms where that is missing) during the timed part minus the RSS just
+before it (before the Parquet read for the baseline, before the first chunk for the
+streaming scorer); for two workers, the sum of both processes' deltas. The absolute peak
+(model, libraries and all) is kept as well. Streaming workers first apply
+``mlsys.memory.bound_streaming_memory()``, as the flow's scoring task does; the baseline
+keeps the allocators' defaults, as a user calling ``predict`` would.
 
 Before any timing counts, each streaming run's outputs are checked: rows in = rows
 predicted + rows quarantined (from the results and from the parts on disk), and its
@@ -237,8 +240,10 @@ def _score(spec: dict[str, Any], partition: tuple[int, int], barrier: Any = None
     import torch
 
     from mlsys.inference.batch import FolderSink, iter_chunks, score_chunks
+    from mlsys.memory import bound_streaming_memory
     from tasks.batch_infer import serving_check
 
+    bound_streaming_memory()  # as the flow's scoring task does, before loading anything
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     model = _load(spec["model_uri"])
@@ -654,7 +659,7 @@ def main() -> None:
                     "load and warm-up, at a barrier) until the last finishes",
                 },
                 "memory": "peak RSS during the timed part minus RSS just before it "
-                "(psutil, 5 ms sampling); two workers: sum of both processes",
+                "(kernel high-water mark VmHWM, reset before); two workers: sum of both processes",
                 "check": "serving_check('quarantine') from tasks.batch_infer (serving suite, GX)",
             },
             "sizes": {},
