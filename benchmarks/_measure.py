@@ -43,9 +43,11 @@ def peak_rss_during(fn: Callable[[], Any], interval_s: float = 0.005) -> tuple[A
     """Run ``fn``; return its result and this process's peak RSS while it ran.
 
     On Linux the peak is the kernel's own high-water mark, reset just before ``fn``: exact,
-    however briefly the peak lasted. A background thread also samples the RSS every
-    ``interval_s`` seconds (the only measure elsewhere); the larger of the two is returned."""
-    exact = _reset_high_water_mark()
+    however briefly the peak lasted, and nothing runs beside ``fn``. Elsewhere a background
+    thread samples the RSS every ``interval_s`` seconds (and once before and after)."""
+    if _reset_high_water_mark():
+        out = fn()
+        return out, max(rss(), _high_water_mark() or 0)
     peak = rss()
     done = threading.Event()
 
@@ -62,7 +64,4 @@ def peak_rss_during(fn: Callable[[], Any], interval_s: float = 0.005) -> tuple[A
     finally:
         done.set()
         sampler.join()
-    peak = max(peak, rss())
-    if exact:
-        peak = max(peak, _high_water_mark() or 0)
-    return out, peak
+    return out, max(peak, rss())

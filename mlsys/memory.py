@@ -9,8 +9,9 @@ blocks of the same sizes over and over. Two allocators otherwise keep what is fr
 - Arrow's default memory pool (mimalloc or jemalloc in the wheels) keeps freed pages for
   reuse, and pandas' Arrow-backed strings and Arrow compute allocate from it.
 
-Both settings are process-wide and are applied by the code that needs them:
-:func:`mlsys.inference.batch.score_chunks` and :class:`mlsys.training.spill.Spill`.
+Both settings are process-wide, so they are applied by the code that needs them, not on
+import: :func:`mlsys.inference.batch.score_chunks` applies both
+(:func:`bound_streaming_memory`), :class:`mlsys.training.spill.Spill` fixes the threshold.
 """
 
 from __future__ import annotations

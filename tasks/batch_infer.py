@@ -188,8 +188,8 @@ def score_partition(
 ) -> list[dict[str, Any]]:
     """Score this partition's chunks of the input with the model; skip chunks done before."""
     logger = get_run_logger()
-    # Before the model and the checks allocate anything: freed blocks then go back to the
-    # system from the start, and the peak stays one chunk's working set.
+    # Before the model and the checks allocate anything, so that freed blocks go back to
+    # the system from the start (score_chunks applies it too, for callers outside a task).
     bound_streaming_memory()
     model = _load_model(settings.tracking_uri, ref.uri)
 

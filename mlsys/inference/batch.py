@@ -285,7 +285,7 @@ def score_chunks(
     such as model name and version) are written to ``sink`` as one Parquet part. The
     prediction part is written last, so its presence means the chunk is done.
 
-    Memory stays bounded by one chunk's working set: before the first chunk the process's
+    Memory is held near one chunk's working set: before the first chunk the process's
     allocators are set to return what a chunk frees (:func:`mlsys.memory.bound_streaming_memory`,
     process-wide), and the heap is trimmed after each chunk.
 
