@@ -198,7 +198,7 @@ def _load(uri: str) -> Any:
 def _warmup_frame(path: Path) -> Any:
     from mlsys.inference.batch import iter_chunks
 
-    return next(iter(iter_chunks([path], WARMUP_ROWS))).frame
+    return next(iter(iter_chunks([path], WARMUP_ROWS))).read()
 
 
 def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -399,6 +399,9 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     for folder_sink in (sink, quarantine):
         folder_sink.write = _timed(stages, "file_write", folder_sink.write)  # type: ignore[method-assign]
         folder_sink.rows = _timed(stages, "part_lookup", folder_sink.rows)  # type: ignore[method-assign]
+
+    # Chunks are planned from the footer as they are iterated and decoded when read.
+    batch.Chunk.read = _timed(stages, "parquet_read", batch.Chunk.read)  # type: ignore[method-assign]
 
     def chunks() -> Iterator[batch.Chunk]:
         source = batch.iter_chunks([path], spec["chunk_rows"])

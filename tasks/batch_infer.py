@@ -272,7 +272,7 @@ def write_manifest(
 def first_chunk(paths: list[Path], chunk_rows: int, rename: dict[str, str]) -> pd.DataFrame:
     """The input's first chunk: what the serving checkpoint and skew check look at in
     full (Data Docs, skew against the training data) before anything is scored."""
-    return next(iter(iter_chunks(paths, chunk_rows, rename=rename))).frame
+    return next(iter(iter_chunks(paths, chunk_rows, rename=rename))).read()
 
 
 def scratch_folder(settings: Settings) -> tempfile.TemporaryDirectory[str]:

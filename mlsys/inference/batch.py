@@ -16,10 +16,11 @@ Usage::
 
 from __future__ import annotations
 
+import bisect
 import io
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ from mlsys.memory import bound_streaming_memory, trim_heap
 __all__ = [
     "Chunk",
     "ChunkResult",
+    "ParquetRows",
     "PartSink",
     "cast_to_signature",
     "count_chunks",
@@ -52,16 +54,28 @@ def part_name(file: int, index: int) -> str:
 
 @dataclass(frozen=True)
 class Chunk:
-    """``chunk_rows`` (or fewer, at a file's end) consecutive rows of one input file."""
+    """``rows`` consecutive rows of one input file, from row ``start``: ``chunk_rows`` of
+    them, or fewer at the file's end. The rows are read by :meth:`read`, so a chunk that
+    is skipped (another worker's, or scored by an earlier run) costs no decoding."""
 
     file: int
     index: int
     start: int
-    frame: pd.DataFrame
+    rows: int
+    reader: Callable[[], pd.DataFrame] = field(repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return part_name(self.file, self.index)
+
+    def read(self) -> pd.DataFrame:
+        """The chunk's rows, indexed by their row numbers in the file. Each call reads
+        them again; Parquet chunks are best read in order (see :func:`iter_chunks`)."""
+        frame = self.reader()
+        if len(frame) != self.rows:
+            raise RuntimeError(f"{self.name}: read {len(frame)} rows, expected {self.rows}")
+        frame.index = pd.RangeIndex(self.start, self.start + self.rows)
+        return frame
 
 
 def iter_chunks(
@@ -70,14 +84,21 @@ def iter_chunks(
     *,
     rename: Mapping[str, str] | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of every file in ``paths``, in order: Parquet via its row batches, CSV via
-    pandas' chunked reader (all columns as strings, empty cells missing). ``rename`` maps
-    source column names to the names the model and suites expect (e.g. ``CONTENT`` ->
-    ``text``); columns it does not name keep their names.
+    """Chunks of every file in ``paths``, in order; chunk ``k`` of a file holds its rows
+    ``[k * chunk_rows, (k + 1) * chunk_rows)``. ``rename`` maps source column names to the
+    names the model and suites expect (e.g. ``CONTENT`` -> ``text``); columns it does not
+    name keep their names.
+
+    Parquet chunks are planned from the file's footer and read only when asked
+    (:meth:`Chunk.read`), from the row groups that hold them: chunks read in increasing
+    order share one decoder that never decodes a row group twice, and whole row groups
+    between two read chunks are not decoded at all. CSV is parsed as it is iterated,
+    ``chunk_rows`` rows at a time with pandas' chunked reader (all columns as strings,
+    empty cells missing).
 
     Raises:
         ValueError: ``chunk_rows`` is not positive, a file is neither .parquet nor .csv,
-            or a file holds no rows.
+            cannot be read, or holds no rows.
     """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
@@ -86,20 +107,11 @@ def iter_chunks(
     for file, path in enumerate(paths):
         suffix = path.suffix.lower()
         if suffix == ".parquet":
-            frames = _parquet_frames(path, chunk_rows)
+            yield from _parquet_chunks(file, path, chunk_rows, rename)
         elif suffix == ".csv":
-            frames = _csv_frames(path, chunk_rows)
+            yield from _csv_chunks(file, path, chunk_rows, rename)
         else:
             raise ValueError(f"input file {path.name!r} is neither .parquet nor .csv")
-        start = 0
-        for index, frame in enumerate(frames):
-            if rename:
-                frame = frame.rename(columns=dict(rename))
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            yield Chunk(file=file, index=index, start=start, frame=frame)
-            start += len(frame)
-        if start == 0:
-            raise ValueError(f"input file {path.name!r} holds no rows")
 
 
 def count_chunks(paths: Sequence[Path], chunk_rows: int) -> int:
@@ -121,13 +133,119 @@ def count_chunks(paths: Sequence[Path], chunk_rows: int) -> int:
     return total
 
 
-def _parquet_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    try:
-        reader = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"cannot read Parquet file {path.name!r}: {exc}") from exc
-    for batch in reader.iter_batches(batch_size=chunk_rows):
-        yield batch.to_pandas(types_mapper=_types_mapper)
+def _renamed(frame: pd.DataFrame, rename: Mapping[str, str] | None) -> pd.DataFrame:
+    return frame.rename(columns=dict(rename)) if rename else frame
+
+
+def _parquet_chunks(
+    file: int, path: Path, chunk_rows: int, rename: Mapping[str, str] | None
+) -> Iterator[Chunk]:
+    rows = ParquetRows(path, batch_rows=chunk_rows)
+    if rows.num_rows == 0:
+        raise ValueError(f"input file {path.name!r} holds no rows")
+
+    def reader(start: int, count: int) -> Callable[[], pd.DataFrame]:
+        return lambda: _renamed(
+            rows.read(start, count).to_pandas(types_mapper=_types_mapper), rename
+        )
+
+    for index, start in enumerate(range(0, rows.num_rows, chunk_rows)):
+        count = min(chunk_rows, rows.num_rows - start)
+        yield Chunk(file, index, start, count, reader(start, count))
+
+
+class ParquetRows:
+    """Row ranges of one Parquet file, decoded from the row groups that hold them.
+
+    One batch iterator serves consecutive reads: a read at or after the end of the last
+    one continues it when the new range starts in the row group the iterator is in, and
+    opens a new iterator at the range's row group when it starts further on (the row
+    groups between are skipped without decoding). Rows of the current row group before
+    the range are decoded and dropped: a row group is the smallest unit Parquet decodes.
+    At most ``batch_rows`` decoded rows are held between reads.
+    """
+
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        try:
+            self._file = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"cannot read Parquet file {path.name!r}: {exc}") from exc
+        self.path = path
+        self.batch_rows = batch_rows
+        meta = self._file.metadata
+        self.num_rows: int = meta.num_rows
+        self._group_starts = [0]
+        for group in range(meta.num_row_groups):
+            self._group_starts.append(self._group_starts[-1] + meta.row_group(group).num_rows)
+        self._batches: Iterator[pa.RecordBatch] | None = None
+        self._pending: pa.RecordBatch | None = None  # decoded rows from self._position on
+        self._position = 0
+
+    def _group(self, row: int) -> int:
+        return bisect.bisect_right(self._group_starts, row) - 1
+
+    def _seek(self, start: int) -> None:
+        if (
+            self._batches is None
+            or start < self._position
+            or self._group(start) > self._group(self._position)
+        ):
+            group = self._group(start)
+            self._batches = self._file.iter_batches(
+                batch_size=self.batch_rows,
+                row_groups=range(group, len(self._group_starts) - 1),
+                use_threads=False,
+            )
+            self._pending = None
+            self._position = self._group_starts[group]
+        while self._position < start:
+            batch = self._take()
+            if self._position + len(batch) <= start:
+                self._position += len(batch)
+            else:
+                cut = start - self._position
+                self._pending = batch.slice(cut)
+                self._position = start
+
+    def _take(self) -> pa.RecordBatch:
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+            return batch
+        assert self._batches is not None
+        try:
+            return next(self._batches)
+        except StopIteration:
+            raise RuntimeError(
+                f"{self.path.name}: the row groups ended at row {self._position} of {self.num_rows}"
+            ) from None
+
+    def read(self, start: int, count: int) -> pa.Table:
+        """Rows ``[start, start + count)`` as a table.
+
+        Raises:
+            ValueError: the range is outside the file, or the file cannot be decoded.
+        """
+        if start < 0 or count < 0 or start + count > self.num_rows:
+            raise ValueError(
+                f"rows [{start}, {start + count}) are outside {self.path.name!r}, "
+                f"which holds {self.num_rows}"
+            )
+        try:
+            self._seek(start)
+            pieces: list[pa.RecordBatch] = []
+            need = count
+            while need > 0:
+                batch = self._take()
+                if len(batch) > need:
+                    self._pending = batch.slice(need)
+                    batch = batch.slice(0, need)
+                pieces.append(batch)
+                need -= len(batch)
+                self._position += len(batch)
+        except (pa.ArrowInvalid, OSError) as exc:
+            self._batches = None
+            raise ValueError(f"cannot read Parquet file {self.path.name!r}: {exc}") from exc
+        return pa.Table.from_batches(pieces, schema=self._file.schema_arrow)
 
 
 def _types_mapper(arrow_type: pa.DataType) -> Any:
@@ -135,6 +253,23 @@ def _types_mapper(arrow_type: pa.DataType) -> Any:
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return pd.StringDtype()
     return None
+
+
+def _csv_chunks(
+    file: int, path: Path, chunk_rows: int, rename: Mapping[str, str] | None
+) -> Iterator[Chunk]:
+    start = 0
+    for index, frame in enumerate(_csv_frames(path, chunk_rows)):
+        frame = _renamed(frame, rename)
+        yield Chunk(file, index, start, len(frame), _copy_of(frame))
+        start += len(frame)
+    if start == 0:
+        raise ValueError(f"input file {path.name!r} holds no rows")
+
+
+def _copy_of(frame: pd.DataFrame) -> Callable[[], pd.DataFrame]:
+    # A shallow copy, so that setting the index of what read() returns leaves frame be.
+    return lambda: frame.copy(deep=False)
 
 
 def _csv_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -285,13 +420,15 @@ def score_chunks(
     such as model name and version) are written to ``sink`` as one Parquet part. The
     prediction part is written last, so its presence means the chunk is done.
 
-    Memory is held near one chunk's working set: before the first chunk the process's
-    allocators are set to return what a chunk frees (:func:`mlsys.memory.bound_streaming_memory`,
-    process-wide), and the heap is trimmed after each chunk.
+    Only chunks of this partition that are not done are read (:meth:`Chunk.read`), one
+    at a time; before the first, the process's allocators are set to return what a chunk
+    frees (:func:`mlsys.memory.bound_streaming_memory`, process-wide), and the heap is
+    trimmed after each chunk.
 
     Args:
         partition: ``(i, n)``: this call scores chunks whose running number is ``i`` mod
-            ``n``, so ``n`` workers can share an input.
+            ``n``, so ``n`` workers can share an input; with Parquet input, a worker
+            decodes only the row groups that hold its chunks.
 
     Returns:
         One result per chunk of the partition, in input order.
@@ -313,7 +450,7 @@ def score_chunks(
         done = sink.rows(chunk.name)
         if done is not None:
             held = quarantine.rows(chunk.name) if quarantine is not None else None
-            result = ChunkResult(chunk.name, len(chunk.frame), done, held or 0, True, 0.0)
+            result = ChunkResult(chunk.name, chunk.rows, done, held or 0, True, 0.0)
         else:
             result = _score_chunk(
                 chunk, predict, sink, inputs, id_column, constants, check, quarantine, began
@@ -341,7 +478,7 @@ def _score_chunk(
     quarantine: PartSink | None,
     began: float,
 ) -> ChunkResult:
-    frame = chunk.frame
+    frame = chunk.read()
     if check is not None:
         passed, held = check(frame)
         if len(passed) + len(held) != len(frame):

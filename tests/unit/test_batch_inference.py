@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mlsys.inference.batch import (
     FolderSink,
+    ParquetRows,
     cast_to_signature,
     count_chunks,
     iter_chunks,
@@ -46,19 +51,19 @@ def _all(folder: Path) -> pd.DataFrame:
 def test_chunks_cover_every_row_once_in_order(tmp_path: Path) -> None:
     path = _input(tmp_path)
     chunks = list(iter_chunks([path, path], chunk_rows=10))
-    assert [(c.file, c.index, len(c.frame)) for c in chunks] == [
+    assert [(c.file, c.index, c.rows) for c in chunks] == [
         (0, 0, 10), (0, 1, 10), (0, 2, 5), (1, 0, 10), (1, 1, 10), (1, 2, 5),
     ]  # fmt: skip
-    assert chunks[1].frame.index[0] == 10 and chunks[1].name == part_name(0, 1)
-    assert chunks[0].frame["text"].dtype == pd.StringDtype()
+    assert chunks[1].read().index[0] == 10 and chunks[1].name == part_name(0, 1)
+    assert chunks[0].read()["text"].dtype == pd.StringDtype()
 
 
 def test_csv_chunks_are_renamed_and_empty_cells_missing(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("COMMENT_ID,CONTENT\na,hello\nb,\nc,bye\n", encoding="utf-8")
     (chunk,) = iter_chunks([path], 5, rename={"COMMENT_ID": "comment_id", "CONTENT": "text"})
-    assert list(chunk.frame.columns) == ["comment_id", "text"]
-    assert chunk.frame["text"].isna().tolist() == [False, True, False]
+    assert list(chunk.read().columns) == ["comment_id", "text"]
+    assert chunk.read()["text"].isna().tolist() == [False, True, False]
 
 
 def test_scores_all_chunks_and_counts_add_up(tmp_path: Path) -> None:
@@ -196,3 +201,67 @@ def test_count_chunks_matches_iter_chunks(tmp_path: Path) -> None:
     for chunk_rows in (1, 7, 10, 25, 100):
         made = len(list(iter_chunks([parquet, csv], chunk_rows)))
         assert count_chunks([parquet, csv], chunk_rows) == made, chunk_rows
+
+
+def _numbered(tmp_path: Path, rows: int, row_group: int) -> Path:
+    path = tmp_path / f"n{rows}-{row_group}.parquet"
+    pd.DataFrame({"n": range(rows), "text": [f"t{i}" for i in range(rows)]}).to_parquet(
+        path, row_group_size=row_group
+    )
+    return path
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows the Parquet reader decodes, batch by batch (pyarrow's iterator, counted)."""
+    sizes: list[int] = []
+    real = pq.ParquetFile.iter_batches
+
+    def counting(self: pq.ParquetFile, *args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        for batch in real(self, *args, **kwargs):
+            sizes.append(len(batch))
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting)
+    return sizes
+
+
+@pytest.mark.parametrize("row_group", [3, 10, 16, 100])
+def test_parquet_ranges_read_in_any_order_equal_the_file(tmp_path: Path, row_group: int) -> None:
+    path = _numbered(tmp_path, 100, row_group)
+    whole = pq.read_table(path)
+    rows = ParquetRows(path, batch_rows=7)
+    ranges = [(0, 10), (10, 10), (25, 5), (24, 1), (99, 1), (0, 100), (40, 33), (3, 0)]
+    draw = random.Random(0)
+    ranges += [(s, draw.randint(0, 100 - s)) for s in draw.sample(range(100), 20)]
+    for start, count in ranges:
+        assert rows.read(start, count).equals(whole.slice(start, count)), (start, count)
+    with pytest.raises(ValueError, match=r"rows \[95, 105\) are outside .* which holds 100"):
+        rows.read(95, 10)
+
+
+def test_a_partition_decodes_only_the_row_groups_of_its_chunks(
+    tmp_path: Path, decoded: list[int]
+) -> None:
+    path = _numbered(tmp_path, 100, 10)
+    out = tmp_path / "out"
+    score_chunks(iter_chunks([path], 10), _predict, FolderSink(out), partition=(1, 2))
+    assert sum(decoded) == 50  # chunks 1, 3, 5, 7, 9: five row groups of ten
+    decoded.clear()
+    score_chunks(iter_chunks([path], 10), _predict, FolderSink(out), partition=(0, 2))
+    assert sum(decoded) == 50
+    assert _all(out)["row"].tolist() == [f"0:{i}" for i in range(100)]
+    decoded.clear()
+    again = score_chunks(iter_chunks([path], 10), _predict, FolderSink(out))
+    assert all(r.skipped for r in again) and [r.rows_in for r in again] == [10] * 10
+    assert decoded == []  # a resumed run reads nothing of the chunks done before
+
+
+def test_a_row_group_spanning_chunks_is_decoded_once_per_worker(
+    tmp_path: Path, decoded: list[int]
+) -> None:
+    path = _numbered(tmp_path, 100, 60)  # row groups [0, 60) and [60, 100)
+    score_chunks(iter_chunks([path], 10), _predict, FolderSink(tmp_path / "o"), partition=(1, 3))
+    # Chunks 1, 4, 7: rows [0, 50) of the first group are decoded once, in order; the
+    # second group is entered at its start (60), not continued from row 50.
+    assert sum(decoded) == 50 + 20 and max(decoded) <= 10
