@@ -12,13 +12,23 @@ blocks of the same sizes over and over. Two allocators otherwise keep what is fr
 Both settings are process-wide, so they are applied by the code that needs them, not on
 import: :func:`mlsys.inference.batch.score_chunks` applies both
 (:func:`bound_streaming_memory`), :class:`mlsys.training.spill.Spill` fixes the threshold.
+
+Memory given back must be taken again, a page fault per 4 KiB page. Where the kernel
+offers transparent huge pages on request (mode ``madvise``), torch can ask for them for
+its blocks of 2 MiB and more (:data:`TORCH_HUGE_PAGES_ENV`), so fresh memory comes 2 MiB
+per fault. torch reads that setting once, at its first allocation: it has to be in the
+environment before the process starts, so this module only says whether it would help
+(:func:`huge_pages_hint`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -82,3 +92,40 @@ def bound_streaming_memory() -> None:
     MiB after the twelfth; with the allocators' defaults, 112 and 159 MiB."""
     fix_mmap_threshold(STREAMING_MMAP_THRESHOLD)
     use_system_arrow_pool()
+
+
+TORCH_HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+"""With ``1`` in the environment when the process starts, torch aligns its CPU blocks of 2
+MiB and more to 2 MiB and advises them for transparent huge pages (``MADV_HUGEPAGE``);
+any other value leaves them as they are. ``benchmarks/spill.py`` measures both ways: Spill
+on disk, which takes fresh memory at every shard, faults far less and steps faster; plain
+training, which mostly reuses memory glibc already holds, was faster with it or slower
+depending on the optimizer, so it is not a default."""
+
+_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def transparent_huge_pages(mode_file: Path = _THP_MODE) -> str | None:
+    """The kernel's transparent huge page mode, the bracketed word of ``mode_file``:
+    ``"always"``, ``"madvise"`` or ``"never"``; None where it can't be read (not Linux, or
+    a kernel without transparent huge pages)."""
+    try:
+        found = re.search(r"\[(\w+)\]", mode_file.read_text())
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def huge_pages_hint(mode_file: Path = _THP_MODE) -> str | None:
+    """How to give torch's large blocks huge pages in this process, or None where that
+    would change nothing: the kernel gives them without being asked (``always``), can't
+    (``never``, unknown), or torch was already asked (:data:`TORCH_HUGE_PAGES_ENV`)."""
+    if transparent_huge_pages(mode_file) != "madvise":
+        return None
+    if os.environ.get(TORCH_HUGE_PAGES_ENV) == "1":
+        return None
+    return (
+        f"this kernel gives transparent huge pages to memory that asks for them; start the "
+        f"process with {TORCH_HUGE_PAGES_ENV}=1 for torch's blocks of 2 MiB and more to ask "
+        f"(fewer page faults on the fresh memory spilled training takes at every shard)"
+    )

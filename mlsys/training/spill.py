@@ -54,10 +54,12 @@ shard unmaps it (the page cache holds the files, outside the process). Two more 
 freed memory from lingering: glibc is told to give back at once every block of 1 MiB or
 more (gradients, optimizer scratch, activations), which it otherwise keeps in a heap that
 fragments towards the size of the model (the price: fresh pages, a page fault each, for
-those blocks at every shard, most of what Spill costs over plain training on CPU); and the
-buffers Spill fills itself (packed shard images, saved inputs on their way to disk) come
-from a pool that keeps freed ones, by size, only within what the schedule leaves of the
-budget (filling memory already there is ten times faster than fresh pages).
+those blocks at every shard, most of what Spill costs over plain training on CPU; a
+fused optimizer, which allocates no scratch, and huge pages
+(:data:`mlsys.memory.TORCH_HUGE_PAGES_ENV`) cut it); and the buffers Spill fills itself
+(packed shard images, saved inputs on their way to disk) come from a pool that keeps freed
+ones, by size, only within what the schedule leaves of the budget (filling memory already
+there is ten times faster than fresh pages).
 
 Optimizers are per shard: ``optimizer(shard_params)``; Adam, SGD and the other per-parameter
 optimizers give exactly what one optimizer over the whole model gives. Global-norm gradient
@@ -70,6 +72,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import logging
 import mmap
 import os
 import shutil
@@ -89,7 +92,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
-from mlsys.memory import fix_mmap_threshold
+from mlsys.memory import fix_mmap_threshold, huge_pages_hint
 from mlsys.training.fit import (
     EpochMeter,
     FitResult,
@@ -117,6 +120,8 @@ Offload = Literal["host", "disk"]
 Part = Literal["weights", "state"]
 TraceEvent = tuple[str, int, str]
 """``(action, shard, what)``, e.g. ``("load", 2, "weights+state")``."""
+
+_log = logging.getLogger(__name__)
 
 _OFFLOADS = ("host", "disk")
 _WEIGHTS: tuple[Part, ...] = ("weights",)
@@ -719,8 +724,14 @@ def _return_freed_memory() -> None:
     once (:func:`mlsys.memory.fix_mmap_threshold`; process-wide). By default the threshold
     rises as large blocks are freed, after which blocks of a shard's size (gradients,
     optimizer scratch) come from the heap and stay with the process when freed: training
-    shard after shard, it would grow towards the size of the whole model."""
+    shard after shard, it would grow towards the size of the whole model.
+
+    Logs, once, how to have torch ask for huge pages where the kernel would give them
+    (:func:`mlsys.memory.huge_pages_hint`): the fresh memory then costs far fewer faults."""
     fix_mmap_threshold(1 << 20)
+    hint = huge_pages_hint()
+    if hint is not None:
+        _log.info("Spill(offload='disk'): %s", hint)
 
 
 def _drop_pages(mapped: torch.Tensor) -> None:

@@ -5,6 +5,7 @@ They are process-wide, so each test that applies them does so in a fresh interpr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,19 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from mlsys.memory import fix_mmap_threshold
+from mlsys.memory import (
+    TORCH_HUGE_PAGES_ENV,
+    fix_mmap_threshold,
+    huge_pages_hint,
+    transparent_huge_pages,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GLIBC = sys.platform.startswith("linux")
 
 
-def _run(code: str) -> dict[str, object]:
+def _run(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         check=False,
         cwd=ROOT,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -103,3 +110,63 @@ def test_score_chunks_bounds_the_process_it_runs_in(tmp_path: Path) -> None:
     assert result["pool_before"] != "system"
     assert result["pool_after"] == "system"
     assert result["mapped"] is GLIBC
+
+
+def test_the_kernels_huge_page_mode_is_the_bracketed_word(tmp_path: Path) -> None:
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    assert transparent_huge_pages(mode) == "madvise"
+    mode.write_text("[always] madvise never\n")
+    assert transparent_huge_pages(mode) == "always"
+    assert transparent_huge_pages(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "env", "hinted"),
+    [
+        ("always [madvise] never", None, True),
+        ("always [madvise] never", "1", False),
+        ("always [madvise] never", "true", True),  # torch takes only "1" and "0"
+        ("[always] madvise never", None, False),  # huge pages without asking
+        ("always madvise [never]", None, False),
+    ],
+)
+def test_the_huge_page_hint_is_given_only_where_the_setting_would_change_something(
+    mode: str, env: str | None, hinted: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "enabled").write_text(mode + "\n")
+    if env is None:
+        monkeypatch.delenv(TORCH_HUGE_PAGES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TORCH_HUGE_PAGES_ENV, env)
+    hint = huge_pages_hint(tmp_path / "enabled")
+    assert (hint is not None) is hinted
+    if hint is not None:
+        assert f"{TORCH_HUGE_PAGES_ENV}=1" in hint
+
+
+THP_ELIGIBLE = """
+    import json, os, torch
+    block = torch.ones(64 << 18)  # 64 MiB
+    start = block.data_ptr()
+    eligible = None
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(x, 16) for x in head.split("-"))
+                inside = low <= start < high
+            elif inside and head == "THPeligible:":
+                eligible = line.split()[1] == "1"
+    print(json.dumps({"eligible": eligible}))
+"""
+
+
+@pytest.mark.skipif(transparent_huge_pages() != "madvise", reason="needs THP in madvise mode")
+def test_the_torch_setting_makes_large_blocks_eligible_for_huge_pages() -> None:
+    """What :data:`TORCH_HUGE_PAGES_ENV` promises, checked on this torch and kernel: a
+    64 MiB tensor's mapping may take huge pages only when the process started with it."""
+    env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES_ENV}
+    assert _run(THP_ELIGIBLE, env=env) == {"eligible": False}
+    assert _run(THP_ELIGIBLE, env=env | {TORCH_HUGE_PAGES_ENV: "1"}) == {"eligible": True}

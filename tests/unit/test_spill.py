@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import itertools
+import logging
 import os
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mlsys.training import Callback, fit
+from mlsys.memory import TORCH_HUGE_PAGES_ENV, huge_pages_hint, transparent_huge_pages
+from mlsys.training import Callback, fit, spill
 from mlsys.training.fit import latest_checkpoint, load_checkpoint
 from mlsys.training.spill import (
     LayerFootprint,
@@ -210,6 +212,15 @@ def test_spill_equals_plain_training(
     got = train(strategy, optimizer=SGD if optimizer == "sgd" else ADAM, shuffle=shuffle)
     assert_same(got, plain(optimizer, shuffle))
     assert list(tmp_path.iterdir()) == []  # the private folder is gone
+
+
+@pytest.mark.parametrize("offload", ["host", "disk"])
+def test_fused_adam_equals_plain_training(offload: Any, tmp_path: Path) -> None:
+    """``Adam(fused=True)`` (one kernel per parameter, a tensor step count) spills its
+    state with the shard like the default Adam, and trains as plain training does."""
+    fused = functools.partial(torch.optim.Adam, lr=0.01, fused=True)
+    got = train(Spill(BUDGET, offload=offload, folder=tmp_path), optimizer=fused, shuffle=True)
+    assert_same(got, train(optimizer=fused, shuffle=True))
 
 
 def test_the_budget_really_cuts_the_model_into_shards() -> None:
@@ -533,3 +544,21 @@ def test_a_non_finite_loss_stops_with_where_it_happened(tmp_path: Path) -> None:
 def test_cuda_equals_plain_training(offload: Any) -> None:
     got = train(Spill(BUDGET, device="cuda", offload=offload), optimizer=ADAM, shuffle=True)
     assert_same(got, plain("adam", True), atol=1e-5)
+
+
+def test_disk_offload_says_how_to_get_huge_pages_where_they_would_help(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once per process (the setting is read when torch starts, so Spill can only say it),
+    and only where the kernel gives huge pages on request and torch wasn't asked."""
+    monkeypatch.delenv(TORCH_HUGE_PAGES_ENV, raising=False)
+    with caplog.at_level(logging.INFO, logger="mlsys.training.spill"):
+        spill._return_freed_memory.__wrapped__()  # type: ignore[attr-defined]
+    hint = huge_pages_hint()
+    assert (hint is not None) == (transparent_huge_pages() == "madvise")
+    assert (f"{TORCH_HUGE_PAGES_ENV}=1" in caplog.text) == (hint is not None)
+    caplog.clear()
+    monkeypatch.setenv(TORCH_HUGE_PAGES_ENV, "1")
+    with caplog.at_level(logging.INFO, logger="mlsys.training.spill"):
+        spill._return_freed_memory.__wrapped__()  # type: ignore[attr-defined]
+    assert TORCH_HUGE_PAGES_ENV not in caplog.text
