@@ -60,11 +60,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlsys.memory import TORCH_HUGE_PAGES_ENV
+
 RESULTS = Path(__file__).resolve().parent / "results" / "spill.json"
 MB = 2**20
 CLASSES = 10
 TARGET_STEP_RATIO = 1.5  # spill (disk, prefetch) step time over plain's
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # torch: 2 MiB-aligned, MADV_HUGEPAGE blocks >= 2 MiB
 RUNS: dict[str, dict[str, Any]] = {
     "plain": {"label": "plain", "strategy": "plain"},
     "disk": {"label": "spill disk, prefetch", "strategy": "spill", "offload": "disk"},
@@ -84,13 +85,13 @@ RUNS: dict[str, dict[str, Any]] = {
     "plain-thp": {
         "label": "plain, huge pages",
         "strategy": "plain",
-        "env": {HUGE_PAGES_ENV: "1"},
+        "env": {TORCH_HUGE_PAGES_ENV: "1"},
     },
     "disk-thp": {
         "label": "spill disk, prefetch, huge pages",
         "strategy": "spill",
         "offload": "disk",
-        "env": {HUGE_PAGES_ENV: "1"},
+        "env": {TORCH_HUGE_PAGES_ENV: "1"},
     },
     "disk-eager": {
         "label": "spill disk, model built first",
@@ -254,7 +255,7 @@ def measure(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     busy_before, children_before = machine_busy_seconds(), children_cpu_seconds()
     started = time.perf_counter()
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV} | spec.get("env", {})
+    env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES_ENV} | spec.get("env", {})
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-6000:]}")
