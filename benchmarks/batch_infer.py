@@ -37,6 +37,10 @@ give the second worker nothing to do. Torch threads: one-worker runs keep torch'
 (reported); each of the two workers is set to ``--threads-per-worker`` (default 1) so that
 two processes do not oversubscribe the CPUs.
 
+Streaming processes start with ``mlsys.memory.STREAMING_ENV`` in their environment
+(Arrow's C++ memory pool as the system allocator), as the flow's Dask workers and its
+deployment do; the baseline's process keeps Arrow's default (mimalloc).
+
 Memory is the peak resident set size (the kernel's high-water mark, reset just before;
 psutil sampling every 5 ms where that is missing) during the timed part minus the RSS just
 before it (before the Parquet read for the baseline, before the first chunk for the
@@ -623,10 +627,15 @@ def main() -> None:
     import torch
 
     scratch = Path(tempfile.mkdtemp(prefix="mlsys-bench-batch-infer-"))
+    from mlsys.memory import STREAMING_ENV
+
     env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect")}
     try:
         tracking_uri = args.tracking_uri or f"sqlite:///{scratch.resolve()}/mlflow.db"
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+        # Streaming processes start as the flow's do (its Dask workers, its deployment);
+        # the baseline keeps Arrow's default pool, as a user calling predict would.
+        stream_env = env | STREAMING_ENV
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         load_start = os.getloadavg()
         started = time.perf_counter()
@@ -706,9 +715,9 @@ def main() -> None:
                     spec |= {"out": str(out), "checked": config.endswith("_checked")}
                     if config == "stream_2w_checked":
                         spec["threads"] = args.threads_per_worker
-                        result = measure("stream_parallel", spec, env)
+                        result = measure("stream_parallel", spec, stream_env)
                     else:
-                        result = measure("stream", spec, env)
+                        result = measure("stream", spec, stream_env)
                     result["verified"] = verify(result, rows, out, expected)
                     shutil.rmtree(out)
                     runs[config].append(result)
@@ -766,7 +775,7 @@ def main() -> None:
                 "constants": constants,
                 "out": str(scratch / "out-profile"),
             }
-            profile = measure("profile", spec, env)
+            profile = measure("profile", spec, stream_env)
             figures["profile_stream_1w_checked"] = profile
             print(
                 f"where a checked 1-worker run spends its time ({profile['rows']:,} rows, "

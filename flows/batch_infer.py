@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from mlsys.data import get_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.inference.batch import count_chunks
+from mlsys.memory import STREAMING_ENV
 from mlsys.settings import Settings
 from tasks.batch_infer import (
     ModelRef,
@@ -55,6 +56,8 @@ def _dask_runner(workers: int) -> Any:
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": None,
+            # Set in each worker process before it imports pyarrow (see STREAMING_ENV).
+            "env": dict(STREAMING_ENV),
         }
     )
 

@@ -167,7 +167,10 @@ class ParquetRows:
 
     def __init__(self, path: Path, batch_rows: int) -> None:
         try:
-            self._file = pq.ParquetFile(path)
+            # No pre-buffering: with it, the first read caches the compressed column chunks
+            # of every row group from there to the end of the file (about 2 MiB per 50k
+            # comments), so memory would grow with the input instead of the chunk.
+            self._file = pq.ParquetFile(path, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ValueError(f"cannot read Parquet file {path.name!r}: {exc}") from exc
         self.path = path

@@ -349,7 +349,12 @@ def run_checkpoint(
             shutil.copytree(site, docs_dir)
     (validation,) = result.run_results.values()
     failures, warnings_, bad_rows = _read_results(validation.results, frame, suite)
-    # GX's context, engine and results reference each other in cycles that keep the
+    # GX keeps the context it made last as its module-wide current project, and through
+    # it the data source's engine and its cache of the batch just validated: the whole
+    # frame would stay alive until the next checkpoint made another context, so a stream
+    # of chunks would hold the previous chunk while reading the next one. Let go of it.
+    _forget_context(ctx)
+    # GX's context, engine and results also reference each other in cycles that keep the
     # batch alive until Python's next full collection; streaming many chunks through
     # checkpoints would grow memory by a chunk per call. Collect them now (~0.25 s, so
     # only for batches large enough for that to matter).
@@ -393,6 +398,19 @@ def run_checkpoint(
         rows_failing=len(bad_rows),
         docs_dir=docs_dir,
     )
+
+
+def _forget_context(ctx: FileDataContext) -> None:
+    """Unset GX's module-wide current project if it is ``ctx`` (the scratch context a
+    checkpoint ran in, whose folder is gone by now); a context made elsewhere stays."""
+    from great_expectations.data_context.data_context.context_factory import project_manager
+
+    try:
+        current = project_manager.get_current_project()
+    except Exception:  # GX raises its own error when no project is set
+        return
+    if current is ctx:
+        project_manager.set_project(None)
 
 
 def _gx_frame(frame: pd.DataFrame) -> pd.DataFrame:

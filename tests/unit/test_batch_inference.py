@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +270,41 @@ def test_a_row_group_spanning_chunks_is_decoded_once_per_worker(
     # Chunks 1, 4, 7: rows [0, 50) of the first group are decoded once, in order; the
     # second group is entered at its start (60), not continued from row 50.
     assert sum(decoded) == 50 + 20 and max(decoded) <= 10
+
+
+HELD_BETWEEN_READS = """
+    import json, os, sys
+    import pyarrow as pa, pyarrow.parquet as pq
+    from pathlib import Path
+    from mlsys.inference.batch import ParquetRows
+    path = Path(sys.argv[1])
+    texts = [os.urandom(256).hex() for _ in range(80_000)]  # incompressible, ~40 MiB
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=2_000)  # 40 groups
+    del texts
+    rows = ParquetRows(path, batch_rows=2_000)
+    table = rows.read(0, 2_000)
+    one_group = table.nbytes
+    del table
+    print(json.dumps({"held": pa.total_allocated_bytes(), "group": one_group}))
+"""
+
+
+def test_reading_a_chunk_holds_no_more_of_the_file_than_its_row_group(tmp_path: Path) -> None:
+    """Between reads the reader holds a few row groups' worth (decoding buffers), however
+    many follow:
+    with pyarrow's default pre-buffering, the first read cached every later row group's
+    column chunks, so a stream's memory grew with its input. In a fresh process, where
+    Arrow's Python and C++ pools are one and its counter sees both."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(HELD_BETWEEN_READS), str(tmp_path / "t.parquet")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["group"] > 1_000_000
+    # Measured: about 4 groups' worth without pre-buffering, 35 of the 40 with it.
+    assert found["held"] < 8 * found["group"], found

@@ -35,3 +35,21 @@ def test_gpipe_depth_counts_every_layer(
     check_gpipe_depth(hidden, stages=layers, dropout=dropout)
     with pytest.raises(ValueError, match=re.escape(f"hidden={hidden} gives {layers} layer")):
         check_gpipe_depth(hidden, stages=stages, dropout=dropout)
+
+
+def _arrow_pool() -> str:
+    import pyarrow as pa
+
+    return str(pa.default_memory_pool().backend_name)
+
+
+def test_batch_infer_dask_workers_start_with_arrows_pool_as_the_system_allocator() -> None:
+    """The cluster batch_infer asks for sets STREAMING_ENV in each worker before pyarrow
+    is imported there: Arrow's own pool in the worker is the system allocator."""
+    from distributed import Client, LocalCluster
+
+    from flows.batch_infer import _dask_runner
+
+    kwargs = dict(_dask_runner(2).cluster_kwargs) | {"n_workers": 1}
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        assert client.submit(_arrow_pool, pure=False).result(timeout=60) == "system"

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from mlsys.memory import (
+    ARROW_POOL_ENV,
+    STREAMING_ENV,
     TORCH_HUGE_PAGES_ENV,
+    arrow_pool_hint,
     fix_mmap_threshold,
     huge_pages_hint,
     transparent_huge_pages,
@@ -170,3 +173,71 @@ def test_the_torch_setting_makes_large_blocks_eligible_for_huge_pages() -> None:
     env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES_ENV}
     assert _run(THP_ELIGIBLE, env=env) == {"eligible": False}
     assert _run(THP_ELIGIBLE, env=env | {TORCH_HUGE_PAGES_ENV: "1"}) == {"eligible": True}
+
+
+ARROW_POOLS = """
+    import json, pyarrow as pa
+    print(json.dumps({"backend": pa.default_memory_pool().backend_name}))
+"""
+
+
+def test_the_streaming_environment_makes_arrows_own_pool_the_system_allocator() -> None:
+    """What :data:`STREAMING_ENV` promises, checked on this pyarrow: the pool Arrow's C++
+    library picks at import is the system allocator only when the process starts with it."""
+    import pyarrow as pa
+
+    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL_ENV}
+    default = _run(ARROW_POOLS, env=env)["backend"]
+    assert _run(ARROW_POOLS, env=env | STREAMING_ENV) == {"backend": "system"}
+    if set(pa.supported_memory_backends()) > {"system"}:
+        assert default != "system"
+
+
+def test_the_arrow_pool_hint_is_given_only_without_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pyarrow as pa
+
+    monkeypatch.setenv(ARROW_POOL_ENV, "system")
+    assert arrow_pool_hint() is None
+    for value in (None, "mimalloc"):
+        if value is None:
+            monkeypatch.delenv(ARROW_POOL_ENV)
+        else:
+            monkeypatch.setenv(ARROW_POOL_ENV, value)
+        hint = arrow_pool_hint()
+        if set(pa.supported_memory_backends()) <= {"system"}:
+            assert hint is None
+        else:
+            assert hint is not None and f"{ARROW_POOL_ENV}=system" in hint
+
+
+def test_score_chunks_says_when_arrows_own_pool_would_keep_memory(tmp_path: Path) -> None:
+    """The hint is logged once, by the first stream, in a process started without the
+    setting; with it, nothing is said."""
+    source = tmp_path / "in.parquet"
+    code = f"""
+    import json, logging
+    from pathlib import Path
+    import pandas as pd
+    from mlsys.inference.batch import FolderSink, iter_chunks, score_chunks
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("mlsys.memory").addHandler(handler)
+    logging.getLogger("mlsys.memory").setLevel(logging.INFO)
+    pd.DataFrame({{"text": ["a", "bb", "ccc"]}}).to_parquet({str(source)!r})
+    predict = lambda f: pd.DataFrame({{"label": [1] * len(f), "probability": 0.5}})
+    for out in ("a", "b"):
+        chunks = iter_chunks([Path({str(source)!r})], 2)
+        score_chunks(chunks, predict, FolderSink(Path({str(tmp_path)!r}) / out))
+    print(json.dumps({{"said": [r.getMessage() for r in records]}}))
+    """
+    import pyarrow as pa
+
+    env = {k: v for k, v in os.environ.items() if k != ARROW_POOL_ENV}
+    said = _run(code, env=env)["said"]
+    assert isinstance(said, list)
+    if set(pa.supported_memory_backends()) > {"system"}:
+        assert len(said) == 1 and f"{ARROW_POOL_ENV}=system" in said[0]
+    assert _run(code, env=env | STREAMING_ENV) == {"said": []}

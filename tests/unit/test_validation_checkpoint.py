@@ -470,3 +470,19 @@ def test_a_batch_without_rows_is_refused(raw_suite: dict[str, object]) -> None:
         ValueError, match="the batch has no rows: nothing to validate with suite 'raw'"
     ):
         run_checkpoint(empty, raw_suite)
+
+
+def test_a_checkpoint_keeps_no_reference_to_the_batch(
+    youtube: pd.DataFrame, raw_suite: dict[str, object]
+) -> None:
+    """GX keeps the last context it made, and through it the last batch it validated, as
+    its module-wide current project; run_checkpoint lets go of it, so a stream of chunks
+    does not hold the previous chunk while it reads the next."""
+    import gc
+
+    from great_expectations.execution_engine.pandas_batch_data import PandasBatchData
+
+    report = run_checkpoint(youtube, raw_suite, mode="quarantine")
+    gc.collect()
+    assert report.rows_in == len(youtube)
+    assert [o for o in gc.get_objects() if isinstance(o, PandasBatchData)] == []
