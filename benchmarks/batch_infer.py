@@ -626,9 +626,9 @@ def main() -> None:
     import pyarrow as pa
     import torch
 
-    scratch = Path(tempfile.mkdtemp(prefix="mlsys-bench-batch-infer-"))
     from mlsys.memory import STREAMING_ENV
 
+    scratch = Path(tempfile.mkdtemp(prefix="mlsys-bench-batch-infer-"))
     env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect")}
     try:
         tracking_uri = args.tracking_uri or f"sqlite:///{scratch.resolve()}/mlflow.db"

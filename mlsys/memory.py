@@ -113,7 +113,7 @@ STREAMING_ENV: dict[str, str] = {ARROW_POOL_ENV: "system"}
 """Environment for a process that scores chunk after chunk, set before it starts (or at
 least before it imports pyarrow): Arrow's C++ pool becomes the system allocator, which
 gives freed memory back like the rest of the process does. The Parquet reader and writer
-allocate from that pool whatever :func:`use_system_arrow_pool` says; with mimalloc, the
+take their buffers from that pool whatever :func:`use_system_arrow_pool` says; with mimalloc, the
 wheels' default, a checked 2-worker stream of 50k-row chunks peaked 1.41-1.57x higher at 1M
 rows than at 100k, and 1.04-1.11x with this setting (``benchmarks/batch_infer.py``)."""
 

@@ -404,10 +404,11 @@ def _forget_context(ctx: FileDataContext) -> None:
     """Unset GX's module-wide current project if it is ``ctx`` (the scratch context a
     checkpoint ran in, whose folder is gone by now); a context made elsewhere stays."""
     from great_expectations.data_context.data_context.context_factory import project_manager
+    from great_expectations.exceptions.exceptions import DataContextRequiredError
 
     try:
         current = project_manager.get_current_project()
-    except Exception:  # GX raises its own error when no project is set
+    except DataContextRequiredError:  # no current project
         return
     if current is ctx:
         project_manager.set_project(None)
