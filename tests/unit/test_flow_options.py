@@ -3,6 +3,7 @@ options and the train flow's GPipe depth check."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -51,5 +52,13 @@ def test_batch_infer_dask_workers_start_with_arrows_pool_as_the_system_allocator
     from flows.batch_infer import _dask_runner
 
     kwargs = dict(_dask_runner(2).cluster_kwargs) | {"n_workers": 1}
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
-        assert client.submit(_arrow_pool, pure=False).result(timeout=60) == "system"
+    # Dask's nanny writes its pre-spawn variables (MALLOC_TRIM_THRESHOLD_,
+    # OMP_NUM_THREADS) into this process's environment; later tests' subprocesses must
+    # not inherit them.
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+            assert client.submit(_arrow_pool, pure=False).result(timeout=60) == "system"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -67,7 +67,11 @@ def test_a_fixed_threshold_keeps_large_blocks_mapped() -> None:
     """By default glibc raises its threshold when a large mapped block is freed, so the
     next block of that size comes from the heap (and stays there when freed); with the
     threshold fixed it is mapped again, and freeing it gives it back."""
-    default = _run(MALLINFO + '    print(json.dumps({"mapped": mapped_after_realloc(8 << 20)}))')
+    # glibc's defaults: no MALLOC_* tuning variable (any of them fixes the threshold).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    default = _run(
+        MALLINFO + '    print(json.dumps({"mapped": mapped_after_realloc(8 << 20)}))', env=env
+    )
     fixed = _run(
         MALLINFO
         + """
