@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 __all__ = [
     "Callback",
@@ -228,6 +228,8 @@ def epoch_batches(
 def collate(data: Dataset[Any], indices: torch.Tensor) -> Batch:
     """Stack the items at ``indices`` into ``(x, y, weight)``; weight is 1 where the items
     carry none. Errors name the index of a malformed item."""
+    if type(data) is TensorDataset and len(data.tensors) in (2, 3):  # not a subclass
+        return _collate_tensors(data.tensors, indices)
     xs, ys, ws = [], [], []
     for index in indices.tolist():
         item = data[index]
@@ -239,7 +241,22 @@ def collate(data: Dataset[Any], indices: torch.Tensor) -> Batch:
         xs.append(torch.as_tensor(item[0]))
         ys.append(torch.as_tensor(item[1]))
         ws.append(torch.as_tensor(item[2] if len(item) == 3 else 1.0, dtype=torch.float32))
-    weights = torch.stack(ws).reshape(-1)
+    return torch.stack(xs), torch.stack(ys), _checked_weights(torch.stack(ws), indices)
+
+
+def _collate_tensors(tensors: Sequence[torch.Tensor], indices: torch.Tensor) -> Batch:
+    """``collate`` of a TensorDataset: one gather per tensor instead of one item at a time
+    (the same batch: an item of it is its tensors' rows)."""
+    x, y = tensors[0][indices], tensors[1][indices]
+    if len(tensors) == 3:
+        weights = tensors[2][indices].to(torch.float32)
+    else:
+        weights = torch.ones(len(indices), dtype=torch.float32)
+    return x, y, _checked_weights(weights, indices)
+
+
+def _checked_weights(weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    weights = weights.reshape(-1)
     bad = ~(weights > 0) | ~torch.isfinite(weights)
     if bool(bad.any()):
         position = int(bad.nonzero()[0])
@@ -247,7 +264,7 @@ def collate(data: Dataset[Any], indices: torch.Tensor) -> Batch:
             f"data[{int(indices[position])}] has weight {float(weights[position])}; "
             f"weights must be positive and finite"
         )
-    return torch.stack(xs), torch.stack(ys), weights
+    return weights
 
 
 def weighted_mean(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

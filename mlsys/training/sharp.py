@@ -17,7 +17,8 @@ turns each model's training into a chain of shard *units*, and schedules units o
   than 2% of its work (and one step) more left, which spares moving shards every unit;
 - each device is handed units ahead; the next unit's shard is read by a background I/O
   thread while the current one computes (double buffering: two shards in memory at once,
-  so shards are planned for half the budget, as Spill does with prefetch).
+  so shards are planned for half the budget, as Spill does with prefetch); the same thread
+  writes the optimizer state a shard's first step created, behind that step.
 
 On CPU, devices are worker processes with ``threads`` threads each (one by default). A
 model's state between units lives in files (the offload tier: shared memory by default,
@@ -596,12 +597,16 @@ def _create(path: Path, tensors: Sequence[tuple[str, torch.Tensor]]) -> list[_Sl
     slots, nbytes = _plan_slots(tensors)
     partial = path.with_name(path.name + ".partial")
     try:
+        # Written, not copied into a mapping: the kernel fills the pages in one call per
+        # tensor, about twice as fast as faulting a new mapping in page by page, and a full
+        # file system fails the write with ENOSPC instead of the copy with SIGBUS.
         with partial.open("wb") as f:
+            for slot, (_, tensor) in zip(slots, tensors, strict=True):
+                f.seek(slot.offset)
+                f.write(
+                    tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
+                )
             f.truncate(nbytes)
-        views = _views(_map(partial, nbytes), slots)
-        for key, tensor in tensors:
-            views[key].copy_(tensor.detach())
-        del views
         partial.replace(path)
     except OSError as exc:
         partial.unlink(missing_ok=True)
@@ -1288,9 +1293,11 @@ class _Worker:
         self.receive(block=False)
         final = unit.last_step and unit.updates
         if final or not (self.pending and self._held(self.pending[0])):
-            self._evict()
+            # After the job's final step its files are read as soon as the workers stop:
+            # written here, so that a failure fails the job.
+            self._evict(defer=not final)
 
-    def _evict(self) -> None:
+    def _evict(self, *, defer: bool = False) -> None:
         """Let the held shard go, first making its files hold its state: tensors that are
         not the mapped ones (all of them on CUDA) are copied in; the optimizer's state gets
         a file of its own at its first step (or when its tensors change shape), and its
@@ -1316,24 +1323,34 @@ class _Worker:
             or views is None
             or layout != [(s.key, s.shape, _dtype(s.dtype)) for s in slots]
         )
+        meta_path = _optimizer_meta_path(self.work, r.job, r.shard)
+        if views is None and defer and self.device.type == "cpu":
+            # The shard's first step: its optimizer just created the state. The I/O thread
+            # writes it while the next unit computes (the tensors are the optimizer's own,
+            # which nothing touches again); the metadata file comes last, and a device that
+            # takes the shard next waits for it (this one reads behind its own writes).
+            slots, nbytes = _plan_slots(tensors)
+            meta = {
+                "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
+                "nbytes": nbytes,
+                "skeleton": _skeleton(state),
+            }
+            self.writes.append(
+                (r.job, self.io.submit(_create_state, path, tensors, meta_path, meta))
+            )
+            return
         if relaid or views is None:
             slots = _create(path, tensors)
         else:
             for key, tensor in tensors:
                 if tensor.data_ptr() != views[key].data_ptr():
                     views[key].copy_(tensor.detach())
-        skeleton = {
-            "state": {
-                pid: {n: (None if isinstance(v, torch.Tensor) else v) for n, v in entry.items()}
-                for pid, entry in state["state"].items()
-            },
-            "param_groups": state["param_groups"],
-        }
+        skeleton = _skeleton(state)
         if not relaid and _same(skeleton, r.mapped.optimizer_skeleton):
             return  # Adam, SGD...: all that changes is in the tensors, already in the file
         assert slots is not None
         _save(
-            _optimizer_meta_path(self.work, r.job, r.shard),
+            meta_path,
             {
                 "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
                 "nbytes": _plan_slots(tensors)[1],
@@ -1371,6 +1388,26 @@ class _Worker:
         self.writes = pending
         if failed is not None:
             raise failed
+
+
+def _skeleton(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict without its tensors (None in their places)."""
+    return {
+        "state": {
+            pid: {n: (None if isinstance(v, torch.Tensor) else v) for n, v in entry.items()}
+            for pid, entry in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
+
+
+def _create_state(
+    path: Path, tensors: Sequence[tuple[str, torch.Tensor]], meta_path: Path, meta: Any
+) -> None:
+    """A shard's optimizer state file, then its metadata file: a reader waits for the
+    metadata (``_load``), so it finds the state whole."""
+    _create(path, tensors)
+    _save(meta_path, meta)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -91,6 +91,31 @@ def test_collate_names_the_bad_item() -> None:
         collate([torch.zeros(2)], torch.arange(1))  # type: ignore[arg-type]
 
 
+def test_collate_of_a_tensor_dataset_equals_item_by_item() -> None:
+    """TensorDatasets are gathered a tensor at a time; a subclass (which may change
+    __getitem__) goes item by item. Both give the same batch and the same errors."""
+
+    class ItemByItem(TensorDataset):
+        pass
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 4, generator=g), torch.randint(0, 3, (20,), generator=g)
+    w = torch.rand(20, generator=g, dtype=torch.float64) + 0.5
+    indices = torch.tensor([7, 0, 19, 7, 3])
+    for tensors in ((x, y), (x, y, w), (x, y, w.reshape(20, 1))):
+        fast, slow = (
+            collate(TensorDataset(*tensors), indices),
+            collate(ItemByItem(*tensors), indices),
+        )
+        for a, b in zip(fast, slow, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    w_bad = w.clone()
+    w_bad[3] = float("nan")
+    for kind in (TensorDataset, ItemByItem):
+        with pytest.raises(ValueError, match=r"data\[3\] has weight nan"):
+            collate(kind(x, y, w_bad), indices)
+
+
 def test_loss_must_be_per_example() -> None:
     with pytest.raises(ValueError, match="reduction='none'"):
         weighted_mean(torch.tensor(1.0), torch.ones(4))

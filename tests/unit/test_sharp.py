@@ -19,6 +19,11 @@ from mlsys.training import Callback, fit
 from mlsys.training.sharp import (
     Job,
     UnitRecord,
+    _create_state,
+    _load,
+    _map,
+    _plan_slots,
+    _views,
     lower_bound,
     simulate_lrtf,
     train_many,
@@ -249,3 +254,23 @@ def test_bad_input_is_refused_naming_the_value(tmp_path: Path) -> None:
                 train_many([job("a", mlp(0))], offload="disk", folder=locked)
     finally:
         locked.chmod(0o700)
+
+
+def test_a_first_step_state_write_publishes_its_metadata_last(tmp_path: Path) -> None:
+    """A shard's first optimizer state is written behind the unit that made it; a device
+    that takes the shard next waits for the metadata, so the metadata must appear only
+    once the state file is whole, and never when writing the state failed."""
+    tensors = [("0.exp_avg", torch.randn(3, 5)), ("0.step", torch.tensor(4.0))]
+    state, meta = tmp_path / "opt.bin", tmp_path / "opt.meta"
+    slots, nbytes = _plan_slots(tensors)
+    _create_state(state, tensors, meta, {"nbytes": nbytes})
+    assert _load(meta, timeout=1) == {"nbytes": nbytes}
+    views = _views(_map(state, nbytes), slots)
+    for key, tensor in tensors:
+        assert torch.equal(views[key], tensor), key
+
+    missing = tmp_path / "gone" / "opt.bin"  # its folder does not exist: the write fails
+    with pytest.raises(OSError, match="gone"):
+        _create_state(missing, tensors, tmp_path / "gone.meta", {"nbytes": nbytes})
+    assert not (tmp_path / "gone.meta").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"opt.bin", "opt.meta"}  # no partial file
