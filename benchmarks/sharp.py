@@ -13,6 +13,7 @@ would otherwise do. Draws the 2-worker, 8-model timeline to benchmarks/results/s
 Models alternate between two widths so that the grid is uneven, as a real one is.
 
     .venv/bin/python benchmarks/sharp.py [--width 1024] [--depth 8] [--steps 6] [--rounds 3]
+        [--adam fused|default]
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def jobs_for(n: int, args: argparse.Namespace, data: dict[int, TensorDataset]) -
             Job(
                 model=mlp(width, args.depth, seed=i),
                 data=data[width],
-                optimizer=functools.partial(torch.optim.Adam, lr=lr),
+                optimizer=functools.partial(
+                    torch.optim.Adam, lr=lr, fused=args.adam == "fused" or None
+                ),
                 loss=nn.CrossEntropyLoss(reduction="none"),
                 epochs=1,
                 batch_size=args.batch,
@@ -154,6 +157,14 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=None,
                         help="offload to files here (default: shared memory)")  # fmt: skip
     parser.add_argument("--models", type=int, nargs="+", default=[4, 8], help="grid sizes")
+    parser.add_argument(
+        "--adam",
+        choices=("fused", "default"),
+        default="fused",
+        help="the Adam of every model, in every run: 'fused', Adam(fused=True), one pass "
+        "over each parameter's state (torch's fastest Adam on the CPU, as in spill.py); "
+        "'default', torch's default there, a loop of tensor operations",
+    )
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each configuration; the median is reported")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "sharp.json",
