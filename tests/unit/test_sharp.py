@@ -260,7 +260,12 @@ def test_a_first_step_state_write_publishes_its_metadata_last(tmp_path: Path) ->
     """A shard's first optimizer state is written behind the unit that made it; a device
     that takes the shard next waits for the metadata, so the metadata must appear only
     once the state file is whole, and never when writing the state failed."""
-    tensors = [("0.exp_avg", torch.randn(3, 5)), ("0.step", torch.tensor(4.0))]
+    tensors = [
+        ("0.exp_avg", torch.randn(3, 5)),
+        ("0.step", torch.tensor(4.0)),
+        ("1.exp_avg", torch.randn(5, 3).t()),  # not contiguous
+        ("1.half", torch.randn(7, dtype=torch.bfloat16)),
+    ]
     state, meta = tmp_path / "opt.bin", tmp_path / "opt.meta"
     slots, nbytes = _plan_slots(tensors)
     _create_state(state, tensors, meta, {"nbytes": nbytes})
