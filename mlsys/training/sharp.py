@@ -1329,18 +1329,13 @@ class _Worker:
             # writes it while the next unit computes (the tensors are the optimizer's own,
             # which nothing touches again); the metadata file comes last, and a device that
             # takes the shard next waits for it (this one reads behind its own writes).
-            slots, nbytes = _plan_slots(tensors)
-            meta = {
-                "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
-                "nbytes": nbytes,
-                "skeleton": _skeleton(state),
-            }
+            meta = _state_meta(tensors, _skeleton(state))
             self.writes.append(
                 (r.job, self.io.submit(_create_state, path, tensors, meta_path, meta))
             )
             return
         if relaid or views is None:
-            slots = _create(path, tensors)
+            _create(path, tensors)
         else:
             for key, tensor in tensors:
                 if tensor.data_ptr() != views[key].data_ptr():
@@ -1348,15 +1343,7 @@ class _Worker:
         skeleton = _skeleton(state)
         if not relaid and _same(skeleton, r.mapped.optimizer_skeleton):
             return  # Adam, SGD...: all that changes is in the tensors, already in the file
-        assert slots is not None
-        _save(
-            meta_path,
-            {
-                "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
-                "nbytes": _plan_slots(tensors)[1],
-                "skeleton": skeleton,
-            },
-        )
+        _save(meta_path, _state_meta(tensors, skeleton))
 
     def _pass_on(self, unit: Unit, out: dict[str, Any]) -> None:
         """Hand the carry to the job's next unit: in memory when it runs here next, else
@@ -1398,6 +1385,19 @@ def _skeleton(state: dict[str, Any]) -> dict[str, Any]:
             for pid, entry in state["state"].items()
         },
         "param_groups": state["param_groups"],
+    }
+
+
+def _state_meta(
+    tensors: Sequence[tuple[str, torch.Tensor]], skeleton: dict[str, Any]
+) -> dict[str, Any]:
+    """The metadata file of an optimizer state: where each tensor is in the state file (the
+    layout ``_create`` gives them), the file's size, and the rest of the state dict."""
+    slots, nbytes = _plan_slots(tensors)
+    return {
+        "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
+        "nbytes": nbytes,
+        "skeleton": skeleton,
     }
 
 
