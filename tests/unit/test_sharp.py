@@ -19,9 +19,11 @@ from mlsys.training import Callback, fit
 from mlsys.training.sharp import (
     Job,
     UnitRecord,
+    _create,
     _create_state,
     _load,
     _map,
+    _Mappings,
     _plan_slots,
     _views,
     lower_bound,
@@ -279,3 +281,36 @@ def test_a_first_step_state_write_publishes_its_metadata_last(tmp_path: Path) ->
         _create_state(missing, tensors, tmp_path / "gone.meta", {"nbytes": nbytes})
     assert not (tmp_path / "gone.meta").exists()
     assert {p.name for p in tmp_path.iterdir()} == {"opt.bin", "opt.meta"}  # no partial file
+
+
+def test_a_device_keeps_its_mappings_until_a_file_is_replaced(tmp_path: Path) -> None:
+    """A device maps a shard's file once and keeps the mapping for the units after; what
+    another device writes through its own mapping shows through the kept one, and a file
+    replaced since (a new optimizer state layout) is mapped again, never read stale."""
+    job = tmp_path / "job-0000"
+    job.mkdir()
+    path = job / "weights-00.bin"
+    first = [("w", torch.arange(6.0).reshape(2, 3))]
+    slots, nbytes = _plan_slots(first)
+    _create(path, first)
+    mappings = _Mappings()
+    kept = mappings.get(path, nbytes)
+    assert mappings.get(path, nbytes) is kept  # no new mapping, no new page faults
+
+    _views(_map(path, nbytes), slots)["w"].add_(10)  # another device's unit
+    assert torch.equal(_views(kept, slots)["w"], torch.arange(6.0).reshape(2, 3) + 10)
+
+    replaced = [("w", torch.full((2, 3), -1.0))]
+    _create(path, replaced)  # a new file under the same name
+    again = mappings.get(path, nbytes)
+    assert again is not kept
+    assert torch.equal(_views(again, slots)["w"], replaced[0][1])
+    assert torch.equal(_views(kept, slots)["w"], torch.arange(6.0).reshape(2, 3) + 10)
+
+    other = tmp_path / "job-0001" / "weights-00.bin"
+    other.parent.mkdir()
+    _create(other, first)
+    kept_other = mappings.get(other, nbytes)
+    mappings.forget(job)  # job 0 finished: its mappings go, job 1's stay
+    assert mappings.get(other, nbytes) is kept_other
+    assert mappings.get(path, nbytes) is not again
