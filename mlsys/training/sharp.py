@@ -38,7 +38,9 @@ state travels with the model), per-shard optimizers as in Spill. The parameters 
 loss trajectory equal ``fit(..., strategy="plain")``'s; a test checks it.
 
 A job that fails (an exception in any of its units) stops; the others finish, and
-``ManyResult.failures`` holds its traceback.
+``ManyResult.failures`` holds its traceback. A file write that fails (a full offload
+folder) leaves a marker beside the file, so that the device waiting for it fails the job at
+once with the writer's error.
 """
 
 from __future__ import annotations
@@ -733,21 +735,50 @@ def _load_final_state(
 
 
 def _save(path: Path, obj: Any) -> None:
-    """Write ``obj`` to ``path`` atomically: readers see the whole file or none."""
+    """Write ``obj`` to ``path`` atomically: readers see the whole file or none; if the write
+    fails, a marker tells them it never will."""
     partial = path.with_name(path.name + ".partial")
     try:
         torch.save(obj, partial)
         partial.replace(path)
-    except OSError as exc:
+    except Exception as exc:
         partial.unlink(missing_ok=True)
-        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
+        _mark_failed(path, exc)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
+        raise
+
+
+def _failed_path(path: Path) -> Path:
+    return path.with_name(path.name + ".failed")
+
+
+def _mark_failed(path: Path, error: BaseException) -> None:
+    """Leave a marker beside ``path`` saying why it will not appear, so that a device waiting
+    for it (another device, whose unit comes next) fails at once instead of at the timeout.
+    Best effort: an empty marker where even the message can't be written (creating it needs
+    no data block, so it works on a full file system)."""
+    marker = _failed_path(path)
+    with contextlib.suppress(OSError):
+        marker.touch()
+        marker.write_text(f"{type(error).__name__}: {error}")
 
 
 def _load(path: Path, *, timeout: float = READ_TIMEOUT_S) -> Any:
-    """Read ``path``, waiting up to ``timeout`` seconds for another device to write it."""
+    """Read ``path``, waiting up to ``timeout`` seconds for another device to write it;
+    raises at once when the writer left a marker saying it failed."""
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while not path.exists():
+        marker = _failed_path(path)
+        if marker.exists():
+            reason = ""
+            with contextlib.suppress(OSError):
+                reason = marker.read_text()
+            raise OSError(
+                f"{path} will not appear: the device writing it failed "
+                f"({reason or 'no reason recorded'})"
+            )
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"{path} did not appear within {timeout:.0f} s (the device writing it stopped?)"
@@ -1400,7 +1431,8 @@ class _Worker:
 
     def _write(self, job: int, path: Path, obj: Any) -> None:
         """Queue a write of ``job``'s on the I/O thread (behind earlier writes, before later
-        reads); a failure surfaces at the job's next unit here."""
+        reads); a failure surfaces at the job's next unit here, or through the marker it
+        leaves at the device that reads the file."""
         self.writes.append((job, self.io.submit(_save, path, obj)))
 
     def _raise_failed_write(self, job: int) -> None:
@@ -1445,8 +1477,12 @@ def _create_state(
     path: Path, tensors: Sequence[tuple[str, torch.Tensor]], meta_path: Path, meta: Any
 ) -> None:
     """A shard's optimizer state file, then its metadata file: a reader waits for the
-    metadata (``_load``), so it finds the state whole."""
-    _create(path, tensors)
+    metadata (``_load``), so it finds the state whole, or a marker when writing failed."""
+    try:
+        _create(path, tensors)
+    except Exception as exc:
+        _mark_failed(meta_path, exc)
+        raise
     _save(meta_path, meta)
 
 

@@ -4,9 +4,11 @@ and bad input is refused before any work starts."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from mlsys.training.sharp import (
     _map,
     _Mappings,
     _plan_slots,
+    _save,
     _views,
     lower_bound,
     simulate_lrtf,
@@ -280,7 +283,29 @@ def test_a_first_step_state_write_publishes_its_metadata_last(tmp_path: Path) ->
     with pytest.raises(OSError, match="gone"):
         _create_state(missing, tensors, tmp_path / "gone.meta", {"nbytes": nbytes})
     assert not (tmp_path / "gone.meta").exists()
-    assert {p.name for p in tmp_path.iterdir()} == {"opt.bin", "opt.meta"}  # no partial file
+    # No partial file; a marker tells the device waiting for the metadata that it won't come.
+    assert {p.name for p in tmp_path.iterdir()} == {"opt.bin", "opt.meta", "gone.meta.failed"}
+    with pytest.raises(OSError, match=r"gone\.meta will not appear.*No such file"):
+        _load(tmp_path / "gone.meta", timeout=60)
+
+
+def test_a_failed_write_fails_its_reader_at_once(tmp_path: Path) -> None:
+    """A carry or saved input whose write failed on one device fails the device waiting
+    for it with the writer's error, instead of a wait of READ_TIMEOUT_S."""
+
+    class FullDisk:
+        def __reduce__(self) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    unwritable = tmp_path / "carry-000000003.pt"
+    with pytest.raises(OSError, match=r"writing .*carry-000000003\.pt failed: No space"):
+        _save(unwritable, {"x": torch.zeros(3), "y": FullDisk()})
+    assert not unwritable.exists()
+    assert not unwritable.with_name(unwritable.name + ".partial").exists()
+    started = time.monotonic()
+    with pytest.raises(OSError, match=r"carry-000000003\.pt will not appear.*No space left"):
+        _load(unwritable, timeout=60)
+    assert time.monotonic() - started < 5
 
 
 def test_a_device_keeps_its_mappings_until_a_file_is_replaced(tmp_path: Path) -> None:
