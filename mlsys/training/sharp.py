@@ -31,7 +31,8 @@ never run at once, and a model moves to another device only when its last unit i
 its files synced, so the next device finds them complete. The saved shard inputs and the
 chain's carry (the activation or gradient passed on, and the model's RNG state) go through
 small files that appear by atomic rename; a unit whose successor runs on the same device
-hands them over in memory.
+hands them over in memory, and with ``offload="host"`` a device keeps the inputs it saved
+in memory while the model stays with it, writing them out only when the model may move.
 
 Every model trains exactly as it would alone: same batches, same dropout masks (the RNG
 state travels with the model), per-shard optimizers as in Spill. The parameters and the
@@ -246,7 +247,10 @@ def train_many(
     try:
         for index, (job, bounds) in enumerate(zip(jobs, plans, strict=True)):
             specs[index].layouts = _write_initial_state(work, index, job.model, bounds)
-        scheduler = _Scheduler(jobs, names, plans, device_names, work, threads, progress)
+        scheduler = _Scheduler(
+            jobs, names, plans, device_names, work, threads, progress,
+            keep_inputs=offload == "host",
+        )  # fmt: skip
         try:
             scheduler.start(pickle.dumps(specs, protocol=pickle.HIGHEST_PROTOCOL))
             setup = time.perf_counter() - started
@@ -814,8 +818,11 @@ class _Scheduler:
         work: Path,
         threads: int,
         progress: Callable[[int, int], None] | None,
+        *,
+        keep_inputs: bool = True,
     ) -> None:
         self.jobs = jobs
+        self.keep_inputs = keep_inputs
         self.names = names
         self.plans = plans
         self.device_names = device_names
@@ -897,7 +904,7 @@ class _Scheduler:
             parent, child = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(child, index, name, str(self.work), self.threads),
+                args=(child, index, name, str(self.work), self.threads, self.keep_inputs),
                 name=f"mlsys-sharp-{index}",
                 daemon=True,
             )
@@ -1095,8 +1102,15 @@ class _Resident:
 
 
 class _Worker:
-    def __init__(self, conn: Connection, index: int, device: str, work: Path) -> None:
+    def __init__(
+        self, conn: Connection, index: int, device: str, work: Path, *, keep_inputs: bool = True
+    ) -> None:
         self.conn = conn
+        # Saved shard inputs stay in this process while the model stays on this device (its
+        # backward units come here), and go to files when it may move; offload="disk" keeps
+        # every boundary activation on disk instead, as Spill does.
+        self.keep_inputs = keep_inputs
+        self.inputs: dict[tuple[int, int, int], dict[str, Any]] = {}  # (job, version, shard)
         self.index = index
         self.device = torch.device(device)
         self.work = work
@@ -1164,6 +1178,8 @@ class _Worker:
         for reads in (self.reads, self.saved_reads):
             for key in [k for k in reads if k[0] == job]:
                 del reads[key]
+        for held in [k for k in self.inputs if k[0] == job]:
+            del self.inputs[held]
         self.io.submit(self.mappings.forget, _job_dir(self.work, job))
 
     # -- reads ahead (double buffering)
@@ -1175,7 +1191,8 @@ class _Worker:
             return
         nxt = self.pending[0]
         key = (nxt.job, nxt.seq)
-        if nxt.kind == "B" and key not in self.saved_reads:
+        held = (nxt.job, nxt.version, nxt.shard) in self.inputs
+        if nxt.kind == "B" and key not in self.saved_reads and not held:
             path = _saved_path(self.work, nxt.job, nxt.version, nxt.shard)
             self.saved_reads[key] = self.io.submit(_load, path)
         if key in self.reads or (nxt.job, nxt.shard) == (running.job, running.shard):
@@ -1217,15 +1234,17 @@ class _Worker:
                 y = layers(x)
             # The input and RNG state replay this forward in the backward unit; the buffers
             # it updated (batch norm's running statistics) are restored after that replay.
-            self._write(
-                unit.job,
-                _saved_path(self.work, unit.job, unit.version, unit.shard),
-                {
-                    "x": x.cpu(),
-                    "rng": carry["rng"],
-                    "buffers": [b.detach().cpu().clone() for b in layers.buffers()],
-                },
-            )
+            saved = {
+                "x": x.cpu(),
+                "rng": carry["rng"],
+                "buffers": [b.detach().cpu().clone() for b in layers.buffers()],
+            }
+            if self.keep_inputs:
+                self.inputs[(unit.job, unit.version, unit.shard)] = saved
+            else:
+                self._write(
+                    unit.job, _saved_path(self.work, unit.job, unit.version, unit.shard), saved
+                )
             out = {"x": y, "rng": _get_rng(self.device)}
         elif unit.kind == "L":
             _set_rng(carry["rng"], self.device)
@@ -1252,8 +1271,13 @@ class _Worker:
         else:
             t1 = time.perf_counter()
             path = _saved_path(self.work, unit.job, unit.version, unit.shard)
-            future = self.saved_reads.pop((unit.job, unit.seq), None)
-            saved = future.result() if future is not None else self._read(path)
+            held = self.inputs.pop((unit.job, unit.version, unit.shard), None)
+            if held is not None:
+                saved = held
+            else:
+                future = self.saved_reads.pop((unit.job, unit.seq), None)
+                saved = future.result() if future is not None else self._read(path)
+                path.unlink(missing_ok=True)
             waited += time.perf_counter() - t1
             _set_rng(saved["rng"], self.device)
             x = saved["x"].to(self.device).requires_grad_(unit.shard > 0)
@@ -1268,7 +1292,6 @@ class _Worker:
                     buffer.copy_(after)
             optimizer.step()
             out = {"grad": x.grad if unit.shard > 0 else None, "rng": carry["rng"]}
-            _saved_path(self.work, unit.job, unit.version, unit.shard).unlink(missing_ok=True)
         compute = time.perf_counter() - compute_started
         self._release(unit, layers, optimizer, mapped, dirty=dirty or unit.updates)
         self._pass_on(unit, out)
@@ -1418,7 +1441,8 @@ class _Worker:
 
     def _pass_on(self, unit: Unit, out: dict[str, Any]) -> None:
         """Hand the carry to the job's next unit: in memory when it runs here next, else
-        through a file."""
+        through a file; then the job may move to another device, so the shard inputs it
+        saved here go to files too."""
         if unit.final:
             return
         self.receive(block=False)
@@ -1426,6 +1450,9 @@ class _Worker:
         if nxt is not None and (nxt.job, nxt.seq) == (unit.job, unit.seq + 1):
             self.carry = (unit.job, unit.seq + 1, out)
             return
+        for key in [k for k in self.inputs if k[0] == unit.job]:
+            job, version, shard = key
+            self._write(job, _saved_path(self.work, job, version, shard), self.inputs.pop(key))
         data = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
         self._write(unit.job, _carry_path(self.work, unit.job, unit.seq + 1), data)
 
@@ -1507,9 +1534,11 @@ def _set_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _worker_main(conn: Connection, index: int, device: str, work: str, threads: int) -> None:
+def _worker_main(
+    conn: Connection, index: int, device: str, work: str, threads: int, keep_inputs: bool
+) -> None:
     torch.set_num_threads(threads)
-    worker = _Worker(conn, index, device, Path(work))
+    worker = _Worker(conn, index, device, Path(work), keep_inputs=keep_inputs)
     try:
         worker.specs = pickle.loads(conn.recv_bytes())
         if worker.device.type == "cuda":

@@ -20,15 +20,20 @@ from torch.utils.data import TensorDataset
 from mlsys.training import Callback, fit
 from mlsys.training.sharp import (
     Job,
+    Unit,
     UnitRecord,
+    _carry_path,
     _create,
     _create_state,
+    _job_dir,
     _load,
     _map,
     _Mappings,
     _plan_slots,
     _save,
+    _saved_path,
     _views,
+    _Worker,
     lower_bound,
     simulate_lrtf,
     train_many,
@@ -116,8 +121,11 @@ class Steps(Callback):
         self.ended = True
 
 
-@pytest.mark.parametrize("devices", [1, 2])
-def test_every_model_equals_training_it_alone(devices: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("devices", "offload"), [(1, "disk"), (2, "disk"), (2, "host")])
+def test_every_model_equals_training_it_alone(devices: int, offload: str, tmp_path: Path) -> None:
+    """Also when models move between devices: with 2 devices some model usually moves
+    between a shard's forward and backward units (offload="host" keeps the saved input in
+    memory until then; the hand-over itself is tested deterministically below)."""
     callbacks = Steps()
     jobs = [
         # SGD: under Adam the bias before batch norm (zero gradient but for rounding) moves
@@ -129,8 +137,16 @@ def test_every_model_equals_training_it_alone(devices: int, tmp_path: Path) -> N
     ]
     references = [alone(j, mlp(i, fancy=i == 0, width=24 if i == 2 else 16))
                   for i, j in enumerate(jobs)]  # fmt: skip
-    result = train_many(jobs, devices=devices, budget_bytes=BUDGET, offload="disk", folder=tmp_path)
+    folder = tmp_path if offload == "disk" else None
+    result = train_many(
+        jobs,
+        devices=devices,
+        budget_bytes=BUDGET,
+        offload=offload,  # type: ignore[arg-type]
+        folder=folder,
+    )
     assert result.failures == {}
+
     assert sorted(len(bounds) for bounds in result.shards) == [2, 2, 2, 3], result.shards
     for j, ref, got in zip(jobs, references, result.results, strict=True):
         assert got is not None, j.name
@@ -339,3 +355,43 @@ def test_a_device_keeps_its_mappings_until_a_file_is_replaced(tmp_path: Path) ->
     mappings.forget(job)  # job 0 finished: its mappings go, job 1's stay
     assert mappings.get(other, nbytes) is kept_other
     assert mappings.get(path, nbytes) is not again
+
+
+def test_saved_inputs_stay_in_memory_until_the_model_may_move(tmp_path: Path) -> None:
+    """A forward unit's saved input stays in the device's memory while the model's next
+    unit is queued here; when it isn't, the model may move, so its saved inputs (not other
+    models') and its carry go to files that another device can read."""
+    import multiprocessing
+
+    here, _ = multiprocessing.Pipe()
+    worker = _Worker(here, 0, "cpu", tmp_path, keep_inputs=True)
+    for job in (0, 1):
+        _job_dir(tmp_path, job).mkdir()
+    inputs = {
+        (0, 3, 0): {"x": torch.randn(4, 2), "rng": {}, "buffers": []},
+        (0, 3, 1): {"x": torch.randn(4, 2), "rng": {}, "buffers": []},
+        (1, 0, 0): {"x": torch.randn(4, 2), "rng": {}, "buffers": []},
+    }
+    worker.inputs = dict(inputs)
+
+    def unit(seq: int) -> Unit:  # job 0, 3 shards: F0 F1 L2 B1 B0 per step
+        return Unit(job=0, seq=seq, kind="L", shard=2, epoch=0, step=3, version=3,
+                    last_step=False, final=False)  # fmt: skip
+
+    out = {"grad": torch.randn(4, 2), "rng": {}}
+    worker.pending.append(unit(18))
+    worker._pass_on(unit(17), out)  # its next unit runs here: nothing is written
+    assert worker.inputs == inputs
+    assert worker.carry is not None and worker.carry[:2] == (0, 18)
+
+    worker.pending.clear()
+    worker.carry = None
+    worker._pass_on(unit(17), out)  # nothing of job 0 queued here: it may move
+    worker.io.shutdown(wait=True)
+    assert [f.exception() for _, f in worker.writes] == [None, None, None]
+    assert set(worker.inputs) == {(1, 0, 0)}
+    for job, version, shard in [(0, 3, 0), (0, 3, 1)]:
+        saved = _load(_saved_path(tmp_path, job, version, shard), timeout=1)
+        assert torch.equal(saved["x"], inputs[(job, version, shard)]["x"])
+    assert torch.equal(_load(_carry_path(tmp_path, 0, 18), timeout=1)["grad"], out["grad"])
+    assert not _saved_path(tmp_path, 1, 0, 0).exists()
