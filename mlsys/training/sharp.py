@@ -220,7 +220,9 @@ def train_many(
         offload: where shard state lives between units: ``"host"``, shared memory
             (``/dev/shm``; the temporary folder where there is none), or ``"disk"``, files in
             ``folder``. Pages of host files are never written back to a disk, which makes
-            units on CPU devices about 10 % faster.
+            units on CPU devices about 10 % faster. With ``"host"`` a device also keeps the
+            shard inputs saved for backward units in its memory while their model stays
+            with it; with ``"disk"`` they go to files as soon as they are made.
         folder: ``offload="disk"``: where the files go (a private subfolder, removed at the
             end); None: the system's temporary folder.
         progress: called as ``progress(units_done, units_total)`` as units finish.
