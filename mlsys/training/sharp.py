@@ -344,7 +344,10 @@ def plot_gantt(
     devices = sorted({r.device for r in timeline})
     jobs = sorted({r.job for r in timeline})
     colours = plt.get_cmap("tab10" if len(jobs) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.7 * len(devices)))
+    legend_rows = -(-(len(jobs) + 1) // 5)
+    fig, ax = plt.subplots(
+        figsize=(11, 1.2 + 0.5 * len(devices) + 0.3 * legend_rows), layout="constrained"
+    )
     for r in timeline:
         row = devices.index(r.device)
         colour = colours(jobs.index(r.job) % colours.N)
@@ -363,16 +366,14 @@ def plot_gantt(
     handles.append(
         Patch(facecolor="white", edgecolor="grey", hatch="///", label="waiting for reads")
     )
-    ax.legend(
+    fig.legend(
         handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.4 - 0.05 * len(devices)),
+        loc="outside lower center",
         ncol=min(len(handles), 5),
         fontsize="small",
         frameon=False,
     )
     ax.set_title(title or f"SHARP: {len(jobs)} models on {len(devices)} devices")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

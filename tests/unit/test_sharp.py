@@ -35,6 +35,7 @@ from mlsys.training.sharp import (
     _views,
     _Worker,
     lower_bound,
+    plot_gantt,
     simulate_lrtf,
     train_many,
     unit_chain,
@@ -395,3 +396,22 @@ def test_saved_inputs_stay_in_memory_until_the_model_may_move(tmp_path: Path) ->
         assert torch.equal(saved["x"], inputs[(job, version, shard)]["x"])
     assert torch.equal(_load(_carry_path(tmp_path, 0, 18), timeout=1)["grad"], out["grad"])
     assert not _saved_path(tmp_path, 1, 0, 0).exists()
+
+
+def test_the_gantt_chart_has_a_row_per_device_and_its_legend_below(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    timeline = [
+        UnitRecord(
+            d, (s + d) % 8, s, "F", 0, start=0.1 * s, end=0.1 * s + 0.08, compute=0.07, wait=0.01
+        )
+        for d in range(2)
+        for s in range(10)
+    ]
+    picture = plot_gantt(timeline, tmp_path / "gantt.png", names=[f"m{i}" for i in range(8)])
+    height, width, _ = matplotlib.image.imread(picture).shape
+    assert width == 11 * 110
+    # 2 device rows and 2 legend rows (8 models and the hatch key, 5 per row).
+    assert height == round((1.2 + 0.5 * 2 + 0.3 * 2) * 110)
+    with pytest.raises(ValueError, match="timeline is empty"):
+        plot_gantt([], tmp_path / "empty.png")
