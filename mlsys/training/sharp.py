@@ -676,15 +676,9 @@ class _Mappings:
             del self._kept[path]
 
 
-def _map_fresh(path: Path, nbytes: int) -> torch.Tensor:
-    buffer = _map(path, nbytes)
-    _touch(buffer)
-    return buffer
-
-
 def _map_shard(
     work: Path, job: int, shard: int, slots: list[_Slot], nbytes: int, *, optimizer: bool,
-    stepped: bool, mapper: Callable[[Path, int], torch.Tensor] = _map_fresh,
+    stepped: bool, mapper: Callable[[Path, int], torch.Tensor],
 ) -> _Mapped:  # fmt: skip
     """Map a shard's files with ``mapper`` (pages faulted in) and view them (forward units
     need only the weights; no optimizer state exists before the shard's first step)."""
@@ -1233,12 +1227,15 @@ class _Worker:
             _set_rng(carry["rng"], self.device)
             x = self._batch(unit)[0] if unit.shard == 0 else carry["x"]
             x = x.to(self.device)
+            # Copied before the forward: a first layer may work on its input in place.
+            kept = x.detach().cpu()
+            kept = kept.clone() if kept.data_ptr() == x.data_ptr() else kept
             with torch.no_grad():
                 y = layers(x)
             # The input and RNG state replay this forward in the backward unit; the buffers
             # it updated (batch norm's running statistics) are restored after that replay.
             saved = {
-                "x": x.cpu(),
+                "x": kept,
                 "rng": carry["rng"],
                 "buffers": [b.detach().cpu().clone() for b in layers.buffers()],
             }
@@ -1257,8 +1254,10 @@ class _Worker:
             x = x.to(self.device).detach().requires_grad_(n_shards > 1)
             assert optimizer is not None
             optimizer.zero_grad(set_to_none=True)
+            # A clone, so that a first layer working in place doesn't write into a leaf.
+            prediction = layers(x.clone() if x.requires_grad else x)
             loss = weighted_mean(
-                spec.job.loss(layers(x), targets.to(self.device)), weights.to(self.device)
+                spec.job.loss(prediction, targets.to(self.device)), weights.to(self.device)
             )
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -1286,7 +1285,7 @@ class _Worker:
             x = saved["x"].to(self.device).requires_grad_(unit.shard > 0)
             assert optimizer is not None
             optimizer.zero_grad(set_to_none=True)
-            layers(x).backward(carry["grad"].to(self.device))
+            layers(x.clone() if x.requires_grad else x).backward(carry["grad"].to(self.device))
             # The forward unit updated the running statistics (batch norm) once; the
             # recomputation counted the batch again, and the shard may have been read before
             # the forward unit's update: its buffers are what that unit left.

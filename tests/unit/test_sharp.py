@@ -415,3 +415,29 @@ def test_the_gantt_chart_has_a_row_per_device_and_its_legend_below(tmp_path: Pat
     assert height == round((1.2 + 0.5 * 2 + 0.3 * 2) * 110)
     with pytest.raises(ValueError, match="timeline is empty"):
         plot_gantt([], tmp_path / "empty.png")
+
+
+def test_layers_working_on_their_input_in_place_start_shards_safely() -> None:
+    """A shard whose first layer works on its input in place (dropout with inplace=True)
+    must neither change the input its forward unit saved for the backward unit nor write
+    into the leaf the backward unit differentiates."""
+
+    def model(seed: int) -> nn.Sequential:
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = [nn.Linear(6, 16), nn.Tanh()]
+        for _ in range(3):
+            layers += [nn.Linear(16, 16), nn.Dropout(0.3, inplace=True)]
+        layers[-1] = nn.Linear(16, 3)
+        return nn.Sequential(*layers)
+
+    reference = alone(job("in-place", model(0), SGD), model(0))
+    result = train_many([job("in-place", model(0), SGD)], devices=2, budget_bytes=20_000)
+    assert result.failures == {}
+    starts = [model(0)[start] for start, _ in result.shards[0][1:]]
+    assert any(getattr(layer, "inplace", False) for layer in starts), result.shards
+    got = result.results[0]
+    assert got is not None
+    assert_same(got.model, reference.model, 1e-6)
+    assert [h["loss"] for h in got.history] == pytest.approx(
+        [h["loss"] for h in reference.history], abs=1e-6
+    )
