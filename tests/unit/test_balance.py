@@ -97,13 +97,14 @@ def test_profile_by_size_counts_parameter_and_activation_bytes() -> None:
 
 
 def test_profile_by_time_sees_the_heavy_layer() -> None:
-    # About 270M multiply-adds against three ReLUs: milliseconds against tens of
-    # microseconds, so that a scheduling hiccup on a busy machine cannot turn the order.
+    # About 1.1G multiply-adds against three ReLUs: tens of milliseconds against a
+    # fraction of one, so that a scheduling hiccup on a busy machine (a ReLU once took 8
+    # ms with both cores taken by other work) cannot turn the order.
     model = nn.Sequential(nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.ReLU())
-    result = profile(model, torch.randn(256, 1024), by="time", repeats=5)
+    result = profile(model, torch.randn(1024, 1024), by="time", repeats=5)
     assert len(result.costs) == 4
     assert result.costs[1] > 3 * max(result.costs[0], result.costs[2], result.costs[3])
-    assert result.output.shape == (256, 1024)
+    assert result.output.shape == (1024, 1024)
 
 
 def test_profile_changes_neither_the_model_nor_the_rng() -> None:
