@@ -269,7 +269,7 @@ def main() -> None:
                 for w, (x, y) in full.items()}  # fmt: skip
         for n in args.models:
             two = run_grid(n, steps, args, data, figures)
-            if n == max(args.models) and gantt_row is None:
+            if n == max(args.models) and steps == min(args.steps):
                 gantt_row = two
     if gantt_row is not None:
         picture = plot_gantt(
