@@ -816,7 +816,7 @@ class _Scheduler:
         threads: int,
         progress: Callable[[int, int], None] | None,
         *,
-        keep_inputs: bool = True,
+        keep_inputs: bool,
     ) -> None:
         self.jobs = jobs
         self.keep_inputs = keep_inputs
@@ -1100,7 +1100,7 @@ class _Resident:
 
 class _Worker:
     def __init__(
-        self, conn: Connection, index: int, device: str, work: Path, *, keep_inputs: bool = True
+        self, conn: Connection, index: int, device: str, work: Path, *, keep_inputs: bool
     ) -> None:
         self.conn = conn
         # Saved shard inputs stay in this process while the model stays on this device (its
