@@ -1,10 +1,16 @@
-"""Read a WRENCH weak-supervision benchmark folder and score label models on it."""
+"""Read a WRENCH weak-supervision benchmark folder and score label models on it.
+
+The protocol: the label model is fitted on train's label matrix (no gold label), every
+choice (labeler, prior, threshold, end model) is made on valid's gold labels, and test is
+only scored. Nothing is trained on valid; what is estimated there (LF accuracies, class
+prior, a threshold) is scored by cross-validation over valid before it is chosen.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,7 @@ import numpy as np
 
 from mlsys.labeling.end_model import EndModelConfig, train_end_model
 from mlsys.labeling.label_model import ABSTAIN, LabelModelConfig, fit_labeler
+from mlsys.training.evaluate import check_metric
 
 __all__ = [
     "SPLITS",
@@ -32,12 +39,26 @@ class WrenchError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class WrenchSplit:
-    """One split: row ids, texts, gold labels (int64, n) and the label matrix L (int64, n x m)."""
+    """One split: row ids, texts, gold labels (int64, n) and the label matrix L (int64, n x m).
+
+    ``inputs`` is what the end model reads: the text itself, or for a relation row (its
+    ``data`` gives the two entity mentions' character spans ``span1`` and ``span2``) the
+    stretch of the sentence from the first mention to the end of the second: the mentions
+    and the words between them, which state the relation, as relation classifiers have
+    used since the earliest feature-based ones. Empty when built without it: then the
+    texts are used.
+    """
 
     ids: list[str]
     texts: list[str]
     labels: np.ndarray = field(repr=False)
     L: np.ndarray = field(repr=False)
+    inputs: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def model_texts(self) -> list[str]:
+        """:attr:`inputs` when present, else :attr:`texts`."""
+        return self.inputs or self.texts
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -121,6 +142,7 @@ def _read_split(file: Path) -> WrenchSplit:
     texts: list[str] = []
     labels: list[int] = []
     rows: list[list[int]] = []
+    inputs: list[str] = []
     for row_id, row in raw.items():
         where = f"{file} id {row_id!r}"
         if not isinstance(row, dict):
@@ -149,6 +171,7 @@ def _read_split(file: Path) -> WrenchSplit:
             )
         ids.append(str(row_id))
         texts.append(data["text"])
+        inputs.append(_relation_text(data["text"], data.get("span1"), data.get("span2")))
         labels.append(int(label))
         rows.append([int(v) for v in votes])
     return WrenchSplit(
@@ -156,7 +179,24 @@ def _read_split(file: Path) -> WrenchSplit:
         texts=texts,
         labels=np.asarray(labels, dtype=np.int64),
         L=np.asarray(rows, dtype=np.int64),
+        inputs=inputs,
     )
+
+
+def _relation_text(text: str, span1: Any, span2: Any) -> str:
+    """``text`` from the start of the first entity span to the end of the second, or all of
+    ``text`` when the spans are absent or not ``[start, end]`` pairs inside it."""
+    spans = []
+    for span in (span1, span2):
+        if not (isinstance(span, list | tuple) and len(span) == 2 and all(map(_is_int, span))):
+            return text
+        start, end = int(span[0]), int(span[1])
+        if not 0 <= start <= end <= len(text):
+            return text
+        spans.append((start, end))
+    start = min(spans[0][0], spans[1][0])
+    end = max(spans[0][1], spans[1][1])
+    return text[start:end] if text[start:end].strip() else text
 
 
 def _label_names_count(file: Path) -> int | None:
@@ -182,54 +222,76 @@ def _kind(value: Any) -> str:
 def evaluate_wrench(
     folder: str | os.PathLike[str] | WrenchDataset,
     *,
+    metric: str = "accuracy",
     grid: Sequence[LabelModelConfig] | None = None,
     seed: int = 123,
     end_model: bool = False,
     end_model_grid: Sequence[EndModelConfig] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Tune the label model on train (selecting on valid) and score it and majority vote on
-    test: ``{"label_model": {"accuracy", "f1"}, "majority_vote": {"accuracy", "f1"}}``.
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Choose the labeler on valid by ``metric`` (:func:`fit_labeler`: majority vote,
+    weighted votes and LabelModels fitted on train, cross-validated over valid) and score
+    it and majority vote on test.
 
-    With ``end_model``, also train the pipeline's text classifier on the label model's
-    labels of the train rows, chosen on valid (see :func:`train_end_model`), and add its
-    test scores as ``"end_model"`` (``accuracy``, ``f1``, ``valid_accuracy``,
-    ``train_rows``, ``config``).
+    Returns ``{"metric": metric, "label_model": {...}, "majority_vote": {...}}``, each
+    entry with test ``accuracy``, ``f1`` and ``macro_f1``, the ``config`` and the
+    cross-validated ``valid_<metric>`` it was chosen by; ``label_model`` is the chosen
+    labeler (which may be a vote), with its ``threshold`` and fitting ``seconds``. With
+    ``end_model``, also train the pipeline's text classifier on the chosen labeler's class
+    probabilities of the covered train rows, chosen on valid (:func:`train_end_model`),
+    and add its test scores as ``"end_model"``. ``progress`` gets a line per step.
 
-    ``label_model`` is the best LabelModel config on valid, even where majority vote scored
-    higher there. Accuracy and F1 follow :meth:`Labeler.metrics` (ties and uncovered rows
-    broken by Snorkel's deterministic hash; F1 of class 1, macro F1 for more classes).
+    Test accuracy and F1 follow :meth:`Labeler.metrics` (ties broken by Snorkel's
+    deterministic hash; F1 of class 1 for two classes, macro F1 for more).
     """
+    check_metric(metric, k=2)  # the name; k is checked once the folder is read
+    say = progress or (lambda line: None)
     data = folder if isinstance(folder, WrenchDataset) else load_wrench(folder)
+    say(
+        f"loaded {data.folder}: {len(data.train)} train, {len(data.valid)} valid, "
+        f"{len(data.test)} test rows, {data.n_lfs} LFs, {data.cardinality} classes"
+    )
+    if metric == "f1" and data.cardinality > 2:
+        say(f"metric f1 with {data.cardinality} classes is the macro F1")
     try:
         result = fit_labeler(
             data.train.L,
             L_dev=data.valid.L,
             y_dev=data.valid.labels,
             cardinality=data.cardinality,
+            metric=metric,
             grid=grid,
             seed=seed,
+            progress=say,
         )
     except ValueError as exc:
         raise WrenchError(f"{data.folder}: {exc}") from exc
-    if result.label_model is None:
-        failures = "; ".join(str(t["error"]) for t in result.trials if t["error"])
-        raise WrenchError(f"{data.folder}: every label model config failed to fit: {failures}")
-    report: dict[str, dict[str, Any]] = {}
-    for name, labeler in (
-        ("label_model", result.label_model),
-        ("majority_vote", result.majority_vote),
+    report: dict[str, Any] = {"metric": metric}
+    for name, labeler, dev in (
+        ("label_model", result.best, result.best_dev),
+        ("majority_vote", result.majority_vote, result.majority_vote_dev),
     ):
         scores = labeler.metrics(data.test.L, data.test.labels)
-        report[name] = {"accuracy": scores["accuracy"], "f1": scores["f1"]}
+        report[name] = {
+            "accuracy": scores["accuracy"],
+            "f1": scores["f1"],
+            "macro_f1": scores["macro_f1"],
+            f"valid_{metric}": dev[metric],
+            "config": {k: v for k, v in labeler.config.as_row().items() if v is not None},
+        }
+    report["label_model"]["threshold"] = result.best.threshold
+    report["label_model"]["seconds"] = round(result.seconds, 2)
     if end_model:
         try:
             trained = train_end_model(
-                result.label_model,
-                (data.train.texts, data.train.L),
-                (data.valid.texts, data.valid.labels),
-                (data.test.texts, data.test.labels),
+                result.best,
+                (data.train.model_texts, data.train.L),
+                (data.valid.model_texts, data.valid.labels),
+                (data.test.model_texts, data.test.labels),
+                metric=metric,
                 grid=end_model_grid,
                 seed=seed,
+                progress=say,
             )
         except ValueError as exc:
             raise WrenchError(f"{data.folder}: end model: {exc}") from exc

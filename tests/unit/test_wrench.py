@@ -107,10 +107,13 @@ def test_missing_keys_name_the_file_id_and_key(wrench_dir: Path) -> None:
 def test_evaluate_scores_label_model_and_majority_vote_on_test(wrench_dir: Path) -> None:
     grid = [LabelModelConfig("label_model", n_epochs=100)]
     report = evaluate_wrench(wrench_dir, grid=grid)
-    assert set(report) == {"label_model", "majority_vote"}
-    for scores in report.values():
-        assert set(scores) == {"accuracy", "f1"}
+    assert set(report) == {"metric", "label_model", "majority_vote"}
+    assert report["metric"] == "accuracy"
+    for name in ("label_model", "majority_vote"):
+        scores = report[name]
+        assert {"accuracy", "f1", "macro_f1", "valid_accuracy", "config"} <= set(scores)
         assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["f1"] <= 1.0
+    assert report["majority_vote"]["config"] == {"kind": "majority_vote"}
     test = load_wrench(wrench_dir).test
     snorkel_mv = MajorityLabelVoter(cardinality=2).score(
         test.L, test.labels, tie_break_policy="random"
@@ -122,8 +125,9 @@ def test_cli_json_prints_one_parseable_object(wrench_dir: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", "--wrench", str(wrench_dir), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"label_model", "majority_vote"}
-    assert set(report["label_model"]) == {"accuracy", "f1"}
+    assert set(report) == {"metric", "label_model", "majority_vote"}
+    assert {"accuracy", "f1", "macro_f1", "config"} <= set(report["label_model"])
+    assert "fitting" in result.stderr and "chose" in result.stderr  # progress, not stdout
 
 
 def test_cli_table_and_error_naming_the_path(tmp_path: Path, wrench_dir: Path) -> None:
@@ -152,6 +156,7 @@ def test_end_model_learns_from_the_label_model_and_is_chosen_on_valid(wrench_dir
     data = load_wrench(wrench_dir)
     assert end["train_rows"] == int((data.train.L != -1).any(axis=1).sum())
     assert end["config"]["epochs"] in (1, 20) and end["config"]["hidden"] == []
+    assert 1 <= end["epochs"] <= end["config"]["epochs"]
     assert end["accuracy"] == 1.0 > report["label_model"]["accuracy"]
 
 
@@ -161,10 +166,61 @@ def test_end_model_flag_adds_end_model_to_the_json(
     from mlsys.labeling import end_model
 
     small = [end_model.EndModelConfig(lr=0.03, hidden=(), epochs=2, batch_size=16)]
-    monkeypatch.setattr(end_model, "default_end_model_grid", lambda: small)
+    monkeypatch.setattr(end_model, "default_end_model_grid", lambda metric="accuracy": small)
     args = ["evaluate", "--wrench", str(wrench_dir), "--json", "--end-model"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert set(report) == {"label_model", "majority_vote", "end_model"}
+    report = json.loads(result.stdout)
+    assert set(report) == {"metric", "label_model", "majority_vote", "end_model"}
     assert 0.0 <= report["end_model"]["f1"] <= 1.0
+    assert {"accuracy", "macro_f1", "config", "epochs"} <= set(report["end_model"])
+
+
+def test_cli_metric_is_used_for_the_choice_and_reported(wrench_dir: Path) -> None:
+    args = ["evaluate", "--wrench", str(wrench_dir), "--json", "--metric", "f1", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["metric"] == "f1"
+    assert "valid_f1" in report["label_model"] and "valid_f1" in report["majority_vote"]
+    assert result.stderr == ""
+
+
+def test_cli_rejects_an_unknown_metric_naming_it(wrench_dir: Path) -> None:
+    args = ["evaluate", "--wrench", str(wrench_dir), "--metric", "auc"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "unknown metric 'auc'" in result.output and "macro_f1" in result.output
+
+
+def test_three_classes_are_read_from_label_json_and_scored_with_macro_f1(
+    wrench_dir: Path,
+) -> None:
+    (wrench_dir / "label.json").write_text(json.dumps({"0": "a", "1": "b", "2": "c"}))
+    data = load_wrench(wrench_dir)
+    assert data.cardinality == 3
+    grid = [LabelModelConfig("weighted_vote")]
+    report = evaluate_wrench(data, grid=grid, metric="macro_f1")
+    assert report["metric"] == "macro_f1"
+    assert "valid_macro_f1" in report["label_model"]
+
+
+def test_relation_rows_give_the_end_model_the_span_between_the_entities(
+    wrench_dir: Path,
+) -> None:
+    rows = json.loads((wrench_dir / "train.json").read_text())
+    rows["0"]["data"] = {
+        "text": "Fog caused delays at the airport .",
+        "entity1": "Fog",
+        "entity2": "delays",
+        "span1": [0, 3],
+        "span2": [11, 17],
+    }
+    rows["1"]["data"]["span1"] = [5, 999]  # outside the text: the whole text is kept
+    rows["1"]["data"]["span2"] = [0, 2]
+    (wrench_dir / "train.json").write_text(json.dumps(rows))
+    train = load_wrench(wrench_dir).train
+    assert train.texts[0] == "Fog caused delays at the airport ."
+    assert train.model_texts[0] == "Fog caused delays"
+    assert train.model_texts[1] == train.texts[1]
+    assert train.model_texts[2] == train.texts[2]  # no spans
