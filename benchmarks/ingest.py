@@ -1,4 +1,4 @@
-"""Ingest read speed: mlsys read_source against plain pandas.read_csv on the same files.
+"""Ingest read speed: mlsys read_dataset against plain pandas.read_csv on the same files.
 
 The baseline is what a user would otherwise write (read every CSV, concatenate); mlsys
 adds column checks, label parsing, string dtypes and provenance on top, so the ratio
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlsys.data import YOUTUBE_SPAM, read_source, write_parquet_bytes
+from mlsys.data import read_dataset, write_parquet_bytes
+from mlsys.data.definition import load_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "youtube-spam"
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
@@ -71,7 +72,7 @@ def main() -> None:
                 return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
             def mlsys_read(folder: Path = folder) -> pd.DataFrame:
-                return read_source(folder, YOUTUBE_SPAM)
+                return read_dataset(load_dataset("youtube-spam"), str(folder))
 
             df = mlsys_read()
             assert len(df) == rows == len(baseline()), "row counts differ"
@@ -90,7 +91,7 @@ def main() -> None:
         print(f"{layout}: {rows} rows in {len(files)} CSV files (best of {args.repeat})")
         print(f"  baseline pandas.read_csv + concat : {t_base:.3f} s")
         print(
-            f"  mlsys read_source (normalized)    : {t_mlsys:.3f} s  ({rows / t_mlsys:,.0f} rows/s)"
+            f"  mlsys read_dataset (normalized)   : {t_mlsys:.3f} s  ({rows / t_mlsys:,.0f} rows/s)"
         )
         print(f"  ratio mlsys / baseline time       : {t_mlsys / t_base:.2f}x")
         print(f"  Parquet encode of the batch       : {t_parquet:.3f} s")

@@ -26,16 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from mlsys.data import YOUTUBE_SPAM, read_source
-from mlsys.labeling import (
-    LabelModelConfig,
-    apply_lfs,
-    fit_label_model,
-    fit_labeler,
-    gold_array,
-    holdout_split,
-)
-from mlsys.labeling.lfs import LF_SETS
+from mlsys.data import read_dataset
+from mlsys.data.definition import load_dataset
+from mlsys.labeling import LabelModelConfig, apply_lfs, fit_label_model, fit_labeler, gold_array
+from mlsys.labeling.split import gold_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "youtube-spam"
 RESULTS = Path(__file__).resolve().parent / "results" / "label_model.json"
@@ -43,20 +37,21 @@ TARGET = 0.87  # label-model test accuracy
 
 
 def main() -> None:
-    df = holdout_split(read_source(str(DATA), YOUTUBE_SPAM), seed=123)
+    youtube = load_dataset("youtube-spam")
+    df = gold_split(read_dataset(youtube, str(DATA)), youtube.gold)
     y = gold_array(df)
     masks = {s: (df["split"] == s).to_numpy() for s in ("train", "dev", "test")}
     report: dict[str, Any] = {"python": platform.python_version(), "target": TARGET, "sets": {}}
     print(f"{'LF set':<10}{'labeler':<58}{'dev acc':>9}{'test acc':>10}{'test F1':>9}")
-    for name, make in LF_SETS.items():
-        L = apply_lfs(df, make(), n_jobs=1).matrix
+    for name in ("tutorial", "extended"):
+        L = apply_lfs(df, youtube.lf_set(name), n_jobs=1).matrix
         train, dev, test = (L[masks[s]] for s in ("train", "dev", "test"))
         tuning = fit_labeler(train, L_dev=dev, y_dev=y[masks["dev"]], seed=123)
         tutorial = fit_label_model(train, LabelModelConfig("label_model", n_epochs=500, lr=0.01))
         assert tuning.label_model is not None
         rows = {
-            f"selected on dev: {_describe(tuning.best.config)}": tuning.best,
-            f"best LabelModel on dev: {_describe(tuning.label_model.config)}": tuning.label_model,
+            f"selected on dev: {tuning.best.config.describe()}": tuning.best,
+            f"best LabelModel on dev: {tuning.label_model.config.describe()}": tuning.label_model,
             "LabelModel, tutorial config: 500 ep": tutorial,
             "majority vote": tuning.majority_vote,
         }
@@ -87,13 +82,6 @@ def main() -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
     print(f"results: {RESULTS}")
-
-
-def _describe(config: LabelModelConfig) -> str:
-    if config.kind == "majority_vote":
-        return "majority vote"
-    prior = "uniform" if config.class_balance is None else "dev prior"
-    return f"LabelModel {config.n_epochs} ep, l2 {config.l2}, {prior}"
 
 
 def _plain(value: Any) -> Any:

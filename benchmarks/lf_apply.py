@@ -1,7 +1,7 @@
 """LF application speed: mlsys apply_lfs against Snorkel's PandasLFApplier, YouTube spam LFs.
 
 The baseline is what a Snorkel user would otherwise call, on the same DataFrame and LFs.
-Two batches of ``--rows`` rows, both in the platform's raw-batch schema (read_source):
+Two batches of ``--rows`` rows, both in the platform's raw-batch schema (read_dataset):
 
 - replicated: the 1,956 real comments repeated (each comment about 51 times at 100k
   rows); apply_lfs evaluates each distinct text once, Snorkel memoizes only the
@@ -33,15 +33,16 @@ import numpy as np
 import pandas as pd
 from snorkel.labeling import PandasLFApplier
 
-from mlsys.data import YOUTUBE_SPAM, read_source
-from mlsys.labeling import LabelingFunction, apply_lfs, youtube_lfs
+from mlsys.data import read_dataset
+from mlsys.data.definition import load_dataset
+from mlsys.labeling import LabelingFunction, apply_lfs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "youtube-spam"
 RESULTS = Path(__file__).resolve().parent / "results" / "lf_apply.json"
 
 
 def batches(rows: int) -> dict[str, pd.DataFrame]:
-    comments = read_source(str(DATA), YOUTUBE_SPAM)
+    comments = read_dataset(load_dataset("youtube-spam"), str(DATA))
     replicated = comments.iloc[np.arange(rows) % len(comments)].reset_index(drop=True)
     unique = replicated.copy()
     texts = pd.Series([f"{text} {i}" for i, text in enumerate(unique["text"])])
@@ -63,7 +64,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def measure(name: str, df: pd.DataFrame, baseline_rows: int, n_jobs: int | None) -> dict[str, Any]:
-    lfs = youtube_lfs()
+    lfs = load_dataset("youtube-spam").lf_set("tutorial")
     base_df = df if name == "replicated" else df.iloc[:baseline_rows]
     clear_caches(lfs)
     expected, base_s = timed(lambda: PandasLFApplier(lfs).apply(base_df, progress_bar=False))
@@ -110,7 +111,7 @@ def main() -> None:
             "load_average_1min_at_start": round(os.getloadavg()[0], 2),
         },
         "n_jobs": args.n_jobs,
-        "lfs": [lf.name for lf in youtube_lfs()],
+        "lfs": [lf.name for lf in load_dataset("youtube-spam").lf_set("tutorial")],
     }
     print(f"YouTube spam LFs ({len(figures['lfs'])}), {os.cpu_count()} CPUs")
     for name, df in batches(args.rows).items():

@@ -52,9 +52,10 @@ WARMUP_ROWS = 1_000
 
 def batch(rows: int) -> pd.DataFrame:
     """``rows`` rows of the raw YouTube batch, comment ids made unique per replica."""
-    from mlsys.data import YOUTUBE_SPAM, read_source
+    from mlsys.data import read_dataset
+    from mlsys.data.definition import load_dataset
 
-    comments = read_source(DATA, YOUTUBE_SPAM)
+    comments = read_dataset(load_dataset("youtube-spam"), str(DATA))
     position = np.arange(rows)
     df = comments.iloc[position % len(comments)].reset_index(drop=True)
     replica = pd.Series(position // len(comments)).astype(str).astype("string")

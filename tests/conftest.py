@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 # Isolate every test run from the user's own Prefect/MLflow/S3 settings before
@@ -39,6 +40,14 @@ def youtube_dir() -> Path:
     if not YOUTUBE_DIR.is_dir():
         pytest.fail(f"the shared dataset is missing: {YOUTUBE_DIR}")
     return YOUTUBE_DIR
+
+
+def read_youtube(source: str | os.PathLike[str]) -> pd.DataFrame:
+    """``source`` read as the youtube-spam dataset defines it (datasets/youtube-spam)."""
+    from mlsys.data import read_dataset
+    from mlsys.data.definition import load_dataset
+
+    return read_dataset(load_dataset("youtube-spam"), os.fspath(source))
 
 
 def _free(port: int) -> bool:
@@ -96,7 +105,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     by the session and stopped at its end."""
     from infra.stack import down, up
 
-    settings = stack_settings(tmp_path_factory.mktemp("stack"))
+    # Datasets a test defines go here (searched before the project's datasets/), so
+    # that the stack's worker finds them too and the checkout stays untouched.
+    datasets = tmp_path_factory.mktemp("datasets")
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), datasets_dir=str(datasets))
     try:
         settings = up(settings, timeout_s=180, say=lambda line: None)
         yield settings

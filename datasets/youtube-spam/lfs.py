@@ -1,4 +1,4 @@
-"""The labeling functions of the YouTube spam task; this is where new LFs go.
+"""The labeling functions of the youtube-spam dataset; this is where new LFs go.
 
 The set is the Snorkel spam tutorial's, written with mlsys factories. Its spaCy LF
 (``has_person_nlp``) is left out: spaCy and its language model are not available
@@ -18,8 +18,9 @@ To add an LF:
        def many_exclamations(x: Any) -> int:
            return SPAM if x.text.count("!") > 3 else ABSTAIN
 
-2. Add it to ``_EXTENDED_LFS`` (or a new set in ``LF_SETS``) at the bottom, and give it a test in
-   ``tests/unit/test_lfs.py`` with one comment it votes on.
+2. Add it to ``_EXTENDED_LFS`` (or a new set in ``LF_SETS``) at the bottom, check it with
+   ``mlsys label lfs youtube-spam`` (coverage, conflicts, accuracy on the gold dev rows), and
+   give it a test in ``tests/unit/test_lfs.py`` with one comment it votes on.
 
 Rules for an LF: read only ``x.text`` (a ``str``, never missing: ``apply_lfs`` rejects
 rows with missing text before any LF runs); return ``SPAM``, ``HAM`` or ``ABSTAIN``;
@@ -36,8 +37,6 @@ from textblob import TextBlob
 
 from mlsys.labeling.lf import (
     ABSTAIN,
-    HAM,
-    SPAM,
     LabelingFunction,
     keyword_lf,
     labeling_function,
@@ -45,7 +44,11 @@ from mlsys.labeling.lf import (
     regex_lf,
 )
 
-__all__ = ["LF_SETS", "get_lf_set", "youtube_lfs", "youtube_lfs_extended"]
+__all__ = ["LF_SETS", "youtube_lfs", "youtube_lfs_extended"]
+
+# Votes are class names of dataset.yaml; the dataset resolves them to class indices.
+HAM = "ham"
+SPAM = "spam"
 
 # --- keywords and patterns (vectorized by apply_lfs) ----------------------------------------
 
@@ -195,13 +198,9 @@ def youtube_lfs_extended() -> list[LabelingFunction]:
     return [*_YOUTUBE_LFS, *_EXTENDED_LFS]
 
 
-LF_SETS = {"tutorial": youtube_lfs, "extended": youtube_lfs_extended}
-"""LF sets by name, as flows and benchmarks pick them (flow parameter ``lf_set``)."""
-
-
-def get_lf_set(name: str) -> list[LabelingFunction]:
-    """The LF set called ``name`` (a key of ``LF_SETS``)."""
-    try:
-        return LF_SETS[name]()
-    except KeyError:
-        raise ValueError(f"unknown LF set {name!r}; known: {', '.join(LF_SETS)}") from None
+LF_SETS = {
+    "default": youtube_lfs_extended(),
+    "tutorial": youtube_lfs(),
+    "extended": youtube_lfs_extended(),
+}
+"""LF sets by name, as flows pick them (flow parameter ``lf_set``, ``default`` unless told)."""

@@ -1,25 +1,29 @@
-"""Data sources and raw-batch handling for mlsys."""
+"""Data: dataset definitions, reading their sources into raw batches, S3 I/O."""
 
+from mlsys.data.definition import (
+    DatasetDefinition,
+    DatasetError,
+    list_datasets,
+    load_dataset,
+)
 from mlsys.data.sources import (
-    DATASETS,
     PROVENANCE_COLUMNS,
-    YOUTUBE_SPAM,
-    DatasetSpec,
     SourceError,
-    get_dataset,
+    read_dataset,
     read_parquet_bytes,
-    read_source,
+    read_table,
     write_parquet_bytes,
 )
 
 __all__ = [
-    "DATASETS",
     "PROVENANCE_COLUMNS",
-    "YOUTUBE_SPAM",
-    "DatasetSpec",
+    "DatasetDefinition",
+    "DatasetError",
     "SourceError",
-    "get_dataset",
+    "list_datasets",
+    "load_dataset",
+    "read_dataset",
     "read_parquet_bytes",
-    "read_source",
+    "read_table",
     "write_parquet_bytes",
 ]

@@ -1,9 +1,25 @@
-"""Read a dataset source (folder, file, S3 object or URL) into a normalized raw-batch DataFrame."""
+"""Read a dataset's source (folder, file, S3 object or URL) into a normalized raw batch.
+
+The dataset's definition (:mod:`mlsys.data.definition`) says how: the format, the header,
+which columns are the id, the text (or a template over columns), the gold label and the
+kept columns, and the classes the labels name. Every raw batch of a dataset has the same
+columns, whatever its source looks like::
+
+    <id column>  text  label  <kept columns...>  source_file  source_row
+
+Usage::
+
+    definition = load_dataset("youtube-spam")
+    raw = read_dataset(definition)                      # its default source
+    raw = read_dataset(definition, "s3://mlsys/incoming/2026-11-25.zip", s3_client=s3)
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -13,97 +29,65 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
-from pandas.api.types import is_bool_dtype, is_float_dtype, is_integer_dtype
+from pandas.api.types import (
+    is_bool_dtype,
+    is_float_dtype,
+    is_object_dtype,
+    is_string_dtype,
+)
+
+from mlsys.data.definition import ColumnRoles, DatasetDefinition, DatasetError, kept_name
 
 __all__ = [
-    "DATASETS",
     "PROVENANCE_COLUMNS",
-    "YOUTUBE_SPAM",
-    "DatasetSpec",
+    "SUFFIX_FORMATS",
     "SourceError",
-    "get_dataset",
+    "read_dataset",
     "read_parquet_bytes",
-    "read_source",
+    "read_table",
+    "source_format",
     "write_parquet_bytes",
 ]
 
 PROVENANCE_COLUMNS: tuple[str, str] = ("source_file", "source_row")
 
+SUFFIX_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+"""The format a file suffix implies when a definition names none."""
+
+_FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
 _BOM = "\ufeff"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-# ASCII digits only: str.isdigit and \d also accept other Unicode digits.
-_INTEGER_RE = r"[+-]?[0-9]+"
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 _DOWNLOAD_CHUNK = 1 << 20
+_MAX_SHOWN = 10
+_DIGEST = "__mlsys_digest"
 
 
 class SourceError(ValueError):
-    """A source could not be read; the message names the offending path, URL or column."""
+    """A source could not be read; the message names the offending path, URL, column or value."""
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """How one dataset's source columns map onto the normalized raw-batch columns."""
+class _Layout:
+    """How a source's files are parsed: the format (None: by suffix), header, column names."""
 
-    name: str
-    columns: Mapping[str, str]
-    required: frozenset[str]
-    label_column: str | None = "label"
-    archive_url: str | None = None
-
-    def __post_init__(self) -> None:
-        # Copy into read-only containers so a shared spec (e.g. YOUTUBE_SPAM) cannot be
-        # mutated by one caller behind another's back.
-        object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
-        object.__setattr__(self, "required", frozenset(self.required))
-        targets = list(self.columns.values())
-        duplicated = sorted({t for t in targets if targets.count(t) > 1})
-        if duplicated:
-            raise SourceError(
-                f"dataset spec {self.name!r} maps several source columns onto "
-                f"{', '.join(duplicated)}"
-            )
-        reserved = sorted(set(targets) & set(PROVENANCE_COLUMNS))
-        if reserved:
-            raise SourceError(
-                f"dataset spec {self.name!r} maps a source column onto reserved provenance "
-                f"column(s) {', '.join(reserved)}"
-            )
-
-
-YOUTUBE_SPAM = DatasetSpec(
-    name="youtube-spam",
-    columns={
-        "COMMENT_ID": "comment_id",
-        "AUTHOR": "author",
-        "DATE": "date",
-        "CONTENT": "text",
-        "CLASS": "label",
-    },
-    # CLASS is optional: unlabeled batches arrive without it.
-    required=frozenset({"COMMENT_ID", "AUTHOR", "DATE", "CONTENT"}),
-    label_column="label",
-    archive_url="https://archive.ics.uci.edu/static/public/380/youtube+spam+collection.zip",
-)
-
-DATASETS: dict[str, DatasetSpec] = {YOUTUBE_SPAM.name: YOUTUBE_SPAM}
-
-
-def get_dataset(name: str) -> DatasetSpec:
-    """Return the registered spec called ``name``."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        known = ", ".join(sorted(DATASETS)) or "(none)"
-        raise SourceError(f"unknown dataset {name!r}; known datasets: {known}") from None
+    format: str | None = None
+    header: bool = True
+    column_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,65 +96,133 @@ class _RawFile:
 
     name: str  # value for the source_file column
     location: str  # what error messages point at: full path, URI or "member in archive"
-    kind: str  # "csv" or "parquet"
+    kind: str  # "csv", "tsv", "jsonl" or "parquet"
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
 
 
-def read_source(
-    source: str | os.PathLike[str],
-    spec: DatasetSpec,
+UnknownLabels = Literal["error", "keep"]
+
+
+def read_dataset(
+    definition: DatasetDefinition,
+    source: str | os.PathLike[str] | None = None,
     *,
     s3_client: Any | None = None,
     cache_dir: Path | None = None,
     timeout_s: float = 60.0,
+    unknown_labels: UnknownLabels = "error",
 ) -> pd.DataFrame:
-    """Read ``source`` into one normalized DataFrame.
+    """Read ``source`` (default: the definition's own source) into one raw batch.
 
-    ``source`` may be a local folder (every ``*.csv`` directly in it, sorted by name, dot-files
-    skipped), a local ``.csv``, ``.parquet`` or ``.zip`` file, an ``s3://bucket/key`` object
-    (``.csv``, ``.parquet`` or ``.zip``, read with ``s3_client``) or an ``http(s)://`` URL to
-    one of those. Zip archives contribute every ``*.csv`` member, ``__MACOSX/`` junk excluded.
+    ``source`` may be a local folder (every file of the dataset's format directly in it,
+    sorted by name, dot-files skipped), a local file, a ``.zip`` archive of such files
+    (``__MACOSX/`` junk excluded), an ``s3://bucket/key`` object (read with ``s3_client``)
+    or an ``http(s)://`` URL to one of those. The format is the definition's ``format``,
+    else the file suffix's (:data:`SUFFIX_FORMATS`); ``.parquet`` files are always read as
+    Parquet. CSV and TSV cells are read as text, and no token such as "NA" or "null" counts
+    as missing; TSV has no quoting (a ``"`` is an ordinary character).
 
-    The result has the spec's renamed columns (unmapped columns lower-snake-cased), all as
-    pandas ``string`` dtype except the label column (``Int64``), plus ``source_file`` and
-    ``source_row`` (0-based row within its file, ``int64``). A source without the label
-    column gets one with every label missing. Values are not cleaned; the one
-    rewrite is that empty cells, and empty strings from Parquet, become ``pd.NA``.
+    The batch's columns, in order: the id column (``definition.id_column``; generated when
+    the definition names none: a hash of the row's text and kept values and of its
+    occurrence among identical rows, so that re-reading the same data gives the same ids
+    and duplicates stay distinct), ``text`` (the text column, or the template filled in;
+    missing when a field it needs is), ``label`` (``Int64`` class index; missing where the
+    source has no label, and everywhere when it lacks the label column), the kept columns
+    under :func:`~mlsys.data.definition.kept_name` (with the gold policy's column), then
+    ``source_file`` and ``source_row`` (0-based row within its file). Every column but
+    ``label`` and ``source_row`` is pandas ``string``; empty strings are missing. Columns
+    the definition does not name are dropped.
 
-    Downloads go to ``cache_dir`` and are reused from there on later calls with the same URL;
-    without a ``cache_dir`` they go to a temporary folder that is removed before returning.
+    A raw batch this function wrote (normalized names plus provenance columns, e.g. the
+    Parquet ``ingest`` stores) reads back unchanged.
+
+    Downloads go to ``cache_dir`` and are reused from there on later calls with the same
+    URL; without a ``cache_dir`` they go to a temporary folder removed before returning.
     ``timeout_s`` bounds each network wait, not the whole download.
 
-    Raises:
-        SourceError: the source is missing, unreadable, empty or lacks a required column.
-    """
-    text = os.fspath(source)
-    scheme_match = _SCHEME_RE.match(text)
-    if scheme_match:
-        scheme = scheme_match.group(1).lower()
-        if scheme == "s3":
-            files = _s3_files(text, s3_client)
-        elif scheme in ("http", "https"):
-            if cache_dir is not None:
-                files = _url_files(text, Path(cache_dir), timeout_s, reuse_cached=True)
-            else:
-                with tempfile.TemporaryDirectory(prefix="mlsys-download-") as tmp:
-                    files = _url_files(text, Path(tmp), timeout_s, reuse_cached=False)
-        else:
-            raise SourceError(
-                f"unsupported source scheme {scheme!r} in {text}; "
-                "expected a local path, s3://, http:// or https://"
-            )
-    else:
-        files = _local_files(Path(text))
+    A label value that is no class is an error naming it (``unknown_labels="error"``),
+    or is kept for the raw suite to quarantine its row (``"keep"``, as ``ingest`` reads):
+    a whole number stays as it is (an index outside the classes), anything else becomes
+    -1; the batch's ``attrs["unknown_labels"]`` then lists the values as found.
 
-    frames = [_normalize(_parse(f), spec, f) for f in files]
+    Raises:
+        SourceError: the source is missing, unreadable or empty, a file cannot be parsed,
+            lacks a column the definition names, or holds label values that are no class.
+    """
+    if unknown_labels not in ("error", "keep"):
+        raise ValueError(f"unknown_labels must be 'error' or 'keep', got {unknown_labels!r}")
+    text = os.fspath(source) if source is not None else definition.resolved_source()
+    names = _output_names(definition)
+    layout = _Layout(definition.format, definition.header, definition.column_names)
+    files = _locate(text, layout.format, s3_client, cache_dir, timeout_s)
+    unknown: list[str] = []
+    frames = [_normalize(_parse(f, layout), definition, f, unknown) for f in files]
+    if unknown and unknown_labels == "error":
+        raise SourceError(unknown[0])
     if sum(len(frame) for frame in frames) == 0:
         raise SourceError(f"source {text} has no rows")
     combined = pd.concat(frames, ignore_index=True, sort=False)
-    # concat turns a column missing from some files into object dtype; re-impose the contract.
-    return _enforce_dtypes(combined, spec)
+    if _DIGEST in combined.columns:
+        combined = _fill_generated_ids(combined, definition.id_column)
+    out = _enforce_dtypes(combined[names], definition)
+    out.attrs["unknown_labels"] = unknown
+    return out
+
+
+def read_table(
+    source: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    header: bool = True,
+    column_names: Sequence[str] | None = None,
+    max_rows: int | None = None,
+    s3_client: Any | None = None,
+    cache_dir: Path | None = None,
+    timeout_s: float = 60.0,
+) -> pd.DataFrame:
+    """The source's own columns, unmapped: what ``mlsys dataset init`` guesses roles from.
+
+    Files are found and parsed as :func:`read_dataset` does; column names lose a leading
+    byte-order mark and surrounding spaces; every value becomes text (pandas ``string``,
+    empty strings missing). ``max_rows`` stops reading once that many rows are in.
+    """
+    text = os.fspath(source)
+    layout = _Layout(format, header, tuple(column_names) if column_names else None)
+    frames: list[pd.DataFrame] = []
+    count = 0
+    for raw in _locate(text, layout.format, s3_client, cache_dir, timeout_s):
+        left = None if max_rows is None else max_rows - count
+        if left is not None and left <= 0:
+            break
+        frame = _parse(raw, layout, limit=left)
+        frame = frame.rename(columns=lambda c: str(c).lstrip(_BOM).strip())
+        frames.append(frame.head(left) if left is not None else frame)
+        count += len(frames[-1])
+    table = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+    return pd.DataFrame(
+        {str(c): _to_string(table[c]) for c in table.columns}, index=pd.RangeIndex(len(table))
+    )
+
+
+def source_format(source: str | os.PathLike[str]) -> str | None:
+    """The format a source's file suffixes imply (for a folder or zip archive: its files'
+    one format), or None when they imply none or several."""
+    text = os.fspath(source)
+    path = Path(text)
+    if not _SCHEME_RE.match(text) and path.is_dir():
+        kinds = {_suffix_format(p.name) for p in path.iterdir() if _is_data_file(p.name)}
+    elif PurePosixPath(text).suffix.lower() == ".zip" and path.is_file():
+        with zipfile.ZipFile(path) as archive:
+            kinds = {
+                _suffix_format(PurePosixPath(i.filename).name)
+                for i in archive.infolist()
+                if _is_archive_member(i)
+            }
+    else:
+        kinds = {_suffix_format(urllib.parse.urlparse(text).path if "://" in text else text)}
+    kinds.discard(None)
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def write_parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -191,73 +243,134 @@ def read_parquet_bytes(data: bytes) -> pd.DataFrame:
 # --- locating files ------------------------------------------------------------------------
 
 
-def _kind_for(name: str) -> str | None:
+def _suffix_format(name: str) -> str | None:
+    return SUFFIX_FORMATS.get(PurePosixPath(name).suffix.lower())
+
+
+def _file_kind(name: str, wanted: str | None) -> str | None:
+    """How to read one named file: an archive, Parquet (self-describing, and what ingest
+    writes), else the wanted format, else the suffix's."""
     suffix = PurePosixPath(name).suffix.lower()
-    return {".csv": "csv", ".parquet": "parquet", ".zip": "zip"}.get(suffix)
+    if suffix == ".zip":
+        return "zip"
+    if _suffix_format(name) == "parquet":
+        return "parquet"
+    return wanted or _suffix_format(name)
 
 
-def _local_files(path: Path) -> list[_RawFile]:
+def _is_data_file(name: str) -> bool:
+    # Dot-files (e.g. macOS "._Youtube01.csv" resource forks) are never data.
+    return not name.startswith(".") and _suffix_format(name) is not None
+
+
+def _is_archive_member(info: zipfile.ZipInfo) -> bool:
+    member = PurePosixPath(info.filename)
+    return not info.is_dir() and "__MACOSX" not in member.parts and _is_data_file(member.name)
+
+
+def _what(wanted: str | None) -> str:
+    if wanted is not None:
+        return f"{_FORMAT_NAMES[wanted]} file"
+    return "CSV, TSV, JSON Lines or Parquet file"
+
+
+def _pick(names: list[str], wanted: str | None, where: str) -> list[tuple[str, str]]:
+    """The data files among ``names`` (sorted), each with its format: those of ``wanted``,
+    or of the one format their suffixes share."""
+    chosen = sorted(n for n in names if _is_data_file(PurePosixPath(n).name))
+    if wanted is not None:
+        chosen = [n for n in chosen if _suffix_format(n) == wanted]
+    else:
+        by_format: dict[str, list[str]] = {}
+        for name in chosen:
+            by_format.setdefault(str(_suffix_format(name)), []).append(name)
+        if len(by_format) > 1:
+            found = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in sorted(by_format.items()))
+            raise SourceError(
+                f"{where} holds files of several formats ({found}); set `format` in the "
+                "dataset's definition to read one of them"
+            )
+    if not chosen:
+        raise SourceError(f"{where} holds no {_what(wanted)}")
+    return [(n, str(_suffix_format(n))) for n in chosen]
+
+
+def _locate(
+    text: str,
+    wanted: str | None,
+    s3_client: Any | None,
+    cache_dir: Path | None,
+    timeout_s: float,
+) -> list[_RawFile]:
+    scheme_match = _SCHEME_RE.match(text)
+    if not scheme_match:
+        return _local_files(Path(text), wanted)
+    scheme = scheme_match.group(1).lower()
+    if scheme == "s3":
+        return _s3_files(text, s3_client, wanted)
+    if scheme in ("http", "https"):
+        if cache_dir is not None:
+            return _url_files(text, Path(cache_dir), timeout_s, wanted, reuse_cached=True)
+        with tempfile.TemporaryDirectory(prefix="mlsys-download-") as tmp:
+            return _url_files(text, Path(tmp), timeout_s, wanted, reuse_cached=False)
+    raise SourceError(
+        f"unsupported source scheme {scheme!r} in {text}; "
+        "expected a local path, s3://, http:// or https://"
+    )
+
+
+def _local_files(path: Path, wanted: str | None) -> list[_RawFile]:
     if path.is_dir():
-        csvs = sorted(
-            (p for p in path.iterdir() if p.is_file() and _is_wanted_csv(p.name)),
-            key=lambda p: p.name,
-        )
-        if not csvs:
-            raise SourceError(f"folder {path} holds no CSV file")
-        return [_RawFile(name=p.name, location=str(p), kind="csv", path=p) for p in csvs]
+        files = [p.name for p in path.iterdir() if p.is_file()]
+        return [
+            _RawFile(name=name, location=str(path / name), kind=kind, path=path / name)
+            for name, kind in _pick(files, wanted, f"folder {path}")
+        ]
     if path.is_file():
-        kind = _kind_for(path.name)
+        kind = _file_kind(path.name, wanted)
         if kind == "zip":
-            return _zip_members(path.read_bytes(), str(path))
+            return _zip_members(path.read_bytes(), str(path), wanted)
         if kind is None:
-            raise SourceError(f"unsupported file type {path.suffix!r}: {path}")
+            raise SourceError(
+                f"cannot tell the format of {path} from its suffix {path.suffix!r}: set "
+                "`format` (csv, tsv, jsonl or parquet) in the dataset's definition"
+            )
         return [_RawFile(name=path.name, location=str(path), kind=kind, path=path)]
     raise SourceError(f"source not found: {path}")
 
 
-def _is_wanted_csv(name: str) -> bool:
-    # Dot-files (e.g. macOS "._Youtube01.csv" resource forks) are never data.
-    return name.lower().endswith(".csv") and not name.startswith(".")
-
-
-def _zip_members(data: bytes, location: str) -> list[_RawFile]:
+def _zip_members(data: bytes, location: str, wanted: str | None) -> list[_RawFile]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise SourceError(f"not a valid zip archive: {location} ({exc})") from exc
     files: list[_RawFile] = []
     with archive:
-        for info in sorted(archive.infolist(), key=lambda i: i.filename):
-            member = PurePosixPath(info.filename)
-            if info.is_dir() or "__MACOSX" in member.parts or not _is_wanted_csv(member.name):
-                continue
+        members = {i.filename: i for i in archive.infolist() if _is_archive_member(i)}
+        for name, kind in _pick(list(members), wanted, f"archive {location}"):
             # Members are read into memory and never extracted by name, so "../" paths in a
             # hostile archive cannot write outside the cache folder.
             try:
-                content = archive.read(info)
+                content = archive.read(members[name])
             except (zipfile.BadZipFile, OSError) as exc:
-                raise SourceError(f"cannot read {info.filename} in {location}: {exc}") from exc
+                raise SourceError(f"cannot read {name} in {location}: {exc}") from exc
             files.append(
-                _RawFile(
-                    name=info.filename,
-                    location=f"{info.filename} in {location}",
-                    kind="csv",
-                    data=content,
-                )
+                _RawFile(name=name, location=f"{name} in {location}", kind=kind, data=content)
             )
-    if not files:
-        raise SourceError(f"archive {location} holds no CSV file")
     return files
 
 
-def _s3_files(uri: str, s3_client: Any | None) -> list[_RawFile]:
+def _s3_files(uri: str, s3_client: Any | None, wanted: str | None) -> list[_RawFile]:
     parsed = urllib.parse.urlparse(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     if not bucket or not key:
         raise SourceError(f"S3 URI needs a bucket and a key: {uri}")
-    kind = _kind_for(key)
+    kind = _file_kind(key, wanted)
     if kind is None:
-        raise SourceError(f"unsupported S3 object type (expected .csv, .parquet or .zip): {uri}")
+        raise SourceError(
+            f"cannot tell the format of S3 object {uri} from its suffix: set `format` in the "
+            "dataset's definition"
+        )
     if s3_client is None:
         raise SourceError(f"an S3 client is needed to read {uri}; pass s3_client=")
     try:
@@ -272,19 +385,23 @@ def _s3_files(uri: str, s3_client: Any | None) -> list[_RawFile]:
             raise SourceError(f"S3 object not found: {uri} ({code})") from exc
         raise SourceError(f"cannot read S3 object {uri}: {code}") from exc
     if kind == "zip":
-        return _zip_members(data, uri)
+        return _zip_members(data, uri, wanted)
     return [_RawFile(name=PurePosixPath(key).name, location=uri, kind=kind, data=data)]
 
 
-def _url_files(url: str, folder: Path, timeout_s: float, *, reuse_cached: bool) -> list[_RawFile]:
+def _url_files(
+    url: str, folder: Path, timeout_s: float, wanted: str | None, *, reuse_cached: bool
+) -> list[_RawFile]:
     basename = PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     path = _download(url, folder, basename or "download", timeout_s, reuse_cached=reuse_cached)
-    kind = _kind_for(basename) or _sniff_kind(path)
+    kind = _sniff_kind(path) or _file_kind(basename, wanted)
     if kind is None:
-        raise SourceError(f"cannot tell the file type of {url} (expected .csv, .parquet or .zip)")
+        raise SourceError(
+            f"cannot tell the format of {url}: set `format` in the dataset's definition"
+        )
     data = path.read_bytes()
     if kind == "zip":
-        return _zip_members(data, url)
+        return _zip_members(data, url, wanted)
     return [_RawFile(name=basename or url, location=url, kind=kind, data=data)]
 
 
@@ -329,16 +446,19 @@ def _download(
     return target
 
 
-# --- parsing and normalization -------------------------------------------------------------
+# --- parsing -------------------------------------------------------------------------------
 
 
-def _parse(raw: _RawFile) -> pd.DataFrame:
+def _parse(raw: _RawFile, layout: _Layout, limit: int | None = None) -> pd.DataFrame:
     handle: Path | io.BytesIO = raw.path if raw.path is not None else io.BytesIO(raw.data or b"")
+    name = _FORMAT_NAMES.get(raw.kind, raw.kind)
     try:
         if raw.kind == "parquet":
             return pd.read_parquet(handle, engine="pyarrow")
+        if raw.kind == "jsonl":
+            return _parse_jsonl(raw, limit)
         # Everything stays text and no token such as "NA" or "null" is read as missing: those
-        # are plausible comment texts. Empty cells become pd.NA later, in _normalize.
+        # are plausible texts. Empty cells become pd.NA later (_to_string).
         # utf-8-sig drops a BOM at the very start of the file only; BOMs inside values stay.
         # index_col=False: a first row with more fields than the header must not turn the
         # first column into the index (shifting every value one column left); pandas then
@@ -346,142 +466,299 @@ def _parse(raw: _RawFile) -> pd.DataFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             return pd.read_csv(
-                handle, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
+                handle,
+                sep="\t" if raw.kind == "tsv" else ",",
+                quoting=csv.QUOTE_NONE if raw.kind == "tsv" else csv.QUOTE_MINIMAL,
+                header=0 if layout.header else None,
+                names=list(layout.column_names) if layout.column_names else None,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+                index_col=False,
+                nrows=limit,
             )
+    except SourceError:
+        raise
     except pd.errors.ParserWarning as exc:
         raise SourceError(
-            f"cannot parse CSV {raw.location}: a row has more fields than the header ({exc})"
+            f"cannot parse {name} {raw.location}: a row has more fields than the "
+            f"{'header' if layout.header else 'column_names'} ({exc})"
         ) from exc
     except pd.errors.EmptyDataError as exc:
         raise SourceError(f"{raw.location} is empty (no header row)") from exc
     except UnicodeDecodeError as exc:
         raise SourceError(f"{raw.location} is not valid UTF-8: {exc}") from exc
     except pd.errors.ParserError as exc:
-        raise SourceError(f"cannot parse CSV {raw.location}: {exc}") from exc
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read {raw.kind} file {raw.location}: {exc}") from exc
+        raise SourceError(f"cannot parse {name} {raw.location}: {exc}") from exc
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt input
+        raise SourceError(f"cannot read {name} file {raw.location}: {exc}") from exc
 
 
-def _snake_case(name: str) -> str:
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
-    return re.sub(r"[^0-9a-zA-Z]+", "_", spaced).strip("_").lower() or "column"
+def _parse_jsonl(raw: _RawFile, limit: int | None) -> pd.DataFrame:
+    data = raw.path.read_bytes() if raw.path is not None else raw.data or b""
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(
+                f"cannot parse JSON Lines {raw.location}: line {number} is not JSON ({exc.msg} "
+                f"at column {exc.colno})"
+            ) from exc
+        if not isinstance(record, dict):
+            raise SourceError(
+                f"cannot parse JSON Lines {raw.location}: line {number} holds a "
+                f"{type(record).__name__}, not an object"
+            )
+        records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    if not records:
+        raise SourceError(f"{raw.location} is empty (no JSON object)")
+    # dtype=object keeps each value as JSON gave it (no int -> float when a value is missing).
+    return pd.DataFrame(records, dtype=object)
 
 
-def _normalize(df: pd.DataFrame, spec: DatasetSpec, raw: _RawFile) -> pd.DataFrame:
+# --- normalization -------------------------------------------------------------------------
+
+
+def _output_names(definition: DatasetDefinition) -> list[str]:
+    """The raw batch's columns in order; two roles landing on one name are refused."""
+    names = [definition.id_column, "text", "label", *definition.kept_columns]
+    names += list(PROVENANCE_COLUMNS)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SourceError(
+            f"dataset {definition.name!r}: several columns of its raw batch would be called "
+            f"{', '.join(repeated)} (id {definition.id_column!r}, text, label, kept "
+            f"{definition.kept_columns}, provenance); rename the id or a kept column"
+        )
+    return names
+
+
+def _normalize(
+    df: pd.DataFrame, definition: DatasetDefinition, raw: _RawFile, unknown: list[str]
+) -> pd.DataFrame:
     df = df.rename(columns=lambda c: str(c).lstrip(_BOM).strip())
     found = [str(c) for c in df.columns]
-    if _is_normalized(found, spec):
-        return _renormalize(df, spec, raw)
-    missing = sorted(spec.required - set(found))
+    if _is_normalized(found, definition):
+        return _renormalize(df, definition, raw)
+    roles = definition.columns
+    has_label = roles.label is not None and roles.label in found
+    gold = definition.gold.column if definition.gold.by == "column" else None
+    required = [roles.id, roles.text, *roles.template_fields(), *roles.keep]
+    # An unlabeled batch may lack the gold policy's column along with the labels.
+    if gold is not None and (has_label or roles.label is None):
+        required.append(gold)
+    missing = [c for c in dict.fromkeys(required) if c is not None and c not in found]
     if missing:
         raise SourceError(
-            f"{raw.location} is missing required column(s) {', '.join(missing)}; "
-            f"found columns: {', '.join(found) or '(none)'}"
+            f"{raw.location} has no column {', '.join(missing)} (named by the definition "
+            f"of dataset {definition.name!r}); found columns: {', '.join(found) or '(none)'}"
         )
-    renamed = [spec.columns.get(c, _snake_case(c)) for c in found]
-    clashes = sorted({n for n in renamed if renamed.count(n) > 1})
-    if clashes:
-        raise SourceError(
-            f"{raw.location}: several columns normalize to {', '.join(clashes)}; "
-            f"found columns: {', '.join(found)}"
-        )
-    reserved = sorted(set(renamed) & set(PROVENANCE_COLUMNS))
-    if reserved:
-        raise SourceError(
-            f"{raw.location} has column(s) {', '.join(reserved)}, which are reserved for provenance"
-        )
-    df.columns = pd.Index(renamed)
-    source_names = dict(zip(renamed, found, strict=True))
-
+    n = len(df)
     out: dict[str, pd.Series] = {}
-    for column in renamed:
-        if column == spec.label_column:
-            out[column] = _to_label(df[column], raw, source_names[column])
+    if roles.id is not None:
+        out[definition.id_column] = _to_string(df[roles.id])
+    text = _to_string(df[roles.text]) if roles.text is not None else _fill_template(df, roles)
+    out["text"] = text
+    if has_label:
+        out["label"] = _to_label(df[str(roles.label)], definition, raw, str(roles.label), unknown)
+    else:
+        out["label"] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="Int64")
+    kept_sources = list(dict.fromkeys([*roles.keep, *([gold] if gold is not None else [])]))
+    for column in kept_sources:
+        if column in found:
+            out[kept_name(column)] = _to_string(df[column])
         else:
-            # Converted to strings once, after all files are concatenated (_enforce_dtypes).
-            out[column] = df[column].reset_index(drop=True)
-    out["source_file"] = pd.Series([raw.name] * len(df), dtype="string")
-    out["source_row"] = pd.Series(range(len(df)), dtype="int64")
-    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+            out[kept_name(column)] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
+    if roles.id is None:
+        out[_DIGEST] = _content_digests(text, [out[kept_name(c)] for c in roles.keep])
+    out["source_file"] = pd.Series([raw.name] * n, dtype="string")
+    out["source_row"] = pd.Series(range(n), dtype="int64")
+    return pd.DataFrame(out, index=pd.RangeIndex(n))
 
 
-def _is_normalized(found: list[str], spec: DatasetSpec) -> bool:
+def _is_normalized(found: list[str], definition: DatasetDefinition) -> bool:
     """True for a raw batch this module wrote (normalized names plus provenance)."""
-    names = set(found)
-    return set(PROVENANCE_COLUMNS) <= names and {spec.columns[c] for c in spec.required} <= names
+    return {*PROVENANCE_COLUMNS, definition.id_column, "text"} <= set(found)
 
 
-def _renormalize(df: pd.DataFrame, spec: DatasetSpec, raw: _RawFile) -> pd.DataFrame:
-    """Re-read a normalized batch: same columns, dtypes enforced, provenance kept."""
+def _renormalize(df: pd.DataFrame, definition: DatasetDefinition, raw: _RawFile) -> pd.DataFrame:
+    """Re-read a normalized batch: the dataset's columns, dtypes enforced, provenance kept."""
+    found = [str(c) for c in df.columns]
+    gold = definition.gold.column if definition.gold.by == "column" else None
+    optional = {kept_name(gold)} if gold is not None else set()
+    missing = [c for c in definition.kept_columns if c not in found and c not in optional]
+    if missing:
+        raise SourceError(
+            f"{raw.location} has no column {', '.join(missing)} (a kept column of dataset "
+            f"{definition.name!r}); found columns: {', '.join(found)}"
+        )
+    n = len(df)
     out: dict[str, pd.Series] = {}
-    for column in df.columns:
-        name = str(column)
+    for name in _output_names(definition):
         if name == "source_row":
             out[name] = df[name].reset_index(drop=True).astype("int64")
-        elif name == spec.label_column:
-            out[name] = _to_label(df[name], raw, name)
-        else:
+        elif name == "label" and name in found:
+            out[name] = _index_label(df[name], definition, raw)
+        elif name == "label":
+            out[name] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="Int64")
+        elif name in found:
             out[name] = _to_string(df[name])
-    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+        else:
+            out[name] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
+    return pd.DataFrame(out, index=pd.RangeIndex(n))
+
+
+def _fill_template(df: pd.DataFrame, roles: ColumnRoles) -> pd.Series:
+    """The template with each ``{column}`` replaced by the row's value; missing if any is."""
+    rest = str(roles.template)
+    n = len(df)
+    text = pd.Series("", index=pd.RangeIndex(n), dtype="string")
+    for column in roles.template_fields():
+        before, _, rest = rest.partition("{" + column + "}")
+        text = text + before + _to_string(df[column])
+    return text + rest
+
+
+def _content_digests(text: pd.Series, kept: list[pd.Series]) -> pd.Series:
+    """A digest of each row's text and kept values (the label and provenance left out, so a
+    labeled and an unlabeled copy of a row agree)."""
+    parts = [text, *kept]
+    rows = zip(*(p.astype(object).where(p.notna(), None) for p in parts), strict=True)
+    digests = [
+        hashlib.sha256(
+            "\x1f".join("\x00" if v is None else str(v) for v in row).encode("utf-8")
+        ).hexdigest()
+        for row in rows
+    ]
+    return pd.Series(digests, index=text.index, dtype=object)
+
+
+def _fill_generated_ids(df: pd.DataFrame, id_column: str) -> pd.DataFrame:
+    """Ids for rows read without one: a hash of the row's digest and of its occurrence
+    number among identical rows, in source order (stable on re-reads, distinct for
+    duplicates). Rows that came with an id (a normalized batch) keep theirs."""
+    digest = df[_DIGEST]
+    needed = digest.notna()
+    occurrence = digest[needed].groupby(digest[needed], sort=False).cumcount()
+    generated = [
+        hashlib.sha256(f"{d}\x1e{k}".encode()).hexdigest()[:16]
+        for d, k in zip(digest[needed], occurrence, strict=True)
+    ]
+    ids = df[id_column].astype("string") if id_column in df.columns else None
+    if ids is None:
+        ids = pd.Series(pd.NA, index=df.index, dtype="string")
+    ids[needed] = np.array(generated, dtype=object)
+    out = df.drop(columns=[_DIGEST])
+    out[id_column] = ids
+    return out
+
+
+def _as_text(value: Any) -> Any:
+    """One value as text: JSON's spelling for booleans, objects and lists; whole floats
+    without ".0" (pandas turns integers with gaps into floats)."""
+    if value is None or value is pd.NA:
+        return pd.NA
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:
+            return pd.NA
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _to_string(values: pd.Series) -> pd.Series:
-    text = values.reset_index(drop=True).astype("string")
+    values = values.reset_index(drop=True)
+    if (
+        is_float_dtype(values.dtype)
+        or (
+            is_object_dtype(values.dtype)
+            and pd.api.types.infer_dtype(values, skipna=True) != "string"
+        )
+        or is_bool_dtype(values.dtype)
+    ):
+        values = values.map(_as_text)
+    text = values.astype("string")
     # A CSV cannot tell "" from an empty cell, so empty strings are missing for every source
     # kind; that keeps a CSV and a Parquet copy of the same data equal.
     return text.mask(text == "")
 
 
-def _to_label(values: pd.Series, raw: _RawFile, source_column: str) -> pd.Series:
-    values = values.reset_index(drop=True)
-    if is_integer_dtype(values.dtype) or is_bool_dtype(values.dtype):
-        return values.astype("Int64")
-    if is_float_dtype(values.dtype):
-        # Reject fractions, infinities and anything outside Int64 before casting.
-        whole = (values.round() == values) & (values.abs() < 2.0**63)
-        bad = values.notna() & ~whole
-        if bad.any():
-            _raise_bad_label(values, bad, raw, source_column)
-        return values.astype("Int64")
+def _to_label(
+    values: pd.Series,
+    definition: DatasetDefinition,
+    raw: _RawFile,
+    source_column: str,
+    unknown: list[str],
+) -> pd.Series:
+    """Class indices of a source's label values (class names or indices), ``Int64``.
+    Values that are no class are described in ``unknown`` and kept as whole numbers, or
+    -1 when they are not whole numbers (the caller decides whether that is an error)."""
     text = _to_string(values).str.strip()
-    bad = text.notna() & ~text.str.fullmatch(_INTEGER_RE).fillna(False).astype(bool)
-    if bad.any():
-        _raise_bad_label(values, bad, raw, source_column)
+    text = text.mask(text == "")
+    mapping: dict[str, int] = {}
+    bad: list[str] = []
+    for value in text.dropna().unique():
+        try:
+            mapping[str(value)] = definition.class_index(str(value))
+        except DatasetError:
+            bad.append(str(value))
+    if bad:
+        is_bad = text.isin(bad).fillna(False).astype(bool)
+        first = int(np.flatnonzero(is_bad.to_numpy())[0])
+        shown = ", ".join(repr(v) for v in bad[:_MAX_SHOWN])
+        more = f" and {len(bad) - _MAX_SHOWN} more" if len(bad) > _MAX_SHOWN else ""
+        unknown.append(
+            f"{raw.location}: {int(is_bad.sum())} label value(s) in column {source_column} "
+            f"are not classes of dataset {definition.name!r}: {shown}{more} (first at row "
+            f"{first + 1}); classes are {list(definition.classes)} (or their indices "
+            f"0..{definition.k - 1})"
+        )
+        for value in bad:
+            mapping[value] = int(value) if re.fullmatch(r"[+-]?[0-9]{1,18}", value) else -1
+    return text.map(mapping).astype("Int64")
+
+
+def _index_label(values: pd.Series, definition: DatasetDefinition, raw: _RawFile) -> pd.Series:
+    """The label column of a normalized batch: class indices already; checked, ``Int64``."""
+    values = values.reset_index(drop=True)
     try:
-        return text.astype("Int64")
-    except (OverflowError, ValueError, TypeError):
-        pass  # some value is outside int64: find it for the message
-    numbers = pd.Series([None if pd.isna(v) else int(v) for v in text], dtype=object)
-    out_of_range = numbers.map(lambda n: n is not None and not _INT64_MIN <= n <= _INT64_MAX)
-    if out_of_range.any():
-        _raise_bad_label(values, out_of_range.astype(bool), raw, source_column)
-    return numbers.astype("Int64")
+        labels = values.astype("Int64")
+    except (TypeError, ValueError) as exc:
+        raise SourceError(
+            f"{raw.location}: column label of a normalized batch must hold class indices "
+            f"0..{definition.k - 1}: {exc}"
+        ) from exc
+    bad = labels.notna() & ((labels < 0) | (labels >= definition.k))
+    if bad.any():
+        shown = sorted({int(v) for v in labels[bad]})[:_MAX_SHOWN]
+        raise SourceError(
+            f"{raw.location}: {int(bad.sum())} label value(s) {shown} are not class indices "
+            f"of dataset {definition.name!r} (0..{definition.k - 1}: {list(definition.classes)})"
+        )
+    return labels
 
 
-def _raise_bad_label(values: pd.Series, bad: pd.Series, raw: _RawFile, source_column: str) -> None:
-    position = int(bad.to_numpy().nonzero()[0][0])
-    value = values.iloc[position]
-    # Show 1.5 rather than np.float64(1.5): the message is for a person fixing the data.
-    value = value.item() if hasattr(value, "item") else value
-    raise SourceError(
-        f"{raw.location} row {position + 1}: label value {value!r} in column "
-        f"{source_column} is not an integer ({int(bad.sum())} bad value(s) in this file)"
-    )
-
-
-def _enforce_dtypes(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    # A column that only later files have would otherwise land after the provenance columns.
-    data_columns = [c for c in df.columns if c not in PROVENANCE_COLUMNS]
-    df = df[[*data_columns, *PROVENANCE_COLUMNS]]
-    if spec.label_column is not None and spec.label_column not in df.columns:
-        # An unlabeled batch has the same columns as a labeled one, its labels all missing,
-        # so one schema (the raw suite) covers both.
-        df.insert(len(data_columns), spec.label_column, pd.Series(pd.NA, index=df.index))
-    for column in df.columns:
+def _enforce_dtypes(df: pd.DataFrame, definition: DatasetDefinition) -> pd.DataFrame:
+    # concat turns a column that is all-missing in some files into object; re-impose the
+    # contract column by column.
+    out = df.reset_index(drop=True).copy()
+    for column in out.columns:
         if column == "source_row":
-            df[column] = df[column].astype("int64")
-        elif column == spec.label_column:
-            df[column] = df[column].astype("Int64")
-        else:
-            df[column] = _to_string(df[column])
-    return df
+            out[column] = out[column].astype("int64")
+        elif column == "label":
+            out[column] = out[column].astype("Int64")
+        elif not is_string_dtype(out[column].dtype) or str(out[column].dtype) != "string":
+            out[column] = _to_string(out[column])
+    return out

@@ -9,10 +9,12 @@ if TYPE_CHECKING:
     from mlsys.labeling.analysis import lf_summary, plot_lf_summary
     from mlsys.labeling.apply import MIN_LFS, LFApplyResult, LFError, apply_lfs
     from mlsys.labeling.batch import build_labeled_batch, evaluate_labelers, gold_array
+    from mlsys.labeling.end_model import select_end_model
     from mlsys.labeling.label_model import (
         Labeler,
         LabelModelConfig,
         TuningResult,
+        class_prior,
         default_grid,
         fit_label_model,
         fit_labeler,
@@ -20,24 +22,21 @@ if TYPE_CHECKING:
     )
     from mlsys.labeling.lf import (
         ABSTAIN,
-        HAM,
-        SPAM,
         LabelingFunction,
         VectorSpec,
+        bind_class_labels,
         keyword_lf,
         labeling_function,
         preprocessor,
         regex_lf,
         vector_spec,
     )
-    from mlsys.labeling.lfs import youtube_lfs
     from mlsys.labeling.merge import MergeResult, Weighting, WeightModel, merge_labels
-    from mlsys.labeling.split import holdout_split, split_counts
+    from mlsys.labeling.split import gold_split, holdout_split, split_counts
     from mlsys.labeling.wrench import WrenchDataset, WrenchError, evaluate_wrench, load_wrench
 
 _MODULES = {
     "ABSTAIN": "mlsys.labeling.lf",
-    "HAM": "mlsys.labeling.lf",
     "LFApplyResult": "mlsys.labeling.apply",
     "LFError": "mlsys.labeling.apply",
     "LabelModelConfig": "mlsys.labeling.label_model",
@@ -45,7 +44,6 @@ _MODULES = {
     "LabelingFunction": "mlsys.labeling.lf",
     "MIN_LFS": "mlsys.labeling.apply",
     "MergeResult": "mlsys.labeling.merge",
-    "SPAM": "mlsys.labeling.lf",
     "TuningResult": "mlsys.labeling.label_model",
     "VectorSpec": "mlsys.labeling.lf",
     "WeightModel": "mlsys.labeling.merge",
@@ -53,6 +51,10 @@ _MODULES = {
     "WrenchDataset": "mlsys.labeling.wrench",
     "WrenchError": "mlsys.labeling.wrench",
     "apply_lfs": "mlsys.labeling.apply",
+    "bind_class_labels": "mlsys.labeling.lf",
+    "class_prior": "mlsys.labeling.label_model",
+    "gold_split": "mlsys.labeling.split",
+    "select_end_model": "mlsys.labeling.end_model",
     "build_labeled_batch": "mlsys.labeling.batch",
     "default_grid": "mlsys.labeling.label_model",
     "evaluate_labelers": "mlsys.labeling.batch",
@@ -72,7 +74,6 @@ _MODULES = {
     "split_counts": "mlsys.labeling.split",
     "vector_spec": "mlsys.labeling.lf",
     "weak_label_frame": "mlsys.labeling.label_model",
-    "youtube_lfs": "mlsys.labeling.lfs",
 }
 
 
@@ -88,9 +89,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ABSTAIN",
-    "HAM",
     "MIN_LFS",
-    "SPAM",
     "LFApplyResult",
     "LFError",
     "LabelModelConfig",
@@ -104,13 +103,16 @@ __all__ = [
     "WrenchDataset",
     "WrenchError",
     "apply_lfs",
+    "bind_class_labels",
     "build_labeled_batch",
+    "class_prior",
     "default_grid",
     "evaluate_labelers",
     "evaluate_wrench",
     "fit_label_model",
     "fit_labeler",
     "gold_array",
+    "gold_split",
     "holdout_split",
     "keyword_lf",
     "labeling_function",
@@ -120,8 +122,8 @@ __all__ = [
     "plot_lf_summary",
     "preprocessor",
     "regex_lf",
+    "select_end_model",
     "split_counts",
     "vector_spec",
     "weak_label_frame",
-    "youtube_lfs",
 ]

@@ -84,7 +84,7 @@ def apply_lfs(
 ) -> LFApplyResult:
     """Label every row of ``df`` with every LF; the matrix equals Snorkel's PandasLFApplier's.
 
-        result = apply_lfs(batch, youtube_lfs(), id_column="comment_id")
+        result = apply_lfs(batch, dataset.lf_set(), id_column=dataset.id_column)
         result.matrix        # (len(batch), 9) int64, -1 = abstain
 
     Contract: LFs read only the columns named in ``fields`` (an LF reading another

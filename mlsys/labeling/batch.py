@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,21 @@ def split_unlabelable(
     return df[~bad], quarantined
 
 
+def lf_view(
+    df: pd.DataFrame, kept: Sequence[str], id_column: str | None = None
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """What labeling functions see of a batch, and the fields they may read: ``text`` and
+    the dataset's ``kept`` columns (a missing kept value as ""; text must be present, see
+    :func:`split_unlabelable`), plus the id column for error messages."""
+    fields = ("text", *kept)
+    view = df[list(fields)].copy()
+    for column in kept:
+        view[column] = view[column].astype("string").fillna("")
+    if id_column is not None and id_column not in fields:
+        view[id_column] = df[id_column]
+    return view, fields
+
+
 def gold_array(df: pd.DataFrame, label_column: str = "label") -> np.ndarray:
     """Gold labels as int64 with -1 where a row has none."""
     return df[label_column].to_numpy(dtype=np.int64, na_value=-1)
@@ -46,11 +62,12 @@ def gold_array(df: pd.DataFrame, label_column: str = "label") -> np.ndarray:
 def evaluate_labelers(
     tuning: TuningResult, L: np.ndarray, df: pd.DataFrame, splits: tuple[str, ...] = ("dev", "test")
 ) -> dict[str, float]:
-    """Accuracy, F1 and coverage of the chosen labeler, the label model and majority vote
+    """Accuracy, F1, macro F1 and coverage of the chosen labeler, the label model and majority vote
     on each gold split, as flat metric names (``label_model_test_accuracy`` …)."""
     y = gold_array(df)
     candidates: dict[str, Labeler | None] = {
         "selected": tuning.best,
+        "weighted_vote": tuning.weighted_vote,
         "label_model": tuning.label_model,
         "majority_vote": tuning.majority_vote,
     }
@@ -65,8 +82,9 @@ def evaluate_labelers(
             if labeler is None:
                 continue
             scores = labeler.metrics(L[mask], y[mask])
-            for key in ("accuracy", "f1", "coverage"):
-                metrics[f"{name}_{split}_{key}"] = float(scores[key])
+            for key in ("accuracy", "f1", "macro_f1", "coverage"):
+                if key in scores:
+                    metrics[f"{name}_{split}_{key}"] = float(scores[key])
     return metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,10 +13,10 @@ from snorkel.labeling import LabelingFunction
 
 __all__ = [
     "ABSTAIN",
-    "HAM",
-    "SPAM",
+    "ClassLabel",
     "LabelingFunction",
     "VectorSpec",
+    "bind_class_labels",
     "keyword_lf",
     "labeling_function",
     "preprocessor",
@@ -24,8 +25,10 @@ __all__ = [
 ]
 
 ABSTAIN = -1
-HAM = 0
-SPAM = 1
+
+ClassLabel = int | str
+"""What an LF votes: a class index, or a class name that the dataset resolves to one
+(:func:`bind_class_labels`)."""
 
 if TYPE_CHECKING:
     # Snorkel ships no type hints; these signatures let strictly typed modules (such as
@@ -60,7 +63,7 @@ class VectorSpec:
 
     kind: Literal["keyword", "regex"]
     field: str
-    label: int
+    label: ClassLabel
     keywords: tuple[str, ...] = ()
     pattern: str = ""
     flags: int = 0
@@ -83,7 +86,7 @@ class _SpecVote:
         self.name = name
         self._regex = spec.compiled() if spec.kind == "regex" else None
 
-    def __call__(self, x: Any) -> int:
+    def __call__(self, x: Any) -> ClassLabel:
         value = getattr(x, self.spec.field)
         if not isinstance(value, str):
             raise not_a_str_error(self.name, self.spec.field, value)
@@ -99,7 +102,7 @@ class _SpecVote:
 
 def keyword_lf(
     keywords: Sequence[str],
-    label: int,
+    label: ClassLabel,
     *,
     name: str | None = None,
     field: str = "text",
@@ -109,9 +112,10 @@ def keyword_lf(
     Same semantics as the Snorkel spam tutorial's ``keyword_lookup``:
     ``any(word in x.text.lower() for word in keywords)``, else ABSTAIN. Keywords must be
     lower case (the text is lower-cased, so an upper-case keyword could never match).
-    The default name is ``keyword_<first keyword>``, e.g. ``keyword_please``.
+    ``label`` is a class index or a class name (resolved when the dataset loads its LF
+    sets). The default name is ``keyword_<first keyword>``, e.g. ``keyword_please``.
 
-        keyword_please = keyword_lf(["please", "plz"], SPAM)
+        keyword_please = keyword_lf(["please", "plz"], "spam")
     """
     if isinstance(keywords, str):
         raise ValueError(
@@ -137,7 +141,7 @@ def keyword_lf(
 
 def regex_lf(
     pattern: str,
-    label: int,
+    label: ClassLabel,
     *,
     name: str | None = None,
     field: str = "text",
@@ -145,7 +149,7 @@ def regex_lf(
 ) -> LabelingFunction:
     """An LF voting ``label`` when ``re.search(pattern, x.<field>, flags=flags)`` matches.
 
-    The Snorkel spam tutorial's ``regex_check_out`` is ``regex_lf(r"check.*out", SPAM)``.
+    The Snorkel spam tutorial's ``regex_check_out`` is ``regex_lf(r"check.*out", "spam")``.
     The default name is ``regex_`` plus the pattern's letters and digits joined by
     ``_``, e.g. ``regex_check_out``.
     """
@@ -196,11 +200,83 @@ def _spec_lf(spec: VectorSpec, name: str) -> LabelingFunction:
     return LabelingFunction(name=name, f=_SpecVote(spec, name))
 
 
-def _check_label(label: object) -> int:
+def _check_label(label: object) -> ClassLabel:
     # bool is an int subclass, but True as a class label is almost surely a mistake.
+    if isinstance(label, str) and label.strip():
+        return label
     if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-        raise ValueError(f"label must be an int >= 0, got {label!r} (abstaining is implied)")
+        raise ValueError(
+            f"label must be a class index >= 0 or a class name, got {label!r} "
+            "(abstaining is implied)"
+        )
     return label
+
+
+class _ResolvedVote:
+    """An LF's function whose votes (class names or indices) are turned into class
+    indices; ABSTAIN passes through. Module-level so the LF stays picklable."""
+
+    def __init__(self, f: Callable[..., Any], resolve: Callable[[object], int], name: str) -> None:
+        self.f = f
+        self.resolve = resolve
+        self.name = name
+
+    def __call__(self, x: Any, **kwargs: Any) -> int:
+        vote = self.f(x, **kwargs)
+        if vote == ABSTAIN and not isinstance(vote, bool):
+            return ABSTAIN
+        try:
+            return self.resolve(vote)
+        except ValueError as exc:
+            raise ValueError(f"labeling function {self.name!r} voted {vote!r}: {exc}") from None
+
+
+def bind_class_labels(
+    lfs: Sequence[LabelingFunction], resolve: Callable[[object], int]
+) -> list[LabelingFunction]:
+    """The LFs with every vote a class index: ``resolve`` maps a class name or index to its
+    index (raising ValueError for anything else, e.g. ``DatasetDefinition.class_index``).
+
+    Keyword and regex LFs get their label resolved once, here (so a bad label fails now,
+    naming the LF); other LFs get their votes resolved as they are cast.
+
+    Raises:
+        TypeError: an entry is not a Snorkel LabelingFunction.
+        ValueError: two LFs share a name, or a keyword/regex LF's label is not a class.
+    """
+    out: list[LabelingFunction] = []
+    seen: set[str] = set()
+    for position, lf in enumerate(lfs):
+        if not isinstance(lf, LabelingFunction):
+            raise TypeError(
+                f"entry {position} is {lf!r} ({type(lf).__name__}), not a labeling function "
+                "(use keyword_lf, regex_lf or @labeling_function())"
+            )
+        if lf.name in seen:
+            raise ValueError(f"two labeling functions are named {lf.name!r}; names must differ")
+        seen.add(lf.name)
+        spec = vector_spec(lf)
+        if spec is not None:
+            try:
+                label = resolve(spec.label)
+            except ValueError as exc:
+                raise ValueError(f"labeling function {lf.name!r}: {exc}") from None
+            out.append(_spec_lf(dataclasses.replace(spec, label=label), lf.name))
+            continue
+        # Snorkel 0.10 keeps these as private attributes; it is pinned in pyproject.toml.
+        f = lf._f
+        if isinstance(f, _SpecVote | _ResolvedVote):
+            out.append(lf)
+            continue
+        out.append(
+            LabelingFunction(
+                name=lf.name,
+                f=_ResolvedVote(f, resolve, lf.name),
+                resources=getattr(lf, "_resources", None),
+                pre=getattr(lf, "_pre", None),
+            )
+        )
+    return out
 
 
 def _check_field(field: object) -> str:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from mlsys.data.definition import DatasetDefinition
 
 app = typer.Typer(
     help="Data validation: Great Expectations suites and checkpoints.", no_args_is_help=True
@@ -20,12 +23,17 @@ SourceOption = Annotated[
     str,
     typer.Option(
         "--source",
-        help="A folder of CSV files, a .csv, .parquet or .zip file, an s3:// object or an "
-        "https:// URL. CSV sources are normalized as `ingest` does; Parquet is read as is.",
+        help="A folder of the dataset's files, a file (CSV, TSV, JSON Lines, Parquet), a .zip, "
+        "an s3:// object or an https:// URL. Sources are read through the dataset's "
+        "definition as `ingest` does; a .parquet batch is read as is.",
     ),
 ]
 DatasetOption = Annotated[
-    str, typer.Option("--dataset", help="Dataset whose column mapping CSV sources use.")
+    str,
+    typer.Option(
+        "--dataset",
+        help="Dataset whose definition reads the source and whose suites are the default.",
+    ),
 ]
 
 
@@ -34,12 +42,12 @@ def _group() -> None:
     """Data validation: Great Expectations suites and checkpoints."""
 
 
-def load_frame(source: str, dataset: str) -> Any:
+def load_frame(source: str, dataset: str | DatasetDefinition) -> Any:
     """Read ``source`` for validation: Parquet as is, anything else through the dataset's
-    reader (column mapping, provenance columns), local or s3://."""
+    definition (roles, classes, provenance columns), local or s3://."""
     import pandas as pd
 
-    from mlsys.data import get_dataset, read_parquet_bytes, read_source
+    from mlsys.data import load_dataset, read_dataset, read_parquet_bytes
 
     client = None
     if source.startswith("s3://"):
@@ -56,7 +64,8 @@ def load_frame(source: str, dataset: str) -> Any:
             return pd.read_parquet(source, engine="pyarrow")
         except Exception as exc:
             raise SourceError(f"cannot read Parquet file {source}: {exc}") from exc
-    return read_source(source, get_dataset(dataset), s3_client=client)
+    definition = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    return read_dataset(definition, source, s3_client=client)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -96,7 +105,8 @@ def infer(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", help="Where to write the suite. Default: gx/expectations/<suite>.json."
+            "--output",
+            help="Where to write the suite. Default: the dataset's suites/<suite>.json.",
         ),
     ] = None,
     force: Annotated[
@@ -107,16 +117,19 @@ def infer(
     types, null fractions, value sets of low-cardinality columns, bounds from quantiles of
     numeric columns and text lengths, drift thresholds. Review and tighten the JSON, then
     commit it."""
-    from mlsys.data import SourceError
-    from mlsys.validation.checkpoint import ensure_project, suite_path
+    from mlsys.data import SourceError, load_dataset
     from mlsys.validation.profile import infer_schema
     from mlsys.validation.suites import dump_suite, suite_from_schema
 
-    target = output or suite_path(suite)
+    try:
+        definition = load_dataset(dataset)
+        target = output or definition.suite_path(suite)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     if target.exists() and not force:
         raise _fail(f"{target} exists; pass --force to overwrite it or --output elsewhere")
     try:
-        df = load_frame(source, dataset)
+        df = load_frame(source, definition)
         texts = text_column if text_column is not None else [c for c in ("text",) if c in df]
         schema = infer_schema(
             df,
@@ -134,8 +147,6 @@ def infer(
         f"wrote suite {suite} ({len(document['expectations'])} expectations, "
         f"{len(df)} rows of {source}) to {target}"
     )
-    if output is None:
-        ensure_project(names=[suite])
 
 
 @app.command("run")
@@ -174,7 +185,8 @@ def run(
     suite_file: Annotated[
         Path | None,
         typer.Option(
-            "--suite-file", help="Run this suite JSON instead of gx/expectations/<suite>.json."
+            "--suite-file",
+            help="Run this suite JSON instead of the dataset's suites/<suite>.json.",
         ),
     ] = None,
     docs: Annotated[
@@ -189,19 +201,21 @@ def run(
     dataset: DatasetOption = "youtube-spam",
 ) -> None:
     """Run a suite's checkpoint on a batch and print the verdict."""
-    from mlsys.data import SourceError
+    from mlsys.data import SourceError, load_dataset
     from mlsys.data.s3 import S3Error
-    from mlsys.validation.checkpoint import MODES, load_shipped_suite, run_checkpoint
+    from mlsys.validation.checkpoint import MODES, run_checkpoint
     from mlsys.validation.suites import load_suite
 
     if mode not in MODES:
         raise _fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     try:
-        document = load_suite(suite_file) if suite_file else load_shipped_suite(suite)
-        if suite_file and document["name"] != suite:
-            raise ValueError(f"{suite_file} holds suite {document['name']!r}, not {suite!r}")
-        df = load_frame(source, dataset)
-        ref = load_frame(reference, dataset) if reference else None
+        definition = load_dataset(dataset)
+        path = suite_file or definition.suite_path(suite)
+        document = load_suite(path)
+        if document["name"] != suite:
+            raise ValueError(f"{path} holds suite {document['name']!r}, not {suite!r}")
+        df = load_frame(source, definition)
+        ref = load_frame(reference, definition) if reference else None
         report = run_checkpoint(
             df,
             document,

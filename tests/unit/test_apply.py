@@ -11,19 +11,20 @@ import pandas as pd
 import pytest
 from snorkel.labeling import PandasLFApplier
 
+from mlsys.data.definition import load_dataset
 from mlsys.labeling import apply as apply_module
 from mlsys.labeling.apply import LFError, apply_lfs
 from mlsys.labeling.lf import (
     ABSTAIN,
-    HAM,
-    SPAM,
     LabelingFunction,
     keyword_lf,
     labeling_function,
     preprocessor,
     regex_lf,
 )
-from mlsys.labeling.lfs import youtube_lfs
+
+HAM, SPAM = 0, 1  # a binary task's class indices, for these tests
+
 
 REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "youtube-spam"
 
@@ -54,7 +55,7 @@ def youtube_sample() -> pd.DataFrame:
 def test_matrix_equals_pandas_lf_applier_on_youtube_comments(
     youtube_sample: pd.DataFrame, pool_for_small_batches: None, n_jobs: int
 ) -> None:
-    lfs = youtube_lfs()
+    lfs = load_dataset("youtube-spam").lf_set("tutorial")
     calls: list[tuple[int, int]] = []
     result = apply_lfs(youtube_sample, lfs, n_jobs=n_jobs, progress=lambda *a: calls.append(a))
     assert np.array_equal(result.matrix, snorkel_matrix(youtube_sample, lfs))

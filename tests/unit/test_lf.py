@@ -14,9 +14,8 @@ from snorkel.labeling import PandasLFApplier
 
 from mlsys.labeling.lf import (
     ABSTAIN,
-    HAM,
-    SPAM,
     VectorSpec,
+    bind_class_labels,
     keyword_lf,
     labeling_function,
     preprocessor,
@@ -24,14 +23,68 @@ from mlsys.labeling.lf import (
     vector_spec,
 )
 
+HAM, SPAM = 0, 1  # a binary task's class indices, for these tests
+
 
 def row(text: object, **fields: object) -> pd.Series:
     """A row as Snorkel's PandasLFApplier hands it to an LF."""
     return pd.Series({"text": text, **fields}, dtype=object)
 
 
-def test_label_constants_match_snorkel_conventions() -> None:
-    assert (ABSTAIN, HAM, SPAM) == (-1, 0, 1)
+def test_abstain_matches_snorkel_conventions() -> None:
+    assert ABSTAIN == -1
+
+
+CLASSES = ("cause", "effect", "other")
+
+
+def resolve(value: object) -> int:
+    """Class names or indices of CLASSES, as a dataset definition resolves them."""
+    if isinstance(value, str) and value in CLASSES:
+        return CLASSES.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(CLASSES):
+        return value
+    raise ValueError(f"{value!r} is not a class; classes are {list(CLASSES)}")
+
+
+@labeling_function()
+def says_effect_by_name(x: object) -> object:
+    return "effect" if "result" in x.text else ABSTAIN  # type: ignore[attr-defined]
+
+
+@labeling_function()
+def says_a_class_that_does_not_exist(x: object) -> object:
+    return "nonsense"
+
+
+def test_bound_lfs_vote_class_indices_for_class_names() -> None:
+    lfs = bind_class_labels(
+        [keyword_lf(["because"], "cause"), regex_lf(r"led to", 1), says_effect_by_name],
+        resolve,
+    )
+    votes = [lf(row("the result, because it led to it")) for lf in lfs]
+    assert votes == [0, 1, 1]
+    assert [lf(row("nothing")) for lf in lfs] == [ABSTAIN] * 3
+    # Keyword and regex LFs keep their specs (so they run on whole columns), label resolved.
+    assert vector_spec(lfs[0]) == VectorSpec(
+        kind="keyword", field="text", label=0, keywords=("because",)
+    )
+    assert pickle.loads(pickle.dumps(lfs[0]))(row("because")) == 0
+
+
+def test_binding_refuses_an_unknown_class_naming_the_lf_and_the_classes() -> None:
+    with pytest.raises(ValueError, match=r"'keyword_x'.*'bogus' is not a class.*'cause'"):
+        bind_class_labels([keyword_lf(["x"], "bogus")], resolve)
+    bound = bind_class_labels([says_a_class_that_does_not_exist], resolve)
+    with pytest.raises(ValueError, match=r"'says_a_class_that_does_not_exist' voted 'nonsense'"):
+        bound[0](row("anything"))
+
+
+def test_binding_refuses_repeated_names_and_things_that_are_not_lfs() -> None:
+    with pytest.raises(ValueError, match="two labeling functions are named 'keyword_x'"):
+        bind_class_labels([keyword_lf(["x"], 0), keyword_lf(["x"], 1)], resolve)
+    with pytest.raises(TypeError, match=r"entry 1 is .*not a labeling function"):
+        bind_class_labels([keyword_lf(["x"], 0), len], resolve)  # type: ignore[list-item]
 
 
 def test_keyword_lf_votes_when_any_keyword_is_in_the_lowercased_text() -> None:
@@ -147,9 +200,10 @@ def test_keyword_lf_rejects_bad_keywords_naming_them(keywords: object, message: 
         keyword_lf(keywords, SPAM)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("label", [-1, True, 1.0, "1", None])
-def test_factories_reject_labels_that_are_not_ints_from_zero(label: object) -> None:
-    with pytest.raises(ValueError, match=re.escape(f"label must be an int >= 0, got {label!r}")):
+@pytest.mark.parametrize("label", [-1, True, 1.0, "", " ", None])
+def test_factories_reject_labels_that_are_not_class_indices_or_names(label: object) -> None:
+    expected = f"label must be a class index >= 0 or a class name, got {label!r}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
         keyword_lf(["my"], label)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=re.escape(f"got {label!r}")):
         regex_lf("my", label)  # type: ignore[arg-type]

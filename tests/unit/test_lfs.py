@@ -1,4 +1,4 @@
-"""Unit tests for mlsys.labeling.lfs: the YouTube spam LF set votes as documented."""
+"""The youtube-spam dataset's LF module (datasets/youtube-spam/lfs.py) votes as documented."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mlsys.labeling import lfs as lfs_module
-from mlsys.labeling.lf import ABSTAIN, HAM, SPAM, LabelingFunction, vector_spec
-from mlsys.labeling.lfs import youtube_lfs
+from mlsys.data.definition import DatasetError, load_dataset
+from mlsys.labeling.lf import ABSTAIN, LabelingFunction, vector_spec
+
+YOUTUBE = load_dataset("youtube-spam")
+lfs_module: Any = YOUTUBE.lf_module_object()
+youtube_lfs = lfs_module.youtube_lfs
+# The module votes with class names; the dataset resolves them to indices.
+HAM, SPAM = "ham", "spam"
 
 NAMES = [
     "keyword_my",
@@ -71,7 +76,7 @@ def test_keyword_and_regex_lfs_carry_specs_for_the_fast_applier() -> None:
         ("textblob_subjectivity", "I love it", HAM, "I think this is the best video"),
     ],
 )
-def test_each_lf_votes_as_documented(name: str, votes_on: str, vote: int, abstains_on: str) -> None:
+def test_each_lf_votes_as_documented(name: str, votes_on: str, vote: str, abstains_on: str) -> None:
     lf = by_name()[name]
     assert lf(row(votes_on)) == vote
     assert lf(row(abstains_on)) == ABSTAIN
@@ -135,16 +140,23 @@ def test_textblob_lfs_share_one_sentiment_computation_per_text(
     ],
 )
 def test_extended_lfs_vote_as_documented(
-    name: str, votes_on: str, vote: int, abstains_on: str
+    name: str, votes_on: str, vote: str, abstains_on: str
 ) -> None:
     lf = {lf.name: lf for lf in lfs_module.youtube_lfs_extended()}[name]
     assert lf(row(votes_on)) == vote
     assert lf(row(abstains_on)) == ABSTAIN
 
 
-def test_lf_sets_by_name() -> None:
-    assert [lf.name for lf in lfs_module.get_lf_set("tutorial")] == NAMES
-    extended = [lf.name for lf in lfs_module.get_lf_set("extended")]
+def test_lf_sets_by_name_vote_class_indices() -> None:
+    assert [lf.name for lf in YOUTUBE.lf_set("tutorial")] == NAMES
+    extended = [lf.name for lf in YOUTUBE.lf_set("extended")]
     assert extended[: len(NAMES)] == NAMES and len(extended) == len(set(extended)) == 25
-    with pytest.raises(ValueError, match="unknown LF set 'nope'; known: tutorial, extended"):
-        lfs_module.get_lf_set("nope")
+    assert [lf.name for lf in YOUTUBE.lf_set()] == extended  # "default" is the extended set
+    bound = {lf.name: lf for lf in YOUTUBE.lf_set("tutorial")}
+    assert bound["keyword_my"](row("Check my channel")) == 1  # spam is class 1
+    assert bound["short_comment"](row("Nice video")) == 0  # ham is class 0
+    assert vector_spec(bound["keyword_my"]) is not None  # still runs on whole columns
+    with pytest.raises(
+        DatasetError, match=r"no LF set 'nope'.*\['default', 'extended', 'tutorial'\]"
+    ):
+        YOUTUBE.lf_set("nope")

@@ -1,4 +1,5 @@
-"""The tutorial split: sizes from SOURCE.md, stratification, nothing dropped."""
+"""Gold splits: the tutorial split of youtube-spam (sizes from SOURCE.md, stratification,
+nothing dropped) and every kind of dataset gold policy."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from mlsys.data import YOUTUBE_SPAM, read_source
-from mlsys.labeling.split import holdout_split, split_counts
+from mlsys.data.definition import GoldPolicy
+from mlsys.labeling.split import gold_split, holdout_split, split_counts
+from tests.conftest import read_youtube
 
 
 @pytest.fixture(scope="module")
 def raw(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(youtube_dir, YOUTUBE_SPAM)
+    return read_youtube(youtube_dir)
 
 
 def test_tutorial_sizes(raw: pd.DataFrame) -> None:
@@ -52,3 +54,66 @@ def test_holdout_without_labels_is_refused(raw: pd.DataFrame) -> None:
     unlabeled.loc[unlabeled["source_file"] == "Youtube05-Shakira.csv", "label"] = pd.NA
     with pytest.raises(ValueError, match="370 holdout row"):
         holdout_split(unlabeled)
+
+
+# --- gold_split: the dataset's gold policy ---------------------------------------------------
+
+
+def _batch(n: int, labels: list[int | None], groups: list[str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "text": [f"text {i}" for i in range(n)],
+            "label": pd.array(labels, dtype="Int64"),
+            "source_file": ["a.jsonl"] * n,
+            "source_row": range(n),
+        }
+    )
+    if groups is not None:
+        frame["source_split"] = pd.array(groups, dtype="string")
+    return frame
+
+
+def test_gold_split_by_column_uses_its_dev_and_test_values() -> None:
+    groups = ["train", "valid", "test", "train", "valid", "test", "other", "test"]
+    labels: list[int | None] = [0, 1, 2, 1, 0, 2, 1, None]
+    policy = GoldPolicy(by="column", column="split", dev=["valid"], test=["test"])
+    out = gold_split(_batch(8, labels, groups), policy)
+    # The unlabeled "test" row cannot be gold: it is weakly labeled like train rows.
+    assert out["split"].tolist() == [
+        "train", "dev", "test", "train", "dev", "test", "train", "train",
+    ]  # fmt: skip
+    assert len(out) == 8 and out["id"].tolist() == [f"r{i}" for i in range(8)]
+
+
+def test_gold_split_by_fraction_is_seeded_stratified_and_loses_nothing() -> None:
+    labels: list[int | None] = [i % 3 for i in range(300)] + [None] * 20
+    policy = GoldPolicy(by="fraction", fraction=0.2, test_size=0.5, seed=7)
+    first = gold_split(_batch(320, labels), policy)
+    again = gold_split(_batch(320, labels), policy)
+    assert first["split"].tolist() == again["split"].tolist()
+    counts = first["split"].value_counts().to_dict()
+    assert counts == {"train": 260, "dev": 30, "test": 30}
+    gold = first[first["split"] != "train"]
+    assert gold["label"].notna().all()
+    assert gold.groupby("split")["label"].value_counts().unstack().eq(10).all().all()
+    other = gold_split(_batch(320, labels), policy.model_copy(update={"seed": 8}))
+    assert other["split"].tolist() != first["split"].tolist()
+
+
+def test_gold_split_by_fraction_takes_a_row_count_as_test_size() -> None:
+    labels: list[int | None] = [i % 2 for i in range(100)]
+    out = gold_split(_batch(100, labels), GoldPolicy(by="fraction", fraction=0.3, test_size=10))
+    assert out["split"].value_counts().to_dict() == {"train": 70, "dev": 20, "test": 10}
+
+
+def test_gold_split_refuses_a_policy_that_leaves_no_dev_rows_naming_the_counts() -> None:
+    policy = GoldPolicy(by="column", column="split", dev=["valid"], test=["test"])
+    with pytest.raises(ValueError, match=r"leaves no gold dev row: dev 0, test 1 of 3 rows"):
+        gold_split(_batch(3, [0, 1, 0], ["train", "test", "train"]), policy)
+
+
+def test_gold_split_names_a_missing_policy_column() -> None:
+    policy = GoldPolicy(by="column", column="fold", dev=["1"], test=["2"])
+    with pytest.raises(ValueError, match=r"gold.column 'fold' \(read as 'fold'\) is not in the"):
+        gold_split(_batch(3, [0, 1, 0]), policy)

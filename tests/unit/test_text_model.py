@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-from mlsys.data import YOUTUBE_SPAM, read_source
 from mlsys.models import (
     HashingFeaturizer,
     TextClassifierSpec,
@@ -22,6 +21,7 @@ from mlsys.models import (
     build_text_classifier,
     predict_texts,
 )
+from tests.conftest import read_youtube
 
 
 @pytest.fixture(autouse=True)
@@ -270,7 +270,7 @@ def test_predict_texts_handles_no_texts_and_names_missing_rows() -> None:
 
 @pytest.mark.usefixtures("single_thread")
 def test_model_learns_youtube_spam(youtube_dir: Path) -> None:
-    df = read_source(youtube_dir, YOUTUBE_SPAM)
+    df = read_youtube(youtube_dir)
     held_out = df["source_file"] == "Youtube05-Shakira.csv"
     train = df[~held_out].sample(n=800, random_state=0)
     test = df[held_out]

@@ -1,4 +1,5 @@
-"""`mlsys validate`: exit status, JSON shape and messages, on the real YouTube CSVs."""
+"""`mlsys validate`: exit status, JSON shape and messages, on the real YouTube CSVs and on a
+dataset defined in the test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlsys.cli import app
+from mlsys.data.definition import PROJECT_DIR
 from mlsys.validation.suites import load_suite
 
 runner = CliRunner()
@@ -128,7 +130,74 @@ def test_infer_writes_a_suite_that_the_batch_passes(youtube_dir: Path, tmp_path:
 
 @pytest.mark.parametrize("suite", ["raw", "training", "serving"])
 def test_shipped_suites_load(suite: str) -> None:
-    document = load_suite(
-        Path(__file__).resolve().parents[2] / "gx" / "expectations" / f"{suite}.json"
-    )
+    document = load_suite(PROJECT_DIR / "gx" / "expectations" / f"{suite}.json")
     assert document["name"] == suite and document["expectations"]
+    # The YouTube dataset's own suites start as the GX project's.
+    own = load_suite(PROJECT_DIR / "datasets" / "youtube-spam" / "suites" / f"{suite}.json")
+    assert own["expectations"] == document["expectations"]
+
+
+# --- a dataset defined in the test -----------------------------------------------------------
+
+
+@pytest.fixture
+def relations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A JSON Lines dataset "relations" under a datasets folder given by the environment."""
+    rows = [
+        {"sid": f"s{i}", "sentence": f"sentence {i} about things", "rel": ["A", "B", "C"][i % 3]}
+        for i in range(30)
+    ]
+    source = tmp_path / "relations.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    folder = tmp_path / "datasets" / "relations"
+    folder.mkdir(parents=True)
+    (folder / "dataset.yaml").write_text(
+        "name: relations\n"
+        f"source: {source}\n"
+        "columns: {id: sid, text: sentence, label: rel}\n"
+        "classes: [A, B, C]\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("MLSYS_DATASETS_DIR", str(tmp_path / "datasets"))
+    return source
+
+
+def test_infer_writes_into_the_datasets_suites_folder_by_default(relations: Path) -> None:
+    target = relations.parent / "datasets" / "relations" / "suites" / "raw.json"
+
+    code, out = _run(
+        "infer", "--dataset", "relations", "--source", str(relations), "--suite", "raw",
+        "--id-column", "sid",
+    )  # fmt: skip
+
+    assert code == 0, out
+    assert str(target) in out
+    suite = load_suite(target)
+    columns = {e["kwargs"].get("column") for e in suite["expectations"]}
+    assert {"sid", "text", "label", "source_file", "source_row"} <= columns
+
+
+def test_run_reads_json_lines_through_the_definition_with_its_suite(relations: Path) -> None:
+    code, out = _run(
+        "infer", "--dataset", "relations", "--source", str(relations), "--suite", "raw",
+        "--id-column", "sid",
+    )  # fmt: skip
+    assert code == 0, out
+
+    code, out = _run(
+        "run", "--dataset", "relations", "--suite", "raw", "--source", str(relations), "--json"
+    )
+
+    assert code == 0, out
+    report = json.loads(out)
+    assert (report["rows_in"], report["rows_passed"]) == (30, 30)
+
+
+def test_run_without_the_datasets_suite_names_the_missing_file(relations: Path) -> None:
+    code, out = _run("run", "--dataset", "relations", "--suite", "raw", "--source", str(relations))
+    assert code == 2 and "no suite file" in out and "relations/suites/raw.json" in out
+
+
+def test_unknown_dataset_is_named_with_the_defined_ones(youtube_dir: Path) -> None:
+    code, out = _run("run", "--dataset", "imagenet", "--suite", "raw", "--source", str(youtube_dir))
+    assert code == 2 and "unknown dataset 'imagenet'" in out and "youtube-spam" in out

@@ -16,16 +16,14 @@ import pandas as pd
 import pytest
 
 from mlsys.data import (
-    YOUTUBE_SPAM,
     SourceError,
     read_parquet_bytes,
-    read_source,
     write_parquet_bytes,
 )
+from mlsys.data.definition import load_dataset
 from mlsys.labeling.apply import apply_lfs
 from mlsys.labeling.batch import build_labeled_batch, split_unlabelable
 from mlsys.labeling.label_model import LabelModelConfig, fit_label_model
-from mlsys.labeling.lfs import get_lf_set
 from mlsys.labeling.split import holdout_split
 from mlsys.validation.checkpoint import (
     REASON_COLUMN,
@@ -37,6 +35,7 @@ from mlsys.validation.checkpoint import (
     load_shipped_suite,
     run_checkpoint,
 )
+from tests.conftest import read_youtube
 
 PSY = "Youtube01-Psy.csv"
 UNIQUE = "expect_column_values_to_be_unique"
@@ -48,12 +47,12 @@ HTML = r"<[A-Za-z/][^>]*>|&(amp|lt|gt|quot|#\d+);"
 
 @pytest.fixture(scope="module")
 def youtube(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(youtube_dir, YOUTUBE_SPAM)
+    return read_youtube(youtube_dir)
 
 
 @pytest.fixture(scope="module")
 def psy(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(youtube_dir / PSY, YOUTUBE_SPAM)
+    return read_youtube(youtube_dir / PSY)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,8 @@ def labeled(youtube: pd.DataFrame) -> pd.DataFrame:
     (no LabelModel fit, to stay fast), through Parquet as it is stored."""
     df, _ = split_unlabelable(youtube)
     df = holdout_split(df)
-    matrix = apply_lfs(df, get_lf_set("tutorial"), id_column="comment_id", n_jobs=1).matrix
+    lfs = load_dataset("youtube-spam").lf_set("tutorial")
+    matrix = apply_lfs(df, lfs, id_column="comment_id", n_jobs=1).matrix
     train = (df["split"] == "train").to_numpy()
     labeler = fit_label_model(matrix[train], LabelModelConfig("majority_vote"))
     frame = build_labeled_batch(df, matrix, labeler).frame
@@ -179,8 +179,8 @@ def test_raw_fail_mode_fails_on_uniqueness_and_keeps_every_row(
 def test_csv_missing_a_required_column_names_it(tmp_path: Path) -> None:
     path = tmp_path / "no-content.csv"
     path.write_text("COMMENT_ID,AUTHOR,DATE,CLASS\nc1,ann,2015-01-01,0\n", encoding="utf-8")
-    with pytest.raises(SourceError, match=r"missing required column.*CONTENT"):
-        read_source(path, YOUTUBE_SPAM)
+    with pytest.raises(SourceError, match=r"has no column CONTENT"):
+        read_youtube(path)
 
 
 def test_frame_missing_author_fails_the_batch_naming_it(
@@ -199,9 +199,12 @@ def test_frame_missing_author_fails_the_batch_naming_it(
 def test_extra_column_fails_the_batch_naming_it(
     tmp_path: Path, psy: pd.DataFrame, raw_suite: dict[str, object]
 ) -> None:
+    # A source's columns that the dataset's definition does not name are not read...
     path = tmp_path / "extra.csv"
     path.write_text(HEADER[:-1] + ",LIKES\nc1,ann,2015-01-01,hello,0,12\n", encoding="utf-8")
-    batch = read_source(path, YOUTUBE_SPAM)
+    assert "likes" not in read_youtube(path).columns
+    # ...and a batch that has one anyway fails the raw suite's column set.
+    batch = psy.head(1).assign(likes=pd.array(["12"], dtype="string"))
     report = run_checkpoint(batch, raw_suite, mode="quarantine")
     assert not report.ok
     (failure,) = report.failures
@@ -230,28 +233,34 @@ def test_empty_file_raises(tmp_path: Path) -> None:
     path = tmp_path / "empty.csv"
     path.write_bytes(b"")
     with pytest.raises(SourceError, match=r"empty\.csv is empty"):
-        read_source(path, YOUTUBE_SPAM)
+        read_youtube(path)
     path.write_text(HEADER, encoding="utf-8")
     with pytest.raises(SourceError, match="has no rows"):
-        read_source(path, YOUTUBE_SPAM)
+        read_youtube(path)
 
 
 def test_non_utf8_bytes_raise(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes((HEADER + "c1,José,2015-01-01,café olé,0\n").encode("latin-1"))
     with pytest.raises(SourceError, match=r"latin1\.csv is not valid UTF-8.*0xe9"):
-        read_source(path, YOUTUBE_SPAM)
+        read_youtube(path)
 
 
 def test_one_megabyte_comment_is_quarantined_for_its_length(
     tmp_path: Path, psy: pd.DataFrame, raw_suite: dict[str, object]
 ) -> None:
-    as_in_csv = {normalized: raw for raw, normalized in YOUTUBE_SPAM.columns.items()}
+    as_in_csv = {
+        "comment_id": "COMMENT_ID",
+        "author": "AUTHOR",
+        "date": "DATE",
+        "text": "CONTENT",
+        "label": "CLASS",
+    }
     batch = psy.drop(columns=["source_file", "source_row"]).rename(columns=as_in_csv)
     batch.loc[7, "CONTENT"] = "spam " * 200_000
     path = tmp_path / "long.csv"
     batch.to_csv(path, index=False)
-    report = run_checkpoint(read_source(path, YOUTUBE_SPAM), raw_suite, mode="quarantine")
+    report = run_checkpoint(read_youtube(path), raw_suite, mode="quarantine")
     assert report.ok
     assert report.rows_quarantined == 1
     row = report.quarantined.iloc[0]
@@ -295,25 +304,25 @@ def test_unterminated_quote_raises(tmp_path: Path) -> None:
         HEADER + 'c1,ann,2015-01-01,"never closed,0\nc2,bob,2015-01-02,fine,1\n', encoding="utf-8"
     )
     with pytest.raises(SourceError, match=r"cannot parse CSV .*quote\.csv.*EOF inside string"):
-        read_source(path, YOUTUBE_SPAM)
+        read_youtube(path)
 
 
 def test_unquoted_comma_in_the_first_row_is_caught(tmp_path: Path) -> None:
     """One field too many in the first data row would make pandas take the first column
-    as an index, shifting every value one column left: read_source refuses the file."""
+    as an index, shifting every value one column left: the reader refuses the file."""
     path = tmp_path / "comma.csv"
     path.write_text(
         HEADER + "c1,ann,2015-01-01,hello, world,0\nc2,bob,2015-01-02,fine,1\n", encoding="utf-8"
     )
     with pytest.raises(SourceError, match=r"comma\.csv: a row has more fields than the header"):
-        read_source(path, YOUTUBE_SPAM)
+        read_youtube(path)
 
 
 def test_parquet_with_another_schema(tmp_path: Path, raw_suite: dict[str, object]) -> None:
     path = tmp_path / "other.parquet"
     pd.DataFrame({"id": [1, 2], "body": ["a", "b"], "score": [0.1, 0.2]}).to_parquet(path)
-    with pytest.raises(SourceError, match=r"other\.parquet is missing required column"):
-        read_source(path, YOUTUBE_SPAM)
+    with pytest.raises(SourceError, match=r"other\.parquet has no column"):
+        read_youtube(path)
     report = run_checkpoint(pd.read_parquet(path), raw_suite, mode="quarantine")
     assert not report.ok
     columns = _only(report.batch_failures, COLUMN_SET)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from mlsys.data import PROVENANCE_COLUMNS, YOUTUBE_SPAM, read_source
+from mlsys.data import PROVENANCE_COLUMNS
 from mlsys.validation import (
     FeatureDrift,
     compare,
@@ -19,16 +19,17 @@ from mlsys.validation import (
     js_divergence,
     linf_distance,
 )
+from tests.conftest import read_youtube
 
 
 @pytest.fixture(scope="module")
 def youtube(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(youtube_dir, YOUTUBE_SPAM).drop(columns=list(PROVENANCE_COLUMNS))
+    return read_youtube(youtube_dir).drop(columns=list(PROVENANCE_COLUMNS))
 
 
 @pytest.fixture(scope="module")
 def by_file(youtube_dir: Path) -> dict[str, pd.DataFrame]:
-    df = read_source(youtube_dir, YOUTUBE_SPAM)
+    df = read_youtube(youtube_dir)
     return {
         str(name): group.drop(columns=list(PROVENANCE_COLUMNS))
         for name, group in df.groupby("source_file")
@@ -103,7 +104,7 @@ def test_youtube_files_drift_little_and_a_long_text_batch_drifts(
 
 def test_compare_names_the_empty_or_missing_feature(youtube: pd.DataFrame) -> None:
     schema = infer_schema(youtube, id_columns=("comment_id",))
-    with pytest.raises(ValueError, match="'author' has no values in the current batch"):
+    with pytest.raises(ValueError, match="'text' has no values in the current batch"):
         compare(youtube, youtube.iloc[:0], schema.drift_specs())
     with pytest.raises(ValueError, match="'label' is missing from the reference batch"):
         compare(youtube.drop(columns="label"), youtube, schema.drift_specs())

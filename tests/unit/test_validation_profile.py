@@ -8,15 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlsys.data import PROVENANCE_COLUMNS, YOUTUBE_SPAM, read_source
+from mlsys.data import PROVENANCE_COLUMNS
 from mlsys.validation import FeatureSchema, Schema, Violation, infer_schema
+from tests.conftest import read_youtube
 
 FIFTH = "Youtube05-Shakira.csv"
 
 
 @pytest.fixture(scope="module")
 def youtube(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(youtube_dir, YOUTUBE_SPAM)
+    return read_youtube(youtube_dir)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mlsys.data import YOUTUBE_SPAM, read_source
 from mlsys.validation import Schema, infer_schema
 from mlsys.validation.checkpoint import load_shipped_suite, run_checkpoint, suite_path
 from mlsys.validation.drift import DriftSpec
@@ -28,6 +27,7 @@ from mlsys.validation.suites import (
     suite_from_schema,
     suite_version,
 )
+from tests.conftest import read_youtube
 
 FIFTH = "Youtube05-Shakira.csv"
 LENGTHS = "expect_column_value_lengths_to_be_between"
@@ -40,7 +40,7 @@ UNIQUE = "expect_column_values_to_be_unique"
 
 @pytest.fixture(scope="module")
 def youtube(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(youtube_dir, YOUTUBE_SPAM)
+    return read_youtube(youtube_dir)
 
 
 @pytest.fixture(scope="module")

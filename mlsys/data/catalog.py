@@ -1,0 +1,54 @@
+"""Where each stage's objects live in the bucket: one place that names every S3 key."""
+
+from __future__ import annotations
+
+__all__ = [
+    "labeled_key",
+    "labeled_prefix",
+    "predictions_prefix",
+    "quarantine_key",
+    "quarantine_prefix",
+    "raw_key",
+    "raw_prefix",
+    "schema_prefix",
+]
+
+
+def raw_prefix(dataset: str) -> str:
+    """Folder of a dataset's raw batches (written by ``ingest``)."""
+    return f"raw/{dataset}/"
+
+
+def raw_key(dataset: str, batch: str) -> str:
+    """One raw batch: ``raw/<dataset>/<batch>.parquet``."""
+    return f"{raw_prefix(dataset)}{batch}.parquet"
+
+
+def labeled_prefix(dataset: str) -> str:
+    """Folder of a dataset's labeled batches (written by ``weak_label``)."""
+    return f"labeled/{dataset}/"
+
+
+def labeled_key(dataset: str, batch: str) -> str:
+    """One labeled batch: ``labeled/<dataset>/<batch>.parquet``."""
+    return f"{labeled_prefix(dataset)}{batch}.parquet"
+
+
+def quarantine_key(stage: str, dataset: str, batch: str) -> str:
+    """Rows a stage (a suite name or ``weak_label``) set aside, with their reasons."""
+    return f"quarantine/{stage}/{dataset}/{batch}.parquet"
+
+
+def quarantine_prefix(stage: str, dataset: str, batch: str) -> str:
+    """Folder of a stage's quarantined parts of one batch (``batch_infer``'s chunks)."""
+    return f"quarantine/{stage}/{dataset}/{batch}/"
+
+
+def predictions_prefix(dataset: str, batch: str) -> str:
+    """Folder of one scored batch's parts and manifest (written by ``batch_infer``)."""
+    return f"predictions/{dataset}/{batch}/"
+
+
+def schema_prefix(dataset: str, suite: str) -> str:
+    """Where accepted versions of a dataset's suite are kept: ``.../vNNNN.json``."""
+    return f"schemas/{dataset}/{suite}/"
