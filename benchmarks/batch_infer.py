@@ -9,7 +9,7 @@ the alias ``champion`` set on that version. The weights are random (seeded), not
 the cost of scoring is featurizing the text and one forward pass through a network of fixed
 shape, which does not depend on what the weights are.
 
-The input is the 1,956 YouTube comments (read_source) replicated to ``--sizes`` rows, a
+The input is the 1,956 YouTube comments (read_dataset) replicated to ``--sizes`` rows, a
 replica suffix on ``comment_id`` (unique but for the three ids the source itself repeats,
 per replica), written as one Parquet file with row groups of
 ``--chunk-rows`` rows. Every configuration scores that same file:
@@ -18,9 +18,10 @@ per replica), written as one Parquet file with row groups of
   ``pd.read_parquet(path)`` and ``model.predict(df[["text"]])`` on the whole DataFrame (it
   writes nothing; its predictions are saved after the timing, for the comparison below);
 - stream 1w checked: ``score_chunks(iter_chunks([path], chunk_rows), model.predict,
-  FolderSink(...), check=serving_check("quarantine"), quarantine=FolderSink(...))`` as the
-  batch_infer flow calls it (serving suite through GX on every chunk, one prediction part
-  written per chunk), timed from the first chunk read to the last part written;
+  FolderSink(...), check=serving_check(suite, "quarantine"), quarantine=FolderSink(...))``
+  as the batch_infer flow calls it (the youtube-spam dataset's serving suite through GX on
+  every chunk, one prediction part written per chunk), timed from the first chunk read to
+  the last part written;
 - stream 1w unchecked: the same with ``check=None``, to show what the validation costs;
 - stream 2w checked: two processes (multiprocessing, spawn), each loading the model and
   scoring ``partition=(i, 2)`` of the chunks; the time is from the moment both start (they
@@ -126,7 +127,7 @@ def register_model(tracking_uri: str, scratch: Path) -> dict[str, Any]:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from mlsys.data import get_dataset, read_source
+    from mlsys.data import load_dataset, read_dataset
     from mlsys.models.pyfunc import log_text_classifier
     from mlsys.models.text import build_text_classifier, pipeline_featurizer
 
@@ -145,7 +146,7 @@ def register_model(tracking_uri: str, scratch: Path) -> dict[str, Any]:
     featurizer, hidden = pipeline_featurizer(), []
     n_features = featurizer.n_features
     model = build_text_classifier(n_features=n_features, hidden=hidden)
-    texts = read_source(str(DATA), get_dataset("youtube-spam"))["text"].head(5).tolist()
+    texts = read_dataset(load_dataset("youtube-spam"), str(DATA))["text"].head(5).tolist()
     info = log_text_classifier(
         model,
         featurizer,
@@ -179,9 +180,9 @@ def write_input(rows: int, path: Path, row_group_rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlsys.data import get_dataset, read_source
+    from mlsys.data import load_dataset, read_dataset
 
-    comments = read_source(str(DATA), get_dataset("youtube-spam"))
+    comments = read_dataset(load_dataset("youtube-spam"), str(DATA))
     position = np.arange(rows)
     df = comments.iloc[position % len(comments)].reset_index(drop=True)
     replica = pd.Series(position // len(comments)).astype(str).astype("string")
@@ -197,6 +198,14 @@ def _load(uri: str) -> Any:
     import mlflow
 
     return mlflow.pyfunc.load_model(uri)
+
+
+def _serving_check() -> Any:
+    """The chunk check of the batch_infer flow: the dataset's serving suite, quarantining."""
+    from mlsys.data.definition import load_dataset
+    from tasks.batch_infer import serving_check, serving_suite
+
+    return serving_check(serving_suite(load_dataset("youtube-spam")), "quarantine")
 
 
 def _warmup_frame(path: Path) -> Any:
@@ -245,7 +254,6 @@ def _score(spec: dict[str, Any], partition: tuple[int, int], barrier: Any = None
 
     from mlsys.inference.batch import FolderSink, iter_chunks, score_chunks
     from mlsys.memory import bound_streaming_memory
-    from tasks.batch_infer import serving_check
 
     bound_streaming_memory()  # as the flow's scoring task does, before loading anything
     if spec.get("threads"):
@@ -253,7 +261,7 @@ def _score(spec: dict[str, Any], partition: tuple[int, int], barrier: Any = None
     model = _load(spec["model_uri"])
     path = Path(spec["input"])
     warm = _warmup_frame(path)
-    check = serving_check("quarantine") if spec["checked"] else None
+    check = _serving_check() if spec["checked"] else None
     if check is not None:
         check(warm)
     model.predict(warm[["text"]].astype(str).astype(object))
@@ -378,13 +386,12 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     """One checked single-worker run with every stage of a chunk's path timed."""
     import mlsys.inference.batch as batch
     import mlsys.models.text as text_module
-    from tasks.batch_infer import serving_check
 
     stages: dict[str, float] = defaultdict(float)
     model = _load(spec["model_uri"])
     path = Path(spec["input"])
     warm = _warmup_frame(path)
-    check = serving_check("quarantine")
+    check = _serving_check()
     check(warm)
     model.predict(warm[["text"]].astype(str).astype(object))
     python_model = model.unwrap_python_model()
@@ -672,7 +679,8 @@ def main() -> None:
                 },
                 "memory": "peak RSS during the timed part minus RSS just before it "
                 "(kernel high-water mark VmHWM, reset before); two workers: sum of both processes",
-                "check": "serving_check('quarantine') from tasks.batch_infer (serving suite, GX)",
+                "check": "serving_check(suite, 'quarantine') from tasks.batch_infer "
+                "(youtube-spam serving suite, GX)",
             },
             "sizes": {},
         }

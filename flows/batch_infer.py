@@ -1,5 +1,6 @@
-"""Flow `batch_infer`: a registered model scores a Parquet/CSV input in streaming chunks,
-predictions written as Parquet parts to S3, resumable, checked with the serving suite."""
+"""Flow `batch_infer`: a registered model scores a Parquet/CSV input of a dataset in streaming
+chunks, predictions written as Parquet parts to S3, resumable, checked with the dataset's
+serving suite."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from mlsys.data import get_dataset
+from mlsys.data.catalog import predictions_prefix, quarantine_prefix, raw_prefix
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.inference.batch import count_chunks
 from mlsys.memory import STREAMING_ENV
@@ -20,9 +22,11 @@ from tasks.batch_infer import (
     ModelRef,
     claim_output,
     first_chunk,
+    input_rename,
     resolve_model,
     score_partition,
     scratch_folder,
+    serving_suite,
     stage_input,
     write_manifest,
 )
@@ -67,36 +71,43 @@ def batch_infer(
     source: str | None = None,
     dataset: str = "youtube-spam",
     batch: str | None = None,
-    model_name: str = "spam-classifier",
+    model_name: str | None = None,
     alias: str = "champion",
     model_version: str | None = None,
     chunk_rows: int = 50_000,
-    id_column: str | None = "comment_id",
+    id_column: str | None = None,
     workers: int | None = None,
     validation: Literal["quarantine", "fail"] = "quarantine",
 ) -> str:
-    """Score an input with a registered model; write predictions to
+    """Score an input of a dataset with a registered model; write predictions to
     s3://<bucket>/predictions/<dataset>/<batch>/part-*.parquet and a _manifest.json.
 
-    The first chunk is checked with the `serving` suite and its text lengths compared with
-    the model's training data (skew; MLflow metrics, Data Docs); then every chunk is
-    checked, its failing rows quarantined to quarantine/serving/<dataset>/<batch>/, and
-    the rest scored. Each chunk becomes one part, so a re-run with the same batch id skips
-    the chunks already written. The manifest is written last: without it the predictions
-    are incomplete. Rows in = rows out + rows quarantined.
+    The first chunk is checked with the dataset's `serving` suite and its text lengths
+    compared with the model's training data (skew; MLflow metrics, Data Docs); then every
+    chunk is checked, its failing rows quarantined to quarantine/serving/<dataset>/<batch>/,
+    and the rest scored. Each chunk becomes one part, so a re-run with the same batch id
+    skips the chunks already written. The manifest is written last: without it the
+    predictions are incomplete. Rows in = rows out + rows quarantined.
+
+    Each part holds, per scored row: the id column; `label`, the predicted class's name;
+    `probability`, its probability; one `proba_<class>` column per class; and the
+    model's name, version and run id.
 
     Args:
         source: A Parquet or CSV file or folder, or an s3:// object or prefix. Empty: the
             newest raw batch under raw/<dataset>/.
-        dataset: Dataset name: prefix of predictions/, and the column mapping of raw
-            CSV inputs (e.g. CONTENT -> text).
+        dataset: Name of a defined dataset (datasets/<name>/dataset.yaml). It gives the
+            id column, the default model name, the serving suite, the prefix of
+            predictions/ and the column mapping of inputs in its source layout (e.g. raw
+            CSVs: CONTENT -> text).
         batch: Id of the predictions. Empty: the input's file name without extension.
-        model_name: Registered model to score with.
+        model_name: Registered model to score with. Empty: the dataset's model
+            (its definition's model_name, else "<dataset>-classifier").
         alias: Alias of the version to use (ignored when model_version is given).
         model_version: A version number to pin instead of the alias.
         chunk_rows: Rows read, checked and scored at a time; bounds memory.
         id_column: Input column copied into the predictions to join them back. Empty:
-            the row position (`row` = "<file>:<row>").
+            the dataset's id column.
         workers: Processes scoring chunks in parallel (a Dask cluster on this machine
             when > 1). Empty: one per CPU, at most one per chunk (so a one-chunk input
             runs in this process).
@@ -105,16 +116,27 @@ def batch_infer(
 
     Returns:
         The s3:// URI of the manifest.
+
+    Raises:
+        ValueError: an unknown dataset (the defined ones are listed), a model, version
+            or alias that does not exist, a model trained on other classes, or bad
+            `workers` or `chunk_rows` (each named).
+        FileNotFoundError: the dataset has no serving suite (the message says how to
+            infer one).
     """
     settings = Settings.load()
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    source = source or latest_key(settings.s3_client(), settings.bucket, f"raw/{dataset}/")
+    definition = load_dataset(dataset)
+    model_name = model_name or definition.registered_model_name
+    id_column = id_column or definition.id_column
+    suite = serving_suite(definition)
+    source = source or latest_key(settings.s3_client(), settings.bucket, raw_prefix(dataset))
     batch = batch or PurePosixPath(source.rstrip("/")).stem
-    rename = dict(get_dataset(dataset).columns)
-    prefix = f"predictions/{dataset}/{batch}/"
+    rename = input_rename(definition)
+    prefix = predictions_prefix(dataset, batch)
     params = {
         "source": source,
         "dataset": dataset,
@@ -127,7 +149,7 @@ def batch_infer(
         "workers": workers,
         "validation": validation,
     }
-    ref = resolve_model(settings, model_name, alias, model_version)
+    ref = resolve_model(settings, model_name, alias, model_version, definition.classes)
     with flow_run_tracking(settings, params=params) as run, scratch_folder(settings) as tmp:
         client = run.client()
         client.set_tag(run.run_id, "mlsys.model_uri", ref.uri)
@@ -151,10 +173,11 @@ def batch_infer(
         resumed = claim_output(settings, prefix, ref, source, chunk_rows)
         options: dict[str, Any] = {
             "prefix": prefix,
-            "quarantine_prefix": f"quarantine/serving/{dataset}/{batch}/",
+            "quarantine_prefix": quarantine_prefix("serving", dataset, batch),
             "chunk_rows": chunk_rows,
             "id_column": id_column,
             "rename": rename,
+            "suite": suite,
             "validation": validation,
         }
         began = time.perf_counter()

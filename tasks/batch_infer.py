@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -15,11 +16,13 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from mlsys.data.definition import DatasetDefinition, kept_name
 from mlsys.data.s3 import S3Error, S3Uri, get_bytes, list_keys, put_bytes
 from mlsys.inference.batch import ChunkResult, iter_chunks, score_chunks
 from mlsys.memory import bound_streaming_memory
 from mlsys.settings import Settings
-from mlsys.validation.checkpoint import Mode, ValidationFailed, load_shipped_suite, run_checkpoint
+from mlsys.validation.checkpoint import Mode, ValidationFailed, run_checkpoint
+from mlsys.validation.suites import load_suite
 from tasks.retry import S3_RETRIES
 
 MANIFEST = "_manifest.json"
@@ -28,7 +31,11 @@ STARTED = "_started.json"
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A registered model version, resolved once so every chunk uses the same one."""
+    """A registered model version, resolved once so every chunk uses the same one.
+
+    ``inputs`` and ``outputs`` are its signature's ``(column, MLflow type)`` pairs;
+    ``classes`` the class names it was logged with (None: a model that answers with class
+    indices)."""
 
     name: str
     version: str
@@ -36,15 +43,28 @@ class ModelRef:
     uri: str
     inputs: tuple[tuple[str, str], ...]
     training_batch: str | None
+    outputs: tuple[tuple[str, str], ...] = ()
+    classes: tuple[str, ...] | None = None
 
     def constants(self) -> dict[str, str]:
         return {"model_name": self.name, "model_version": self.version, "run_id": self.run_id}
 
 
 @task(name="resolve-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
-def resolve_model(settings: Settings, name: str, alias: str, version: str | None) -> ModelRef:
+def resolve_model(
+    settings: Settings,
+    name: str,
+    alias: str,
+    version: str | None,
+    classes: Sequence[str] | None = None,
+) -> ModelRef:
     """The model version ``version`` of ``name``, else the one ``alias`` points at, with
-    its input signature and the labeled batch it was trained on (for the skew check)."""
+    its signature, class names and the labeled batch it was trained on (for the skew check).
+
+    Raises:
+        ValueError: no such model, version or alias; no input signature; or the model was
+            logged with class names other than ``classes`` (the dataset's), all named.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -69,10 +89,23 @@ def resolve_model(settings: Settings, name: str, alias: str, version: str | None
         ) from exc
     uri = f"models:/{name}/{mv.version}"
     mlflow.set_tracking_uri(settings.tracking_uri)
-    signature = mlflow.models.get_model_info(uri).signature
+    info = mlflow.models.get_model_info(uri)
+    signature = info.signature
     if signature is None or signature.inputs is None:
         raise ValueError(f"{uri} has no input signature; batch inference needs one")
     inputs = tuple((str(c.name), str(c.type.name)) for c in signature.inputs.inputs)
+    outputs = (
+        tuple((str(c.name), str(c.type.name)) for c in signature.outputs.inputs)
+        if signature.outputs is not None
+        else ()
+    )
+    logged_classes = (info.metadata or {}).get("class_names")
+    model_classes = None if logged_classes is None else tuple(str(c) for c in logged_classes)
+    if model_classes is not None and classes is not None and model_classes != tuple(classes):
+        raise ValueError(
+            f"{uri} predicts classes {list(model_classes)}, but the dataset's classes are "
+            f"{list(classes)}; score with a model trained on this dataset"
+        )
     run = client.get_run(str(mv.run_id))
     ref = ModelRef(
         name=name,
@@ -81,6 +114,8 @@ def resolve_model(settings: Settings, name: str, alias: str, version: str | None
         uri=uri,
         inputs=inputs,
         training_batch=run.data.params.get("labeled_batch") or None,
+        outputs=outputs,
+        classes=model_classes,
     )
     get_run_logger().info(
         "scoring with %s (%s), inputs %s", uri, f"@{alias}" if not version else "pinned", inputs
@@ -158,10 +193,45 @@ def _load_model(tracking_uri: str, uri: str) -> Any:
     return mlflow.pyfunc.load_model(uri)
 
 
-def serving_check(mode: Mode) -> Any:
-    """A chunk check with the serving suite: rows failing row rules are quarantined (in
-    ``fail`` mode they fail the run); batch-level failures fail the run."""
-    suite = load_shipped_suite("serving")
+def serving_suite(definition: DatasetDefinition) -> dict[str, Any]:
+    """The dataset's serving suite, ``datasets/<name>/suites/serving.json``.
+
+    Raises:
+        FileNotFoundError: the dataset has none; the message says how to make one.
+    """
+    path = definition.suite_path("serving")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset {definition.name!r} has no serving suite at {path}; infer one with "
+            f"`mlsys validate infer --dataset {definition.name} --suite serving --source ...`"
+        )
+    return load_suite(path)
+
+
+def input_rename(definition: DatasetDefinition) -> dict[str, str]:
+    """How the columns of a source file in the dataset's own layout (e.g. its raw CSVs)
+    are renamed to a batch's normalized names: id, text, gold label and kept columns
+    (``CONTENT`` -> ``text``). Inputs already normalized (raw batches) are left as they
+    are: the mapping names no column of theirs."""
+    roles = definition.columns
+    rename: dict[str, str] = {}
+    if roles.id is not None:
+        rename[roles.id] = definition.id_column
+    if roles.text is not None:
+        rename[roles.text] = "text"
+    if roles.label is not None:
+        rename[roles.label] = "label"
+    kept = [*roles.keep]
+    if definition.gold.by == "column" and definition.gold.column is not None:
+        kept.append(definition.gold.column)
+    for column in kept:
+        rename.setdefault(column, kept_name(column))
+    return {source: target for source, target in rename.items() if source != target}
+
+
+def serving_check(suite: Mapping[str, Any], mode: Mode) -> Any:
+    """A chunk check with the serving ``suite``: rows failing row rules are quarantined
+    (in ``fail`` mode they fail the run); batch-level failures fail the run."""
 
     def check(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         report = run_checkpoint(frame, suite, mode=mode)
@@ -183,10 +253,12 @@ def score_partition(
     chunk_rows: int,
     id_column: str | None,
     rename: dict[str, str],
+    suite: dict[str, Any],
     validation: Mode,
     partition: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
-    """Score this partition's chunks of the input with the model; skip chunks done before."""
+    """Score this partition's chunks of the input with the model, each checked with the
+    serving ``suite``; skip chunks done before."""
     logger = get_run_logger()
     # Before the model and the checks allocate anything, so that freed blocks go back to
     # the system from the start (score_chunks applies it too, for callers outside a task).
@@ -209,9 +281,10 @@ def score_partition(
         model.predict,
         S3Sink(settings, prefix),
         inputs=ref.inputs,
+        outputs=ref.outputs or None,
         id_column=id_column,
         constants=ref.constants(),
-        check=serving_check(validation),
+        check=serving_check(suite, validation),
         quarantine=S3Sink(settings, quarantine_prefix),
         partition=partition,
         progress=progress,

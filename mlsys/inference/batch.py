@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from mlsys.memory import bound_streaming_memory, trim_heap
 
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 QUARANTINE_REASON = "quarantine_reason"
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no"})
+"""What a ``boolean`` input column may hold as text (any case, surrounding spaces ignored)."""
 ROW_COLUMN = "row"
 """The id column of predictions when the input has none: ``<file>:<row>`` positions."""
 
@@ -298,7 +303,9 @@ def cast_to_signature(frame: pd.DataFrame, inputs: Sequence[tuple[str, str]]) ->
 
     ``inputs`` are ``(column, mlflow type)`` pairs, e.g. ``[("text", "string")]``; strings
     become Python ``str`` objects (what MLflow's schema enforcement accepts), integers
-    ``int64``, floats ``float64``, booleans ``bool``.
+    ``int64`` (a value with a fraction is refused, not truncated), floats ``float64``,
+    booleans ``bool``: ``true``/``1``/``yes`` and ``false``/``0``/``no`` as text (any case),
+    0 and 1 as numbers.
 
     Raises:
         ValueError: a column is missing (named, with the columns found) or a value cannot
@@ -311,41 +318,88 @@ def cast_to_signature(frame: pd.DataFrame, inputs: Sequence[tuple[str, str]]) ->
         )
     out: dict[str, Any] = {}
     for name, kind in inputs:
+        if kind not in _CASTS:
+            raise ValueError(
+                f"column {name!r} has signature type {kind!r}, which is not supported; "
+                f"supported: {sorted(_CASTS)}"
+            )
         column = frame[name]
         nulls = column.isna()
         if nulls.any():
             row = column.index[nulls.to_numpy()][0]
             raise ValueError(f"column {name!r} is missing a value in row {row}")
         try:
-            if kind == "string":
-                out[name] = column.astype(str).astype(object)
-            elif kind in ("long", "integer"):
-                out[name] = pd.to_numeric(column, errors="raise").astype("int64")
-            elif kind in ("double", "float"):
-                out[name] = pd.to_numeric(column, errors="raise").astype("float64")
-            elif kind == "boolean":
-                out[name] = column.astype("bool")
-            else:
-                raise ValueError(
-                    f"column {name!r} has signature type {kind!r}, which is not supported"
-                )
-        except (TypeError, ValueError) as exc:
-            if "not supported" in str(exc):
-                raise
+            out[name] = _CASTS[kind](column)
+        except (TypeError, ValueError, OverflowError) as exc:
             bad = _first_uncastable(column, kind)
-            raise ValueError(
-                f"column {name!r} cannot be cast to {kind}: row {bad[0]} holds {bad[1]!r}"
-            ) from exc
+            where = f"row {bad[0]} holds {bad[1]!r}" if bad is not None else str(exc)
+            hint = " (booleans are true/false, 1/0 or yes/no)" if kind == "boolean" else ""
+            raise ValueError(f"column {name!r} cannot be cast to {kind}: {where}{hint}") from exc
     return pd.DataFrame(out, index=frame.index)
 
 
-def _first_uncastable(column: pd.Series[Any], kind: str) -> tuple[Any, Any]:
-    converted = pd.to_numeric(column, errors="coerce")
-    bad = converted.isna() & column.notna()
+def _to_string(column: pd.Series[Any]) -> pd.Series[Any]:
+    return column.astype(str).astype(object)
+
+
+def _to_long(column: pd.Series[Any]) -> pd.Series[Any]:
+    numbers = pd.to_numeric(column, errors="raise")
+    if not (numbers == np.trunc(numbers)).all():
+        raise ValueError("a value has a fraction")
+    return numbers.astype("int64")
+
+
+def _to_double(column: pd.Series[Any]) -> pd.Series[Any]:
+    return pd.to_numeric(column, errors="raise").astype("float64")
+
+
+def _to_bool(column: pd.Series[Any]) -> pd.Series[Any]:
+    truth = _truth(column)
+    if truth.isna().any():
+        raise ValueError("not a boolean")
+    return truth.astype("bool")
+
+
+def _truth(column: pd.Series[Any]) -> pd.Series[Any]:
+    """True, False, or missing where a value is not a boolean, row by row."""
+    if is_bool_dtype(column):
+        return column.astype("boolean")
+    if is_numeric_dtype(column):
+        return column.map({0: False, 1: True}).astype("boolean")
+    words = column.astype(str).str.strip().str.lower()
+    truth = pd.Series(pd.NA, index=column.index, dtype="boolean")
+    truth[words.isin(TRUE_WORDS).to_numpy()] = True
+    truth[words.isin(FALSE_WORDS).to_numpy()] = False
+    return truth
+
+
+_CASTS: dict[str, Callable[[pd.Series[Any]], pd.Series[Any]]] = {
+    "string": _to_string,
+    "long": _to_long,
+    "integer": _to_long,
+    "double": _to_double,
+    "float": _to_double,
+    "boolean": _to_bool,
+}
+
+
+def _first_uncastable(column: pd.Series[Any], kind: str) -> tuple[Any, Any] | None:
+    """The row and value of ``column``'s first value that cannot be cast to ``kind``, or
+    None when each value casts on its own."""
+    if kind == "boolean":
+        bad = _truth(column).isna()
+    elif kind in ("long", "integer", "double", "float"):
+        numbers = pd.to_numeric(column, errors="coerce")
+        bad = numbers.isna() & column.notna()
+        if kind in ("long", "integer") and is_numeric_dtype(numbers):
+            bad |= numbers.notna() & (numbers != np.trunc(numbers))
+    else:  # string: every value has one
+        return None
     if bad.any():
         row = column.index[bad.to_numpy()][0]
-        return row, column.loc[row]
-    return column.index[0], column.iloc[0]
+        value = column.loc[row]
+        return row, value.item() if isinstance(value, np.generic) else value
+    return None
 
 
 class PartSink(Protocol):
@@ -407,6 +461,7 @@ def score_chunks(
     sink: PartSink,
     *,
     inputs: Sequence[tuple[str, str]] = (("text", "string"),),
+    outputs: Sequence[tuple[str, str]] | None = None,
     id_column: str | None = None,
     constants: Mapping[str, Any] | None = None,
     check: Check | None = None,
@@ -421,7 +476,9 @@ def score_chunks(
     and given to ``predict``, and the predictions (``id_column``'s values, or ``row`` =
     ``<file>:<row>`` when there is none; then the model's outputs; then ``constants``
     such as model name and version) are written to ``sink`` as one Parquet part. The
-    prediction part is written last, so its presence means the chunk is done.
+    prediction part is written last, so its presence means the chunk is done. Whatever
+    columns the model returns are kept as they are: for a text classifier, ``label``,
+    ``probability`` and one ``proba_*`` column per class, however many classes there are.
 
     Only chunks of this partition that are not done are read (:meth:`Chunk.read`), one
     at a time; before the first, the process's allocators are set to return what a chunk
@@ -429,6 +486,11 @@ def score_chunks(
     trimmed after each chunk.
 
     Args:
+        inputs: the model's input columns and their MLflow types (its signature's inputs).
+        outputs: the model's output columns and their MLflow types (its signature's
+            outputs): a chunk whose rows are all quarantined is written as an empty part
+            with these columns, so that every part has the same columns. None: such a
+            part holds the id column and the constants only.
         partition: ``(i, n)``: this call scores chunks whose running number is ``i`` mod
             ``n``, so ``n`` workers can share an input; with Parquet input, a worker
             decodes only the row groups that hold its chunks.
@@ -456,7 +518,16 @@ def score_chunks(
             result = ChunkResult(chunk.name, chunk.rows, done, held or 0, True, 0.0)
         else:
             result = _score_chunk(
-                chunk, predict, sink, inputs, id_column, constants, check, quarantine, began
+                chunk,
+                predict,
+                sink,
+                inputs,
+                outputs,
+                id_column,
+                constants,
+                check,
+                quarantine,
+                began,
             )
         if result.rows_in != result.rows_out + result.rows_quarantined:
             raise RuntimeError(
@@ -475,6 +546,7 @@ def _score_chunk(
     predict: Callable[[pd.DataFrame], pd.DataFrame],
     sink: PartSink,
     inputs: Sequence[tuple[str, str]],
+    outputs: Sequence[tuple[str, str]] | None,
     id_column: str | None,
     constants: Mapping[str, Any],
     check: Check | None,
@@ -500,12 +572,12 @@ def _score_chunk(
         )
     if len(passed):
         try:
-            outputs = predict(cast_to_signature(passed, inputs))
+            scored = predict(cast_to_signature(passed, inputs))
         except ValueError as exc:
             raise ValueError(f"{chunk.name} (rows from {chunk.start}): {exc}") from exc
-        if len(outputs) != len(passed):
+        if len(scored) != len(passed):
             raise ValueError(
-                f"{chunk.name}: the model returned {len(outputs)} rows for {len(passed)} inputs"
+                f"{chunk.name}: the model returned {len(scored)} rows for {len(passed)} inputs"
             )
         ids = (
             passed[id_column].reset_index(drop=True)
@@ -513,17 +585,34 @@ def _score_chunk(
             else pd.Series([f"{chunk.file}:{i}" for i in passed.index], dtype="string")
         )
         predictions = pd.concat(
-            [ids.rename(id_column or ROW_COLUMN), outputs.reset_index(drop=True)], axis=1
+            [ids.rename(id_column or ROW_COLUMN), scored.reset_index(drop=True)], axis=1
         )
         for key, value in constants.items():
             predictions[key] = value
         sink.write(chunk.name, _parquet(predictions))
     else:
         # An empty part still marks the chunk done, so a re-run does not redo it.
-        sink.write(chunk.name, _parquet(pd.DataFrame({id_column or ROW_COLUMN: []})))
+        ids = frame[id_column].iloc[:0] if id_column is not None else pd.Series([], dtype="string")
+        empty = pd.DataFrame({id_column or ROW_COLUMN: ids.reset_index(drop=True)})
+        for name, kind in outputs or ():
+            empty[name] = pd.Series([], dtype=_EMPTY_DTYPES.get(kind, object))
+        for key, value in constants.items():
+            empty[key] = pd.Series([value]).iloc[:0].reset_index(drop=True)
+        sink.write(chunk.name, _parquet(empty))
     return ChunkResult(
         chunk.name, len(frame), len(passed), len(held), False, time.perf_counter() - began
     )
+
+
+# The pandas dtype of each MLflow column type, for the columns of an empty part.
+_EMPTY_DTYPES: dict[str, Any] = {
+    "string": str,
+    "long": "int64",
+    "integer": "int32",
+    "double": "float64",
+    "float": "float32",
+    "boolean": "bool",
+}
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

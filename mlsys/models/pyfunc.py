@@ -25,7 +25,9 @@ from mlsys.models.cnn import build_digit_cnn
 from mlsys.models.text import (
     HashingFeaturizer,
     TextClassifierSpec,
+    check_threshold,
     predict_texts,
+    proba_columns,
     probabilities_frame,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "load_digit_cnn",
     "log_digit_cnn",
     "log_text_classifier",
+    "text_classifier_output",
     "text_classifier_signature",
 ]
 
@@ -45,6 +48,9 @@ TEXT_COLUMN = "text"
 _FEATURIZER = "featurizer"
 _CLASSIFIER = "classifier"
 _WEIGHTS = "weights"
+# How outputs are named and decided (class names, their columns, threshold); models logged
+# before it existed lack it and answer with class indices and argmax.
+_OUTPUT = "output"
 # Distributions the model needs at load time, pinned to what it was logged with.
 _REQUIREMENTS = ("mlflow", "torch", "pandas", "numpy")
 # The model is logged as code (MLflow's "models from code"): at load time MLflow runs this
@@ -62,18 +68,23 @@ _MODEL_SCRIPT_SOURCE = (
 class TextClassifierModel(PythonModel):
     """Scores raw texts with a trained text classifier; what ``log_text_classifier`` logs.
 
-    Loaded through MLflow (``mlflow.pyfunc.load_model(uri).predict(frame)``), it reads three
-    artifacts: the featurizer's settings (JSON), the network's ``TextClassifierSpec`` (JSON)
-    and its ``state_dict`` (``torch.save``, loaded with ``weights_only=True``), so loading
-    unpickles no model class. The input is a DataFrame with a ``text`` column; MLflow's
-    schema check, which runs first, also turns a Series named ``text`` into one, but rejects
-    a bare list of strings, since the signature names its column (score in-memory lists
-    with ``predict_texts``). The output is one row per text as ``predict_texts`` makes it:
-    ``label``, ``probability``, ``proba_0``, ...
+    Loaded through MLflow (``mlflow.pyfunc.load_model(uri).predict(frame)``), it reads its
+    artifacts: the featurizer's settings (JSON), the network's ``TextClassifierSpec`` (JSON),
+    its ``state_dict`` (``torch.save``, loaded with ``weights_only=True``), so loading
+    unpickles no model class, and how outputs are named and decided (JSON: class names,
+    their probability columns, threshold and positive class). The input is a DataFrame with
+    a ``text`` column; MLflow's schema check, which runs first, also turns a Series named
+    ``text`` into one, but rejects a bare list of strings, since the signature names its
+    column (score in-memory lists with ``predict_texts``).
+
+    The output is one row per text: ``label`` (the class name), ``probability`` (the
+    predicted class's probability) and one ``proba_<class name>`` column per class
+    (float64). A model logged without class names answers with class indices instead
+    (``label`` int64, ``proba_0`` ...), as models logged before class names existed do.
     """
 
     def load_context(self, context: PythonModelContext) -> None:
-        """Rebuild the featurizer and the network from the logged artifacts."""
+        """Rebuild the featurizer, the network and the output settings from the artifacts."""
         artifacts = context.artifacts
         featurizer_config = json.loads(Path(artifacts[_FEATURIZER]).read_text())
         spec_config = json.loads(Path(artifacts[_CLASSIFIER]).read_text())
@@ -82,6 +93,16 @@ class TextClassifierModel(PythonModel):
         state = torch.load(artifacts[_WEIGHTS], map_location="cpu", weights_only=True)
         network.load_state_dict(state)
         self.network = network.eval()
+        output: dict[str, Any] = (
+            json.loads(Path(artifacts[_OUTPUT]).read_text()) if _OUTPUT in artifacts else {}
+        )
+        names = output.get("class_names")
+        self.class_names: list[str] | None = None if names is None else list(names)
+        self.threshold: float | None = output.get("threshold")
+        self.positive: int = int(output.get("positive", 1))
+        # The columns as logged, whatever a later version would make of the names.
+        columns = output.get("proba_columns")
+        self.proba_columns: list[str] | None = None if columns is None else list(columns)
 
     def predict(
         self,
@@ -99,18 +120,63 @@ class TextClassifierModel(PythonModel):
                 f"model input needs a {TEXT_COLUMN!r} column, got columns "
                 f"{list(model_input.columns)}"
             )
-        return predict_texts(self.network, self.featurizer, model_input[TEXT_COLUMN].tolist())
+        frame = predict_texts(
+            self.network,
+            self.featurizer,
+            model_input[TEXT_COLUMN].tolist(),
+            class_names=self.class_names,
+            threshold=self.threshold,
+            positive=self.positive,
+        )
+        if self.proba_columns is not None:
+            frame.columns = pd.Index(["label", "probability", *self.proba_columns])
+        return frame
 
 
-def text_classifier_signature(n_classes: int) -> ModelSignature:
-    """The logged model's signature: string ``text`` in; ``label`` (long), ``probability``
-    and ``proba_0`` ... ``proba_{n_classes-1}`` (double) out."""
+def text_classifier_signature(
+    n_classes: int, class_names: Sequence[str] | None = None
+) -> ModelSignature:
+    """The logged model's signature: string ``text`` in; ``label``, ``probability`` (double)
+    and one double column per class out: ``proba_<class name>`` and a string ``label`` with
+    ``class_names``, else ``proba_0`` ... ``proba_{n_classes-1}`` and a long ``label``."""
+    if class_names is None:
+        label_type, columns = "long", [f"proba_{k}" for k in range(n_classes)]
+    else:
+        label_type, columns = "string", proba_columns(class_names)
     outputs: list[ColSpec | TensorSpec] = [
-        ColSpec("long", "label"),
+        ColSpec(label_type, "label"),
         ColSpec("double", "probability"),
     ]
-    outputs += [ColSpec("double", f"proba_{k}") for k in range(n_classes)]
+    outputs += [ColSpec("double", column) for column in columns]
     return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema(outputs))
+
+
+def text_classifier_output(
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+    threshold: float | None = None,
+    positive: int = 1,
+) -> dict[str, Any]:
+    """How a text classifier names and decides its outputs, as logged with it (JSON, and
+    the MLflow model's metadata): ``class_names``, ``proba_columns``, ``threshold`` and
+    ``positive``.
+
+    Raises:
+        ValueError: the names are not ``n_classes`` distinct names that make distinct
+            columns, or the threshold does not fit (both named).
+        TypeError: a class name is not a string.
+    """
+    check_threshold(threshold, n_classes, positive)
+    names = None if class_names is None else list(class_names)
+    columns = None if names is None else proba_columns(names)
+    if names is not None and len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names {names} for a model of {n_classes} classes")
+    return {
+        "class_names": names,
+        "proba_columns": columns,
+        "threshold": None if threshold is None else float(threshold),
+        "positive": int(positive),
+    }
 
 
 def log_text_classifier(
@@ -122,6 +188,9 @@ def log_text_classifier(
     name: str = "model",
     registered_model_name: str | None = None,
     input_example_texts: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    threshold: float | None = None,
+    positive: int = 1,
 ) -> ModelInfo:
     """Log ``model`` with its ``featurizer`` as a pyfunc model of the run ``run_id``.
 
@@ -147,10 +216,19 @@ def log_text_classifier(
             version it became.
         input_example_texts: texts stored as the model's input example (and checked to
             score when logging).
+        class_names: the name of each class, class i at index i (e.g. ``["ham", "spam"]``):
+            the model then answers with names (``label``) and ``proba_<name>`` columns,
+            a name that is not a safe column suffix made one (``"not spam"`` ->
+            ``proba_not_spam``). None: class indices (``label``) and ``proba_0`` ....
+        threshold: binary models only: predict ``positive`` when its probability is at
+            least this, else the other class. None: the most probable class.
+        positive: the index of the positive class (0 or 1) the threshold is about.
 
     Raises:
-        ValueError: the model's input width differs from ``featurizer.n_features``, or the
-            model is not laid out like a text classifier.
+        ValueError: the model's input width differs from ``featurizer.n_features``, the
+            model is not laid out like a text classifier, the class names are not one
+            distinct name per class or two of them make the same column, or the threshold
+            does not fit the model (each named).
     """
     spec = TextClassifierSpec.from_model(model)
     if spec.n_features != featurizer.n_features:
@@ -158,6 +236,7 @@ def log_text_classifier(
             f"model takes {spec.n_features} features but the featurizer makes "
             f"{featurizer.n_features}"
         )
+    output = text_classifier_output(spec.n_classes, class_names, threshold, positive)
     input_example = (
         None
         if input_example_texts is None
@@ -169,21 +248,24 @@ def log_text_classifier(
             _FEATURIZER: staging / "featurizer.json",
             _CLASSIFIER: staging / "classifier.json",
             _WEIGHTS: staging / "weights.pt",
+            _OUTPUT: staging / "output.json",
         }
         artifacts[_FEATURIZER].write_text(json.dumps(featurizer.to_dict(), indent=2))
         artifacts[_CLASSIFIER].write_text(json.dumps(spec.to_dict(), indent=2))
+        artifacts[_OUTPUT].write_text(json.dumps(output, indent=2, ensure_ascii=False))
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
         torch.save(state, artifacts[_WEIGHTS])
         return _log_pyfunc(
             staging,
             script=(_MODEL_SCRIPT, _MODEL_SCRIPT_SOURCE),
             artifacts=artifacts,
-            signature=text_classifier_signature(spec.n_classes),
+            signature=text_classifier_signature(spec.n_classes, class_names),
             input_example=input_example,
             run_id=run_id,
             tracking_uri=tracking_uri,
             name=name,
             registered_model_name=registered_model_name,
+            metadata=output,
         )
 
 
@@ -198,9 +280,11 @@ def _log_pyfunc(
     tracking_uri: str,
     name: str,
     registered_model_name: str | None,
+    metadata: dict[str, Any] | None = None,
 ) -> ModelInfo:
     """Log a models-from-code pyfunc (``script`` = file name and source) with its
-    ``artifacts`` and the ``mlsys.models`` sources into the run ``run_id``."""
+    ``artifacts``, the ``mlsys.models`` sources and ``metadata`` (kept in the MLmodel
+    file, readable without loading the model) into the run ``run_id``."""
     script_path = staging / script[0]
     script_path.write_text(script[1])
     with _tracking_uri(tracking_uri):
@@ -228,6 +312,7 @@ def _log_pyfunc(
             signature=signature,
             input_example=input_example,
             pip_requirements=_pinned_requirements(),
+            metadata=metadata,
         )
         return info
 

@@ -1,9 +1,10 @@
-"""The spam text model: stateless hashed n-gram features and a small MLP over them."""
+"""The text model: stateless hashed n-gram features and a small MLP over them."""
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,10 @@ __all__ = [
     "TextClassifierSpec",
     "TextDataset",
     "build_text_classifier",
+    "check_threshold",
     "pipeline_featurizer",
     "predict_texts",
+    "proba_columns",
     "probabilities_frame",
     "score_texts",
     "text_classifier_layers",
@@ -567,16 +570,21 @@ def predict_texts(
     featurizer: HashingFeaturizer,
     texts: Iterable[str],
     chunk_rows: int = PREDICT_CHUNK_ROWS,
+    *,
+    class_names: Sequence[str] | None = None,
+    threshold: float | None = None,
+    positive: int = 1,
 ) -> pd.DataFrame:
     """Class predictions for raw ``texts``, one row each, in input order.
 
-    Columns: ``label`` (int64, the most probable class), ``probability`` (float64, its
-    probability) and ``proba_0`` ... ``proba_{k-1}`` (float64, softmax of the logits). The
-    model runs in eval mode without autograd, ``chunk_rows`` texts at a time, and is put
-    back in the mode it was in.
+    Columns as :func:`probabilities_frame` makes them: ``label``, ``probability`` and one
+    ``proba_*`` column per class (float64, softmax of the logits); ``class_names``,
+    ``threshold`` and ``positive`` are passed on to it. The model runs in eval mode without
+    autograd, ``chunk_rows`` texts at a time, and is put back in the mode it was in.
 
     Raises:
-        ValueError: a text is missing; the message names its row.
+        ValueError: a text is missing (the message names its row), or the class names or
+            the threshold do not fit the model's classes.
     """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
@@ -594,7 +602,12 @@ def predict_texts(
                 chunks.append(torch.softmax(logits, dim=1))
     finally:
         model.train(was_training)
-    return probabilities_frame(torch.cat(chunks).double().numpy())
+    return probabilities_frame(
+        torch.cat(chunks).double().numpy(),
+        class_names,
+        threshold=threshold,
+        positive=positive,
+    )
 
 
 @dataclass(frozen=True)
@@ -649,17 +662,119 @@ def score_texts(
     return classification_metrics(y, proba), proba
 
 
-def probabilities_frame(proba: np.ndarray) -> pd.DataFrame:
-    """One row per row of class probabilities ``proba`` (n x k): ``label`` (int64, the
-    most probable class), ``probability`` (its probability) and ``proba_0`` ...
-    ``proba_{k-1}``."""
-    labels = proba.argmax(axis=1).astype(np.int64)
-    frame = pd.DataFrame(
-        {
-            "label": labels,
-            "probability": proba[np.arange(len(labels)), labels],
-        }
-    )
-    for k in range(proba.shape[1]):
-        frame[f"proba_{k}"] = proba[:, k]
-    return frame
+_SUFFIX_RE = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _column_suffix(name: str, index: int) -> str:
+    """``name`` as a column suffix: kept when it is ASCII letters, digits and ``_``;
+    otherwise accents dropped, every other run of characters made one ``_`` and ``_``
+    stripped from the ends (``"très bien!"`` -> ``tres_bien``); the class index when
+    nothing is left."""
+    if _SUFFIX_RE.fullmatch(name):
+        return name
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9_]+", "_", plain).strip("_") or str(index)
+
+
+def proba_columns(class_names: Sequence[str]) -> list[str]:
+    """The probability column of each class: ``proba_<name>``, the name made a safe
+    column suffix (``"not spam"`` -> ``proba_not_spam``; see ``_column_suffix``).
+
+    Raises:
+        ValueError: there are fewer than two names, a name repeats, or two names make the
+            same column (the message names them).
+        TypeError: a name is not a string.
+    """
+    if isinstance(class_names, str):
+        raise TypeError(f"class_names must be a sequence of strings, got the str {class_names!r}")
+    names = list(class_names)
+    for position, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(
+                f"class name {position} must be a str, got {type(name).__name__} {name!r}"
+            )
+    if len(names) < 2:
+        raise ValueError(f"class_names needs at least 2 names, got {names}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names repeat {repeated}: {names}")
+    columns = [f"proba_{_column_suffix(name, i)}" for i, name in enumerate(names)]
+    sharing: dict[str, list[str]] = {}
+    for name, column in zip(names, columns, strict=True):
+        sharing.setdefault(column, []).append(name)
+    clashes = {column: found for column, found in sharing.items() if len(found) > 1}
+    if clashes:
+        described = "; ".join(f"{found} all make {column!r}" for column, found in clashes.items())
+        raise ValueError(f"class names collide as column names: {described}; rename a class")
+    return columns
+
+
+def check_threshold(threshold: float | None, n_classes: int, positive: int = 1) -> None:
+    """Check a decision threshold: None (argmax), or a number in [0, 1] for a binary model
+    whose ``positive`` class (0 or 1) is predicted when its probability reaches it.
+
+    Raises:
+        ValueError: naming the value that does not fit.
+    """
+    if isinstance(positive, bool) or not isinstance(positive, int | np.integer):
+        raise ValueError(f"positive must be a class index, got {positive!r}")
+    if not 0 <= positive < n_classes:
+        raise ValueError(f"positive is {positive}, outside the class indices [0, {n_classes})")
+    if threshold is None:
+        return
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float | np.integer | np.floating)
+        or not 0.0 <= float(threshold) <= 1.0
+    ):
+        raise ValueError(f"threshold must be a number in [0, 1] or None, got {threshold!r}")
+    if n_classes != 2:
+        raise ValueError(
+            f"a threshold is for binary models; this one has {n_classes} classes "
+            f"(leave threshold None to predict the most probable class)"
+        )
+
+
+def probabilities_frame(
+    proba: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    threshold: float | None = None,
+    positive: int = 1,
+) -> pd.DataFrame:
+    """One row per row of class probabilities ``proba`` (n x k).
+
+    Columns: ``label``, the predicted class; ``probability`` (float64), the predicted
+    class's probability; then one float64 column per class, ``proba_<class name>``
+    (:func:`proba_columns`), or ``proba_0`` ... ``proba_{k-1}`` without ``class_names``.
+    ``label`` is the class name (pandas' string dtype) with ``class_names``, else the class
+    index (int64).
+    The predicted class is the most probable one; with a ``threshold`` (binary only), it
+    is ``positive`` when that class's probability is at least the threshold, else the
+    other class.
+
+    Raises:
+        ValueError: ``class_names`` are not k usable names, or the threshold does not fit
+            (see :func:`check_threshold`).
+    """
+    k = proba.shape[1]
+    check_threshold(threshold, k, positive)
+    if threshold is None:
+        labels = proba.argmax(axis=1).astype(np.int64)
+    else:
+        labels = np.where(proba[:, positive] >= threshold, positive, 1 - positive).astype(np.int64)
+    probability = proba[np.arange(len(labels)), labels]
+    if class_names is None:
+        columns = [f"proba_{i}" for i in range(k)]
+        label: np.ndarray | pd.Series[Any] = labels
+    else:
+        columns = proba_columns(class_names)
+        if len(columns) != k:
+            raise ValueError(
+                f"{len(columns)} class names {list(class_names)} for a model of {k} classes"
+            )
+        # pandas' default string dtype, also when there are no rows.
+        label = pd.Series(np.asarray(list(class_names), dtype=object)[labels], dtype=str)
+    data: dict[str, np.ndarray | pd.Series[Any]] = {"label": label, "probability": probability}
+    data.update((column, proba[:, i]) for i, column in enumerate(columns))
+    return pd.DataFrame(data)

@@ -1,6 +1,7 @@
 """batch_infer against the real stack: a model trained and promoted by the train flow,
-predictions as Parquet parts in S3 matching the pyfunc's, resumption, quarantine, skew
-in MLflow, the Dask runner, the deployment on the worker, and bad input."""
+predictions as Parquet parts in S3 matching the pyfunc's (class names and one probability
+column per class), resumption, quarantine, skew in MLflow, the Dask runner, the deployment
+on the worker, and bad input."""
 
 from __future__ import annotations
 
@@ -13,18 +14,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.runs import mlflow_run_of, trigger
-from mlsys.data import YOUTUBE_SPAM, read_parquet_bytes, read_source, write_parquet_bytes
+from mlsys.data import DatasetError, read_parquet_bytes, write_parquet_bytes
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
-from mlsys.labeling import (
-    apply_lfs,
-    build_labeled_batch,
-    fit_labeler,
-    gold_array,
-    holdout_split,
-    youtube_lfs,
-)
+from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
+from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import ValidationFailed
+from tests.conftest import read_youtube
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +30,20 @@ MODEL = "it-bi"
 
 @pytest.fixture(scope="module")
 def raw(youtube_dir: Path) -> pd.DataFrame:
-    df = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    df = read_youtube(youtube_dir)
     return df[~df["comment_id"].duplicated()].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
 def champion(stack: Settings, raw: pd.DataFrame) -> str:
     """Version 1 of MODEL, trained by the train flow and promoted to @champion."""
-    df = holdout_split(raw)
-    L = apply_lfs(df, youtube_lfs(), n_jobs=1).matrix
+    youtube = load_dataset("youtube-spam")
+    df = gold_split(raw, youtube.gold)
+    L = apply_lfs(df, youtube.lf_set("tutorial"), n_jobs=1).matrix
     y = gold_array(df)
     train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
-    frame = build_labeled_batch(df, L, fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev]).best)
+    labeler = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev], cardinality=2).best
+    frame = build_labeled_batch(df, L, labeler)
     uri = stack.s3_uri("labeled/youtube-spam/it-bi.parquet")
     put_bytes(stack.s3_client(), uri, write_parquet_bytes(frame.frame))
     outcome = trigger(
@@ -96,6 +95,12 @@ def test_scores_in_parts_matching_the_pyfunc_and_resumes(
     assert manifest["chunks"] == 4 and manifest["chunks_skipped"] == 0
     out = _predictions(settings, "predictions/youtube-spam/it-bi-a/")
     assert len(out) == len(raw) - 2
+    assert list(out.columns) == [
+        "comment_id", "label", "probability", "proba_ham", "proba_spam",
+        "model_name", "model_version", "run_id",
+    ]  # fmt: skip
+    assert set(out["label"]) == {"ham", "spam"}
+    assert all(out[c].dtype == "float64" for c in ["probability", "proba_ham", "proba_spam"])
     assert set(out["model_version"]) == {champion} and set(out["model_name"]) == {MODEL}
 
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -105,6 +110,9 @@ def test_scores_in_parts_matching_the_pyfunc_and_resumes(
     assert out["comment_id"].tolist() == kept["comment_id"].tolist()
     assert out["label"].tolist() == expected["label"].tolist()
     pd.testing.assert_series_equal(out["probability"], expected["probability"], check_names=False)
+    pd.testing.assert_frame_equal(
+        out[["proba_ham", "proba_spam"]], expected[["proba_ham", "proba_spam"]]
+    )
 
     held = _predictions(settings, "quarantine/serving/youtube-spam/it-bi-a/")
     assert set(held["comment_id"]) == set(raw.loc[[5, 700], "comment_id"])
@@ -181,6 +189,8 @@ def test_bad_input_is_named_and_nothing_is_written(
         batch_infer(source=source, model_name=MODEL, model_version="99", batch="it-bi-x")
     with pytest.raises(ValueError, match="no registered model 'nope'"):
         batch_infer(source=source, model_name="nope", batch="it-bi-x")
+    with pytest.raises(DatasetError, match=r"unknown dataset 'nope'.*defined datasets: .*youtube"):
+        batch_infer(source=source, dataset="nope", model_name=MODEL, batch="it-bi-x")
 
     no_text = _put(stack_env, raw.iloc[:50].drop(columns=["text"]), "serving/it-bi-notext.parquet")
     with pytest.raises(ValidationFailed, match="expect_table_columns_to_match_set"):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,6 +27,7 @@ from mlsys.inference.batch import (
     part_name,
     score_chunks,
 )
+from mlsys.models.text import probabilities_frame
 
 CONSTANTS = {"model_name": "m", "model_version": "3", "run_id": "r1"}
 
@@ -308,3 +310,92 @@ def test_reading_a_chunk_holds_no_more_of_the_file_than_its_row_group(tmp_path: 
     assert found["group"] > 1_000_000
     # Measured: about 4 groups' worth without pre-buffering, 35 of the 40 with it.
     assert found["held"] < 8 * found["group"], found
+
+
+CLASSES = ("ham", "spam", "music")
+
+
+def _predict_three(frame: pd.DataFrame) -> pd.DataFrame:
+    """A stand-in 3-class model answering as the text classifier's pyfunc does: long
+    texts spam, middling ones music, short ones ham."""
+    length = frame["text"].str.len().to_numpy()[:, None]
+    proba = np.where(
+        length > 20,
+        [[0.1, 0.7, 0.2]],
+        np.where(length > 5, [[0.2, 0.2, 0.6]], [[0.8, 0.1, 0.1]]),
+    )
+    return probabilities_frame(proba, CLASSES)
+
+
+THREE_OUTPUTS = [("label", "string"), ("probability", "double")] + [
+    (f"proba_{name}", "double") for name in CLASSES
+]
+
+
+def test_parts_of_a_three_class_model_carry_names_and_every_class_probability(
+    tmp_path: Path,
+) -> None:
+    texts = ["short", "middling", "a much longer comment text"] * 4
+    path = tmp_path / "in.parquet"
+    pd.DataFrame({"comment_id": [f"c{i}" for i in range(12)], "text": texts}).to_parquet(path)
+
+    def check(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        held = frame.index >= 10  # the last chunk: every row quarantined
+        return frame[~held], frame[held].assign(quarantine_reason="held")
+
+    score_chunks(
+        iter_chunks([path], 5),
+        _predict_three,
+        FolderSink(tmp_path / "out"),
+        outputs=THREE_OUTPUTS,
+        id_column="comment_id",
+        constants=CONSTANTS,
+        check=check,
+        quarantine=FolderSink(tmp_path / "q"),
+    )
+    columns = ["comment_id", "label", "probability", "proba_ham", "proba_spam", "proba_music"]
+    schemas = {p.name: pq.read_schema(p) for p in sorted((tmp_path / "out").glob("part-*.parquet"))}
+    assert len(schemas) == 3 and len({str(s) for s in schemas.values()}) == 1  # one schema
+    schema = schemas[part_name(0, 2)]  # the empty part
+    assert schema.names == [*columns, *CONSTANTS]
+    types = [schema.field(c).type for c in columns]
+    assert all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in types[:2])
+    assert all(pa.types.is_float64(t) for t in types[2:])
+    out = _all(tmp_path / "out")
+    assert len(out) == 10
+    assert out["label"].tolist() == ["ham", "music", "spam"] * 3 + ["ham"]
+    assert out[["proba_ham", "proba_spam", "proba_music"]].sum(axis=1).tolist() == pytest.approx(
+        [1.0] * 10
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["false", "FALSE", " no ", "0", "true", "True", "yes", "1"], [False] * 4 + [True] * 4),
+        ([0, 1, 1], [False, True, True]),
+        ([True, False], [True, False]),
+    ],
+)
+def test_booleans_cast_from_words_and_numbers(values: list[Any], expected: list[bool]) -> None:
+    cast = cast_to_signature(pd.DataFrame({"flag": values}), [("flag", "boolean")])
+    assert cast["flag"].dtype == bool and cast["flag"].tolist() == expected
+
+
+def test_a_value_that_is_no_boolean_is_named() -> None:
+    frame = pd.DataFrame({"flag": pd.array(["true", "false", "maybe"], dtype="string")})
+    with pytest.raises(ValueError, match="'flag' cannot be cast to boolean: row 2 holds 'maybe'"):
+        cast_to_signature(frame, [("flag", "boolean")])
+    with pytest.raises(ValueError, match="cannot be cast to boolean: row 1 holds 2"):
+        cast_to_signature(pd.DataFrame({"flag": [1, 2]}), [("flag", "boolean")])
+
+
+def test_uncastable_values_are_found_by_the_type_asked_for() -> None:
+    # "1.5" is a number (so a numeric search would pass it) but no integer.
+    frame = pd.DataFrame({"n": pd.array(["1", "1.5", "x"], dtype="string")})
+    with pytest.raises(ValueError, match=r"cast to long: row 1 holds '1\.5'"):
+        cast_to_signature(frame, [("n", "long")])
+    with pytest.raises(ValueError, match="cast to double: row 2 holds 'x'"):
+        cast_to_signature(frame, [("n", "double")])
+    with pytest.raises(ValueError, match="signature type 'binary', which is not supported"):
+        cast_to_signature(frame, [("n", "binary")])

@@ -234,3 +234,176 @@ def test_digit_cnn_logs_as_pyfunc_and_rebuilds_as_layers(tmp_path: Path) -> None
             registered_model_name="text",
         )
         load_digit_cnn("models:/text/1", tracking_uri)
+
+
+# --- class names and thresholds ------------------------------------------------------------
+
+CLASSES = ["ham", "spam", "not sure?"]
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    """A 3-class model logged with class names, in a store of its own."""
+    root = tmp_path_factory.mktemp("mlflow3")
+    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("k3", artifact_location=(root / "art").as_uri())
+    run_id = client.create_run(experiment_id).info.run_id
+    torch.manual_seed(1)
+    featurizer = HashingFeaturizer(n_features=256)
+    model = build_text_classifier(256, hidden=(8,), n_classes=3)
+    info = log_text_classifier(
+        model,
+        featurizer,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        registered_model_name="k3",
+        input_example_texts=TEXTS[:2],
+        class_names=CLASSES,
+    )
+    return Logged(
+        tracking_uri, experiment_id, run_id, info, model, featurizer, (False, ""), (False, "")
+    )
+
+
+def _load(logged: Logged, uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+    mlflow.set_tracking_uri(logged.tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(uri or logged.info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def test_a_three_class_model_answers_with_class_names(three_classes: Logged) -> None:
+    got = _load(three_classes, "models:/k3/1").predict(pd.DataFrame({"text": TEXTS}))
+    columns = ["proba_ham", "proba_spam", "proba_not_sure"]
+    assert list(got.columns) == ["label", "probability", *columns]
+    assert pd.api.types.is_string_dtype(got["label"]) and set(got["label"]) <= set(CLASSES)
+    assert all(got[c].dtype == "float64" for c in ["probability", *columns])
+    indices = predict_texts(three_classes.model, three_classes.featurizer, TEXTS)
+    assert got["label"].tolist() == [CLASSES[i] for i in indices["label"]]
+    np_proba = got[columns].to_numpy()
+    assert np_proba == pytest.approx(
+        indices[["proba_0", "proba_1", "proba_2"]].to_numpy(), abs=1e-6
+    )
+    assert got["probability"].tolist() == pytest.approx(np_proba.max(axis=1).tolist())
+
+
+def test_class_names_are_saved_in_the_config_and_the_signature(three_classes: Logged) -> None:
+    signature = three_classes.info.signature
+    assert signature.outputs.input_names() == [
+        "label", "probability", "proba_ham", "proba_spam", "proba_not_sure"
+    ]  # fmt: skip
+    assert signature.outputs.to_dict()[0] == {"type": "string", "name": "label", "required": True}
+    assert three_classes.info.metadata["class_names"] == CLASSES
+    mlflow.set_tracking_uri(three_classes.tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(three_classes.info.model_uri))
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    config = json.loads((local / "artifacts" / "output.json").read_text())
+    assert config == {
+        "class_names": CLASSES,
+        "proba_columns": ["proba_ham", "proba_spam", "proba_not_sure"],
+        "threshold": None,
+        "positive": 1,
+    }
+
+
+def test_a_binary_threshold_decides_for_the_positive_class(tmp_path: Path) -> None:
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment_id).info.run_id
+    torch.manual_seed(2)
+    featurizer = HashingFeaturizer(n_features=64)
+    model = build_text_classifier(64, hidden=(4,))
+    texts = [f"comment number {i} with words {i * 7}" for i in range(40)]
+    proba_spam = predict_texts(model, featurizer, texts)["proba_1"]
+    threshold = float(proba_spam.median())  # half the rows on each side
+    info = log_text_classifier(
+        model,
+        featurizer,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        class_names=["ham", "spam"],
+        threshold=threshold,
+    )
+    logged = Logged(
+        tracking_uri, experiment_id, run_id, info, model, featurizer, *[(False, "")] * 2
+    )
+    got = _load(logged).predict(pd.DataFrame({"text": texts}))
+    expected = ["spam" if p >= threshold else "ham" for p in got["proba_spam"]]
+    assert got["label"].tolist() == expected and set(expected) == {"ham", "spam"}
+    chosen = [row[f"proba_{row['label']}"] for _, row in got.iterrows()]
+    assert got["probability"].tolist() == pytest.approx(chosen)
+    assert info.metadata["threshold"] == threshold
+
+
+def test_a_model_logged_before_class_names_answers_with_indices(tmp_path: Path) -> None:
+    """The artifacts a model had before the output settings: featurizer, spec, weights."""
+    from mlsys.models import pyfunc
+
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment_id).info.run_id
+    featurizer = HashingFeaturizer(n_features=64)
+    model = build_text_classifier(64, hidden=(), n_classes=3)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    artifacts = {
+        "featurizer": staging / "featurizer.json",
+        "classifier": staging / "classifier.json",
+        "weights": staging / "weights.pt",
+    }
+    artifacts["featurizer"].write_text(json.dumps(featurizer.to_dict()))
+    artifacts["classifier"].write_text(json.dumps({"n_features": 64, "hidden": [], "n_classes": 3}))
+    torch.save(model.state_dict(), artifacts["weights"])
+    info = pyfunc._log_pyfunc(
+        staging,
+        script=(pyfunc._MODEL_SCRIPT, pyfunc._MODEL_SCRIPT_SOURCE),
+        artifacts=artifacts,
+        signature=pyfunc.text_classifier_signature(3),
+        input_example=None,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        name="model",
+        registered_model_name=None,
+    )
+    logged = Logged(
+        tracking_uri, experiment_id, run_id, info, model, featurizer, *[(False, "")] * 2
+    )
+    got = _load(logged).predict(pd.DataFrame({"text": TEXTS}))
+    assert list(got.columns) == ["label", "probability", "proba_0", "proba_1", "proba_2"]
+    assert got["label"].dtype == "int64"
+    pd.testing.assert_frame_equal(got, predict_texts(model, featurizer, TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"class_names": ["a b", "a-b", "c"]},
+            r"collide as column names: \['a b', 'a-b'\] all make 'proba_a_b'",
+        ),
+        ({"class_names": ["ham", "spam"]}, r"2 class names \['ham', 'spam'\] for a model of 3"),
+        ({"class_names": ["x", "y", "x"]}, r"class names repeat \['x'\]"),
+        ({"threshold": 0.5}, "a threshold is for binary models; this one has 3 classes"),
+        ({"threshold": 1.5, "n_classes": 2}, r"threshold must be a number in \[0, 1\].*1\.5"),
+        ({"positive": 2, "n_classes": 2}, r"positive is 2, outside the class indices \[0, 2\)"),
+    ],
+)
+def test_bad_class_names_and_thresholds_are_refused_naming_them(
+    logged: Logged, options: dict[str, object], message: str
+) -> None:
+    options = dict(options)
+    n_classes = int(options.pop("n_classes", 3))  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match=message):
+        log_text_classifier(
+            build_text_classifier(64, hidden=(), n_classes=n_classes),
+            HashingFeaturizer(n_features=64),
+            run_id=logged.run_id,
+            tracking_uri=logged.tracking_uri,
+            **options,  # type: ignore[arg-type]
+        )
