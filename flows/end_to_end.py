@@ -14,6 +14,7 @@ from flows.batch_infer import batch_infer
 from flows.ingest import ingest
 from flows.train import train
 from flows.weak_label import weak_label
+from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
 from mlsys.links import mlflow_model_link
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
@@ -23,16 +24,21 @@ from tasks.train import check_gpipe_depth
 
 
 class LabelOptions(BaseModel):
-    """How the raw batch gets its labels."""
+    """How the raw batch gets its labels (the gold rows come from the dataset's gold policy)."""
 
-    lf_set: Literal["tutorial", "extended"] = Field(
-        "extended", description="Labeling functions: the Snorkel tutorial's 9 or all 25."
+    lf_set: str = Field(
+        DEFAULT_LF_SET,
+        description="An LF set of the dataset's LF module (LF_SETS); `default` unless told.",
     )
-    test_size: int = Field(250, ge=1, description="Gold rows held out as the test set.")
+    weighting: Literal["calibrated", "confidence", "per_source"] = Field(
+        "calibrated",
+        description="Weight of a weak label: P(correct | confidence) fitted on dev, the "
+        "label model's own confidence, or the weak labels' dev accuracy.",
+    )
 
 
 class TrainOptions(BaseModel):
-    """How the spam classifier is trained."""
+    """How the dataset's text classifier is trained."""
 
     trainer: Literal["plain", "gpipe", "spill"] = Field(
         "plain",
@@ -58,6 +64,12 @@ class TrainOptions(BaseModel):
         "(they want many features: 32768 for [1, 4]). Empty: words only.",
     )
     seed: int = Field(123, description="Seed of initialization, shuffling and dropout.")
+    choose: bool = Field(
+        True,
+        description="Choose lr, hidden widths, epochs and class balancing (and a binary "
+        "F1 threshold) on the gold dev rows by the dataset's metric, then train that "
+        "(the values above are then ignored); off: train with the values above.",
+    )
 
     @model_validator(mode="after")
     def _gpipe_needs_layers(self) -> TrainOptions:
@@ -80,7 +92,7 @@ def end_to_end(
     source: str | None = None,
     dataset: str = "youtube-spam",
     batch: str | None = None,
-    model_name: str = "spam-classifier",
+    model_name: str | None = None,
     label: LabelOptions = LabelOptions(),  # noqa: B008 - a default the Prefect UI form shows
     training: TrainOptions = TrainOptions(),  # noqa: B008
     inference: InferOptions = InferOptions(),  # noqa: B008
@@ -96,11 +108,12 @@ def end_to_end(
     and skew check).
 
     Args:
-        source: What to ingest: a folder of CSV files, a Parquet/CSV file or URL. Empty:
-            the YouTube Spam Collection.
-        dataset: Dataset name (the S3 key prefix of every stage).
+        source: What to ingest: a file or folder in the dataset's format, local, s3:// or
+            https://. Empty: the dataset definition's default source.
+        dataset: A dataset defined under datasets/ (`mlsys dataset list`): its columns,
+            classes, metric, gold policy, LFs and suites drive every stage.
         batch: Batch id of every stage's output. Empty: the current UTC time.
-        model_name: Registered model name in MLflow.
+        model_name: Registered model name in MLflow. Empty: the dataset's.
         label: Weak-labeling options.
         training: Training options (trainer, epochs, batch size, learning rate, widths).
         inference: Batch-inference options.
@@ -109,10 +122,14 @@ def end_to_end(
             inputs stored (by default such a stage is reused: a failed run resumes).
 
     Returns:
-        Every stage's output URI, the registered version, its test accuracy, the
-        promotion decision and its reason, and the predictions' manifest.
+        Every stage's output URI, the registered version, its test score by the
+        dataset's metric and its test accuracy, the promotion decision and its reason,
+        and the predictions' manifest.
     """
     settings = Settings.load()
+    definition = load_dataset(dataset)
+    definition.lf_set(label.lf_set)  # an unknown LF set fails before any stage runs
+    model_name = model_name or definition.registered_model_name
     batch = batch or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     params = {
         "source": source,
@@ -145,7 +162,7 @@ def end_to_end(
             dataset=dataset,
             batch=batch,
             lf_set=label.lf_set,
-            test_size=label.test_size,
+            weighting=label.weighting,
         )
         registered = stages.run(
             "train",
@@ -167,6 +184,7 @@ def end_to_end(
             n_features=training.n_features,
             char_ngrams=_pair(training.char_ngrams),
             seed=training.seed,
+            choose=training.choose,
             model_name=model_name,
             promote=promote,
         )
@@ -192,13 +210,17 @@ def end_to_end(
         client.set_tag(run.run_id, "mlsys.promotion", promotion)
         client.set_tag(run.run_id, "mlsys.model_version", registered["version"])
         client.set_tag(run.run_id, "mlsys.reused_stages", ",".join(stages.reused) or "none")
+        metric = f"test_{definition.metric}"
         client.log_metric(run.run_id, "test_accuracy", float(registered["test_accuracy"]))
+        client.log_metric(run.run_id, metric, float(registered[metric]))
         outcome = {
             "raw_batch": raw,
             "labeled_batch": labeled,
             "model_version": registered["version"],
             "model_uri": registered["model_uri"],
             "test_accuracy": float(registered["test_accuracy"]),
+            "metric": definition.metric,
+            metric: float(registered[metric]),
             "champion": registered["champion"],
             "reused_stages": stages.reused,
             "promotion": promotion,
@@ -234,7 +256,8 @@ def _summary(
     lines += [
         "",
         f"Model: [`{model_name}` version {outcome['model_version']}]({model_url}), test "
-        f"accuracy {outcome['test_accuracy']:.4f} on the gold test rows.  ",
+        f"{outcome['metric']} {outcome['test_' + outcome['metric']]:.4f} (accuracy "
+        f"{outcome['test_accuracy']:.4f}) on the gold test rows.  ",
         f"Promotion: {outcome['promotion']}  ",
         f"Predictions: `{outcome['predictions_manifest']}`  ",
         f"MLflow run: [{outcome['mlflow_run']}]({outcome['mlflow_run']})",

@@ -8,6 +8,7 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from mlsys.data.catalog import raw_key, raw_prefix
 from mlsys.settings import Settings
 from tasks.ingest import read_source_task, resolve_source, track_ingest, write_raw_batch
 from tasks.tracking import flow_run_tracking
@@ -30,10 +31,11 @@ def ingest(
     rows out + rows quarantined. Drift is measured against the previous raw batch.
 
     Args:
-        source: A folder of CSV files, a local or s3:// Parquet or CSV file, or an
-            https:// URL (a .zip of CSVs, a .csv or a .parquet). Empty: the YouTube
-            Spam Collection in ../shared/data, else its public archive.
-        dataset: Dataset name; fixes the expected columns (known: youtube-spam).
+        source: A file or folder in the dataset's format (CSV, TSV, JSON Lines, Parquet),
+            local, s3:// or https:// (a .zip of CSVs too). Empty: the dataset
+            definition's default source.
+        dataset: A dataset defined under datasets/ (its definition gives the format,
+            the columns' roles, the classes and the suites).
         batch: Batch id used in the object key. Empty: the current UTC time.
         validation: "quarantine": failing rows are set aside and the rest go on;
             "fail": any failed critical expectation stops the run and lists them all.
@@ -56,7 +58,7 @@ def ingest(
     }
     with flow_run_tracking(settings, params=params) as run:
         df = read_source_task(resolved, dataset, settings)
-        target = settings.s3_uri(f"raw/{dataset}/{batch}.parquet")
+        target = settings.s3_uri(raw_key(dataset, batch))
         report = validate_batch(
             run,
             settings,
@@ -65,7 +67,7 @@ def ingest(
             mode=validation,
             dataset=dataset,
             batch=batch,
-            reference_uri=previous_batch(settings, f"raw/{dataset}/", target),
+            reference_uri=previous_batch(settings, raw_prefix(dataset), target),
             accept_schema_update=accept_schema_update,
             source=resolved,
         )

@@ -9,6 +9,8 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlsys.data.catalog import labeled_prefix
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.labeling.batch import selection_rows
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
@@ -17,8 +19,6 @@ from mlsys.training.selection import expand_grid, rank
 from tasks.select import log_candidates, train_grid
 from tasks.tracking import flow_run_tracking
 from tasks.train import load_validated_batch, promote_if_better, register_model
-
-RANKED_BY = "dev_accuracy"
 
 
 @flow(name="select_models", log_prints=True)
@@ -37,24 +37,24 @@ def select_models(
     workers: int = 2,
     budget_mb: int | None = None,
     seed: int = 123,
-    model_name: str = "spam-classifier",
+    model_name: str | None = None,
     alias: str = "challenger",
     validation: Literal["fail", "quarantine"] = "fail",
     promote: bool = False,
 ) -> dict[str, str]:
-    """Train a grid of spam classifiers at once (SHARP) and register the best on the gold
-    dev rows as `alias`.
+    """Train a grid of the dataset's text classifiers at once (SHARP) and register the best
+    on the gold dev rows as `alias`.
 
     Every model learns from the weakly labeled train rows only (weighted by label quality
-    unless `use_weights` is off), is chosen by accuracy on the gold dev rows (ties: lower
-    dev log loss) and reported on the gold test rows. Each model is an MLflow child run of
-    this flow run's run; the ranking is the Prefect table artifact `model-ranking`, the
+    unless `use_weights` is off), is chosen by the dataset's metric on the gold dev rows
+    (ties: lower dev log loss) and reported on the gold test rows. Each model is an MLflow
+    child run of this flow run's run; the ranking is the Prefect table artifact `model-ranking`, the
     device timeline a Gantt chart in the parent run (selection/sharp_gantt.png).
 
     Args:
         labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
             under labeled/<dataset>/.
-        dataset: Dataset name (the labeled/ key prefix).
+        dataset: A dataset defined under datasets/: its classes, metric and suites.
         lrs: Adam learning rates of the grid. Empty: [0.003, 0.01, 0.03].
         widths: Hidden layer widths of the grid. Empty: [32, 128].
         depths: Numbers of hidden layers of the grid (0: a linear model). Empty: [0, 1].
@@ -69,23 +69,28 @@ def select_models(
         budget_mb: Memory per worker for model shards, in MiB; each model is cut into shards
             of at most half of it. Empty: every model is one shard.
         seed: Seed of initialization, shuffling and dropout (the same for every model).
-        model_name: Registered model name in MLflow.
+        model_name: Registered model name in MLflow. Empty: the dataset's.
         alias: Alias set on the best model's new version.
         validation: The labeled batch is checked with the `training` suite first.
             "fail": any failed critical expectation stops the run before training;
             "quarantine": failing rows are left out.
-        promote: Also set alias `champion` on the best model when its test accuracy beats
-            the current champion's.
+        promote: Also set alias `champion` on the best model when its test score by the
+            dataset's metric beats the current champion's.
 
     Returns:
         The registered model's name, version, alias, model URI, the chosen grid point and
         "champion" ("yes" when promoted).
     """
     settings = Settings.load()
+    definition = load_dataset(dataset)
+    model_name = model_name or definition.registered_model_name
+    ranked_by = f"dev_{definition.metric}"
     points = expand_grid(lrs or [0.003, 0.01, 0.03], widths or [32, 128], depths or [0, 1])
     if budget_mb is not None and budget_mb < 1:
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb}")
-    uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
+    uri = labeled_batch or latest_key(
+        settings.s3_client(), settings.bucket, labeled_prefix(dataset)
+    )
     featurizer = pipeline_featurizer(n_features, char_ngrams)
     common = {
         "labeled_batch": uri,
@@ -103,7 +108,7 @@ def select_models(
         "workers": workers,
         "budget_mb": budget_mb,
         "model_name": model_name,
-        "ranked_by": RANKED_BY,
+        "ranked_by": ranked_by,
     }
     with flow_run_tracking(settings, params=params) as run:
         df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
@@ -113,6 +118,7 @@ def select_models(
             rows["train"],
             points,
             featurizer=featurizer,
+            n_classes=definition.k,
             dropout=dropout,
             epochs=epochs,
             batch_size=batch_size,
@@ -120,12 +126,15 @@ def select_models(
             workers=workers,
             budget_bytes=None if budget_mb is None else budget_mb * 2**20,
         )
-        candidates = log_candidates(run, points, result, rows, featurizer, common=common)
-        ranked = rank(candidates, RANKED_BY, tie_breaker="dev_log_loss")
+        candidates = log_candidates(
+            run, points, result, rows, featurizer, common=common,
+            positive=definition.positive_index,
+        )  # fmt: skip
+        ranked = rank(candidates, ranked_by, tie_breaker="dev_log_loss")
         create_table_artifact(
             key="model-ranking",
             table=[_table_row(c) for c in ranked],
-            description=f"{len(ranked)} models ranked by {RANKED_BY} on the gold dev rows",
+            description=f"{len(ranked)} models ranked by {ranked_by} on the gold dev rows",
         )
         best = ranked[0]
         if best["rank"] is None:
@@ -137,18 +146,23 @@ def select_models(
         assert fitted is not None
         client = run.client()
         client.set_tag(run.run_id, "mlsys.best_model", best["model"])
-        for key in ("dev_accuracy", "dev_f1", "test_accuracy", "test_f1"):
+        for key in ("dev_accuracy", "dev_f1", "dev_macro_f1", "test_accuracy", "test_f1"):
             client.log_metric(run.run_id, f"best_{key}", float(best[key]))
         metrics = {k: float(v) for k, v in best.items() if k.startswith(("dev_", "test_"))}
+        metrics["test_metric"] = metrics[f"test_{definition.metric}"]
         examples = rows["test"]["text"].head(3).tolist()
         best_run = run.__class__(best["run_id"], run.experiment_id, run.tracking_uri)
         registered = register_model(
-            best_run, fitted, featurizer, name=model_name, alias=alias, examples=examples,
-            metrics=metrics,
+            best_run, fitted, featurizer, definition, name=model_name, alias=alias,
+            examples=examples, metrics=metrics,
         )  # fmt: skip
         promoted, reason = (
             promote_if_better(
-                best_run, name=model_name, version=registered["version"], metrics=metrics
+                best_run,
+                name=model_name,
+                version=registered["version"],
+                metrics=metrics,
+                metric=f"test_{definition.metric}",
             )
             if promote
             else (False, "promotion not asked for (promote=false)")
@@ -158,7 +172,9 @@ def select_models(
         registered["model"] = best["model"]
         create_markdown_artifact(
             key="selection-summary",
-            markdown=_summary(ranked, registered, result.makespan, workers, uri, run.url),
+            markdown=_summary(
+                ranked, registered, result.makespan, workers, uri, run.url, definition.metric
+            ),
             description=f"Model selection of {model_name} on {uri}",
         )
     return registered
@@ -177,6 +193,7 @@ def _table_row(c: dict[str, object]) -> dict[str, object]:
         "depth": c["depth"],
         "dev_accuracy": fmt("dev_accuracy"),
         "dev_f1": fmt("dev_f1"),
+        "dev_macro_f1": fmt("dev_macro_f1"),
         "dev_log_loss": fmt("dev_log_loss"),
         "test_accuracy": fmt("test_accuracy"),
         "final_train_loss": fmt("final_loss"),
@@ -192,6 +209,7 @@ def _summary(
     workers: int,
     uri: str,
     run_url: str,
+    metric: str,
 ) -> str:
     best = ranked[0]
     failed = [c["model"] for c in ranked if c["rank"] is None]
@@ -201,9 +219,9 @@ def _summary(
         f"{len(ranked)} models trained at once on {workers} worker(s) in {makespan:.1f} s "
         f"(SHARP); {len(failed)} failed{': ' + ', '.join(map(str, failed)) if failed else ''}.",
         "",
-        f"Best on the gold dev rows: **{best['model']}**: dev accuracy "
-        f"{float(best['dev_accuracy']):.3f}, test accuracy {float(best['test_accuracy']):.3f}"  # type: ignore[arg-type]
-        ".",
+        f"Best on the gold dev rows by {metric}: **{best['model']}**: dev {metric} "
+        f"{float(best['dev_' + metric]):.3f}, test {metric} "  # type: ignore[arg-type]
+        f"{float(best['test_' + metric]):.3f}.",  # type: ignore[arg-type]
         "",
         f"Registered: `{registered['name']}` version {registered['version']} "
         f"(@{registered['alias']}; promoted to @champion: {registered['champion']})  ",

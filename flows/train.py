@@ -1,5 +1,5 @@
-"""Flow `train`: a labeled batch in S3 -> a spam classifier trained with the chosen strategy,
-evaluated on the gold test rows and registered in MLflow with alias `challenger`."""
+"""Flow `train`: a labeled batch in S3 -> the dataset's text classifier trained with the chosen
+strategy, evaluated on the gold test rows and registered in MLflow with alias `challenger`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from mlsys.data.catalog import labeled_prefix
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
     check_gpipe_depth,
+    choose_end_model,
     evaluate_model,
     fit_model,
     load_validated_batch,
@@ -39,24 +42,26 @@ def train(
     microbatches: int = 4,
     spill_budget_mb: int = 32,
     seed: int = 123,
-    model_name: str = "spam-classifier",
+    model_name: str | None = None,
     alias: str = "challenger",
     resume_from_run: str | None = None,
     validation: Literal["fail", "quarantine"] = "fail",
     promote: bool = True,
+    choose: bool = False,
 ) -> dict[str, str]:
-    """Train the spam classifier on a labeled batch and register it as `alias`.
+    """Train the dataset's text classifier on a labeled batch and register it as `alias`.
 
     Learns from the train and dev rows that have a label (weak labels on train rows,
     gold on dev rows), each weighted by its label's quality unless `use_weights` is off;
-    evaluates on the gold test rows; logs per-epoch loss, test metrics, a confusion
-    matrix, the loss curve and each epoch's checkpoint to MLflow; registers a pyfunc
-    that takes raw text.
+    evaluates on the gold test rows by the dataset's metric (logged as `test_<metric>`,
+    e.g. `test_f1`); logs per-epoch loss, test metrics, per-class precision and recall,
+    a confusion matrix named by class, the loss curve and each epoch's checkpoint to
+    MLflow; registers a pyfunc that takes raw text and answers with class names.
 
     Args:
         labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
             under labeled/<dataset>/.
-        dataset: Dataset name (the labeled/ key prefix).
+        dataset: A dataset defined under datasets/: its classes, metric and suites.
         trainer: "plain" (one process), "gpipe" (pipeline-parallel: `stages` processes,
             `microbatches` per mini-batch) or "spill" (one shard at a time within
             `spill_budget_mb`, the others spilled to disk).
@@ -76,27 +81,42 @@ def train(
             activations); shards are cut to half of it (a model with hidden=[64] over
             32768 features needs 96 to train in two shards).
         seed: Seed of initialization, shuffling and dropout.
-        model_name: Registered model name in MLflow.
+        model_name: Registered model name in MLflow. Empty: the dataset's
+            (`model_name` in its definition, else `<dataset>-classifier`).
         alias: Alias set on the new model version.
         resume_from_run: MLflow run id whose newest checkpoint to resume from.
         validation: The labeled batch is checked with the `training` suite first.
             "fail": any failed critical expectation stops the run before training;
             "quarantine": failing rows are left out (and written to quarantine/training/).
-        promote: Also set alias `champion` on the new version when its test accuracy
-            beats the current champion's (or there is none yet).
+        promote: Also set alias `champion` on the new version when its test score by the
+            dataset's metric beats the current champion's (or there is none yet).
+        choose: Choose `lr`, `hidden`, `epochs` and class balancing (and, for a binary
+            dataset scored by F1, the decision threshold) on the gold dev rows by the
+            dataset's metric, among candidates trained on the weak train rows' class
+            probabilities; then train the chosen configuration the same way with
+            `trainer` (dev rows stay out of training). The given `lr`, `hidden` and
+            `epochs` are then ignored.
 
     Returns:
-        The registered model's name, version, alias, model URI, test accuracy, "champion"
-        ("yes" when promoted) and "promotion" (what was decided and why).
+        The registered model's name, version, alias, model URI, test accuracy, the
+        dataset's metric and its test score, "champion" ("yes" when promoted) and
+        "promotion" (what was decided and why).
     """
     settings = Settings.load()
-    uri = labeled_batch or latest_key(settings.s3_client(), settings.bucket, f"labeled/{dataset}/")
+    definition = load_dataset(dataset)
+    model_name = model_name or definition.registered_model_name
+    uri = labeled_batch or latest_key(
+        settings.s3_client(), settings.bucket, labeled_prefix(dataset)
+    )
     hidden = list(hidden or [])
     if trainer == "gpipe":
         check_gpipe_depth(hidden, stages, dropout)
     featurizer = pipeline_featurizer(n_features, char_ngrams)
     params = {
         "labeled_batch": uri,
+        "dataset": dataset,
+        "classes": list(definition.classes),
+        "metric": definition.metric,
         "trainer": trainer,
         "epochs": epochs,
         "batch_size": batch_size,
@@ -114,12 +134,28 @@ def train(
         "resume_from_run": resume_from_run,
         "validation": validation,
         "promote": promote,
+        "choose": choose,
     }
     with flow_run_tracking(settings, params=params) as run:
         df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
+        threshold, chosen = None, None
+        if choose:
+            chosen = choose_end_model(
+                run, df, definition, featurizer, use_weights=use_weights, seed=seed,
+                layered=trainer == "gpipe",
+            )  # fmt: skip
+            lr, hidden, epochs = chosen.config.lr, list(chosen.config.hidden), chosen.epochs
+            threshold = chosen.threshold
+            if trainer == "gpipe":
+                check_gpipe_depth(hidden, stages, dropout)
+            client = run.client()
+            for key, value in (("lr", lr), ("hidden", hidden), ("epochs", epochs)):
+                client.log_param(run.run_id, f"chosen.{key}", str(value))
+            client.log_param(run.run_id, "chosen.balance", chosen.config.balance)
         result = fit_model(
             run,
             df,
+            n_classes=definition.k,
             trainer=trainer,
             featurizer=featurizer,
             hidden=hidden,
@@ -133,28 +169,40 @@ def train(
             use_weights=use_weights,
             resume_from_run=resume_from_run,
             spill_budget_mb=spill_budget_mb,
+            chosen=chosen,
         )
-        metrics = evaluate_model(run, result, df, featurizer)
+        metrics = evaluate_model(run, result, df, featurizer, definition, threshold=threshold)
         examples = df.loc[df["split"] == "test", "text"].head(3).tolist()
         registered = register_model(
-            run, result, featurizer, name=model_name, alias=alias, examples=examples,
-            metrics=metrics,
+            run, result, featurizer, definition, name=model_name, alias=alias,
+            examples=examples, metrics=metrics, threshold=threshold,
         )  # fmt: skip
+        metric = f"test_{definition.metric}"
         promoted, reason = (
-            promote_if_better(run, name=model_name, version=registered["version"], metrics=metrics)
+            promote_if_better(
+                run,
+                name=model_name,
+                version=registered["version"],
+                metrics=metrics,
+                metric=metric,
+            )
             if promote
             else (False, "promotion not asked for (promote=false)")
         )
         registered["champion"] = "yes" if promoted else "no"
         registered["promotion"] = reason
         registered["test_accuracy"] = f"{metrics['test_accuracy']:.4f}"
+        registered["metric"] = definition.metric
+        registered[metric] = f"{metrics[metric]:.4f}"
         create_markdown_artifact(
             key="train-summary",
             markdown=(
-                f"# Train ({trainer})\n\n"
-                f"| test accuracy | test F1 | test rows | epochs | final loss |\n"
-                f"|---|---|---|---|---|\n"
-                f"| {metrics['test_accuracy']:.3f} | {metrics['test_f1']:.3f} "
+                f"# Train {dataset} ({trainer})\n\n"
+                f"| test {definition.metric} | test accuracy | test macro F1 | test rows "
+                f"| epochs | final loss |\n"
+                f"|---|---|---|---|---|---|\n"
+                f"| {metrics[metric]:.3f} | {metrics['test_accuracy']:.3f} "
+                f"| {metrics['test_macro_f1']:.3f} "
                 f"| {int(metrics['test_rows'])} | {len(result.history)} "
                 f"| {result.history[-1]['loss']:.4f} |\n\n"
                 f"Model: `{registered['name']}` version {registered['version']} "

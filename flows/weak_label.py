@@ -9,6 +9,8 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from mlsys.data.catalog import labeled_key, labeled_prefix, quarantine_key
+from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
 from mlsys.data.s3 import S3Uri
 from mlsys.labeling.analysis import plot_weights
 from mlsys.settings import Settings
@@ -33,10 +35,8 @@ def weak_label(
     raw_batch: str | None = None,
     dataset: str = "youtube-spam",
     batch: str | None = None,
-    lf_set: Literal["tutorial", "extended"] = "tutorial",
+    lf_set: str = DEFAULT_LF_SET,
     weighting: Literal["calibrated", "confidence", "per_source"] = "calibrated",
-    holdout_files: list[str] | None = None,
-    test_size: int = 250,
     seed: int = 123,
     lf_errors: Literal["raise", "abstain"] = "raise",
     n_jobs: int | None = None,
@@ -46,27 +46,25 @@ def weak_label(
     """Label a raw batch with labeling functions and a label model; merge gold labels in.
 
     Writes s3://<bucket>/labeled/<dataset>/<batch>.parquet: every row with its split
-    (train/dev/test), weak label, class probabilities, confidence, final label,
-    label_source (gold | weak | none) and training weight. The raw batch is checked with
-    the `raw` suite and the labeled batch with the `training` suite (drift against the
-    previous labeled batch); failing rows go to
+    (train/dev/test, from the dataset's gold policy), weak label, class probabilities,
+    confidence, final label, label_source (gold | weak | none) and training weight. The
+    raw batch is checked with the dataset's `raw` suite and the labeled batch with its
+    `training` suite (drift against the previous labeled batch); failing rows go to
     s3://<bucket>/quarantine/<raw|training>/<dataset>/<batch>.parquet with their reasons,
     rows the LFs cannot read to quarantine/weak_label/...; rows in = out + quarantined.
 
     Args:
         raw_batch: s3:// URI of a raw batch written by `ingest`. Empty: the newest
             batch under raw/<dataset>/.
-        dataset: Dataset name (the raw/ and labeled/ key prefix).
+        dataset: A dataset defined under datasets/: its LF module, classes, metric, gold
+            policy and suites.
         batch: Id of the labeled batch. Empty: the raw batch's id.
-        lf_set: Labeling functions: "tutorial" (the Snorkel tutorial's, without spaCy)
-            or "extended" (tutorial + 16 keyword/regex LFs).
+        lf_set: Name of an LF set in the dataset's LF module (LF_SETS); "default" unless
+            told (`mlsys dataset show NAME` lists them).
         weighting: Weight of a weak label: "calibrated" (P(correct | confidence) fitted on
             dev), "confidence" (the label model's own) or "per_source" (weak labels'
             dev accuracy). Gold labels weigh 1.
-        holdout_files: Source files whose rows keep gold labels (dev + test). Empty: the
-            last file in name order, as in the Snorkel tutorial.
-        test_size: Gold rows held out as the test split; the other gold rows are dev.
-        seed: Seed of the split and of the label model fits.
+        seed: Seed of the label model fits (the split's seed is the gold policy's).
         lf_errors: "raise": an LF that fails names the LF and the row and fails the run;
             "abstain": its vote counts as abstain and failures are counted in MLflow.
         n_jobs: Processes for row-by-row LFs. Empty: one per CPU.
@@ -79,6 +77,8 @@ def weak_label(
         The s3:// URI of the labeled batch.
     """
     settings = Settings.load()
+    definition = load_dataset(dataset)
+    definition.lf_set(lf_set)  # an unknown set or a bad LF fails here, before any work
     raw_uri = find_raw_batch(settings, dataset, raw_batch)
     batch = batch or PurePosixPath(S3Uri.parse(raw_uri).key).stem
     params = {
@@ -87,8 +87,9 @@ def weak_label(
         "batch": batch,
         "lf_set": lf_set,
         "weighting": weighting,
-        "holdout_files": holdout_files,
-        "test_size": test_size,
+        "classes": list(definition.classes),
+        "metric": definition.metric,
+        "gold_policy": definition.gold.by,
         "seed": seed,
         "lf_errors": lf_errors,
         "n_jobs": n_jobs,
@@ -100,12 +101,12 @@ def weak_label(
         checked = validate_batch(
             run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
         )
-        df, quarantined = split_batch(checked.passed, holdout_files, test_size, seed)
-        result = apply_labeling_functions(df, lf_set, lf_errors, n_jobs)
+        df, quarantined = split_batch(checked.passed, definition)
+        result = apply_labeling_functions(df, definition, lf_set, lf_errors, n_jobs)
         analyze_lfs(run, result, df)
-        tuning = tune_label_model(result, df, seed)
+        tuning = tune_label_model(result, df, definition, seed)
         merged = merge_gold_and_weak(df, result, tuning, weighting)
-        target = settings.s3_uri(f"labeled/{dataset}/{batch}.parquet")
+        target = settings.s3_uri(labeled_key(dataset, batch))
         training = validate_batch(
             run,
             settings,
@@ -114,7 +115,7 @@ def weak_label(
             mode=validation,
             dataset=dataset,
             batch=batch,
-            reference_uri=previous_batch(settings, f"labeled/{dataset}/", target),
+            reference_uri=previous_batch(settings, labeled_prefix(dataset), target),
             accept_schema_update=accept_schema_update,
             source=raw_uri,
         )
@@ -127,11 +128,11 @@ def weak_label(
             )
         uris = {
             "raw_batch": raw_uri,
-            "labeled_batch": write_batch(settings, labeled, f"labeled/{dataset}/{batch}.parquet"),
+            "labeled_batch": write_batch(settings, labeled, labeled_key(dataset, batch)),
         }
         if len(quarantined):
             uris["quarantine_batch"] = write_batch(
-                settings, quarantined, f"quarantine/weak_label/{dataset}/{batch}.parquet"
+                settings, quarantined, quarantine_key("weak_label", dataset, batch)
             )
         metrics = track_weak_label(
             run,
@@ -150,7 +151,7 @@ def weak_label(
         create_markdown_artifact(
             key="weak-label-summary",
             markdown=summary_markdown(
-                dataset=dataset, metrics=metrics, tuning=tuning, uris=uris, run=run
+                definition=definition, metrics=metrics, tuning=tuning, uris=uris, run=run
             ),
             description=f"Weak labeling of {raw_uri}",
         )

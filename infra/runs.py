@@ -107,6 +107,12 @@ def trigger(
             ) from None
         except Exception as exc:
             raise RunError(f"cannot reach the Prefect API at {settings.api_url}: {exc}") from exc
+        if _names_a_new_dataset(dep.parameter_openapi_schema or {}, parameters):
+            # A dataset defined since the last deploy: offer it in the forms first, or
+            # Prefect refuses the value as outside the form's choices.
+            from infra.forms import offer_dataset_choices
+
+            offer_dataset_choices(settings, say=lambda _: None)
         flow_run = client.create_flow_run_from_deployment(dep.id, parameters=parameters)
         url = f"{settings.ui_url}/runs/flow-run/{flow_run.id}"
         say(f"flow run {flow_run.name} of {deployment}: {url}")
@@ -141,3 +147,10 @@ def trigger(
     say(f"  Prefect flow run: {outcome.prefect_url}")
     say(f"  MLflow run:       {outcome.mlflow_url or '(none found)'}")
     return outcome
+
+
+def _names_a_new_dataset(schema: dict[str, Any], parameters: dict[str, Any]) -> bool:
+    """Whether ``parameters`` give a dataset that the deployment's form does not offer."""
+    dataset = parameters.get("dataset")
+    choices = schema.get("properties", {}).get("dataset", {}).get("enum")
+    return isinstance(dataset, str) and choices is not None and dataset not in choices

@@ -17,6 +17,7 @@ import psycopg2
 from psycopg2 import sql
 
 from infra import process
+from infra.forms import offer_dataset_choices
 from infra.services import (
     PROJECT_DIR,
     Endpoint,
@@ -230,6 +231,7 @@ def up(settings: Settings, *, timeout_s: float = 120, say: Say = print) -> Setti
             ensure_work_pool(settings)
             say("  deployments     prefect deploy --all")
             deploy(settings)
+            offer_dataset_choices(settings, say)
         start_service(service, timeout_s, say)
         if isinstance(service, SeaweedFS):
             ensure_bucket(settings)

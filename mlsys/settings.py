@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         default=None, description="Prefect UI base URL used in links; derived from the API URL."
     )
     work_pool: str = Field(default="mlsys", description="Prefect process work pool name.")
+    datasets_dir: str | None = Field(
+        default=None,
+        description=(
+            "Folders of dataset definitions searched before the project's datasets/ "
+            "(several joined by ':'); flows and workers of the stack see the same."
+        ),
+    )
 
     database_url: SecretStr | None = Field(
         default=None,
@@ -198,6 +205,8 @@ class Settings(BaseSettings):
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
         }
+        if self.datasets_dir:
+            env["MLSYS_DATASETS_DIR"] = self.datasets_dir
         endpoint = self.s3_endpoint
         env["MLSYS_S3_ENDPOINT_URL"] = endpoint or ""
         if endpoint:

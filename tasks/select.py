@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from prefect import get_run_logger, task
@@ -23,7 +24,7 @@ from mlsys.models.text import (
     score_texts,
 )
 from mlsys.training import FitResult, Job, ManyResult, train_many
-from mlsys.training.evaluate import plot_history
+from mlsys.training.evaluate import classification_metrics, plot_history
 from mlsys.training.selection import GridPoint
 from mlsys.training.sharp import lower_bound, plot_gantt
 from tasks.retry import S3_RETRIES
@@ -37,6 +38,7 @@ def train_grid(
     points: list[GridPoint],
     *,
     featurizer: HashingFeaturizer,
+    n_classes: int,
     dropout: float,
     epochs: int,
     batch_size: int,
@@ -47,13 +49,15 @@ def train_grid(
     """Every grid point trained at once by ``train_many`` on ``workers`` processes; the
     device timeline is logged to the parent run as a Gantt chart."""
     logger = get_run_logger()
-    data = TextDataset.from_frame(train, featurizer)
+    data = TextDataset.from_frame(train, featurizer, n_classes=n_classes)
     jobs = []
     for point in points:
         torch.manual_seed(seed)
         jobs.append(
             Job(
-                model=build_text_classifier(featurizer.n_features, point.hidden, dropout),
+                model=build_text_classifier(
+                    featurizer.n_features, point.hidden, dropout, n_classes=n_classes
+                ),
                 data=data,
                 optimizer=functools.partial(torch.optim.Adam, lr=point.lr),
                 loss=nn.CrossEntropyLoss(reduction="none"),
@@ -114,6 +118,7 @@ def log_candidates(
     featurizer: HashingFeaturizer,
     *,
     common: dict[str, Any],
+    positive: int = 1,
 ) -> list[dict[str, Any]]:
     """One MLflow child run per grid point (its parameters, per-epoch loss, dev and test
     metrics, loss curve; a failed one its traceback, status FAILED); returns a row each."""
@@ -141,7 +146,7 @@ def log_candidates(
                 client.log_metric(
                     child.run_id, "train_loss", float(record["loss"]), step=int(record["epoch"])
                 )
-            metrics = score(fitted, rows, featurizer)
+            metrics = score(fitted, rows, featurizer, positive=positive)
             for key, value in metrics.items():
                 client.log_metric(child.run_id, key, value)
             client.log_figure(
@@ -154,12 +159,19 @@ def log_candidates(
 
 
 def score(
-    fitted: FitResult, rows: dict[str, pd.DataFrame], featurizer: HashingFeaturizer
+    fitted: FitResult,
+    rows: dict[str, pd.DataFrame],
+    featurizer: HashingFeaturizer,
+    *,
+    positive: int = 1,
 ) -> dict[str, float]:
-    """Accuracy, F1 and log loss on the gold dev and test rows."""
+    """Accuracy, F1 (of class ``positive`` when binary), macro F1 and log loss on the gold
+    dev and test rows."""
     metrics = {}
     for split in ("dev", "test"):
         frame = rows[split]
-        scores, _ = score_texts(fitted.model, featurizer, frame["text"], frame["gold_label"])
+        _, proba = score_texts(fitted.model, featurizer, frame["text"], frame["gold_label"])
+        y = frame["gold_label"].to_numpy(dtype=np.int64)
+        scores = classification_metrics(y, proba, positive=positive)
         metrics.update({f"{split}_{key}": value for key, value in scores.items()})
     return metrics

@@ -161,17 +161,19 @@ def stop_system_metrics(monitor: Any) -> None:
 
 
 def mark_model_version(
-    run: TrackedRun, name: str, version: str, *, alias: str, test_accuracy: float
+    run: TrackedRun, name: str, version: str, *, alias: str, scores: dict[str, float]
 ) -> None:
     """Point ``alias`` at a newly registered version and tag it with the Prefect flow run
-    that made it (the tags of ``run``, its MLflow run) and its test accuracy."""
+    that made it (the tags of ``run``, its MLflow run) and its test scores (one tag per
+    entry of ``scores``, e.g. ``test_accuracy``, ``test_f1``)."""
     client = run.client()
     client.set_registered_model_alias(name, alias, version)
     tags = client.get_run(run.run_id).data.tags
     for key in (TAG_FLOW_RUN_ID, TAG_FLOW_NAME, TAG_DEPLOYMENT, TAG_FLOW_RUN_URL):
         if tags.get(key):
             client.set_model_version_tag(name, version, key, tags[key])
-    client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.4f}")
+    for key, value in scores.items():
+        client.set_model_version_tag(name, version, key, f"{value:.4f}")
 
 
 def stage_metrics(run: TrackedRun) -> list[dict[str, Any]]:

@@ -19,8 +19,15 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from mlsys.data import read_parquet_bytes
+from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import S3Uri, get_bytes
 from mlsys.labeling.batch import training_rows
+from mlsys.labeling.end_model import (
+    EndModelChoice,
+    default_end_model_grid,
+    end_model_data,
+    select_end_model,
+)
 from mlsys.models.pyfunc import log_text_classifier
 from mlsys.models.text import (
     HashingFeaturizer,
@@ -31,7 +38,13 @@ from mlsys.models.text import (
 )
 from mlsys.settings import Settings
 from mlsys.training import Callback, FitResult, fit
-from mlsys.training.evaluate import plot_confusion, plot_history
+from mlsys.training.evaluate import (
+    classification_metrics,
+    decide,
+    per_class_report,
+    plot_confusion,
+    plot_history,
+)
 from mlsys.training.fit import latest_checkpoint
 from mlsys.training.gpipe import GPipe
 from mlsys.training.schedule import (
@@ -45,7 +58,6 @@ from tasks.retry import S3_RETRIES
 from tasks.tracking import TrackedRun, mark_model_version
 from tasks.validate import validate_batch
 
-CLASS_NAMES = ("ham", "spam")
 TRAINERS = ("plain", "gpipe", "spill")
 
 
@@ -155,6 +167,7 @@ def fit_model(
     run: TrackedRun,
     df: pd.DataFrame,
     *,
+    n_classes: int,
     trainer: str,
     featurizer: HashingFeaturizer,
     hidden: list[int],
@@ -168,19 +181,40 @@ def fit_model(
     use_weights: bool,
     resume_from_run: str | None,
     spill_budget_mb: int = 32,
+    chosen: EndModelChoice | None = None,
 ) -> FitResult:
-    """Train the text classifier with the chosen strategy; checkpoints go to the MLflow run."""
-    rows = training_rows(df, use_weights)
-    data = TextDataset.from_frame(rows, featurizer)
+    """Train the text classifier with the chosen strategy; checkpoints go to the MLflow run.
+
+    Without ``chosen``: the train and dev rows with a label (weak on train, gold on dev),
+    each weighted by its label's quality unless ``use_weights`` is off. With ``chosen`` (an
+    end model chosen on dev): its configuration, trained as it was chosen, on the weak
+    train rows' class probabilities only, so that dev stays out of training."""
+    if chosen is None:
+        rows = training_rows(df, use_weights)
+        data: Any = TextDataset.from_frame(rows, featurizer, n_classes=n_classes)
+        weight_decay = 0.0
+    else:
+        rows = _weak_train_rows(df)
+        data = end_model_data(
+            rows["text"].tolist(),
+            _proba(rows, n_classes),
+            rows["weight"].to_numpy(dtype=np.float64) if use_weights else None,
+            chosen.config,
+            n_classes=n_classes,
+            featurizer=featurizer,
+        )
+        weight_decay = chosen.config.weight_decay
     torch.manual_seed(seed)
-    model = build_text_classifier(featurizer.n_features, hidden=hidden, dropout=dropout)
+    model = build_text_classifier(
+        featurizer.n_features, hidden=hidden, dropout=dropout, n_classes=n_classes
+    )
     if trainer not in TRAINERS:
         raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
     client = run.client()
     client.log_metric(run.run_id, "rows_train", len(rows))
     for source, count in rows["label_source"].value_counts().items():
         client.log_metric(run.run_id, f"rows_train_{source}", int(count))
-    adam = functools.partial(torch.optim.Adam, lr=lr)
+    adam = functools.partial(torch.optim.Adam, lr=lr, weight_decay=weight_decay)
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = Path(folder)
         if resume_from_run:
@@ -216,6 +250,66 @@ def fit_model(
         return result
 
 
+def _weak_train_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Train rows with a weak label: what a dev-chosen end model learns from."""
+    return df[(df["split"] == "train") & (df["label_source"] == "weak")]
+
+
+def _proba(rows: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The label model's class probabilities of ``rows``, each row summing to 1."""
+    proba = rows[[f"proba_{c}" for c in range(n_classes)]].to_numpy(dtype=np.float64)
+    return np.asarray(proba / proba.sum(axis=1, keepdims=True))
+
+
+@task(name="choose-end-model", cache_policy=NO_CACHE, **S3_RETRIES)
+def choose_end_model(
+    run: TrackedRun,
+    df: pd.DataFrame,
+    definition: DatasetDefinition,
+    featurizer: HashingFeaturizer,
+    *,
+    use_weights: bool,
+    seed: int,
+    layered: bool = False,
+) -> EndModelChoice:
+    """Choose the end model's learning rate, widths, epochs and class balancing (and, for
+    a binary dataset scored by F1, its decision threshold) on the gold dev rows by the
+    dataset's metric: each candidate learns the weak train rows' class probabilities only.
+    Every candidate goes to MLflow (``train/end_model_trials.csv``). ``layered`` keeps
+    only candidates with hidden layers (a pipeline trainer needs several layers)."""
+    logger = get_run_logger()
+    train = _weak_train_rows(df)
+    dev = df[(df["split"] == "dev") & df["gold_label"].notna()]
+    if train.empty or dev.empty:
+        raise ValueError(
+            f"choosing the end model needs weak train rows and gold dev rows; the batch has "
+            f"{len(train)} and {len(dev)}"
+        )
+    choice = select_end_model(
+        train["text"].tolist(),
+        _proba(train, definition.k),
+        train["weight"].to_numpy(dtype=np.float64) if use_weights else None,
+        dev["text"].tolist(),
+        dev["gold_label"].to_numpy(dtype=np.int64),
+        n_classes=definition.k,
+        metric=definition.metric,
+        positive=definition.positive_index,
+        featurizer=featurizer,
+        grid=[c for c in default_end_model_grid(definition.metric) if c.hidden or not layered],
+        seed=seed,
+        progress=logger.info,
+    )
+    client = run.client()
+    client.log_text(
+        run.run_id, pd.DataFrame(choice.trials).to_csv(index=False), "train/end_model_trials.csv"
+    )
+    client.log_metric(run.run_id, f"chosen_dev_{definition.metric}", choice.dev[definition.metric])
+    client.log_metric(run.run_id, "choose_seconds", choice.seconds)
+    if choice.threshold is not None:
+        client.log_metric(run.run_id, "threshold", choice.threshold)
+    return choice
+
+
 def _log_pipeline_schedule(run: TrackedRun, trace: Path, stages: int, microbatches: int) -> None:
     """The last mini-batch's per-stage timeline as a picture, and its measured bubble."""
     steps = load_trace(trace)
@@ -247,37 +341,62 @@ def _download_latest_checkpoint(client: MlflowClient, run_id: str, folder: Path)
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, **S3_RETRIES)
 def evaluate_model(
-    run: TrackedRun, result: FitResult, df: pd.DataFrame, featurizer: HashingFeaturizer
+    run: TrackedRun,
+    result: FitResult,
+    df: pd.DataFrame,
+    featurizer: HashingFeaturizer,
+    definition: DatasetDefinition,
+    *,
+    threshold: float | None = None,
 ) -> dict[str, float]:
-    """Accuracy, F1 and log loss on the gold test rows (and on train/dev rows' labels), a
-    confusion matrix and the loss curve, logged to MLflow."""
+    """Accuracy, F1, macro F1 and log loss on the gold test rows (and on train/dev rows'
+    labels), per-class precision and recall, a confusion matrix named by class and the
+    loss curve, logged to MLflow. ``test_<metric>`` is the dataset's metric on test.
+    A binary ``threshold`` decides as the registered model will."""
     metrics: dict[str, float] = {}
     client = run.client()
     test = df[(df["split"] == "test") & df["gold_label"].notna()]
     if test.empty:
         raise ValueError("the labeled batch has no gold test rows to evaluate on")
+    names = list(definition.classes)
     for name, rows, column in (
         ("test", test, "gold_label"),
         ("train", training_rows(df, True), "label"),
     ):
-        scores, proba = score_texts(result.model, featurizer, rows["text"], rows[column])
+        _, proba = score_texts(result.model, featurizer, rows["text"], rows[column])
+        y = rows[column].to_numpy(dtype=np.int64)
+        positive = definition.positive_index
+        scores = classification_metrics(y, proba, positive=positive, threshold=threshold)
         metrics.update({f"{name}_{key}": value for key, value in scores.items()})
         if name == "test":
-            y = rows[column].to_numpy(dtype=np.int64)
-            fig = plot_confusion(y, proba.argmax(axis=1), CLASS_NAMES, title="Gold test rows")
+            predicted = decide(proba, positive=positive, threshold=threshold)
+            fig = plot_confusion(y, predicted, names, title="Gold test rows")
             client.log_figure(run.run_id, fig, "train/confusion_test.png")
+            report = per_class_report(y, predicted, names)
+            client.log_text(run.run_id, report.to_csv(index=False), "train/per_class_test.csv")
+            for row in report.to_dict(orient="records"):
+                for key in ("precision", "recall"):
+                    metrics[f"test_{key}_{_metric_safe(str(row['class']))}"] = float(row[key])
+    metrics["test_metric"] = metrics[f"test_{definition.metric}"]
     for key, value in metrics.items():
         client.log_metric(run.run_id, key, value)
+    client.set_tag(run.run_id, "mlsys.metric", definition.metric)
     client.log_figure(
         run.run_id, plot_history(result.history, title="Training loss"), "train/loss.png"
     )
     get_run_logger().info(
-        "test accuracy %.3f, F1 %.3f on %d gold rows",
+        "test %s %.3f (accuracy %.3f) on %d gold rows",
+        definition.metric,
+        metrics[f"test_{definition.metric}"],
         metrics["test_accuracy"],
-        metrics["test_f1"],
         int(metrics["test_rows"]),
     )
     return metrics
+
+
+def _metric_safe(name: str) -> str:
+    """A class name as part of an MLflow metric key (letters, digits, _ - . / and space)."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
 @task(name="register-model", cache_policy=NO_CACHE, **S3_RETRIES)
@@ -285,15 +404,17 @@ def register_model(
     run: TrackedRun,
     result: FitResult,
     featurizer: HashingFeaturizer,
+    definition: DatasetDefinition,
     *,
     name: str,
     alias: str,
     examples: list[str],
     metrics: dict[str, float],
+    threshold: float | None = None,
 ) -> dict[str, str]:
-    """Log the pyfunc (raw text in) to the run, register a version, set ``alias`` and tag
-    the version with the Prefect flow run it came from. Logs how long that took as
-    ``log_register_seconds``."""
+    """Log the pyfunc (raw text in; class names out) to the run, register a version, set
+    ``alias`` and tag the version with the Prefect flow run it came from and its test
+    scores. Logs how long that took as ``log_register_seconds``."""
     started = time.perf_counter()
     info = log_text_classifier(
         result.model,
@@ -302,9 +423,18 @@ def register_model(
         tracking_uri=run.tracking_uri,
         registered_model_name=name,
         input_example_texts=examples,
+        class_names=list(definition.classes),
+        threshold=threshold,
+        positive=definition.positive_index,
     )
     version = str(info.registered_model_version)
-    mark_model_version(run, name, version, alias=alias, test_accuracy=metrics["test_accuracy"])
+    scores: dict[str, float] = {
+        key: metrics[key]
+        for key in ("test_accuracy", "test_f1", "test_macro_f1", "test_metric")
+        if key in metrics
+    }
+    mark_model_version(run, name, version, alias=alias, scores=scores)
+    run.client().set_model_version_tag(name, version, "metric", definition.metric)
     seconds = time.perf_counter() - started
     run.client().log_metric(run.run_id, "log_register_seconds", seconds)
     get_run_logger().info(
@@ -324,11 +454,13 @@ def promote_if_better(
     name: str,
     version: str,
     metrics: dict[str, float],
+    metric: str,
     alias: str = "champion",
-    metric: str = "test_accuracy",
 ) -> tuple[bool, str]:
-    """Point ``alias`` at ``version`` if its ``metric`` on the gold test rows beats the
-    current holder's (ties keep the holder), or if no version holds the alias yet.
+    """Point ``alias`` at ``version`` if its ``metric`` on the gold test rows (e.g.
+    ``test_f1``, the dataset's metric) beats the current holder's (ties keep the holder),
+    or if no version holds the alias yet. A holder scored by another metric (its
+    ``metric`` tag differs) is replaced: the two are not comparable.
 
     Returns whether it did and why, in words; the run gets the tags ``mlsys.promoted``
     (true/false) and ``mlsys.promotion`` (the reason)."""
@@ -342,6 +474,8 @@ def promote_if_better(
     except MlflowException:
         holder = None
     old = holder.tags.get(metric) if holder is not None else None
+    if holder is not None and holder.tags.get("metric", "accuracy") != metric.removeprefix("test_"):
+        old = None
     if holder is not None and old is not None and new <= float(old):
         reason = (
             f"kept {name} version {holder.version} as @{alias}: its {metric} {float(old):.4f} "

@@ -24,19 +24,21 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mlsys.data import read_parquet_bytes, write_parquet_bytes
+from mlsys.data.catalog import quarantine_key, schema_prefix
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import S3Uri, get_bytes, list_keys, put_bytes
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import (
     CheckpointReport,
     Mode,
     ValidationFailed,
-    load_shipped_suite,
     run_checkpoint,
 )
 from mlsys.validation.drift import DriftKind
 from mlsys.validation.suites import (
     dump_suite,
     evolve_suite,
+    load_suite,
     suite_version,
     validate_suite,
 )
@@ -47,19 +49,30 @@ PARQUET = "application/vnd.apache.parquet"
 _VERSION_KEY = re.compile(r"/v(\d{4,})\.json$")
 
 
-def schema_prefix(suite: str) -> str:
-    """Where accepted versions of ``suite`` are kept: ``schemas/<suite>/vNNNN.json``."""
-    return f"schemas/{suite}/"
+def dataset_suite(dataset: str, name: str) -> tuple[dict[str, Any], str]:
+    """The suite ``name`` of ``dataset`` as its definition folder holds it, and its path.
+
+    Raises:
+        FileNotFoundError: the dataset has no such suite; the message says how to make one.
+    """
+    path = load_dataset(dataset).suite_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset {dataset!r} has no {name} suite at {path}; infer one with "
+            f"`mlsys validate infer --dataset {dataset} --suite {name} --source ...` "
+            f"(`mlsys dataset init` writes all three)"
+        )
+    return load_suite(path), str(path)
 
 
-def active_suite(settings: Settings, name: str) -> tuple[dict[str, Any], str]:
+def active_suite(settings: Settings, dataset: str, name: str) -> tuple[dict[str, Any], str]:
     """The suite to run and where it came from: the newest accepted version in S3 when it
-    is newer than the one in git, else the one in git (``gx/expectations/<name>.json``)."""
-    shipped = load_shipped_suite(name)
+    is newer than the dataset's own (``datasets/<dataset>/suites/<name>.json``), else that."""
+    shipped, path = dataset_suite(dataset, name)
     client = settings.s3_client()
     versions = [
         (int(m.group(1)), key)
-        for _, key in list_keys(client, settings.bucket, schema_prefix(name), ".json")
+        for _, key in list_keys(client, settings.bucket, schema_prefix(dataset, name), ".json")
         if (m := _VERSION_KEY.search("/" + key))
     ]
     if versions:
@@ -69,7 +82,7 @@ def active_suite(settings: Settings, name: str) -> tuple[dict[str, Any], str]:
             suite = json.loads(get_bytes(client, uri))
             validate_suite(suite)
             return suite, uri
-    return shipped, f"gx/expectations/{name}.json"
+    return shipped, path
 
 
 def previous_batch(settings: Settings, prefix: str, current_uri: str | None) -> str | None:
@@ -118,7 +131,7 @@ def validate_batch(
     """
     logger = get_run_logger()
     client = settings.s3_client()
-    document, origin = active_suite(settings, suite)
+    document, origin = active_suite(settings, dataset, suite)
     reference = None
     if reference_uri is not None:
         reference = read_parquet_bytes(get_bytes(client, reference_uri))
@@ -129,7 +142,9 @@ def validate_batch(
             df, document, mode=mode, reference=reference, drift_kind=drift_kind, docs_dir=docs
         )
         if accept_schema_update:
-            updated = _accept_update(settings, run, document, report, df, source or batch)
+            updated = _accept_update(
+                settings, run, document, report, df, source or batch, dataset=dataset
+            )
             if updated is not None:
                 document, origin = updated
                 report = run_checkpoint(
@@ -145,7 +160,7 @@ def validate_batch(
         raise RuntimeError(f"row count mismatch in suite {suite}: {report.summary()}")
     quarantine_uri = None
     if report.rows_quarantined and write_quarantine:
-        quarantine_uri = settings.s3_uri(f"quarantine/{suite}/{dataset}/{batch}.parquet")
+        quarantine_uri = settings.s3_uri(quarantine_key(suite, dataset, batch))
         put_bytes(client, quarantine_uri, write_parquet_bytes(report.quarantined), PARQUET)
         run.client().set_tag(run.run_id, f"mlsys.quarantine.{suite}", quarantine_uri)
     logger.info("%s", report.summary())
@@ -162,13 +177,15 @@ def _accept_update(
     report: CheckpointReport,
     df: pd.DataFrame,
     source: str,
+    *,
+    dataset: str,
 ) -> tuple[dict[str, Any], str] | None:
     updated, changes = evolve_suite(document, df, updated_from=source, drift=report.drift)
     if not changes:
         get_run_logger().info("accept_schema_update: the batch already fits %s", report.suite)
         return None
     version = suite_version(updated)
-    uri = settings.s3_uri(f"{schema_prefix(report.suite)}v{version:04d}.json")
+    uri = settings.s3_uri(f"{schema_prefix(dataset, report.suite)}v{version:04d}.json")
     put_bytes(settings.s3_client(), uri, dump_suite(updated).encode(), "application/json")
     client = run.client()
     client.set_tag(run.run_id, f"mlsys.schema_update.{report.suite}", uri)

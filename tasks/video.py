@@ -92,7 +92,9 @@ def register_digit_cnn(
         registered_model_name=name,
     )
     version = str(info.registered_model_version)
-    mark_model_version(run, name, version, alias=alias, test_accuracy=trained.test_accuracy)
+    mark_model_version(
+        run, name, version, alias=alias, scores={"test_accuracy": trained.test_accuracy}
+    )
     get_run_logger().info("registered %s version %s as @%s", name, version, alias)
     return version
 

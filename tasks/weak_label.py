@@ -20,6 +20,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from mlsys.data import read_parquet_bytes, write_parquet_bytes
+from mlsys.data.catalog import raw_prefix
+from mlsys.data.definition import DatasetDefinition, kept_name
 from mlsys.data.s3 import S3Uri, get_bytes, latest_key, put_bytes
 from mlsys.labeling import (
     LFApplyResult,
@@ -31,13 +33,12 @@ from mlsys.labeling import (
     evaluate_labelers,
     fit_labeler,
     gold_array,
-    holdout_split,
     lf_summary,
     plot_lf_summary,
     split_counts,
 )
-from mlsys.labeling.batch import jsonable, split_unlabelable
-from mlsys.labeling.lfs import get_lf_set
+from mlsys.labeling.batch import jsonable, lf_view, split_unlabelable
+from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
 from tasks.retry import S3_RETRIES
 from tasks.tracking import TrackedRun
@@ -51,7 +52,7 @@ def find_raw_batch(settings: Settings, dataset: str, raw_batch: str | None) -> s
     if raw_batch:
         S3Uri.parse(raw_batch)  # a clear error for anything but s3://bucket/key
         return raw_batch
-    uri = latest_key(settings.s3_client(), settings.bucket, f"raw/{dataset}/")
+    uri = latest_key(settings.s3_client(), settings.bucket, raw_prefix(dataset))
     get_run_logger().info("newest raw batch of %s: %s", dataset, uri)
     return uri
 
@@ -65,13 +66,14 @@ def load_raw_batch(settings: Settings, uri: str) -> pd.DataFrame:
 
 @task(name="split-batch", cache_policy=NO_CACHE)
 def split_batch(
-    df: pd.DataFrame, holdout_files: list[str] | None, test_size: int, seed: int
+    df: pd.DataFrame, definition: DatasetDefinition
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Quarantine rows the LFs cannot read, then split the rest into train / dev / test."""
+    """Quarantine rows the LFs cannot read, then split the rest into train / dev / test as
+    the dataset's gold policy says."""
     if df.empty:
         raise ValueError("the raw batch is empty: there is nothing to label")
     ok, quarantined = split_unlabelable(df)
-    split = holdout_split(ok, holdout_files=holdout_files, test_size=test_size, seed=seed)
+    split = gold_split(ok, definition.gold)
     counts = split_counts(split)
     get_run_logger().info(
         "split %d rows: train %d, dev %d, test %d; quarantined %d",
@@ -86,10 +88,13 @@ def split_batch(
 
 @task(name="apply-lfs", cache_policy=NO_CACHE)
 def apply_labeling_functions(
-    df: pd.DataFrame, lf_set: str, errors: str, n_jobs: int | None
+    df: pd.DataFrame, definition: DatasetDefinition, lf_set: str, errors: str, n_jobs: int | None
 ) -> LFApplyResult:
-    """The label matrix of the LF set over the batch, with a Prefect progress artifact."""
-    lfs = get_lf_set(lf_set)
+    """The label matrix of the dataset's LF set over the batch, with a Prefect progress
+    artifact. LFs see ``text`` and the kept columns (a missing kept value as "")."""
+    lfs = definition.lf_set(lf_set)
+    kept = [kept_name(c) for c in definition.columns.keep]
+    view, fields = lf_view(df, kept, definition.id_column)
     artifact_id = create_progress_artifact(
         0.0, key="lf-apply-progress", description=f"Labeling functions ({lf_set}) over the batch"
     )
@@ -102,8 +107,14 @@ def apply_labeling_functions(
             update_progress_artifact(artifact_id, 100.0 * done / max(total, 1))
 
     result = apply_lfs(
-        df, lfs, errors=errors, n_jobs=n_jobs, id_column="comment_id", progress=progress
-    )  # type: ignore[arg-type]
+        view,
+        lfs,
+        fields=fields,
+        errors=errors,  # type: ignore[arg-type]
+        n_jobs=n_jobs,
+        id_column=definition.id_column,
+        progress=progress,
+    )
     update_progress_artifact(artifact_id, 100.0)
     get_run_logger().info(
         "applied %d LFs to %d rows (%d distinct) in %.2f s; LF errors counted as abstain: %s",
@@ -143,11 +154,22 @@ def analyze_lfs(run: TrackedRun, result: LFApplyResult, df: pd.DataFrame) -> pd.
 
 
 @task(name="tune-label-model", cache_policy=NO_CACHE)
-def tune_label_model(result: LFApplyResult, df: pd.DataFrame, seed: int) -> TuningResult:
-    """Fit majority vote and a grid of LabelModels on train; keep the best on gold dev."""
+def tune_label_model(
+    result: LFApplyResult, df: pd.DataFrame, definition: DatasetDefinition, seed: int
+) -> TuningResult:
+    """Fit the candidate labelers on train; keep the best on the gold dev rows by the
+    dataset's metric."""
     masks = _masks(df)
     L, y = result.matrix, gold_array(df)
-    tuning = fit_labeler(L[masks["train"]], L_dev=L[masks["dev"]], y_dev=y[masks["dev"]], seed=seed)
+    tuning = fit_labeler(
+        L[masks["train"]],
+        L_dev=L[masks["dev"]],
+        y_dev=y[masks["dev"]],
+        cardinality=definition.k,
+        metric=definition.metric,
+        positive=definition.positive_index,
+        seed=seed,
+    )
     create_table_artifact(
         table=jsonable(tuning.trials),
         key="label-model-trials",
@@ -210,10 +232,13 @@ def track_weak_label(
         client.log_metric(run.run_id, key, float(value))
     best = tuning.best.config
     client.log_param(run.run_id, "labeler", best.kind)
-    if best.kind == "label_model":
-        for key, value in best.as_row().items():
-            if key != "kind":
-                client.log_param(run.run_id, f"labeler.{key}", str(value))
+    client.log_param(run.run_id, "labeler.describe", best.describe())
+    client.log_param(run.run_id, "labeler.metric", tuning.metric)
+    if tuning.threshold is not None:
+        client.log_param(run.run_id, "labeler.threshold", f"{tuning.threshold:.4f}")
+    for key, value in best.as_row().items():
+        if key != "kind" and value is not None:
+            client.log_param(run.run_id, f"labeler.{key}", str(value))
     for name, uri in uris.items():
         client.set_tag(run.run_id, f"mlsys.{name}", uri)
     client.log_text(
@@ -239,43 +264,42 @@ def _label_counts(frame: pd.DataFrame) -> str:
 
 
 def summary_markdown(
-    *, dataset: str, metrics: dict[str, Any], tuning: TuningResult, uris: dict[str, str], run: Any
+    *,
+    definition: DatasetDefinition,
+    metrics: dict[str, Any],
+    tuning: TuningResult,
+    uris: dict[str, str],
+    run: Any,
 ) -> str:
-    """The run's summary for the Prefect UI."""
+    """The run's summary for the Prefect UI, scored by the dataset's metric."""
 
     def fmt(key: str) -> str:
         value = metrics.get(key)
         return "–" if value is None else f"{value:.3f}"
 
+    metric = definition.metric
     rows = []
-    for name in ("label_model", "majority_vote"):
+    for name in ("selected", "weighted_vote", "label_model", "majority_vote"):
         rows.append(
-            f"| {name.replace('_', ' ')} | {fmt(f'{name}_dev_accuracy')} | "
-            f"{fmt(f'{name}_test_accuracy')} | {fmt(f'{name}_test_f1')} |"
+            f"| {name.replace('_', ' ')} | {fmt(f'{name}_dev_{metric}')} | "
+            f"{fmt(f'{name}_test_{metric}')} | {fmt(f'{name}_test_accuracy')} |"
         )
-    best = tuning.best.config
-    chosen = (
-        "majority vote"
-        if best.kind == "majority_vote"
-        else (
-            f"label model (epochs {best.n_epochs}, lr {best.lr}, l2 {best.l2}, "
-            f"class balance {best.class_balance or 'uniform'})"
-        )
-    )
     quarantine = (
         f"  \nQuarantined: `{uris['quarantine_batch']}`" if "quarantine_batch" in uris else ""
     )
     return (
-        f"# Weak labeling {dataset}\n\n"
+        f"# Weak labeling {definition.name}\n\n"
         "| rows in | rows out | quarantined | gold | weak | no label |\n"
         "|---|---|---|---|---|---|\n"
         f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_quarantined']} "
         f"| {metrics['label_source_gold']} | {metrics['label_source_weak']} "
         f"| {metrics['label_source_none']} |\n\n"
-        f"| labeler | dev accuracy | test accuracy | test F1 |\n|---|---|---|---|\n"
+        f"| labeler | dev {metric} | test {metric} | test accuracy |\n|---|---|---|---|\n"
         + "\n".join(rows)
-        + f"\n\nSelected on dev: **{chosen}**. LF coverage on train: "
-        f"{metrics['lf_coverage_train']:.3f}.\n\n"
+        + f"\n\nSelected on the gold dev rows by {metric} (cross-validated): "
+        f"**{tuning.best.config.describe()}**. "
+        f"LF coverage on train: {metrics['lf_coverage_train']:.3f}. Classes: "
+        f"{', '.join(definition.classes)}.\n\n"
         f"Labeled batch: `{uris['labeled_batch']}`  \nRaw batch: `{uris['raw_batch']}`"
         f"{quarantine}  \nMLflow run: [{run.run_id}]({run.url})\n"
     )

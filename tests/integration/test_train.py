@@ -13,17 +13,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.runs import mlflow_run_of, trigger
-from mlsys.data import YOUTUBE_SPAM, read_source, write_parquet_bytes
+from mlsys.data import write_parquet_bytes
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import put_bytes
-from mlsys.labeling import (
-    apply_lfs,
-    build_labeled_batch,
-    fit_labeler,
-    gold_array,
-    holdout_split,
-    youtube_lfs,
-)
+from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
+from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
+from tests.conftest import read_youtube
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +28,13 @@ pytestmark = pytest.mark.integration
 def labeled(stack: Settings, youtube_dir: Path) -> tuple[str, pd.DataFrame]:
     """A labeled batch made by the weak-labeling engines, in the stack's S3 (from unique
     comment ids, as the raw suite leaves them)."""
-    raw = read_source(str(youtube_dir), YOUTUBE_SPAM)
-    df = holdout_split(raw[~raw["comment_id"].duplicated()])
-    L = apply_lfs(df, youtube_lfs(), n_jobs=1).matrix
+    raw = read_youtube(str(youtube_dir))
+    youtube = load_dataset("youtube-spam")
+    df = gold_split(raw[~raw["comment_id"].duplicated()], youtube.gold)
+    L = apply_lfs(df, youtube.lf_set("tutorial"), n_jobs=1).matrix
     y = gold_array(df)
     train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
-    tuning = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev])
+    tuning = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev], cardinality=2)
     frame = build_labeled_batch(df, L, tuning.best).frame
     uri = stack.s3_uri("labeled/youtube-spam/it-train.parquet")
     put_bytes(stack.s3_client(), uri, write_parquet_bytes(frame))
@@ -80,9 +77,13 @@ def test_deployment_trains_registers_and_links_the_model(
     model = mlflow.pyfunc.load_model("models:/it-spam@challenger")
     test = frame[frame["split"] == "test"]
     predicted = model.predict(pd.DataFrame({"text": test["text"].astype(str)}))
-    assert list(predicted.columns[:2]) == ["label", "probability"]
-    accuracy = float(np.mean(predicted["label"].to_numpy() == test["gold_label"].to_numpy()))
+    assert list(predicted.columns) == ["label", "probability", "proba_ham", "proba_spam"]
+    names = np.array(["ham", "spam"])[test["gold_label"].to_numpy(dtype=np.int64)]
+    accuracy = float(np.mean(predicted["label"].to_numpy() == names))
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert metrics["test_metric"] == metrics["test_accuracy"]  # youtube-spam's metric
+    assert version.tags["metric"] == "accuracy"
+    assert {"test_precision_spam", "test_recall_ham", "test_macro_f1"} <= set(metrics)
     signature = model.metadata.get_input_schema().to_dict()
     assert signature == [{"type": "string", "name": "text", "required": True}]
 
@@ -136,7 +137,7 @@ def test_a_raw_batch_is_refused_naming_the_missing_columns(
 ) -> None:
     from flows.train import train
 
-    raw = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    raw = read_youtube(str(youtube_dir))
     uri = stack_env.s3_uri("raw/youtube-spam/it-train-raw.parquet")
     put_bytes(stack_env.s3_client(), uri, write_parquet_bytes(raw))
     with pytest.raises(ValueError, match=r"not a labeled batch .* lacks gold_label, label_source"):

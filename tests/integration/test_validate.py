@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mlsys.data import YOUTUBE_SPAM, read_parquet_bytes, read_source, write_parquet_bytes
+from mlsys.data import read_parquet_bytes, write_parquet_bytes
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import ValidationFailed
+from tests.conftest import read_youtube
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +70,7 @@ def test_ingest_quarantines_bad_rows_with_reasons_and_publishes_docs(
         "x-date,Cy,yesterday,hello there,0\n"
         "x-ok,Dee,2014-01-02T10:00:00,a fine comment,0\n"
     )
-    previous = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    previous = read_youtube(str(youtube_dir))
     put_bytes(
         stack_env.s3_client(),
         stack_env.s3_uri("raw/youtube-spam/it-val-q-previous.parquet"),
@@ -103,7 +104,9 @@ def test_ingest_quarantines_bad_rows_with_reasons_and_publishes_docs(
     report_path = mlflow.download_artifacts(run_id, "validation/raw/report.json", str(tmp_path))  # type: ignore[attr-defined]
     report = json.loads(Path(report_path).read_text())
     assert report["rows_in"] == 354 and report["rows_quarantined"] == 3
-    assert run.data.tags["mlsys.suite.raw"].startswith("v1 gx/expectations/raw.json")  # type: ignore[attr-defined]
+    assert run.data.tags["mlsys.suite.raw"].startswith("v1 ") and run.data.tags[
+        "mlsys.suite.raw"
+    ].endswith("datasets/youtube-spam/suites/raw.json")  # type: ignore[attr-defined]
 
     with get_client(sync_client=True) as prefect:
         artifacts = prefect.read_artifacts(
@@ -149,8 +152,10 @@ def test_schema_update_only_when_accepted(
     assert list_keys(settings.s3_client(), settings.bucket, "schemas/") == []
 
     uri = ingest(source=source, batch="it-val-upd", accept_schema_update=True)
-    keys = [k for _, k in list_keys(settings.s3_client(), settings.bucket, "schemas/raw/")]
-    assert keys == ["schemas/raw/v0002.json"]
+    keys = [
+        k for _, k in list_keys(settings.s3_client(), settings.bucket, "schemas/youtube-spam/raw/")
+    ]
+    assert keys == ["schemas/youtube-spam/raw/v0002.json"]
     suite = json.loads(get_bytes(settings.s3_client(), settings.s3_uri(keys[0])))
     meta = suite["meta"]["mlsys"]
     assert (meta["version"], meta["parent"]) == (2, 1)
@@ -192,7 +197,7 @@ def test_train_refuses_a_batch_that_fails_the_training_suite(
     from flows.train import train
     from flows.weak_label import weak_label
 
-    raw = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    raw = read_youtube(str(youtube_dir))
     raw = raw[~raw["comment_id"].duplicated()]
     raw_uri = stack_env.s3_uri("raw/youtube-spam/it-val-train.parquet")
     put_bytes(stack_env.s3_client(), raw_uri, write_parquet_bytes(raw))
@@ -210,7 +215,7 @@ def test_cli_validates_an_s3_batch(stack_env: Settings, youtube_dir: Path) -> No
 
     from mlsys.cli import app
 
-    raw = read_source(str(youtube_dir), YOUTUBE_SPAM)
+    raw = read_youtube(str(youtube_dir))
     uri = stack_env.s3_uri("raw/youtube-spam/it-val-cli.parquet")
     put_bytes(stack_env.s3_client(), uri, write_parquet_bytes(raw))
     result = CliRunner().invoke(

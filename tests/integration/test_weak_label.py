@@ -10,24 +10,21 @@ import pandas as pd
 import pytest
 
 from infra.runs import mlflow_run_of, trigger
-from mlsys.data import YOUTUBE_SPAM, read_parquet_bytes, read_source, write_parquet_bytes
+from mlsys.data import read_parquet_bytes, write_parquet_bytes
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import get_bytes, put_bytes
-from mlsys.labeling import (
-    apply_lfs,
-    evaluate_labelers,
-    fit_labeler,
-    gold_array,
-    holdout_split,
-    youtube_lfs,
-)
+from mlsys.labeling import apply_lfs, evaluate_labelers, fit_labeler, gold_array
+from mlsys.labeling.batch import lf_view
+from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
+from tests.conftest import read_youtube
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def raw(youtube_dir: Path) -> pd.DataFrame:
-    return read_source(str(youtube_dir), YOUTUBE_SPAM)
+    return read_youtube(str(youtube_dir))
 
 
 def _put_raw(settings: Settings, df: pd.DataFrame, batch: str) -> str:
@@ -41,7 +38,7 @@ def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.Data
     outcome = trigger(
         stack,
         "weak_label/weak_label",
-        {"raw_batch": raw_uri},
+        {"raw_batch": raw_uri, "lf_set": "tutorial"},
         timeout_s=300,
         say=lambda line: None,
     )
@@ -72,11 +69,16 @@ def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.Data
     np.testing.assert_allclose(labeled["confidence"], proba.max(axis=1))
 
     # The flow's metrics are the engines' on the same data and seed.
-    df = holdout_split(clean, seed=123)
-    L = apply_lfs(df, youtube_lfs(), n_jobs=1).matrix
+    youtube = load_dataset("youtube-spam")
+    df = gold_split(clean, youtube.gold)
+    view, fields = lf_view(df, ["author", "date"], "comment_id")
+    L = apply_lfs(view, youtube.lf_set("tutorial"), fields=fields, n_jobs=1).matrix
     y = gold_array(df)
     train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
-    expected = evaluate_labelers(fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev]), L, df)
+    tuning = fit_labeler(
+        L[train], L_dev=L[dev], y_dev=y[dev], cardinality=2, metric="accuracy", positive=1
+    )
+    expected = evaluate_labelers(tuning, L, df)
     client, run = mlflow_run_of(stack, outcome.flow_run_id)
     metrics = run.data.metrics
     for key in (
@@ -104,7 +106,7 @@ def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.Data
     } <= artifacts
     summary = client.download_artifacts(run.info.run_id, "weak_label/lf_summary.csv")
     table = pd.read_csv(summary)
-    assert list(table["lf"]) == [lf.name for lf in youtube_lfs()]
+    assert list(table["lf"]) == [lf.name for lf in youtube.lf_set("tutorial")]
     assert table["coverage"].between(0, 1).all() and table["dev_accuracy"].notna().any()
 
 

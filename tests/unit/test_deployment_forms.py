@@ -42,3 +42,35 @@ def test_end_to_end_groups_its_options_as_pydantic_models_with_described_fields(
         fields = form["definitions"][group]["properties"]
         assert all(field.get("description") for field in fields.values()), group
     assert form["properties"]["training"]["default"]["char_ngrams"] == [1, 4]
+
+
+def test_run_forms_offer_the_defined_datasets_and_lf_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.forms import dataset_choices, with_choices
+
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    (folder / "dataset.yaml").write_text(
+        "name: reviews\ncolumns: {text: body, label: stars}\nclasses: [bad, good]\n"
+    )
+    (folder / "lfs.py").write_text(
+        "from mlsys.labeling.lf import keyword_lf\n"
+        "LF_SETS = {'default': [keyword_lf(['great'], 'good')], 'strict': []}\n"
+    )
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset.yaml").write_text("name: broken\nclasses: [a]\n")
+    monkeypatch.setenv("MLSYS_DATASETS_DIR", str(tmp_path))
+    said: list[str] = []
+    datasets, lf_sets = dataset_choices(said.append)
+    assert datasets == ["reviews", "youtube-spam"]
+    assert lf_sets == ["default", "strict", "tutorial", "extended"]
+    assert len(said) == 1 and "leaving out dataset 'broken'" in said[0]
+
+    form = with_choices(_form("flows/end_to_end.py:end_to_end"), datasets, lf_sets)
+    assert form["properties"]["dataset"]["enum"] == datasets
+    assert form["definitions"]["LabelOptions"]["properties"]["lf_set"]["enum"] == lf_sets
+    assert "enum" not in form["properties"]["batch"]
+    weak_label = with_choices(_form("flows/weak_label.py:weak_label"), datasets, lf_sets)
+    assert weak_label["properties"]["lf_set"]["enum"] == lf_sets
