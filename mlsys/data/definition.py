@@ -40,7 +40,7 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -569,18 +569,3 @@ def load_dataset(
             f"{file.parent.name!r}"
         )
     return definition
-
-
-def lf_label_resolver(classes: Sequence[str]) -> Callable[[object], int]:
-    """A resolver of class names or indices for ``classes`` (for tests and engines that
-    have class names but no definition)."""
-    names = tuple(classes)
-
-    def resolve(value: object) -> int:
-        if isinstance(value, str) and value in names:
-            return names.index(value)
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
-            return value
-        raise ValueError(f"{value!r} is not a class; classes are {list(names)}")
-
-    return resolve
