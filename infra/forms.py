@@ -9,9 +9,7 @@ holds now. A dataset added later appears after the next ``mlsys stack up``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,44 +21,23 @@ __all__ = ["dataset_choices", "offer_dataset_choices", "with_choices"]
 Say = Callable[[str], None]
 
 
-def dataset_choices(say: Say = print, roots: str | None = None) -> tuple[list[str], list[str]]:
+def dataset_choices(say: Say = print, search: str | None = None) -> tuple[list[str], list[str]]:
     """The defined datasets, and the LF set names any of them defines (``default``
     first). A dataset whose definition or LF module is broken is left out, with a word.
 
-    ``roots`` (folders joined by ``:``, as ``MLSYS_DATASETS_DIR``) are searched before the
-    project's datasets/, as the stack's worker searches them."""
+    ``search`` (folders joined by ``:``, as ``MLSYS_DATASETS_DIR``) is searched before the
+    project's datasets/, as the stack's worker searches it."""
     datasets: list[str] = []
     lf_sets: dict[str, None] = {"default": None}
-    with _searching(roots):
-        names = list_datasets()
-        loaded = []
-        for name in names:
-            try:
-                definition = load_dataset(name)
-                loaded.append((name, definition.lf_set_names()))
-            except DatasetError as exc:
-                say(f"  run forms       leaving out dataset {name!r}: {exc}")
-    for name, sets in loaded:
+    for name in list_datasets(search=search):
+        try:
+            names = load_dataset(name, search=search).lf_set_names()
+        except DatasetError as exc:
+            say(f"  run forms       leaving out dataset {name!r}: {exc}")
+            continue
         datasets.append(name)
-        lf_sets.update(dict.fromkeys(sets))
+        lf_sets.update(dict.fromkeys(names))
     return datasets, list(lf_sets)
-
-
-@contextlib.contextmanager
-def _searching(roots: str | None) -> Iterator[None]:
-    """``MLSYS_DATASETS_DIR`` set to ``roots`` for the block (unchanged when None)."""
-    if roots is None:
-        yield
-        return
-    saved = os.environ.get("MLSYS_DATASETS_DIR")
-    os.environ["MLSYS_DATASETS_DIR"] = roots
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["MLSYS_DATASETS_DIR"]
-        else:
-            os.environ["MLSYS_DATASETS_DIR"] = saved
 
 
 def _fields(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -508,14 +508,17 @@ def _explain(exc: ValidationError) -> str:
 # --- finding definitions -------------------------------------------------------------------
 
 
-def dataset_roots(root: str | os.PathLike[str] | None = None) -> list[Path]:
+def dataset_roots(
+    root: str | os.PathLike[str] | None = None, *, search: str | None = None
+) -> list[Path]:
     """The folders holding one folder per dataset, searched in order: ``root`` alone when
-    given; else each folder of ``$MLSYS_DATASETS_DIR`` (several joined by ``:``), then
-    ``datasets/`` in the project folder."""
+    given; else each folder of ``search`` (several joined by ``:``; default
+    ``$MLSYS_DATASETS_DIR``), then ``datasets/`` in the project folder."""
     if root is not None:
         return [Path(root)]
-    env = os.environ.get("MLSYS_DATASETS_DIR", "")
-    extra = [Path(part) for part in env.split(os.pathsep) if part]
+    if search is None:
+        search = os.environ.get("MLSYS_DATASETS_DIR", "")
+    extra = [Path(part) for part in search.split(os.pathsep) if part]
     return [*extra, PROJECT_DIR / "datasets"]
 
 
@@ -524,17 +527,23 @@ def dataset_root(root: str | os.PathLike[str] | None = None) -> Path:
     return dataset_roots(root)[0]
 
 
-def list_datasets(root: str | os.PathLike[str] | None = None) -> list[str]:
-    """Names of the defined datasets (folders with a dataset.yaml) in every root, sorted."""
+def list_datasets(
+    root: str | os.PathLike[str] | None = None, *, search: str | None = None
+) -> list[str]:
+    """Names of the defined datasets (folders with a dataset.yaml) in every root of
+    :func:`dataset_roots`, sorted."""
     names: set[str] = set()
-    for folder in dataset_roots(root):
+    for folder in dataset_roots(root, search=search):
         if folder.is_dir():
             names.update(p.name for p in folder.iterdir() if (p / DATASET_FILE).is_file())
     return sorted(names)
 
 
 def load_dataset(
-    name: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+    name: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    *,
+    search: str | None = None,
 ) -> DatasetDefinition:
     """The definition of dataset ``name`` (or of the folder / dataset.yaml at that path).
 
@@ -549,10 +558,11 @@ def load_dataset(
     elif (candidate / DATASET_FILE).is_file() and (os.sep in text or text.startswith(".")):
         file = candidate / DATASET_FILE
     else:
-        found = [f for f in (r / text / DATASET_FILE for r in dataset_roots(root)) if f.is_file()]
+        roots = dataset_roots(root, search=search)
+        found = [f for f in (r / text / DATASET_FILE for r in roots) if f.is_file()]
         if not found:
-            known = ", ".join(list_datasets(root)) or "(none)"
-            where = ", ".join(str(r) for r in dataset_roots(root))
+            known = ", ".join(list_datasets(root, search=search)) or "(none)"
+            where = ", ".join(str(r) for r in roots)
             raise DatasetError(
                 f"unknown dataset {text!r}: no {text}/{DATASET_FILE} in {where}; defined "
                 f"datasets: {known} (create one with `mlsys dataset init {text} --source PATH`)"
