@@ -18,14 +18,12 @@ def _register() -> None:
     from mlsys.data.cli import app as data_app
     from mlsys.data.dataset_cli import app as dataset_app
     from mlsys.labeling.cli import app as label_app
-    from mlsys.labeling.lfs_cli import lfs as lfs_cmd
     from mlsys.validation.cli import app as validate_app
 
     app.add_typer(stack_app, name="stack")
     app.command("run")(run_cmd)
     app.add_typer(data_app, name="data")
     app.add_typer(dataset_app, name="dataset")
-    label_app.command("lfs")(lfs_cmd)
     app.add_typer(label_app, name="label")
     app.add_typer(validate_app, name="validate")
 
