@@ -146,12 +146,6 @@ def train(
             )  # fmt: skip
             lr, hidden, epochs = chosen.config.lr, list(chosen.config.hidden), chosen.epochs
             threshold = chosen.threshold
-            if trainer == "gpipe":
-                check_gpipe_depth(hidden, stages, dropout)
-            client = run.client()
-            for key, value in (("lr", lr), ("hidden", hidden), ("epochs", epochs)):
-                client.log_param(run.run_id, f"chosen.{key}", str(value))
-            client.log_param(run.run_id, "chosen.balance", chosen.config.balance)
         result = fit_model(
             run,
             df,

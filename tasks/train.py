@@ -21,7 +21,7 @@ from torch import nn
 from mlsys.data import read_parquet_bytes
 from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import S3Uri, get_bytes
-from mlsys.labeling.batch import training_rows
+from mlsys.labeling.batch import class_probabilities, selection_rows, training_rows
 from mlsys.labeling.end_model import (
     EndModelChoice,
     default_end_model_grid,
@@ -194,11 +194,11 @@ def fit_model(
         data: Any = TextDataset.from_frame(rows, featurizer, n_classes=n_classes)
         weight_decay = 0.0
     else:
-        rows = _weak_train_rows(df)
+        rows = selection_rows(df, use_weights)["train"]
         data = end_model_data(
             rows["text"].tolist(),
-            _proba(rows, n_classes),
-            rows["weight"].to_numpy(dtype=np.float64) if use_weights else None,
+            class_probabilities(rows, n_classes),
+            rows["weight"].to_numpy(dtype=np.float64),
             chosen.config,
             n_classes=n_classes,
             featurizer=featurizer,
@@ -250,17 +250,6 @@ def fit_model(
         return result
 
 
-def _weak_train_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Train rows with a weak label: what a dev-chosen end model learns from."""
-    return df[(df["split"] == "train") & (df["label_source"] == "weak")]
-
-
-def _proba(rows: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """The label model's class probabilities of ``rows``, each row summing to 1."""
-    proba = rows[[f"proba_{c}" for c in range(n_classes)]].to_numpy(dtype=np.float64)
-    return np.asarray(proba / proba.sum(axis=1, keepdims=True))
-
-
 @task(name="choose-end-model", cache_policy=NO_CACHE, **S3_RETRIES)
 def choose_end_model(
     run: TrackedRun,
@@ -275,20 +264,16 @@ def choose_end_model(
     """Choose the end model's learning rate, widths, epochs and class balancing (and, for
     a binary dataset scored by F1, its decision threshold) on the gold dev rows by the
     dataset's metric: each candidate learns the weak train rows' class probabilities only.
-    Every candidate goes to MLflow (``train/end_model_trials.csv``). ``layered`` keeps
-    only candidates with hidden layers (a pipeline trainer needs several layers)."""
+    Every candidate goes to MLflow (``train/end_model_trials.csv``), the chosen
+    configuration as ``chosen.*`` params. ``layered`` keeps only candidates with hidden
+    layers (a pipeline trainer needs several layers)."""
     logger = get_run_logger()
-    train = _weak_train_rows(df)
-    dev = df[(df["split"] == "dev") & df["gold_label"].notna()]
-    if train.empty or dev.empty:
-        raise ValueError(
-            f"choosing the end model needs weak train rows and gold dev rows; the batch has "
-            f"{len(train)} and {len(dev)}"
-        )
+    rows = selection_rows(df, use_weights)
+    train, dev = rows["train"], rows["dev"]
     choice = select_end_model(
         train["text"].tolist(),
-        _proba(train, definition.k),
-        train["weight"].to_numpy(dtype=np.float64) if use_weights else None,
+        class_probabilities(train, definition.k),
+        train["weight"].to_numpy(dtype=np.float64),
         dev["text"].tolist(),
         dev["gold_label"].to_numpy(dtype=np.int64),
         n_classes=definition.k,
@@ -307,6 +292,10 @@ def choose_end_model(
     client.log_metric(run.run_id, "choose_seconds", choice.seconds)
     if choice.threshold is not None:
         client.log_metric(run.run_id, "threshold", choice.threshold)
+    config = choice.config
+    for key, value in (("lr", config.lr), ("hidden", list(config.hidden)),
+                       ("epochs", choice.epochs), ("balance", config.balance)):  # fmt: skip
+        client.log_param(run.run_id, f"chosen.{key}", str(value))
     return choice
 
 

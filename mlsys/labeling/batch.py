@@ -145,6 +145,14 @@ def training_rows(df: pd.DataFrame, use_weights: bool) -> pd.DataFrame:
     return rows
 
 
+def class_probabilities(rows: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The labeler's class probabilities of labeled-batch ``rows`` (``proba_0`` ..
+    ``proba_{k-1}``), (n, k), each row summing to 1 (Parquet keeps float64 sums within
+    rounding; an end model's soft targets need them exact)."""
+    proba = rows[[f"proba_{c}" for c in range(n_classes)]].to_numpy(dtype=np.float64)
+    return np.asarray(proba / proba.sum(axis=1, keepdims=True))
+
+
 def selection_rows(df: pd.DataFrame, use_weights: bool) -> dict[str, pd.DataFrame]:
     """Train rows with a (weak) label to learn from; gold dev rows to choose by; gold test
     rows to report."""
