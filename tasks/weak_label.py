@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlsys.data import read_parquet_bytes, write_parquet_bytes
 from mlsys.data.catalog import raw_prefix
-from mlsys.data.definition import DatasetDefinition, kept_name
+from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import S3Uri, get_bytes, latest_key, put_bytes
 from mlsys.labeling import (
     LFApplyResult,
@@ -93,8 +93,7 @@ def apply_labeling_functions(
     """The label matrix of the dataset's LF set over the batch, with a Prefect progress
     artifact. LFs see ``text`` and the kept columns (a missing kept value as "")."""
     lfs = definition.lf_set(lf_set)
-    kept = [kept_name(c) for c in definition.columns.keep]
-    view, fields = lf_view(df, kept, definition.id_column)
+    view, fields = lf_view(df, definition.lf_columns, definition.id_column)
     artifact_id = create_progress_artifact(
         0.0, key="lf-apply-progress", description=f"Labeling functions ({lf_set}) over the batch"
     )

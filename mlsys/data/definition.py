@@ -320,6 +320,12 @@ class DatasetDefinition(_Strict):
         return self.columns.id_column
 
     @property
+    def lf_columns(self) -> list[str]:
+        """Normalized names of the kept columns LFs see beside ``text`` (the gold policy's
+        column is not one of them)."""
+        return [kept_name(c) for c in self.columns.keep]
+
+    @property
     def kept_columns(self) -> list[str]:
         """Normalized names of the kept columns (and of the gold policy's column)."""
         names = [kept_name(c) for c in self.columns.keep]

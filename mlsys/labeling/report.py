@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlsys.data.definition import DEFAULT_LF_SET, DatasetDefinition, kept_name
+from mlsys.data.definition import DEFAULT_LF_SET, DatasetDefinition
 from mlsys.labeling.analysis import lf_summary
 from mlsys.labeling.apply import Progress, apply_lfs
 from mlsys.labeling.batch import gold_array, lf_view, split_unlabelable
@@ -71,8 +71,7 @@ def lf_report(
     lfs = definition.lf_set(lf_set)
     ok, unreadable = split_unlabelable(df)
     split = gold_split(ok, definition.gold)
-    kept = [kept_name(c) for c in definition.columns.keep]
-    view, fields = lf_view(split, kept, definition.id_column)
+    view, fields = lf_view(split, definition.lf_columns, definition.id_column)
     result = apply_lfs(
         view, lfs, fields=fields, n_jobs=n_jobs, id_column=definition.id_column, progress=progress
     )
