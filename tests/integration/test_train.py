@@ -56,7 +56,7 @@ def test_deployment_trains_registers_and_links_the_model(
     assert metrics["rows_train"] == int(
         (frame["split"].isin(["train", "dev"]) & frame["label"].notna()).sum()
     )
-    assert metrics["log_register_seconds"] < 30  # the README states what it measures here
+    assert metrics["log_register_seconds"] < 30  # docs/flows.md states what it measures here
     assert metrics["system/cpu_utilization_percentage"] >= 0  # MLflow's system metrics
     assert metrics["system/system_memory_usage_megabytes"] > 0
     losses = client.get_metric_history(run.info.run_id, "train_loss")
