@@ -1,6 +1,6 @@
-"""Flow `select_models`: a grid of spam classifiers (learning rate x width x depth) trained at
-once with SHARP, each an MLflow child run, the best on the gold dev rows registered as
-`challenger`, the ranking a Prefect table artifact."""
+"""Flow `select_models`: a grid of the dataset's text classifiers (learning rate x width x
+depth) trained at once with SHARP, each an MLflow child run, the best on the gold dev rows
+registered as `challenger`, the ranking a Prefect table artifact."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Tasks of the select_models flow: train a grid of spam classifiers at once with SHARP, log
-each as an MLflow child run, and rank them on the gold dev rows."""
+"""Tasks of the select_models flow: train a grid of the dataset's text classifiers at once
+with SHARP, log each as an MLflow child run, and rank them on the gold dev rows."""
 
 from __future__ import annotations
 
