@@ -47,7 +47,6 @@ from mlsys.training.evaluate import (
     classification_metrics,
     cross_validate,
     decide,
-    metric_score,
     stratified_splits,
     tune_threshold,
 )
@@ -146,8 +145,7 @@ class EndModelChoice:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities (n, k) of ``texts``."""
-        frame = predict_texts(self.model, self.featurizer, texts)
-        return frame[[c for c in frame.columns if c.startswith("proba_")]].to_numpy()
+        return _predict_proba(self.model, self.featurizer, texts)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Classes of ``texts``, by the threshold when there is one."""
@@ -157,9 +155,20 @@ class EndModelChoice:
         """:func:`~mlsys.training.evaluate.classification_metrics` of ``texts`` against
         gold ``y``, decided as :meth:`predict` does."""
         return classification_metrics(
-            np.asarray(y), self.predict_proba(texts), positive=self.positive,
+            np.asarray(y),
+            self.predict_proba(texts),
+            positive=self.positive,
             threshold=self.threshold,
-        )  # fmt: skip
+        )
+
+
+def _predict_proba(
+    model: nn.Sequential, featurizer: HashingFeaturizer, texts: Sequence[str]
+) -> np.ndarray:
+    """The (n, k) class probabilities of ``texts``: the ``proba_*`` columns of
+    :func:`~mlsys.models.text.predict_texts`."""
+    frame = predict_texts(model, featurizer, texts)
+    return frame[[c for c in frame.columns if c.startswith("proba_")]].to_numpy()
 
 
 class _Targets(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
@@ -240,8 +249,9 @@ def end_model_data(
     text_list = list(texts)
     soft = _soft_targets(targets, len(text_list), n_classes)
     row_weights = np.ones(len(text_list)) if weights is None else np.asarray(weights, float)
-    rows = TextDataset(text_list, soft.argmax(axis=1), featurizer, weights=row_weights,
-                       n_classes=n_classes)  # fmt: skip
+    rows = TextDataset(
+        text_list, soft.argmax(axis=1), featurizer, weights=row_weights, n_classes=n_classes
+    )
     return _config_data(rows, soft, row_weights, config)
 
 
@@ -259,26 +269,31 @@ def _class_weights(soft: np.ndarray, weights: np.ndarray, balance: Balance) -> n
 
 class _EpochScorer(Callback):
     """After each epoch: the model's dev probabilities, the dev score the choice is made by
-    and a copy of the weights of the best epoch so far."""
+    and, for the best epoch so far, a copy of the weights and its dev probabilities."""
 
-    def __init__(self, model: nn.Sequential, score: Callable[[np.ndarray], tuple[float, float]],
-                 featurizer: HashingFeaturizer, dev_texts: Sequence[str]) -> None:  # fmt: skip
-        self.model, self.score, self.featurizer, self.dev_texts = (
-            model, score, featurizer, dev_texts
-        )  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Sequential,
+        score: Callable[[np.ndarray], tuple[float, float]],
+        featurizer: HashingFeaturizer,
+        dev_texts: Sequence[str],
+    ) -> None:
+        self.model, self.score = model, score
+        self.featurizer, self.dev_texts = featurizer, dev_texts
         self.best: tuple[float, float] | None = None
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] = {}
+        self.best_proba = np.empty((0, 0))
         self.history: list[float] = []
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        frame = predict_texts(self.model, self.featurizer, self.dev_texts)
-        proba = frame[[c for c in frame.columns if c.startswith("proba_")]].to_numpy()
+        proba = _predict_proba(self.model, self.featurizer, self.dev_texts)
         key = self.score(proba)
         self.history.append(key[0])
         if self.best is None or key > self.best:
             self.best, self.best_epoch = key, int(record["epoch"]) + 1
             self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_proba = proba
 
 
 def select_end_model(
@@ -341,27 +356,27 @@ def select_end_model(
             f"dev_texts ({len(dev_texts)}) and dev_y ({len(gold)}) must be non-empty and of "
             "the same length"
         )
-    hard = soft.argmax(axis=1)
-    rows = TextDataset(texts, hard, featurizer, weights=weights, n_classes=n_classes)
+    dev_list = list(dev_texts)
+    rows = TextDataset(texts, soft.argmax(axis=1), featurizer, weights=weights, n_classes=n_classes)
     tune = n_classes == 2 and metric != "accuracy"
     splits = stratified_splits(gold, seed=seed) if tune else []
 
     def dev_score(proba: np.ndarray) -> tuple[float, float]:
-        loss = classification_metrics(gold, proba, positive=positive)["log_loss"]
+        scores = classification_metrics(gold, proba, positive=positive)
         if not tune:
-            pred = proba.argmax(axis=1)
-            return metric_score(metric, gold, pred, k=n_classes, positive=positive), -loss
+            return scores[metric], -scores["log_loss"]
 
         def choose(fit_rows: np.ndarray) -> np.ndarray:
-            t = tune_threshold(gold[fit_rows], proba[fit_rows, positive], metric=metric,
-                               positive=positive)  # fmt: skip
+            t = tune_threshold(
+                gold[fit_rows], proba[fit_rows, positive], metric=metric, positive=positive
+            )
             return decide(proba, positive=positive, threshold=t)
 
         cv = cross_validate(choose, gold, splits, k=n_classes, positive=positive)
-        return cv[metric], -loss
+        return cv[metric], -scores["log_loss"]
 
-    best: tuple[tuple[float, float], int] | None = None
-    chosen: tuple[EndModelConfig, nn.Sequential, int] | None = None
+    # (dev score key, config number, config, its scorer) of the best config so far.
+    best: tuple[tuple[float, float], int, EndModelConfig, _EpochScorer] | None = None
     trials: list[dict[str, Any]] = []
     for number, config in enumerate(configs):
         begun = time.perf_counter()
@@ -369,7 +384,7 @@ def select_end_model(
         data = _config_data(rows, soft, weights, config)
         torch.manual_seed(seed)
         model = build_text_classifier(featurizer.n_features, config.hidden, n_classes=n_classes)
-        scorer = _EpochScorer(model, dev_score, featurizer, list(dev_texts))
+        scorer = _EpochScorer(model, dev_score, featurizer, dev_list)
         fit(
             model,
             data,
@@ -398,23 +413,21 @@ def select_end_model(
         )
         if best is None or scorer.best > best[0]:
             model.load_state_dict(scorer.best_state)
-            best = (scorer.best, number)
-            chosen = (config, model, scorer.best_epoch)
-    assert best is not None and chosen is not None
-    trials[best[1]]["selected"] = True
-    config, model, epochs = chosen
-    frame = predict_texts(model, featurizer, list(dev_texts))
-    proba = frame[[c for c in frame.columns if c.startswith("proba_")]].to_numpy()
+            best = (scorer.best, number, config, scorer)
+    assert best is not None
+    (score, _), number, config, scorer = best
+    trials[number]["selected"] = True
+    model, epochs, proba = scorer.model, scorer.best_epoch, scorer.best_proba
     threshold = (
         tune_threshold(gold, proba[:, positive], metric=metric, positive=positive) if tune else None
     )
     dev = classification_metrics(gold, proba, positive=positive, threshold=threshold)
     if tune:
-        dev[metric] = best[0][0]  # the cross-validated score the choice was made by
+        dev[metric] = score  # the cross-validated score the choice was made by
     seconds = time.perf_counter() - started
     say(
         f"end model: chose {_describe(config)} at epoch {epochs}, dev {metric} "
-        f"{best[0][0]:.4f} in {seconds:.1f} s"
+        f"{score:.4f} in {seconds:.1f} s"
     )
     return EndModelChoice(
         config=config,

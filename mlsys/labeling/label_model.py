@@ -21,6 +21,7 @@ from snorkel.labeling.model import LabelModel
 from mlsys.training.evaluate import (
     check_metric,
     cross_validate,
+    decide,
     metric_score,
     stratified_splits,
     tune_threshold,
@@ -338,7 +339,7 @@ def _decide(proba: np.ndarray, threshold: float | None, positive: int) -> np.nda
     threshold, else the argmax with Snorkel's random tie-break."""
     if threshold is None:
         return _argmax_random_ties(proba)
-    return np.where(proba[:, positive] >= threshold, positive, 1 - positive).astype(np.int64)
+    return decide(proba, positive=positive, threshold=threshold)
 
 
 def _metrics(
@@ -854,7 +855,6 @@ class _Candidate:
     config: LabelModelConfig
     model: LabelModel | None
     index: int
-    seconds: float
 
 
 def fit_labeler(
@@ -925,7 +925,7 @@ def fit_labeler(
     for candidate in candidates:
         choose = _Procedure(candidate, dev, gold, covered, cardinality, metric, positive, tune)
         scores = cross_validate(choose, gold, splits, k=cardinality, positive=positive)
-        labeler = choose.labeler(train.shape[1])
+        labeler = choose.labeler()
         row = trials[candidate.index]
         for name in ("accuracy", "f1", "macro_f1"):
             row[f"dev_{name}"] = scores[name]
@@ -974,7 +974,7 @@ def _fit_candidates(
 ) -> tuple[list[_Candidate], list[dict[str, Any]]]:
     """Majority vote and every config, LabelModels fitted on ``train`` (a fit shared by
     configs that differ only in ``dev_prior``); one trials row each."""
-    candidates = [_Candidate(LabelModelConfig("majority_vote"), None, 0, 0.0)]
+    candidates = [_Candidate(LabelModelConfig("majority_vote"), None, 0)]
     trials = [_trial(candidates[0].config, 0.0, None)]
     fits: dict[tuple[Any, ...], tuple[LabelModel | None, float, str | None]] = {}
     n_fits = len({_fit_key(c) for c in configs if c.kind == "label_model"})
@@ -997,7 +997,7 @@ def _fit_candidates(
             model, seconds, error = fits[key]
         trials.append(_trial(config, seconds, error))
         if error is None:
-            candidates.append(_Candidate(config, model, len(trials) - 1, seconds))
+            candidates.append(_Candidate(config, model, len(trials) - 1))
     return candidates, trials
 
 
@@ -1024,17 +1024,12 @@ class _Procedure:
         self.candidate = candidate
         self.dev, self.gold, self.covered, self.k = dev, gold, covered, k
         self.metric, self.positive, self.tune = metric, positive, tune
-        self.template = Labeler(
-            candidate.config,
-            k,
-            dev.shape[1],
-            candidate.model,
-            lf_weights=np.zeros(dev.shape[1]) if candidate.config.kind == "weighted_vote" else None,
-            positive=positive,
-        )
-        self.fixed = (
-            None if candidate.config.kind == "weighted_vote" else self.template._evidence(dev)
-        )
+        # Majority vote's and a LabelModel's evidence do not depend on the dev rows: made once.
+        self.fixed: np.ndarray | None = None
+        self.fit_prior: np.ndarray | None = None
+        if candidate.config.kind != "weighted_vote":
+            fixed = Labeler(candidate.config, k, dev.shape[1], candidate.model, positive=positive)
+            self.fixed, self.fit_prior = fixed._evidence(dev), fixed._fit_prior
 
     def estimate(
         self, fit_rows: np.ndarray
@@ -1049,7 +1044,7 @@ class _Procedure:
             evidence = _weighted_counts(self.dev, self.k, weights)
         else:
             evidence = self.fixed
-        proba = _posterior(config, evidence, self.covered, prior, self.template._fit_prior)
+        proba = _posterior(config, evidence, self.covered, prior, self.fit_prior)
         threshold = None
         if self.tune:
             threshold = tune_threshold(
@@ -1064,12 +1059,12 @@ class _Procedure:
         _, _, threshold, proba = self.estimate(fit_rows)
         return _decide(proba, threshold, self.positive)
 
-    def labeler(self, n_lfs: int) -> Labeler:
+    def labeler(self) -> Labeler:
         prior, weights, threshold, _ = self.estimate(np.ones(len(self.gold), dtype=bool))
         return Labeler(
             self.candidate.config,
             self.k,
-            n_lfs,
+            self.dev.shape[1],
             self.candidate.model,
             prior=prior,
             lf_weights=weights,

@@ -69,6 +69,17 @@ def _class_counts(
     return tp, predicted - tp, support - tp
 
 
+def _label_pair(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gold ``y`` and predicted ``pred`` classes as int64, checked to be 1-D of one length."""
+    gold = np.asarray(y).astype(np.int64, copy=False)
+    guess = np.asarray(pred).astype(np.int64, copy=False)
+    if gold.shape != guess.shape or gold.ndim != 1:
+        raise ValueError(
+            f"y and pred must be 1-D of the same length, got shapes {gold.shape} and {guess.shape}"
+        )
+    return gold, guess
+
+
 def _f1s(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     denominator = 2 * tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -89,12 +100,7 @@ def metric_score(
             different lengths, no rows, or a gold label outside [0, k-1].
     """
     name = check_metric(metric, k=k, positive=positive)
-    gold = np.asarray(y).astype(np.int64, copy=False)
-    guess = np.asarray(pred).astype(np.int64, copy=False)
-    if gold.shape != guess.shape or gold.ndim != 1:
-        raise ValueError(
-            f"y and pred must be 1-D of the same length, got shapes {gold.shape} and {guess.shape}"
-        )
+    gold, guess = _label_pair(y, pred)
     if len(gold) == 0:
         raise ValueError("no rows to score")
     if gold.min() < 0 or gold.max() >= k:
@@ -176,12 +182,7 @@ def per_class_report(y: np.ndarray, pred: np.ndarray, class_names: Sequence[str]
     nobody's precision; a class never predicted has precision 0.
     """
     k = len(class_names)
-    gold = np.asarray(y).astype(np.int64, copy=False)
-    guess = np.asarray(pred).astype(np.int64, copy=False)
-    if gold.shape != guess.shape or gold.ndim != 1:
-        raise ValueError(
-            f"y and pred must be 1-D of the same length, got shapes {gold.shape} and {guess.shape}"
-        )
+    gold, guess = _label_pair(y, pred)
     if k < 2:
         raise ValueError(f"class_names needs at least 2 names, got {list(class_names)}")
     if len(gold) and (gold.min() < 0 or gold.max() >= k):
