@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from mlsys.data.catalog import predictions_prefix, quarantine_prefix, raw_prefix
 from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
+from mlsys.data.sources import normalized_names
 from mlsys.inference.batch import count_chunks
 from mlsys.memory import STREAMING_ENV
 from mlsys.settings import Settings
@@ -22,7 +23,6 @@ from tasks.batch_infer import (
     ModelRef,
     claim_output,
     first_chunk,
-    input_rename,
     resolve_model,
     score_partition,
     scratch_folder,
@@ -135,7 +135,7 @@ def batch_infer(
     suite = serving_suite(definition)
     source = source or latest_key(settings.s3_client(), settings.bucket, raw_prefix(dataset))
     batch = batch or PurePosixPath(source.rstrip("/")).stem
-    rename = input_rename(definition)
+    rename = normalized_names(definition)
     prefix = predictions_prefix(dataset, batch)
     params = {
         "source": source,

@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mlsys.data.definition import DatasetDefinition, kept_name
+from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import S3Error, S3Uri, get_bytes, list_keys, put_bytes
 from mlsys.inference.batch import ChunkResult, iter_chunks, score_chunks
 from mlsys.memory import bound_streaming_memory
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode, ValidationFailed, run_checkpoint
-from mlsys.validation.suites import load_suite
 from tasks.retry import S3_RETRIES
+from tasks.validate import dataset_suite
 
 MANIFEST = "_manifest.json"
 STARTED = "_started.json"
@@ -199,34 +199,7 @@ def serving_suite(definition: DatasetDefinition) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the dataset has none; the message says how to make one.
     """
-    path = definition.suite_path("serving")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"dataset {definition.name!r} has no serving suite at {path}; infer one with "
-            f"`mlsys validate infer --dataset {definition.name} --suite serving --source ...`"
-        )
-    return load_suite(path)
-
-
-def input_rename(definition: DatasetDefinition) -> dict[str, str]:
-    """How the columns of a source file in the dataset's own layout (e.g. its raw CSVs)
-    are renamed to a batch's normalized names: id, text, gold label and kept columns
-    (``CONTENT`` -> ``text``). Inputs already normalized (raw batches) are left as they
-    are: the mapping names no column of theirs."""
-    roles = definition.columns
-    rename: dict[str, str] = {}
-    if roles.id is not None:
-        rename[roles.id] = definition.id_column
-    if roles.text is not None:
-        rename[roles.text] = "text"
-    if roles.label is not None:
-        rename[roles.label] = "label"
-    kept = [*roles.keep]
-    if definition.gold.by == "column" and definition.gold.column is not None:
-        kept.append(definition.gold.column)
-    for column in kept:
-        rename.setdefault(column, kept_name(column))
-    return {source: target for source, target in rename.items() if source != target}
+    return dataset_suite(definition.name, "serving")[0]
 
 
 def serving_check(suite: Mapping[str, Any], mode: Mode) -> Any:

@@ -12,13 +12,13 @@ import json
 import math
 import os
 import re
+import tempfile
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 
 from mlsys.data.definition import (
@@ -35,7 +35,9 @@ from mlsys.data.definition import (
     load_dataset,
     snake_case,
 )
-from mlsys.data.sources import SourceError, read_dataset, read_table, source_format
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Proposal", "app", "propose_definition", "starter_lfs", "stored_source"]
 
@@ -593,6 +595,7 @@ def init(
 ) -> None:
     """Define a dataset from its data: guess the definition, check it on the whole source,
     infer its suites and write a starter LF module."""
+    from mlsys.data.sources import read_dataset, read_table, source_format
     from mlsys.validation.infer import infer_dataset_suites
     from mlsys.validation.suites import dump_suite
 
@@ -610,49 +613,57 @@ def init(
     fmt = format or source_format(source)
     if fmt is None:
         raise _fail(f"cannot tell the format of {source} from its suffix; pass --format")
-    try:
-        table = read_table(
-            source, format=fmt, header=not no_header, column_names=names, max_rows=SAMPLE_ROWS
-        )
-        proposal = propose_definition(
-            name,
-            table,
-            source=stored_source(source),
-            format=fmt,
-            header=not no_header,
-            column_names=names,
-            text=text,
-            template=template,
-            label=label,
-            id_column=id_column,
-            keep=_split(keep),
-            classes=_split(classes),
-            positive=positive,
-            metric=metric,
-            gold_column=gold_column,
-            gold_dev=_split(gold_dev),
-            gold_test=_split(gold_test),
-            gold_fraction=gold_fraction,
-            test_size=test_size,
-            seed=seed,
-        )
-        definition = DatasetDefinition.from_mapping(
-            proposal.fields, where=f"the definition of {name!r}", folder=folder.resolve()
-        )
-    except (SourceError, DatasetError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from exc
-    typer.echo(f"dataset {name}: read {len(table)} sample rows of {source}")
-    for line in proposal.guesses:
-        typer.echo(f"  {line}")
-    try:
-        raw = read_dataset(definition)
-        suites = infer_dataset_suites(definition, raw, inferred_from=str(definition.source))
-    except (SourceError, DatasetError, ValueError, OSError) as exc:
-        typer.secho(definition.to_yaml(), err=True)
-        raise _fail(
-            f"the source does not fit the definition above, nothing was written: {exc} "
-            "(override a guess with --label, --classes, --text, --id, ...)"
-        ) from exc
+    # A downloaded source is fetched once, for the sample and the full read.
+    with tempfile.TemporaryDirectory(prefix="mlsys-download-") as downloads:
+        cache = Path(downloads)
+        try:
+            table = read_table(
+                source,
+                format=fmt,
+                header=not no_header,
+                column_names=names,
+                max_rows=SAMPLE_ROWS,
+                cache_dir=cache,
+            )
+            proposal = propose_definition(
+                name,
+                table,
+                source=stored_source(source),
+                format=fmt,
+                header=not no_header,
+                column_names=names,
+                text=text,
+                template=template,
+                label=label,
+                id_column=id_column,
+                keep=_split(keep),
+                classes=_split(classes),
+                positive=positive,
+                metric=metric,
+                gold_column=gold_column,
+                gold_dev=_split(gold_dev),
+                gold_test=_split(gold_test),
+                gold_fraction=gold_fraction,
+                test_size=test_size,
+                seed=seed,
+            )
+            definition = DatasetDefinition.from_mapping(
+                proposal.fields, where=f"the definition of {name!r}", folder=folder.resolve()
+            )
+        except (ValueError, OSError) as exc:
+            raise _fail(str(exc)) from exc
+        typer.echo(f"dataset {name}: read {len(table)} sample rows of {source}")
+        for line in proposal.guesses:
+            typer.echo(f"  {line}")
+        try:
+            raw = read_dataset(definition, cache_dir=cache)
+            suites = infer_dataset_suites(definition, raw, inferred_from=str(definition.source))
+        except (ValueError, OSError) as exc:
+            typer.secho(definition.to_yaml(), err=True)
+            raise _fail(
+                f"the source does not fit the definition above, nothing was written: {exc} "
+                "(override a guess with --label, --classes, --text, --id, ...)"
+            ) from exc
 
     folder.mkdir(parents=True, exist_ok=True)
     target.write_text(

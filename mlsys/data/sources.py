@@ -36,12 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import (
-    is_bool_dtype,
-    is_float_dtype,
-    is_object_dtype,
-    is_string_dtype,
-)
+from pandas.api.types import is_bool_dtype, is_float_dtype, is_object_dtype
 
 from mlsys.data.definition import ColumnRoles, DatasetDefinition, DatasetError, kept_name
 
@@ -49,6 +44,7 @@ __all__ = [
     "PROVENANCE_COLUMNS",
     "SUFFIX_FORMATS",
     "SourceError",
+    "normalized_names",
     "read_dataset",
     "read_parquet_bytes",
     "read_table",
@@ -195,8 +191,7 @@ def read_table(
         left = None if max_rows is None else max_rows - count
         if left is not None and left <= 0:
             break
-        frame = _parse(raw, layout, limit=left)
-        frame = frame.rename(columns=lambda c: str(c).lstrip(_BOM).strip())
+        frame = _clean_names(_parse(raw, layout, limit=left))
         frames.append(frame.head(left) if left is not None else frame)
         count += len(frames[-1])
     table = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
@@ -223,6 +218,27 @@ def source_format(source: str | os.PathLike[str]) -> str | None:
         kinds = {_suffix_format(urllib.parse.urlparse(text).path if "://" in text else text)}
     kinds.discard(None)
     return kinds.pop() if len(kinds) == 1 else None
+
+
+def normalized_names(definition: DatasetDefinition) -> dict[str, str]:
+    """How the columns of a file in the dataset's own layout (e.g. its raw CSVs) are renamed
+    to a raw batch's names: id, text, gold label and kept columns (``CONTENT`` -> ``text``).
+    Columns whose name does not change are left out, so a batch already normalized matches
+    no entry."""
+    roles = definition.columns
+    rename: dict[str, str] = {}
+    if roles.id is not None:
+        rename[roles.id] = definition.id_column
+    if roles.text is not None:
+        rename[roles.text] = "text"
+    if roles.label is not None:
+        rename[roles.label] = "label"
+    kept = [*roles.keep]
+    if definition.gold.by == "column" and definition.gold.column is not None:
+        kept.append(definition.gold.column)
+    for column in kept:
+        rename.setdefault(column, kept_name(column))
+    return {source: target for source, target in rename.items() if source != target}
 
 
 def write_parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -541,7 +557,7 @@ def _output_names(definition: DatasetDefinition) -> list[str]:
 def _normalize(
     df: pd.DataFrame, definition: DatasetDefinition, raw: _RawFile, unknown: list[str]
 ) -> pd.DataFrame:
-    df = df.rename(columns=lambda c: str(c).lstrip(_BOM).strip())
+    df = _clean_names(df)
     found = [str(c) for c in df.columns]
     if _is_normalized(found, definition):
         return _renormalize(df, definition, raw)
@@ -567,13 +583,10 @@ def _normalize(
     if has_label:
         out["label"] = _to_label(df[str(roles.label)], definition, raw, str(roles.label), unknown)
     else:
-        out["label"] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="Int64")
+        out["label"] = _missing(n, "Int64")
     kept_sources = list(dict.fromkeys([*roles.keep, *([gold] if gold is not None else [])]))
     for column in kept_sources:
-        if column in found:
-            out[kept_name(column)] = _to_string(df[column])
-        else:
-            out[kept_name(column)] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
+        out[kept_name(column)] = _to_string(df[column]) if column in found else _missing(n)
     if roles.id is None:
         out[_DIGEST] = _content_digests(text, [out[kept_name(c)] for c in roles.keep])
     out["source_file"] = pd.Series([raw.name] * n, dtype="string")
@@ -605,12 +618,20 @@ def _renormalize(df: pd.DataFrame, definition: DatasetDefinition, raw: _RawFile)
         elif name == "label" and name in found:
             out[name] = _index_label(df[name], definition, raw)
         elif name == "label":
-            out[name] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="Int64")
-        elif name in found:
-            out[name] = _to_string(df[name])
+            out[name] = _missing(n, "Int64")
         else:
-            out[name] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
+            out[name] = _to_string(df[name]) if name in found else _missing(n)
     return pd.DataFrame(out, index=pd.RangeIndex(n))
+
+
+def _clean_names(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its column names as text, without a leading byte-order mark or spaces."""
+    return df.rename(columns=lambda c: str(c).lstrip(_BOM).strip())
+
+
+def _missing(n: int, dtype: str = "string") -> pd.Series:
+    """A column of ``n`` missing values."""
+    return pd.Series(pd.NA, index=pd.RangeIndex(n), dtype=dtype)
 
 
 def _fill_template(df: pd.DataFrame, roles: ColumnRoles) -> pd.Series:
@@ -649,8 +670,9 @@ def _fill_generated_ids(df: pd.DataFrame, id_column: str) -> pd.DataFrame:
         hashlib.sha256(f"{d}\x1e{k}".encode()).hexdigest()[:16]
         for d, k in zip(digest[needed], occurrence, strict=True)
     ]
-    ids = df[id_column].astype("string") if id_column in df.columns else None
-    if ids is None:
+    if id_column in df.columns:
+        ids = df[id_column].astype("string")
+    else:
         ids = pd.Series(pd.NA, index=df.index, dtype="string")
     ids[needed] = np.array(generated, dtype=object)
     out = df.drop(columns=[_DIGEST])
@@ -759,6 +781,6 @@ def _enforce_dtypes(df: pd.DataFrame, definition: DatasetDefinition) -> pd.DataF
             out[column] = out[column].astype("int64")
         elif column == "label":
             out[column] = out[column].astype("Int64")
-        elif not is_string_dtype(out[column].dtype) or str(out[column].dtype) != "string":
+        elif str(out[column].dtype) != "string":
             out[column] = _to_string(out[column])
     return out

@@ -759,6 +759,8 @@ def probabilities_frame(
     """
     k = proba.shape[1]
     check_threshold(threshold, k, positive)
+    # The rule of mlsys.training.evaluate.decide, written here because a logged model
+    # carries only the mlsys.models sources (see pyfunc._stage_code).
     if threshold is None:
         labels = proba.argmax(axis=1).astype(np.int64)
     else:

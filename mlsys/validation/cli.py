@@ -42,12 +42,12 @@ def _group() -> None:
     """Data validation: Great Expectations suites and checkpoints."""
 
 
-def load_frame(source: str, dataset: str | DatasetDefinition) -> Any:
+def load_frame(source: str, definition: DatasetDefinition) -> Any:
     """Read ``source`` for validation: Parquet as is, anything else through the dataset's
     definition (roles, classes, provenance columns), local or s3://."""
     import pandas as pd
 
-    from mlsys.data import load_dataset, read_dataset, read_parquet_bytes
+    from mlsys.data import read_dataset, read_parquet_bytes
 
     client = None
     if source.startswith("s3://"):
@@ -64,7 +64,6 @@ def load_frame(source: str, dataset: str | DatasetDefinition) -> Any:
             return pd.read_parquet(source, engine="pyarrow")
         except Exception as exc:
             raise SourceError(f"cannot read Parquet file {source}: {exc}") from exc
-    definition = load_dataset(dataset) if isinstance(dataset, str) else dataset
     return read_dataset(definition, source, s3_client=client)
 
 
