@@ -56,7 +56,8 @@ def down_cmd(stack_dir: StackDir = None) -> None:
 
 @stack_app.command("status")
 def status_cmd(stack_dir: StackDir = None) -> None:
-    """Show each service: pid, running, healthy, URL. Exit 1 if any is down."""
+    """Show each service: pid, running, healthy, URL, and any of its ports answered by a
+    process that is not the recorded one. Exit 1 if any is down or its port is taken."""
     from infra.stack import status
 
     rows = status(_settings(stack_dir))
@@ -66,10 +67,12 @@ def status_cmd(stack_dir: StackDir = None) -> None:
             typer.echo(f"{row.name:<15} remote (not run by this stack)")
             continue
         state = "healthy" if row.healthy else ("running, unhealthy" if row.running else "stopped")
-        ok &= row.healthy
+        ok &= row.healthy and not row.foreign
         urls = "  ".join(e.url for e in row.endpoints)
         pid = f"pid {row.pid}" if row.pid else ""
         typer.echo(f"{row.name:<15} {state:<19} {pid:<11} {urls}")
+        for port in row.foreign:
+            typer.secho(f"{'':<15} warning: {port}", fg="yellow")
     raise typer.Exit(0 if ok else 1)
 
 

@@ -61,16 +61,13 @@ def with_choices(schema: dict[str, Any], datasets: list[str], lf_sets: list[str]
 def offer_dataset_choices(settings: Settings, say: Say = print) -> int:
     """Update every deployment whose form has a ``dataset`` or ``lf_set`` field; returns
     how many were updated."""
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.prefect_api import prefect_client
 
     datasets, lf_sets = dataset_choices(say, settings.datasets_dir)
     updated = 0
-    with (
-        temporary_settings(updates={PREFECT_API_URL: settings.api_url}),
-        get_client(sync_client=True) as client,
-    ):
+    with prefect_client(settings) as client:
         for deployment in client.read_deployments():
             schema = deployment.parameter_openapi_schema or {}
             if not any(name in ("dataset", "lf_set") for name, _ in _fields(schema)):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sqlite3
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
-from mlsys.settings import Settings
+from mlsys.settings import CREDENTIALS_FILE, Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
@@ -43,6 +47,23 @@ def base_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), from its first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def stack_secret(settings: Settings, key: str) -> str:
+    """A secret `stack up` generated into ``<stack_dir>/credentials.json``."""
+    path = settings.stack_dir / CREDENTIALS_FILE
+    value = json.loads(path.read_text()).get(key) if path.is_file() else None
+    if not value:
+        raise FileNotFoundError(f"{path} holds no {key!r}; run `mlsys stack up`")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     label: str
@@ -70,84 +91,59 @@ class Service(ABC):
     @abstractmethod
     def healthy(self) -> bool: ...
 
+    def prepare(self) -> None:  # noqa: B027 - optional hook, most services need nothing
+        """Write what the service needs before it starts (configuration, keys); idempotent."""
+
     def endpoints(self) -> list[Endpoint]:
         return []
 
 
-class SeaweedFS(Service):
-    """SeaweedFS all-in-one (`weed mini`) serving S3, with keys from an identities file."""
-
-    name = "seaweedfs"
-
-    @property
-    def s3_config(self) -> Path:
-        return self.settings.stack_dir / "seaweedfs-s3.json"
-
-    def ports(self) -> dict[str, int]:
-        s, off = self.settings, self.settings.weed_grpc_offset
-        http = {
-            "s3": s.s3_port,
-            "master": s.weed_master_port,
-            "volume": s.weed_volume_port,
-            "filer": s.weed_filer_port,
-            "admin": s.weed_admin_port,
-        }
-        return {**http, **{f"{k}-grpc": v + off for k, v in http.items()}}
-
-    def argv(self) -> list[str]:
-        s = self.settings
-        p = self.ports()
-        data = (s.stack_dir / "seaweedfs").resolve()
-        data.mkdir(parents=True, exist_ok=True)
-        return [
-            _bin("weed"),
-            "mini",
-            f"-dir={data}",
-            f"-ip={s.host}",
-            f"-ip.bind={s.host}",
-            "-master.telemetry=false",
-            f"-master.port={p['master']}",
-            f"-master.port.grpc={p['master-grpc']}",
-            f"-volume.port={p['volume']}",
-            f"-volume.port.grpc={p['volume-grpc']}",
-            f"-filer.port={p['filer']}",
-            f"-filer.port.grpc={p['filer-grpc']}",
-            f"-s3.port={p['s3']}",
-            f"-s3.port.grpc={p['s3-grpc']}",
-            f"-admin.port={p['admin']}",
-            f"-admin.port.grpc={p['admin-grpc']}",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-webdav=false",
-            f"-s3.config={self.s3_config.resolve()}",
-        ]
-
-    def healthy(self) -> bool:
-        try:
-            self.settings.s3_client().list_buckets()
-            return True
-        except Exception:
-            return False
-
-    def endpoints(self) -> list[Endpoint]:
-        return [Endpoint("S3 endpoint", f"http://{self.settings.host}:{self.settings.s3_port}")]
-
-
 class MLflowServer(Service):
-    """MLflow tracking server proxying artifacts to S3."""
+    """MLflow tracking server proxying artifacts to S3, behind MLflow's basic-auth app.
+
+    Every request but ``/health`` needs the generated admin's credential; users added
+    later start with no permission at all. Host headers other than the server's own
+    address are refused (DNS rebinding) and CORS admits only the UI's own origin.
+    """
 
     name = "mlflow"
+
+    @property
+    def auth_config(self) -> Path:
+        return self.settings.stack_dir / "mlflow" / "basic_auth.ini"
 
     def ports(self) -> dict[str, int]:
         return {"http": self.settings.mlflow_port}
 
+    def prepare(self) -> None:
+        s = self.settings
+        folder = s.stack_dir / "mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        if s.database_url is None:
+            _sqlite_wal(folder / "mlflow.db")
+            _sqlite_wal(folder / "basic_auth.db")
+        write_private(
+            self.auth_config,
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            # ConfigParser reads '%' as interpolation: URL escapes are doubled.
+            f"database_uri = {s.mlflow_auth_db_uri().replace('%', '%%')}\n"
+            f"admin_username = {s.mlflow_username}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "grant_default_workspace_access = false\n"
+            # A password check is a PBKDF2 hash; remember a good one for a while so that
+            # a busy run does not pay it on every request.
+            "auth_cache_ttl_seconds = 300\n",
+        )
+
     def argv(self) -> list[str]:
         s = self.settings
-        (s.stack_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+        origin = f"{s.host}:{s.mlflow_port}"
         return [
             _bin("mlflow"),
             "server",
+            "--app-name",
+            "basic-auth",
             "--host",
             s.host,
             "--port",
@@ -157,20 +153,33 @@ class MLflowServer(Service):
             "--serve-artifacts",
             "--artifacts-destination",
             s.s3_uri("mlflow-artifacts"),
+            "--allowed-hosts",
+            f"{origin},{s.host},localhost:{s.mlflow_port},localhost",
+            "--cors-allowed-origins",
+            f"http://{origin}",
         ]
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        # Via the environment, not argv, so a database password never shows in `ps`.
+        # Via the environment, not argv, so a password never shows in `ps`.
         env["MLFLOW_BACKEND_STORE_URI"] = self.settings.mlflow_backend_uri()
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config.resolve())
+        if self.settings.mlflow_password is not None:
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = self.settings.mlflow_password.get_secret_value()
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = stack_secret(self.settings, "mlflow_flask_secret")
         # MLflow's background job runner (GenAI evaluation jobs) is unused here and
         # costs seven processes; keep the server to one worker on small machines.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         return env
 
     def healthy(self) -> bool:
+        # /health answers without credentials; the listing proves the credential works.
         try:
-            return httpx.get(f"{self.settings.tracking_uri}/health", timeout=2).status_code == 200
+            url = f"{self.settings.tracking_uri}/api/2.0/mlflow/experiments/search"
+            response = httpx.get(
+                url, params={"max_results": 1}, auth=self.settings.mlflow_auth(), timeout=5
+            )
+            return response.status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -179,7 +188,8 @@ class MLflowServer(Service):
 
 
 class PrefectServer(Service):
-    """Prefect API server and UI."""
+    """Prefect API server and UI (infra/prefect_server.py), with the API's basic auth,
+    CORS for the UI's own origin only, and foreign Host headers refused."""
 
     name = "prefect-server"
 
@@ -190,22 +200,27 @@ class PrefectServer(Service):
         s = self.settings
         (s.stack_dir / "prefect").mkdir(parents=True, exist_ok=True)
         return [
-            _bin("prefect"),
-            "server",
-            "start",
+            sys.executable,
+            "-m",
+            "infra.prefect_server",
             "--host",
             s.host,
             "--port",
             str(s.prefect_port),
-            "--analytics-off",
         ]
 
     def env(self) -> dict[str, str]:
+        s = self.settings
         env = super().env()
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.settings.prefect_database_uri()
-        env["PREFECT_UI_API_URL"] = self.settings.api_url
-        env["PREFECT_SERVER_API_HOST"] = self.settings.host
-        env["PREFECT_SERVER_API_PORT"] = str(self.settings.prefect_port)
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = s.prefect_database_uri()
+        # SQLite under load: wait for a lock rather than fail a request.
+        env["PREFECT_SERVER_DATABASE_TIMEOUT"] = "60"
+        env["PREFECT_UI_API_URL"] = s.api_url
+        env["PREFECT_SERVER_API_HOST"] = s.host
+        env["PREFECT_SERVER_API_PORT"] = str(s.prefect_port)
+        env["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] = _origin(s.ui_url)
+        if s.prefect_auth_string is not None:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = s.prefect_auth_string.get_secret_value()
         return env
 
     def healthy(self) -> bool:
@@ -216,6 +231,18 @@ class PrefectServer(Service):
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("Prefect UI", self.settings.ui_url)]
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _sqlite_wal(path: Path) -> None:
+    """Put a SQLite database (created if missing) in write-ahead-log mode, which readers
+    and one writer share without "database is locked"; the mode stays with the file."""
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 class PrefectWorker(Service):
@@ -248,7 +275,7 @@ class PrefectWorker(Service):
     def healthy(self) -> bool:
         url = f"{self.settings.api_url}/work_pools/{self.settings.work_pool}/workers/filter"
         try:
-            response = httpx.post(url, json={}, timeout=2)
+            response = httpx.post(url, json={}, headers=self.settings.prefect_headers(), timeout=2)
             if response.status_code != 200:
                 return False
             return any(w.get("status") == "ONLINE" for w in response.json())

@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import psycopg2
 from psycopg2 import sql
 
 from infra import process
 from infra.forms import offer_dataset_choices
+from infra.seaweed import SeaweedFS
 from infra.services import (
     PROJECT_DIR,
     Endpoint,
     MLflowServer,
     PrefectServer,
     PrefectWorker,
-    SeaweedFS,
     Service,
     _bin,
     base_env,
+    write_private,
 )
 from mlsys.settings import CREDENTIALS_FILE, Settings, redact_url
 
@@ -46,6 +51,7 @@ class ServiceStatus:
     healthy: bool
     managed: bool
     endpoints: list[Endpoint]
+    foreign: list[str] = field(default_factory=list)
 
 
 def services(settings: Settings) -> list[Service]:
@@ -70,42 +76,46 @@ ALL_SERVICES = ("seaweedfs", "mlflow", "prefect-server", "prefect-worker")
 
 # ---- credentials -----------------------------------------------------------------
 def ensure_credentials(settings: Settings) -> Settings:
-    """Generate S3 keys on first start (mode 0600) unless the environment gives them."""
-    stack = settings.stack_dir
-    stack.mkdir(parents=True, exist_ok=True)
+    """Generate the credentials of every service this stack runs, on first start.
+
+    Kept in ``<stack_dir>/credentials.json`` (mode 0600, in a 0700 folder); a credential
+    missing from the file (a stack from an older version) is added, the others are
+    kept, so a restart never locks the stack out of its own data.
+    """
+    stack = ensure_stack_dir(settings.stack_dir)
     creds_path = stack / CREDENTIALS_FILE
-    if settings.s3_endpoint_url is None and not creds_path.exists():
-        data = {
-            "access_key": "MLSYS" + secrets.token_hex(8).upper(),
-            "secret_key": secrets.token_urlsafe(30),
-        }
-        _write_private(creds_path, json.dumps(data))
-    settings = settings.with_stack_credentials()
+    data: dict[str, str] = json.loads(creds_path.read_text()) if creds_path.is_file() else {}
+    wanted: dict[str, Callable[[], str]] = {}
     if settings.s3_endpoint_url is None:
-        assert settings.s3_access_key is not None and settings.s3_secret_key is not None
-        identities = {
-            "identities": [
-                {
-                    "name": "mlsys",
-                    "credentials": [
-                        {
-                            "accessKey": settings.s3_access_key.get_secret_value(),
-                            "secretKey": settings.s3_secret_key.get_secret_value(),
-                        }
-                    ],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        _write_private(stack / "seaweedfs-s3.json", json.dumps(identities, indent=2))
-    return settings
+        wanted["access_key"] = lambda: "MLSYS" + secrets.token_hex(8).upper()
+        wanted["secret_key"] = lambda: secrets.token_urlsafe(30)
+    if settings.prefect_api_url is None:
+        wanted["prefect_auth_string"] = lambda: "mlsys:" + secrets.token_urlsafe(24)
+    if settings.mlflow_tracking_uri is None:
+        wanted["mlflow_username"] = lambda: "mlsys-admin"
+        wanted["mlflow_password"] = lambda: secrets.token_urlsafe(24)
+        # Flask's session and CSRF signing key, the same across restarts.
+        wanted["mlflow_flask_secret"] = lambda: secrets.token_urlsafe(32)
+    missing = {key: make() for key, make in wanted.items() if not data.get(key)}
+    if missing or not creds_path.is_file():
+        write_private(creds_path, json.dumps({**data, **missing}, indent=2))
+    return settings.with_stack_credentials()
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+def ensure_stack_dir(stack_dir: Path) -> Path:
+    """The stack folder, created or narrowed to mode 0700, and everything in it to its
+    owner only: its databases, logs, keys and SeaweedFS volumes are nobody else's to read
+    (a stack made by an older version is narrowed on its next `up`)."""
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(stack_dir, 0o700)
+    for root, dirs, files in os.walk(stack_dir):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & 0o700)
+    return stack_dir
 
 
 # ---- up --------------------------------------------------------------------------
@@ -131,13 +141,17 @@ def _wait(check: Callable[[], bool], timeout_s: float, alive: Callable[[], bool]
 
 
 def _prepare_database(settings: Settings) -> None:
-    """Create MLflow's schema in PostgreSQL (Prefect migrates its own tables)."""
+    """Create MLflow's schemas in PostgreSQL, its tracking store's and its users' (Prefect
+    migrates its own tables)."""
     if settings.database_url is None:
         return
     url = settings.database_url.get_secret_value()
     try:
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier("mlflow")))
+            for schema in ("mlflow", "mlflow_auth"):
+                cur.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                )
     except psycopg2.Error as exc:
         raise StackError(f"cannot prepare PostgreSQL at {redact_url(url)}: {exc}") from exc
 
@@ -153,15 +167,19 @@ def start_service(service: Service, timeout_s: float, say: Say) -> None:
             f"{service.name} (pid {record.pid}) is running but not healthy; "
             f"see `mlsys stack logs {service.name}` or run `mlsys stack down`"
         )
+    stop_leftovers(service.settings, service.name, record, say)
     busy = {
         role: p for role, p in service.ports().items() if not _port_free(service.settings.host, p)
     }
     if busy:
-        ports = ", ".join(f"{p} ({role})" for role, p in busy.items())
+        ports = ", ".join(
+            f"{p} ({role}{port_holder(service.settings.host, p)})" for role, p in busy.items()
+        )
         raise StackError(
             f"cannot start {service.name}: port(s) {ports} on {service.settings.host} are in use "
             "by another process; choose others with MLSYS_*_PORT settings"
         )
+    service.prepare()
     started = time.monotonic()
     record = process.spawn(stack, service.name, service.argv(), service.env(), cwd=PROJECT_DIR)
     if not _wait(service.healthy, timeout_s, record.alive):
@@ -171,6 +189,35 @@ def start_service(service: Service, timeout_s: float, say: Say) -> None:
         process.forget(stack, service.name)
         raise StackError(f"{service.name} {state}; last lines of its log:\n{log}")
     say(f"  {service.name:<15} started (pid {record.pid}) in {time.monotonic() - started:.1f} s")
+
+
+def stop_leftovers(
+    settings: Settings, name: str, record: process.ProcessRecord | None, say: Say
+) -> None:
+    """Stop what a crashed run of service ``name`` left: the rest of its recorded process
+    group (a server's workers outlive a leader killed with SIGKILL) and any process
+    started for this stack folder as that service. Other users' processes, and processes
+    of other stacks, are never touched."""
+    found = False
+    if record is not None:
+        found |= process.stop(record)
+    leftovers = process.leftovers(settings.stack_dir, name)
+    if leftovers:
+        found |= process.terminate(leftovers)
+    if found:
+        say(f"  {name:<15} stopped what a crashed run left behind")
+
+
+def port_holder(host: str, port: int) -> str:
+    """`` held by pid N (command)`` for a listening port, or '' where it can't be seen."""
+    proc = process.listener(host, port)
+    if proc is None:
+        return ""
+    try:
+        command = " ".join(proc.cmdline()[:3])
+    except Exception:
+        command = "?"
+    return f", held by pid {proc.pid}: {command}"
 
 
 def ensure_bucket(settings: Settings) -> None:
@@ -197,10 +244,20 @@ def _prefect(settings: Settings, *args: str, timeout_s: float = 300) -> None:
 
 
 def ensure_work_pool(settings: Settings) -> None:
+    """The stack's process pool, with its concurrency limit: runs beyond it wait in the
+    queue (Late, then picked up) instead of starving each other of the machine's cores."""
     url = f"{settings.api_url}/work_pools/{settings.work_pool}"
-    if httpx.get(url, timeout=10).status_code == 200:
-        return
-    _prefect(settings, "work-pool", "create", settings.work_pool, "--type", "process")
+    headers = settings.prefect_headers()
+    if httpx.get(url, headers=headers, timeout=30).status_code != 200:
+        _prefect(settings, "work-pool", "create", settings.work_pool, "--type", "process")
+    response = httpx.patch(
+        url, json={"concurrency_limit": settings.pool_concurrency}, headers=headers, timeout=30
+    )
+    if response.status_code >= 400:
+        raise StackError(
+            f"cannot set work pool {settings.work_pool!r}'s concurrency limit to "
+            f"{settings.pool_concurrency}: {response.status_code} {response.text[:300]}"
+        )
 
 
 def deploy(settings: Settings) -> None:
@@ -211,7 +268,7 @@ def deploy(settings: Settings) -> None:
 def write_env_file(settings: Settings) -> Path:
     path = settings.stack_dir / "env"
     lines = [f"export {k}={_shell_quote(v)}" for k, v in sorted(settings.shell_env().items())]
-    _write_private(
+    write_private(
         path, "# source this file to use the mlsys stack from a shell\n" + "\n".join(lines) + "\n"
     )
     return path
@@ -222,7 +279,18 @@ def _shell_quote(value: str) -> str:
 
 
 def up(settings: Settings, *, timeout_s: float = 120, say: Say = print) -> Settings:
-    """Start whatever is not running yet, wait until healthy, deploy; idempotent."""
+    """Start whatever is not running yet, wait until healthy, deploy; idempotent.
+
+    Files it and the services write are their owner's only (umask 077).
+    """
+    previous = os.umask(0o077)
+    try:
+        return _up(settings, timeout_s=timeout_s, say=say)
+    finally:
+        os.umask(previous)
+
+
+def _up(settings: Settings, *, timeout_s: float, say: Say) -> Settings:
     settings = ensure_credentials(settings)
     _prepare_database(settings)
     say(f"mlsys stack in {settings.stack_dir.resolve()}")
@@ -235,6 +303,10 @@ def up(settings: Settings, *, timeout_s: float = 120, say: Say = print) -> Setti
         start_service(service, timeout_s, say)
         if isinstance(service, SeaweedFS):
             ensure_bucket(settings)
+        if isinstance(service, PrefectWorker):
+            crashed = mark_crashed_runs(settings)
+            if crashed:
+                say(f"  crashed runs    {len(crashed)} left running by a stopped process: CRASHED")
     if settings.s3_endpoint_url is not None:
         ensure_bucket(settings)
     env_path = write_env_file(settings)
@@ -248,15 +320,17 @@ def up(settings: Settings, *, timeout_s: float = 120, say: Say = print) -> Setti
 
 # ---- down, status, logs -----------------------------------------------------------
 def down(settings: Settings, *, say: Say = print) -> list[str]:
-    """Stop the processes this stack started (by recorded pid), worker first."""
+    """Stop the processes this stack started (their process groups, and any process
+    started for this stack folder that outlived its record), worker first."""
     stopped: list[str] = []
     for name in reversed(ALL_SERVICES):
         record = process.read_record(settings.stack_dir, name)
-        if record is None:
-            continue
-        if process.stop(record):
+        ran = record is not None and process.stop(record)
+        leftovers = process.leftovers(settings.stack_dir, name)
+        ran |= bool(leftovers) and process.terminate(leftovers)
+        if ran:
             stopped.append(name)
-            say(f"  {name:<15} stopped (pid {record.pid})")
+            say(f"  {name:<15} stopped" + (f" (pid {record.pid})" if record else ""))
         process.forget(settings.stack_dir, name)
     if not stopped:
         say("  nothing was running")
@@ -279,6 +353,115 @@ def status(settings: Settings) -> list[ServiceStatus]:
                 healthy=bool(service and running and service.healthy()),
                 managed=service is not None,
                 endpoints=service.endpoints() if service else [],
+                foreign=_foreign_ports(service, record) if service else [],
             )
         )
     return result
+
+
+def _foreign_ports(service: Service, record: process.ProcessRecord | None) -> list[str]:
+    """Ports of ``service`` answered by a process that is not the recorded one (or one it
+    started): e.g. a server's worker left behind by a killed leader, or another program."""
+    alive = record is not None and record.alive()
+    ours = process.family_pids(record) if alive and record is not None else set()
+    stack = service.settings.stack_dir
+    left = {p.pid for p in process.leftovers(stack, service.name)}
+    if record is not None and not alive:
+        left |= process.family_pids(record)
+    found = []
+    for role, port in service.ports().items():
+        holder = process.listener(service.settings.host, port)
+        where = f"port {port} ({role}{port_holder(service.settings.host, port)})"
+        if holder is not None and holder.pid in left:
+            found.append(f"{where}, left behind by a stopped {service.name}")
+        elif holder is not None and holder.pid not in ours:
+            found.append(f"{where}, not the recorded process")
+        elif holder is None and not alive and not _port_free(service.settings.host, port):
+            found.append(f"port {port} ({role}) is held by a process this user cannot see")
+    return found
+
+
+# ---- runs left behind -------------------------------------------------------------
+def mark_crashed_runs(settings: Settings) -> list[str]:
+    """Mark CRASHED the flow runs a stopped process left RUNNING; their names.
+
+    A run the worker started records its process id (``infrastructure_pid``); if no
+    process of this stack has it any more, the run and its running subflows are marked
+    CRASHED, the parent's message naming the stage that was running. A subflow left
+    RUNNING under a parent already in a final state (the server went away while the
+    parent ended) is marked CRASHED too.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType as TypeFilter
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from infra.prefect_api import prefect_client
+
+    folder = str(settings.stack_dir.resolve())
+    crashed: list[str] = []
+    with prefect_client(settings) as client:
+        running = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=TypeFilter(any_=[StateType.RUNNING]))
+            ),
+            limit=200,
+        )
+        by_id = {run.id: run for run in running}
+        for run in running:
+            if run.parent_task_run_id is not None:
+                continue  # a subflow: handled with its root below
+            if _run_process_alive(run.infrastructure_pid, folder):
+                continue
+            children = [r for r in running if _root_of(client, r, by_id) == run.id and r != run]
+            stages = ", ".join(sorted(c.name for c in children)) or None
+            for child in children:
+                client.set_flow_run_state(
+                    child.id, Crashed(message="its process stopped while it ran"), force=True
+                )
+                crashed.append(child.name)
+            where = f" during stage(s) {stages}" if stages else ""
+            client.set_flow_run_state(
+                run.id,
+                Crashed(message=f"its process stopped{where}; see the worker's log"),
+                force=True,
+            )
+            crashed.append(run.name)
+        for run in running:
+            if run.parent_task_run_id is None or run.name in crashed:
+                continue
+            root = _root_of(client, run, by_id)
+            parent = by_id.get(root) if root is not None else None
+            if parent is None and root is not None:
+                parent = client.read_flow_run(root)
+            if parent is not None and parent.state is not None and parent.state.is_final():
+                client.set_flow_run_state(
+                    run.id,
+                    Crashed(message=f"its parent run {parent.name} ended while it ran"),
+                    force=True,
+                )
+                crashed.append(run.name)
+    return crashed
+
+
+def _root_of(client: Any, run: Any, known: dict[Any, Any]) -> Any:
+    """The id of the top-level flow run above ``run`` (its own id if it has no parent)."""
+    seen = 0
+    while run.parent_task_run_id is not None and seen < 20:
+        task_run = client.read_task_run(run.parent_task_run_id)
+        parent_id = task_run.flow_run_id
+        run = known.get(parent_id) or client.read_flow_run(parent_id)
+        seen += 1
+    return run.id
+
+
+def _run_process_alive(infrastructure_pid: str | None, stack_folder: str) -> bool:
+    """Whether the process a worker recorded for a run still runs for this stack."""
+    if not infrastructure_pid:
+        return True  # not started by a worker (a flow called in a Python session)
+    try:
+        pid = int(str(infrastructure_pid).rsplit(":", 1)[-1])
+        proc = psutil.Process(pid)
+        return proc.environ().get(process.STACK_DIR_ENV) == stack_folder
+    except (ValueError, psutil.Error, OSError):
+        return False

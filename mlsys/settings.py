@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -61,15 +63,43 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(
         default=None, description="Prefect API (…/api); unset means the local server."
     )
+    prefect_auth_string: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Prefect API credential (`user:password`, sent as HTTP basic auth); unset "
+            "means the one `stack up` generated for the local server."
+        ),
+    )
+    mlflow_username: str | None = Field(
+        default=None, description="MLflow user; unset means the local server's generated admin."
+    )
+    mlflow_password: SecretStr | None = Field(
+        default=None, description="MLflow password; unset means the generated one."
+    )
     prefect_ui_url: str | None = Field(
         default=None, description="Prefect UI base URL used in links; derived from the API URL."
     )
     work_pool: str = Field(default="mlsys", description="Prefect process work pool name.")
+    pool_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Flow runs the work pool runs at once (default: the machine's cores); "
+        "more wait in the queue.",
+    )
     datasets_dir: str | None = Field(
         default=None,
         description=(
             "Folders of dataset definitions searched before the project's datasets/ "
             "(several joined by ':'); flows and workers of the stack see the same."
+        ),
+    )
+
+    outage_tolerance_s: float = Field(
+        default=120.0,
+        ge=0,
+        description=(
+            "How long a task keeps trying when S3 or MLflow cannot be reached before its "
+            "run fails naming the service (seconds)."
         ),
     )
 
@@ -103,23 +133,30 @@ class Settings(BaseSettings):
         return cls(**overrides).with_stack_credentials()
 
     def with_stack_credentials(self) -> Settings:
-        """Fill missing S3 keys from the keys ``stack up`` generated.
+        """Fill missing credentials from those ``stack up`` generated.
 
-        Keys given explicitly or in the environment win; otherwise the generated
-        ``<stack_dir>/credentials.json`` (mode 0600) is used, if it exists.
+        Credentials given explicitly or in the environment win; otherwise the generated
+        ``<stack_dir>/credentials.json`` (mode 0600) is used, if it exists, for each
+        service the local stack runs (a remote service keeps its own credentials).
         """
-        if self.s3_access_key is not None and self.s3_secret_key is not None:
-            return self
         creds = self.stack_dir / CREDENTIALS_FILE
         if not creds.is_file():
             return self
         data = json.loads(creds.read_text())
-        return self.model_copy(
-            update={
-                "s3_access_key": self.s3_access_key or SecretStr(data["access_key"]),
-                "s3_secret_key": self.s3_secret_key or SecretStr(data["secret_key"]),
-            }
-        )
+        update: dict[str, Any] = {}
+
+        def fill(field: str, key: str, local: bool, secret: bool = True) -> None:
+            if getattr(self, field) is None and local and data.get(key):
+                update[field] = SecretStr(data[key]) if secret else data[key]
+
+        s3_local = self.s3_endpoint_url is None
+        fill("s3_access_key", "access_key", s3_local)
+        fill("s3_secret_key", "secret_key", s3_local)
+        fill("prefect_auth_string", "prefect_auth_string", self.prefect_api_url is None)
+        mlflow_local = self.mlflow_tracking_uri is None
+        fill("mlflow_username", "mlflow_username", mlflow_local, secret=False)
+        fill("mlflow_password", "mlflow_password", mlflow_local)
+        return self.model_copy(update=update) if update else self
 
     # ---- derived endpoints -------------------------------------------------------
     @property
@@ -148,7 +185,12 @@ class Settings(BaseSettings):
         return f"s3://{self.bucket}/{key.lstrip('/')}"
 
     def s3_client(self) -> Any:
-        """A boto3 S3 client for the configured store (path-style addressing)."""
+        """A boto3 S3 client for the configured store (path-style addressing).
+
+        It gives up within seconds when the store is down (3 attempts, connect timeout
+        5 s, read timeout 30 s), so that an outage reaches the run's log at once and the
+        task's own bounded retry (tasks/retry.py, ``outage_tolerance_s``) takes over.
+        """
         import boto3
         from botocore.config import Config
 
@@ -160,7 +202,9 @@ class Settings(BaseSettings):
             region_name=self.s3_region,
             config=Config(
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"total_max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
             ),
         )
 
@@ -171,11 +215,20 @@ class Settings(BaseSettings):
         On PostgreSQL, MLflow's tables live in their own schema ``mlflow`` so that
         they never collide with Prefect's (both use an ``alembic_version`` table).
         """
+        return self._mlflow_db_uri("mlflow.db", "mlflow")
+
+    def mlflow_auth_db_uri(self) -> str:
+        """SQLAlchemy URL of the users and permissions of MLflow's basic-auth app (schema
+        ``mlflow_auth`` on PostgreSQL)."""
+        return self._mlflow_db_uri("basic_auth.db", "mlflow_auth")
+
+    def _mlflow_db_uri(self, sqlite_file: str, schema: str) -> str:
         if self.database_url is None:
-            return f"sqlite:///{(self.stack_dir / 'mlflow' / 'mlflow.db').resolve()}"
+            # timeout: seconds a writer waits for SQLite's lock before "database is locked".
+            return f"sqlite:///{(self.stack_dir / 'mlflow' / sqlite_file).resolve()}?timeout=60"
         url = _with_driver(self.database_url.get_secret_value(), "postgresql+psycopg2")
         sep = "&" if "?" in url else "?"
-        return f"{url}{sep}options={quote('-csearch_path=mlflow')}"
+        return f"{url}{sep}options={quote('-csearch_path=' + schema)}"
 
     def prefect_database_uri(self) -> str:
         """SQLAlchemy URL of the Prefect server's database."""
@@ -187,7 +240,7 @@ class Settings(BaseSettings):
     def shell_env(self) -> dict[str, str]:
         """Environment for processes that use the stack (workers, shells, flows).
 
-        Holds the S3 keys: write it only to files of mode 0600, never to logs.
+        Holds the credentials: write it only to files of mode 0600, never to logs.
         """
         env: dict[str, str] = {
             "MLSYS_STACK_DIR": str(self.stack_dir.resolve()),
@@ -202,8 +255,14 @@ class Settings(BaseSettings):
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "PREFECT_API_URL": self.api_url,
             "PREFECT_UI_URL": self.ui_url,
+            "MLSYS_OUTAGE_TOLERANCE_S": str(self.outage_tolerance_s),
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
+            # Few, short HTTP retries inside MLflow's client: an outage surfaces within
+            # seconds and the task's own bounded retry (tasks/retry.py) takes over.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
         }
         if self.datasets_dir:
             env["MLSYS_DATASETS_DIR"] = self.datasets_dir
@@ -218,7 +277,28 @@ class Settings(BaseSettings):
             env["AWS_ACCESS_KEY_ID"] = env["MLSYS_S3_ACCESS_KEY"]
             env["AWS_SECRET_ACCESS_KEY"] = env["MLSYS_S3_SECRET_KEY"]
         env["AWS_DEFAULT_REGION"] = self.s3_region
+        if self.prefect_auth_string is not None:
+            env["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string.get_secret_value()
+            env["MLSYS_PREFECT_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+        if self.mlflow_username is not None and self.mlflow_password is not None:
+            env["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
+            env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password.get_secret_value()
+            env["MLSYS_MLFLOW_USERNAME"] = self.mlflow_username
+            env["MLSYS_MLFLOW_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
         return env
+
+    def prefect_headers(self) -> dict[str, str]:
+        """HTTP headers for a request to the Prefect API (its basic-auth credential)."""
+        if self.prefect_auth_string is None:
+            return {}
+        token = base64.b64encode(self.prefect_auth_string.get_secret_value().encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def mlflow_auth(self) -> tuple[str, str] | None:
+        """(user, password) for HTTP basic auth against MLflow, if it has credentials."""
+        if self.mlflow_username is None or self.mlflow_password is None:
+            return None
+        return self.mlflow_username, self.mlflow_password.get_secret_value()
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -124,13 +124,14 @@ def stack_env(stack: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sett
     through Prefect's settings context; without it a flow would start an ephemeral
     server of its own.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    from infra.prefect_api import prefect_settings
 
     for key, value in stack.shell_env().items():
         monkeypatch.setenv(key, value)
-    from prefect.logging.handlers import APILogWorker
-
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url, PREFECT_UI_URL: stack.ui_url}):
+    with prefect_settings(stack), temporary_settings(updates={PREFECT_UI_URL: stack.ui_url}):
         yield stack
         # Send buffered flow-run logs while the server is still up.
         APILogWorker.drain_all(timeout=10)

@@ -7,6 +7,7 @@ Chromium and ChromeDriver come from Debian (``make install`` installs the packag
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -32,6 +33,23 @@ class Page:
 
     def __init__(self, driver: object) -> None:
         self.driver = driver
+
+    def sign_in_prefect(self, ui_url: str, auth_string: str) -> None:
+        """Give the Prefect UI its API credential as its login page would (the UI keeps
+        it in local storage and sends it with every API request)."""
+        self.driver.get(ui_url)  # type: ignore[attr-defined]
+        self.driver.execute_script(  # type: ignore[attr-defined]
+            "localStorage.setItem('prefect-password', btoa(arguments[0]));", auth_string
+        )
+
+    def sign_in_mlflow(self, user: str, password: str) -> None:
+        """Send MLflow's basic-auth credential with every request from now on (what the
+        browser's login prompt would do)."""
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.driver.execute_cdp_cmd("Network.enable", {})  # type: ignore[attr-defined]
+        self.driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+            "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+        )
 
     def show(self, url: str, expect: Sequence[str], *, shot: str, timeout_s: float = 60) -> str:
         """Load ``url``, wait until the page's visible text holds every string of

@@ -65,16 +65,14 @@ def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
     if missing:
         pytest.skip(missing)
     outcome, _, parent = first_run
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from infra.prefect_api import prefect_client
 
-    with (
-        temporary_settings(updates={PREFECT_API_URL: stack.api_url}),
-        get_client(sync_client=True) as prefect,
-    ):
+    with prefect_client(stack) as prefect:
         deployment = prefect.read_deployment_by_name("end_to_end/end_to_end")
     run_name = parent.info.run_name
     with chromium() as page:
+        assert stack.prefect_auth_string is not None
+        page.sign_in_prefect(stack.ui_url, stack.prefect_auth_string.get_secret_value())
         text = page.show(
             outcome.prefect_url, [outcome.flow_run_name, "Completed"], shot="prefect-flow-run"
         )
@@ -83,6 +81,7 @@ def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
             f"{stack.api_url}/artifacts/filter",
             json={"artifacts": {"key": {"any_": ["end-to-end-summary"]},
                                 "flow_run_id": {"any_": [outcome.flow_run_id]}}},
+            headers=stack.prefect_headers(),
             timeout=30,
         ).json()  # fmt: skip
         assert len(summary) == 1, summary
@@ -96,6 +95,9 @@ def test_the_uis_show_the_flow_run_its_mlflow_run_and_the_model(
             ["Training", "Passes over the training rows."],
             shot="prefect-deployment-run-form",
         )
+        auth = stack.mlflow_auth()
+        assert auth is not None
+        page.sign_in_mlflow(*auth)
         run_url = mlflow_run_link(stack.tracking_uri, parent.info.experiment_id, parent.info.run_id)
         page.show(run_url, [run_name, "test_accuracy", "Child runs", "train"], shot="mlflow-run")
         page.show(

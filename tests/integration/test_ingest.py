@@ -88,7 +88,9 @@ def test_empty_folder_stops_the_flow(stack_env: Settings, tmp_path: Path) -> Non
     with pytest.raises(SourceError, match=str(tmp_path)):
         ingest(source=str(tmp_path), batch="it-empty")
     # The failed run is recorded by the stack's own Prefect server.
-    response = httpx.post(f"{stack_env.api_url}/flow_runs/filter", json={})
+    response = httpx.post(
+        f"{stack_env.api_url}/flow_runs/filter", json={}, headers=stack_env.prefect_headers()
+    )
     runs = [r for r in response.json() if r["parameters"].get("batch") == "it-empty"]
     assert [r["state_type"] for r in runs] == ["FAILED"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -55,3 +56,49 @@ def test_missing_or_corrupt_record_reads_as_none(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     assert process.read_record(tmp_path, "bad") is None
+
+
+def _wait_for(check: object, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.05)
+
+
+def test_a_killed_leader_leaves_children_that_stop_and_leftovers_find(tmp_path: Path) -> None:
+    """kill -9 of a server's recorded pid leaves its worker serving (as uvicorn under
+    `mlflow server`); stop() still ends the group, and leftovers() finds the orphan by
+    the stack folder it was started for."""
+    script = "import subprocess,time; subprocess.Popen(['sleep','120']); time.sleep(120)"
+    record = process.spawn(
+        tmp_path, "svc", [sys.executable, "-c", script], env={"PATH": "/usr/bin:/bin"}
+    )
+    _wait_for(lambda: psutil.Process(record.pid).children())
+    child = psutil.Process(record.pid).children()[0]
+    psutil.Process(record.pid).kill()
+    psutil.Process(record.pid).wait(timeout=10)
+    assert not record.alive() and child.is_running()
+    assert [p.pid for p in process.leftovers(tmp_path, "svc")] == [child.pid]
+    assert process.leftovers(tmp_path, "other") == []
+    assert process.leftovers(tmp_path / "elsewhere", "svc") == []
+    assert child.pid in process.family_pids(record)
+    assert process.stop(record, timeout_s=5) is True
+    child.wait(timeout=10)
+    assert process.leftovers(tmp_path, "svc") == []
+
+
+def test_spawned_files_are_private(tmp_path: Path) -> None:
+    script = "open('made-by-service.txt', 'w').write('x')"
+    record = process.spawn(tmp_path, "w", [sys.executable, "-c", script], env={}, cwd=tmp_path)
+    psutil.Process(record.pid).wait(timeout=10)
+    assert (tmp_path / "made-by-service.txt").stat().st_mode & 0o077 == 0
+
+
+def test_listener_names_the_process_on_a_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        holder = process.listener("127.0.0.1", port)
+        assert holder is not None and holder.pid == os.getpid()

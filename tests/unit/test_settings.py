@@ -73,7 +73,9 @@ def test_secrets_hidden_in_repr() -> None:
 
 def test_sqlite_by_default(tmp_path: Path) -> None:
     settings = Settings(stack_dir=tmp_path)
-    assert settings.mlflow_backend_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+    mlflow_db = f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db?timeout=60"
+    assert settings.mlflow_backend_uri() == mlflow_db
+    assert settings.mlflow_auth_db_uri().endswith("/mlflow/basic_auth.db?timeout=60")
     assert settings.prefect_database_uri().startswith("sqlite+aiosqlite:///")
 
 
@@ -83,6 +85,7 @@ def test_postgres_urls_get_drivers_and_mlflow_schema() -> None:
     assert settings.mlflow_backend_uri() == (
         "postgresql+psycopg2://u:pw@db.local:5432/mlsys?options=-csearch_path%3Dmlflow"
     )
+    assert settings.mlflow_auth_db_uri().endswith("?options=-csearch_path%3Dmlflow_auth")
 
 
 def test_non_postgres_database_url_is_named() -> None:
@@ -103,3 +106,32 @@ def test_shell_env_carries_keys_and_endpoints() -> None:
     assert env["MLSYS_S3_SECRET_KEY"] == "SK"
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:18333"
     assert env["PREFECT_API_URL"] == settings.api_url
+
+
+def test_stack_credentials_are_generated_once_per_local_service(tmp_path: Path) -> None:
+    from infra.stack import ensure_credentials
+
+    local = ensure_credentials(Settings(stack_dir=tmp_path / "a"))
+    assert local.prefect_auth_string is not None and local.mlflow_password is not None
+    assert local.s3_access_key is not None
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "a" / "credentials.json").stat().st_mode & 0o777 == 0o600
+    again = ensure_credentials(Settings(stack_dir=tmp_path / "a"))
+    assert again.prefect_auth_string == local.prefect_auth_string, "a restart kept its keys"
+    env = again.shell_env()
+    assert env["PREFECT_API_AUTH_STRING"] == local.prefect_auth_string.get_secret_value()
+    assert env["MLFLOW_TRACKING_PASSWORD"] == local.mlflow_password.get_secret_value()
+    assert again.prefect_headers()["Authorization"].startswith("Basic ")
+    # Remote services keep their own credentials; none is generated for them.
+    remote = ensure_credentials(
+        Settings(
+            stack_dir=tmp_path / "b",
+            prefect_api_url="http://prefect.example/api",
+            mlflow_tracking_uri="http://mlflow.example",
+            mlflow_username="me",
+            mlflow_password="theirs",
+        )
+    )
+    assert remote.prefect_auth_string is None
+    assert remote.mlflow_auth() == ("me", "theirs")
+    assert "prefect_auth_string" not in (tmp_path / "b" / "credentials.json").read_text()
