@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-unit bench lint format stack-up stack-down stack-status clean lock
+.PHONY: install browser demo test test-unit test-faults bench lint format stack-up stack-down stack-status clean lock
 
 install: $(STAMP) browser
 
@@ -56,6 +56,11 @@ test: install
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+# Services killed during runs and many runs at once, on a stack of their own (slow:
+# about 15 minutes); not part of `make test`.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest tests/faults
 
 # Every benchmark, then their figures to MLflow when MLFLOW_TRACKING_URI is set.
 bench: $(STAMP)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -129,8 +131,38 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Read the environment (``overrides`` win), then add the stack's S3 keys."""
-        return cls(**overrides).with_stack_credentials()
+        """Read the environment (``overrides`` win), then add the stack's credentials.
+
+        MLflow's client reads its credential from the environment on every request, so
+        the MLflow user and password are also exported to this process's environment
+        (unless it already names an MLflow user).
+        """
+        settings = cls(**overrides).with_stack_credentials()
+        settings.export_mlflow_credentials()
+        return settings
+
+    @contextmanager
+    def mlflow_credentials(self) -> Iterator[None]:
+        """This settings' MLflow credential in the environment for the duration (for a
+        process that talks to more than one MLflow server, such as the tests)."""
+        keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        saved = {key: os.environ.pop(key, None) for key in keys}
+        try:
+            self.export_mlflow_credentials()
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def export_mlflow_credentials(self) -> None:
+        """Put the MLflow credential where MLflow's client looks for it (this process's
+        environment), unless the environment already names a user."""
+        auth = self.mlflow_auth()
+        if auth is not None and "MLFLOW_TRACKING_USERNAME" not in os.environ:
+            os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = auth
 
     def with_stack_credentials(self) -> Settings:
         """Fill missing credentials from those ``stack up`` generated.

@@ -111,8 +111,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     settings = stack_settings(tmp_path_factory.mktemp("stack"), datasets_dir=str(datasets))
     try:
         settings = up(settings, timeout_s=180, say=lambda line: None)
+        # MLflow's client reads its credential from the environment.
+        settings.export_mlflow_credentials()
         yield settings
     finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
         down(settings, say=lambda line: None)
 
 

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from infra import process
 from infra.runs import trigger
 from infra.stack import ALL_SERVICES, down, up
+from mlsys.settings import Settings
 from tests.conftest import stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -63,35 +64,8 @@ def test_postgres_backed_stack_runs_a_deployment_and_stops_clean(
     settings = stack_settings(tmp_path / "pg-stack", database_url=database)
     try:
         settings = up(settings, timeout_s=180, say=lambda line: None)
-        outcome = trigger(
-            settings, "ingest/ingest", {"batch": "pg"}, timeout_s=300, say=lambda line: None
-        )
-        assert outcome.state == "COMPLETED", outcome.message
-        assert outcome.mlflow_url is not None
-
-        with psycopg2.connect(database) as conn, conn.cursor() as cur:
-            # MLflow's run rows live in its own schema...
-            cur.execute("SELECT count(*) FROM mlflow.runs")
-            assert cur.fetchone()[0] >= 1
-            cur.execute(
-                "SELECT count(*) FROM mlflow.tags WHERE key = 'prefect.flow_run_id' AND value = %s",
-                (outcome.flow_run_id,),
-            )
-            assert cur.fetchone()[0] == 1
-            # ...and Prefect's flow run is in Prefect's tables of the same database.
-            cur.execute(
-                "SELECT state_type FROM public.flow_run WHERE id = %s", (outcome.flow_run_id,)
-            )
-            assert cur.fetchone()[0] == "COMPLETED"
-        assert not (settings.stack_dir / "mlflow" / "mlflow.db").exists()
-        assert not (settings.stack_dir / "prefect" / "prefect.db").exists()
-
-        client = MlflowClient(tracking_uri=settings.tracking_uri)
-        runs = client.search_runs(
-            [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
-            filter_string=f"tags.`prefect.flow_run_id` = '{outcome.flow_run_id}'",
-        )
-        assert runs[0].data.metrics["rows_out"] == 1953
+        with settings.mlflow_credentials():
+            _run_a_deployment(settings, database)
     finally:
         family = _family(settings.stack_dir)
         bystander = psutil.Popen(["sleep", "60"])
@@ -106,3 +80,34 @@ def test_postgres_backed_stack_runs_a_deployment_and_stops_clean(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _run_a_deployment(settings: Settings, database: str) -> None:
+    """An ingest run on the PostgreSQL-backed stack: its rows in both servers' tables."""
+    outcome = trigger(
+        settings, "ingest/ingest", {"batch": "pg"}, timeout_s=300, say=lambda line: None
+    )
+    assert outcome.state == "COMPLETED", outcome.message
+    assert outcome.mlflow_url is not None
+
+    with psycopg2.connect(database) as conn, conn.cursor() as cur:
+        # MLflow's run rows live in its own schema...
+        cur.execute("SELECT count(*) FROM mlflow.runs")
+        assert cur.fetchone()[0] >= 1
+        cur.execute(
+            "SELECT count(*) FROM mlflow.tags WHERE key = 'prefect.flow_run_id' AND value = %s",
+            (outcome.flow_run_id,),
+        )
+        assert cur.fetchone()[0] == 1
+        # ...and Prefect's flow run is in Prefect's tables of the same database.
+        cur.execute("SELECT state_type FROM public.flow_run WHERE id = %s", (outcome.flow_run_id,))
+        assert cur.fetchone()[0] == "COMPLETED"
+    assert not (settings.stack_dir / "mlflow" / "mlflow.db").exists()
+    assert not (settings.stack_dir / "prefect" / "prefect.db").exists()
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{outcome.flow_run_id}'",
+    )
+    assert runs[0].data.metrics["rows_out"] == 1953

@@ -1,0 +1,193 @@
+"""Services of a private stack killed with SIGKILL during runs, and many runs submitted
+at once: runs complete when the service returns within the tolerance, fail naming the
+service when it doesn't, leave nothing RUNNING, and lose nothing.
+
+Slow (minutes each): run with `make test-faults`, not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from infra import process
+from infra.runs import trigger
+from infra.stack import down, up
+from mlsys.settings import Settings
+from tests.conftest import stack_settings
+
+pytestmark = pytest.mark.integration
+
+TOLERANCE_S = 40.0
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A stack of its own (its services get killed), with a short outage tolerance."""
+    settings = stack_settings(
+        tmp_path_factory.mktemp("fault-stack"), outage_tolerance_s=TOLERANCE_S
+    )
+    try:
+        settings = up(settings, timeout_s=180, say=lambda line: None)
+        first = trigger(settings, "ingest/ingest", {"batch": "base"}, say=lambda _: None)
+        assert first.state == "COMPLETED", first.message
+        yield settings
+    finally:
+        down(settings, say=lambda line: None)
+
+
+def kill(settings: Settings, service: str) -> None:
+    """SIGKILL the service's whole process group, as a crash (or the OOM killer) would."""
+    record = process.read_record(settings.stack_dir, service)
+    assert record is not None and record.alive(), f"{service} was not running"
+    for pid in process.family_pids(record):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    psutil.wait_procs([psutil.Process(record.pid)], timeout=10)
+
+
+def wait_state(settings: Settings, run_id: str, done: Any, timeout_s: float) -> Any:
+    from infra.prefect_api import prefect_client
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with prefect_client(settings) as client:
+                run = client.read_flow_run(run_id)
+            if done(run):
+                return run
+        except Exception:
+            pass  # the server may be the one that is down
+        assert time.monotonic() < deadline, f"run {run_id} not done in {timeout_s:.0f} s"
+        time.sleep(1)
+
+
+def run_logs(settings: Settings, run_id: str) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from infra.prefect_api import prefect_client
+
+    with prefect_client(settings) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def s3_snapshot(settings: Settings, prefix: str) -> dict[str, str]:
+    s3 = settings.s3_client()
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def start(settings: Settings, deployment: str, params: dict[str, Any]) -> str:
+    outcome = trigger(settings, deployment, params, wait=False, say=lambda _: None)
+    wait_state(settings, outcome.flow_run_id, lambda r: r.state.is_running(), 300)
+    return outcome.flow_run_id
+
+
+def no_running_runs(settings: Settings) -> list[str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType as TypeFilter
+    from prefect.client.schemas.objects import StateType
+
+    from infra.prefect_api import prefect_client
+
+    with prefect_client(settings) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=TypeFilter(any_=[StateType.RUNNING]))
+            )
+        )
+    return [r.name for r in runs]
+
+
+def test_s3_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -> None:
+    raw = s3_snapshot(fault_stack, "raw/")
+    run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-back"})
+    time.sleep(2)
+    kill(fault_stack, "seaweedfs")
+    time.sleep(TOLERANCE_S / 3)
+    up(fault_stack, timeout_s=180, say=lambda line: None)
+    run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 900)
+    assert run.state.type.value == "COMPLETED", run.state.message
+    assert s3_snapshot(fault_stack, "raw/") == raw, "objects changed across the outage"
+    assert not no_running_runs(fault_stack)
+
+
+def test_s3_gone_for_good_the_run_fails_naming_it_in_time(fault_stack: Settings) -> None:
+    run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-gone"})
+    time.sleep(2)
+    kill(fault_stack, "seaweedfs")
+    killed = time.monotonic()
+    try:
+        run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 600)
+        took = time.monotonic() - killed
+    finally:
+        up(fault_stack, timeout_s=180, say=lambda line: None)
+    assert run.state.type.value in ("FAILED", "CRASHED")
+    assert took < TOLERANCE_S + 30 + 30, f"failed {took:.0f} s after the kill"
+    said = f"{run.state.message}\n{run_logs(fault_stack, run_id)}"
+    assert "S3" in said and str(fault_stack.s3_endpoint) in said, said[-2000:]
+
+
+def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -> None:
+    from mlflow.tracking import MlflowClient
+
+    labeled = trigger(fault_stack, "weak_label/weak_label", {"batch": "for-train"},
+                      say=lambda _: None)  # fmt: skip
+    assert labeled.state == "COMPLETED", labeled.message
+    client = MlflowClient(tracking_uri=fault_stack.tracking_uri)
+    before = {(m.name, m.version) for m in client.search_model_versions()}
+    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    time.sleep(2)
+    kill(fault_stack, "mlflow")
+    time.sleep(TOLERANCE_S / 3)
+    up(fault_stack, timeout_s=180, say=lambda line: None)
+    run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 900)
+    assert run.state.type.value == "COMPLETED", run.state.message
+    after = {(m.name, m.version) for m in client.search_model_versions()}
+    assert before <= after and len(after - before) == 1, (before, after)
+    assert not no_running_runs(fault_stack)
+
+
+def test_prefect_server_killed_no_run_stays_running(fault_stack: Settings) -> None:
+    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    time.sleep(2)
+    kill(fault_stack, "prefect-server")
+    time.sleep(10)
+    up(fault_stack, timeout_s=180, say=lambda line: None)
+    run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 900)
+    assert run.state.type.value in ("COMPLETED", "FAILED", "CRASHED")
+    deadline = time.monotonic() + 120
+    while no_running_runs(fault_stack) and time.monotonic() < deadline:
+        time.sleep(5)
+        up(fault_stack, timeout_s=180, say=lambda line: None)
+    assert not no_running_runs(fault_stack)
+
+
+@pytest.mark.parametrize("runs", [50])
+def test_many_runs_submitted_at_once_are_all_run(fault_stack: Settings, runs: int) -> None:
+    """Runs submitted at once from as many threads: every submission is accepted, every
+    run completes (the pool runs as many as the machine has cores; the rest wait)."""
+
+    def submit(i: int) -> str:
+        params = {"batch": f"load-{i:03d}"}
+        outcome = trigger(fault_stack, "ingest/ingest", params, wait=False, say=lambda _: None)
+        return outcome.flow_run_id
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=runs) as pool:
+        ids = list(pool.map(submit, range(runs)))
+    assert len(set(ids)) == runs
+    states = [
+        wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 3600).state.type.value
+        for run_id in ids
+    ]
+    assert states == ["COMPLETED"] * runs, {s: states.count(s) for s in set(states)}
+    log = (Path(fault_stack.stack_dir) / "logs" / "prefect-server.log").read_text()
+    assert "database is locked" not in log
