@@ -30,6 +30,7 @@ from tasks.batch_infer import (
     stage_input,
     write_manifest,
 )
+from tasks.retry import tolerant
 from tasks.tracking import flow_run_tracking
 from tasks.validate import validate_batch
 
@@ -133,7 +134,9 @@ def batch_infer(
     model_name = model_name or definition.registered_model_name
     id_column = id_column or definition.id_column
     suite = serving_suite(definition)
-    source = source or latest_key(settings.s3_client(), settings.bucket, raw_prefix(dataset))
+    source = source or latest_key(
+        tolerant(settings.s3_client()), settings.bucket, raw_prefix(dataset)
+    )
     batch = batch or PurePosixPath(source.rstrip("/")).stem
     rename = normalized_names(definition)
     prefix = predictions_prefix(dataset, batch)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.batch_infer import batch_infer
 from flows.ingest import ingest
@@ -18,6 +18,7 @@ from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
 from mlsys.links import mlflow_model_link
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
+from tasks.retry import tolerant
 from tasks.stages import Stages, path_fingerprint, s3_fingerprint, s3_object_exists
 from tasks.tracking import flow_run_tracking, stage_metrics
 from tasks.train import check_gpipe_depth
@@ -25,6 +26,8 @@ from tasks.train import check_gpipe_depth
 
 class LabelOptions(BaseModel):
     """How the raw batch gets its labels (the gold rows come from the dataset's gold policy)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
 
     lf_set: str = Field(
         DEFAULT_LF_SET,
@@ -39,6 +42,8 @@ class LabelOptions(BaseModel):
 
 class TrainOptions(BaseModel):
     """How the dataset's text classifier is trained."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
 
     trainer: Literal["plain", "gpipe", "spill"] = Field(
         "plain",
@@ -80,6 +85,8 @@ class TrainOptions(BaseModel):
 
 class InferOptions(BaseModel):
     """How the newest batch is scored."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
 
     chunk_rows: int = Field(50_000, ge=1, description="Rows per streamed chunk.")
     workers: int | None = Field(
@@ -275,7 +282,9 @@ def _version_exists(settings: Settings, model_name: str, version: str) -> bool:
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient(tracking_uri=settings.tracking_uri).get_model_version(model_name, version)
+        tolerant(MlflowClient(tracking_uri=settings.tracking_uri)).get_model_version(
+            model_name, version
+        )
     except MlflowException:
         return False
     return True

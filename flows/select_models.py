@@ -16,6 +16,7 @@ from mlsys.labeling.batch import selection_rows
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
 from mlsys.training.selection import expand_grid, rank
+from tasks.retry import tolerant
 from tasks.select import log_candidates, train_grid
 from tasks.tracking import flow_run_tracking
 from tasks.train import load_validated_batch, promote_if_better, register_model
@@ -89,7 +90,7 @@ def select_models(
     if budget_mb is not None and budget_mb < 1:
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb}")
     uri = labeled_batch or latest_key(
-        settings.s3_client(), settings.bucket, labeled_prefix(dataset)
+        tolerant(settings.s3_client()), settings.bucket, labeled_prefix(dataset)
     )
     featurizer = pipeline_featurizer(n_features, char_ngrams)
     common = {

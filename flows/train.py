@@ -13,6 +13,7 @@ from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
+from tasks.retry import tolerant
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
     check_gpipe_depth,
@@ -106,7 +107,7 @@ def train(
     definition = load_dataset(dataset)
     model_name = model_name or definition.registered_model_name
     uri = labeled_batch or latest_key(
-        settings.s3_client(), settings.bucket, labeled_prefix(dataset)
+        tolerant(settings.s3_client()), settings.bucket, labeled_prefix(dataset)
     )
     hidden = list(hidden or [])
     if trainer == "gpipe":

@@ -22,7 +22,7 @@ from mlsys.inference.batch import ChunkResult, iter_chunks, score_chunks
 from mlsys.memory import bound_streaming_memory
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode, ValidationFailed, run_checkpoint
-from tasks.retry import S3_RETRIES
+from tasks.retry import outage_tolerant, tolerant
 from tasks.validate import dataset_suite
 
 MANIFEST = "_manifest.json"
@@ -50,7 +50,8 @@ class ModelRef:
         return {"model_name": self.name, "model_version": self.version, "run_id": self.run_id}
 
 
-@task(name="resolve-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
+@task(name="resolve-model", cache_policy=NO_CACHE)
+@outage_tolerant
 def resolve_model(
     settings: Settings,
     name: str,
@@ -69,7 +70,7 @@ def resolve_model(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(settings.tracking_uri)
+    client = tolerant(MlflowClient(settings.tracking_uri))
     try:
         registered = client.get_registered_model(name)
     except MlflowException as exc:
@@ -123,7 +124,8 @@ def resolve_model(
     return ref
 
 
-@task(name="stage-input", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="stage-input", cache_policy=NO_CACHE)
+@outage_tolerant
 def stage_input(settings: Settings, source: str, folder: Path) -> list[Path]:
     """Local paths of the input files: an s3:// object or every .parquet/.csv under an
     s3:// prefix is downloaded (streamed to disk) into ``folder``; a local file or folder
@@ -215,7 +217,8 @@ def serving_check(suite: Mapping[str, Any], mode: Mode) -> Any:
     return check
 
 
-@task(name="score-partition", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="score-partition", cache_policy=NO_CACHE)
+@outage_tolerant
 def score_partition(
     settings: Settings,
     ref: ModelRef,
@@ -265,7 +268,8 @@ def score_partition(
     return [r.to_dict() for r in results]
 
 
-@task(name="claim-output", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="claim-output", cache_policy=NO_CACHE)
+@outage_tolerant
 def claim_output(
     settings: Settings, prefix: str, ref: ModelRef, source: str, chunk_rows: int
 ) -> bool:
@@ -288,7 +292,8 @@ def claim_output(
     return any(k.endswith(".parquet") for k in existing)
 
 
-@task(name="write-manifest", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="write-manifest", cache_policy=NO_CACHE)
+@outage_tolerant
 def write_manifest(
     settings: Settings, prefix: str, ref: ModelRef, source: str, results: list[dict[str, Any]]
 ) -> tuple[str, dict[str, int]]:

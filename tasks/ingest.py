@@ -16,7 +16,7 @@ from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import put_bytes
 from mlsys.data.summary import plot_batch_summary, summarize_batch
 from mlsys.settings import Settings
-from tasks.retry import S3_RETRIES, retry_transient
+from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
 
 
@@ -27,13 +27,8 @@ def resolve_source(source: str | None, dataset: str) -> str:
     return load_dataset(dataset).resolved_source()
 
 
-@task(
-    name="read-source",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+@task(name="read-source", cache_policy=NO_CACHE)
+@outage_tolerant
 def read_source_task(source: str, dataset: str, settings: Settings) -> pd.DataFrame:
     """Read ``source`` into a normalized raw batch (all rows kept, quirks included)."""
     logger = get_run_logger()
@@ -52,7 +47,8 @@ def read_source_task(source: str, dataset: str, settings: Settings) -> pd.DataFr
     return df
 
 
-@task(name="write-raw-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="write-raw-batch", cache_policy=NO_CACHE)
+@outage_tolerant
 def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: str) -> str:
     """Write the batch as Parquet to s3://<bucket>/raw/<dataset>/<batch>.parquet."""
     uri = settings.s3_uri(raw_key(dataset, batch))
@@ -62,7 +58,8 @@ def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: s
     return uri
 
 
-@task(name="track-ingest", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="track-ingest", cache_policy=NO_CACHE)
+@outage_tolerant
 def track_ingest(
     run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str, *, rows_in: int
 ) -> dict[str, int]:

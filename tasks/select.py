@@ -27,7 +27,7 @@ from mlsys.training import FitResult, Job, ManyResult, train_many
 from mlsys.training.evaluate import classification_metrics, plot_history
 from mlsys.training.selection import GridPoint
 from mlsys.training.sharp import lower_bound, plot_gantt
-from tasks.retry import S3_RETRIES
+from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun, child_run
 
 
@@ -109,7 +109,8 @@ def train_grid(
     return result
 
 
-@task(name="log-candidates", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="log-candidates", cache_policy=NO_CACHE)
+@outage_tolerant
 def log_candidates(
     run: TrackedRun,
     points: list[GridPoint],

@@ -30,6 +30,7 @@ from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 import mlsys
 from mlsys.data.s3 import object_etag
 from mlsys.settings import Settings
+from tasks.retry import tolerant
 from tasks.tracking import current_run, stage_metrics
 
 RESULTS_FOLDER = "prefect-results"
@@ -100,13 +101,15 @@ def path_fingerprint(source: str | None) -> Any:
 
 
 def s3_fingerprint(settings: Settings, uri: str) -> dict[str, Any]:
-    """The URI and the ETag of its object (None when there is none)."""
-    return {"uri": uri, "etag": object_etag(settings.s3_client(), uri)}
+    """The URI and the ETag of its object (None when there is none). Rides out an S3
+    outage (``tasks.retry``)."""
+    return {"uri": uri, "etag": object_etag(tolerant(settings.s3_client()), uri)}
 
 
 def s3_object_exists(settings: Settings, uri: str) -> bool:
-    """Whether there is an object at ``uri``: a stored stage result pointing at it holds."""
-    return object_etag(settings.s3_client(), uri) is not None
+    """Whether there is an object at ``uri``: a stored stage result pointing at it holds.
+    Rides out an S3 outage (``tasks.retry``)."""
+    return object_etag(tolerant(settings.s3_client()), uri) is not None
 
 
 @task(

@@ -1,7 +1,9 @@
 """Tracking glue: one MLflow parent run per Prefect flow run, linked both ways.
 
 MLflow's "active run" is per thread and Prefect runs tasks on other threads, so
-nothing here relies on it: every call names its run id explicitly.
+nothing here relies on it: every call names its run id explicitly. Every client made here
+rides out an MLflow outage call by call (``tasks.retry.tolerant``): a task that loses
+MLflow says so in the run's log and goes on when it is back, within the outage tolerance.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import runtime
 from prefect.artifacts import create_link_artifact
 
 from mlsys.links import mlflow_run_link
 from mlsys.settings import Settings
+from tasks.retry import run_logger, tolerant
 
 # Tags written on every parent run; the UI and `mlsys run` search by them.
 TAG_FLOW_RUN_ID = "prefect.flow_run_id"
@@ -43,7 +47,8 @@ class TrackedRun:
         return mlflow_run_link(self.tracking_uri, self.experiment_id, self.run_id)
 
     def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        """A client of the run's tracking server whose calls ride out an MLflow outage."""
+        return tolerant(MlflowClient(tracking_uri=self.tracking_uri))
 
 
 # The run of the flow run in progress: a subflow's run nests under it (mlflow.parentRunId).
@@ -66,7 +71,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return str(experiment.experiment_id)
     try:
         return str(client.create_experiment(name, tags=EXPERIMENT_KIND))
-    except Exception:
+    except MlflowException:
         # Another flow run created it between our look-up and create.
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -100,7 +105,7 @@ def flow_run_tracking(
     a child of the calling flow's run.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = tolerant(MlflowClient(tracking_uri=settings.tracking_uri))
     exp_id = experiment_id(client, settings.mlflow_experiment)
     tags = prefect_context(settings)
     name = run_name or tags[TAG_FLOW_RUN_NAME] or tags[TAG_FLOW_NAME] or None
@@ -125,12 +130,23 @@ def flow_run_tracking(
         yield tracked
     except BaseException:
         stop_system_metrics(monitor)
-        client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FAILED))
+        _mark_failed(tracked)
         raise
     finally:
         _CURRENT_RUN.reset(token)
     stop_system_metrics(monitor)
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _mark_failed(run: TrackedRun) -> None:
+    """Close ``run`` as FAILED, once and without riding out an outage: the run is failing
+    already (perhaps because MLflow is out), and its own error is the one to report."""
+    try:
+        MlflowClient(tracking_uri=run.tracking_uri).set_terminated(
+            run.run_id, RunStatus.to_string(RunStatus.FAILED)
+        )
+    except Exception as exc:
+        run_logger().warning("could not mark MLflow run %s FAILED: %s", run.run_id, exc)
 
 
 def start_system_metrics(run: TrackedRun) -> Any:
@@ -229,7 +245,7 @@ def child_run(
     try:
         yield child
     except BaseException:
-        client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.FAILED))
+        _mark_failed(child)
         raise
     status = RunStatus.FAILED if child.failed[0] else RunStatus.FINISHED
     client.set_terminated(child.run_id, RunStatus.to_string(status))

@@ -54,7 +54,7 @@ from mlsys.training.schedule import (
     theoretical_bubble,
 )
 from mlsys.training.spill import Spill
-from tasks.retry import S3_RETRIES
+from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun, mark_model_version
 from tasks.validate import validate_batch
 
@@ -131,7 +131,8 @@ class TrackingCallback(Callback):
             update_progress_artifact(self.artifact_id, 100.0)
 
 
-@task(name="load-labeled-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="load-labeled-batch", cache_policy=NO_CACHE)
+@outage_tolerant
 def load_labeled_batch(settings: Settings, uri: str) -> pd.DataFrame:
     df = read_parquet_bytes(get_bytes(settings.s3_client(), uri))
     needed = {"text", "split", "label", "label_source", "weight", "gold_label"}
@@ -250,7 +251,8 @@ def fit_model(
         return result
 
 
-@task(name="choose-end-model", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="choose-end-model", cache_policy=NO_CACHE)
+@outage_tolerant
 def choose_end_model(
     run: TrackedRun,
     df: pd.DataFrame,
@@ -328,7 +330,8 @@ def _download_latest_checkpoint(client: MlflowClient, run_id: str, folder: Path)
     get_run_logger().info("resuming from %s of MLflow run %s", target.name, run_id)
 
 
-@task(name="evaluate-model", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+@outage_tolerant
 def evaluate_model(
     run: TrackedRun,
     result: FitResult,
@@ -388,7 +391,8 @@ def _metric_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-@task(name="register-model", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="register-model", cache_policy=NO_CACHE)
+@outage_tolerant
 def register_model(
     run: TrackedRun,
     result: FitResult,
@@ -436,7 +440,8 @@ def register_model(
     return {"name": name, "version": version, "alias": alias, "model_uri": info.model_uri}
 
 
-@task(name="promote-if-better", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
+@task(name="promote-if-better", cache_policy=NO_CACHE)
+@outage_tolerant
 def promote_if_better(
     run: TrackedRun,
     *,

@@ -42,7 +42,7 @@ from mlsys.validation.suites import (
     suite_version,
     validate_suite,
 )
-from tasks.retry import S3_RETRIES
+from tasks.retry import outage_tolerant, tolerant
 from tasks.tracking import TrackedRun
 
 PARQUET = "application/vnd.apache.parquet"
@@ -89,13 +89,15 @@ def previous_batch(settings: Settings, prefix: str, current_uri: str | None) -> 
     """The newest Parquet batch under ``prefix`` other than ``current_uri``, if any: the
     reference a batch's drift is measured against."""
     current = S3Uri.parse(current_uri).key if current_uri else None
-    for _, key in list_keys(settings.s3_client(), settings.bucket, prefix, ".parquet"):
+    client = tolerant(settings.s3_client())  # called in flows, outside any task
+    for _, key in list_keys(client, settings.bucket, prefix, ".parquet"):
         if key != current:
             return settings.s3_uri(key)
     return None
 
 
-@task(name="validate-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="validate-batch", cache_policy=NO_CACHE)
+@outage_tolerant
 def validate_batch(
     run: TrackedRun,
     settings: Settings,

@@ -26,7 +26,7 @@ from mlsys.models.pyfunc import load_digit_cnn, log_digit_cnn
 from mlsys.models.text import probabilities_frame
 from mlsys.settings import Settings
 from mlsys.training import fit
-from tasks.retry import S3_RETRIES
+from tasks.retry import outage_tolerant, tolerant
 from tasks.tracking import TrackedRun, mark_model_version
 from tasks.train import TrackingCallback
 
@@ -78,7 +78,8 @@ def train_digit_cnn(
     return DigitModel(model=model, config=config, test_accuracy=accuracy)
 
 
-@task(name="register-digit-cnn", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
+@task(name="register-digit-cnn", cache_policy=NO_CACHE)
+@outage_tolerant
 def register_digit_cnn(
     run: TrackedRun, trained: DigitModel, *, name: str, alias: str, example: torch.Tensor
 ) -> str:
@@ -99,14 +100,15 @@ def register_digit_cnn(
     return version
 
 
-@task(name="load-digit-cnn", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3)
+@task(name="load-digit-cnn", cache_policy=NO_CACHE)
+@outage_tolerant
 def load_cnn(settings: Settings, name: str, alias: str) -> tuple[nn.Sequential, str]:
     """The registered CNN as an ``nn.Sequential`` (incremental inference needs its layers)
     and the version ``alias`` points at."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(settings.tracking_uri)
+    client = tolerant(MlflowClient(settings.tracking_uri))
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -178,7 +180,8 @@ def infer_video(
     return VideoResult(frames=frames, metrics=metrics)
 
 
-@task(name="track-video", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="track-video", cache_policy=NO_CACHE)
+@outage_tolerant
 def track_video(
     run: TrackedRun, settings: Settings, result: VideoResult, key: str, video: DigitVideo
 ) -> str:

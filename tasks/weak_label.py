@@ -40,13 +40,14 @@ from mlsys.labeling import (
 from mlsys.labeling.batch import jsonable, lf_view, split_unlabelable
 from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
-from tasks.retry import S3_RETRIES
+from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
 
 PARQUET = "application/vnd.apache.parquet"
 
 
-@task(name="find-raw-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="find-raw-batch", cache_policy=NO_CACHE)
+@outage_tolerant
 def find_raw_batch(settings: Settings, dataset: str, raw_batch: str | None) -> str:
     """The raw batch to label: ``raw_batch`` as given, else the newest one of ``dataset``."""
     if raw_batch:
@@ -57,7 +58,8 @@ def find_raw_batch(settings: Settings, dataset: str, raw_batch: str | None) -> s
     return uri
 
 
-@task(name="load-raw-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="load-raw-batch", cache_policy=NO_CACHE)
+@outage_tolerant
 def load_raw_batch(settings: Settings, uri: str) -> pd.DataFrame:
     df = read_parquet_bytes(get_bytes(settings.s3_client(), uri))
     get_run_logger().info("read %d rows from %s", len(df), uri)
@@ -130,7 +132,8 @@ def _masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: (df["split"] == name).to_numpy() for name in ("train", "dev", "test")}
 
 
-@task(name="analyze-lfs", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="analyze-lfs", cache_policy=NO_CACHE)
+@outage_tolerant
 def analyze_lfs(run: TrackedRun, result: LFApplyResult, df: pd.DataFrame) -> pd.DataFrame:
     """Coverage, overlaps, conflicts (train rows) and accuracy on the gold dev rows, as a
     Prefect table artifact and MLflow CSV + chart."""
@@ -188,7 +191,8 @@ def merge_gold_and_weak(
     return merged
 
 
-@task(name="write-labeled-batch", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="write-labeled-batch", cache_policy=NO_CACHE)
+@outage_tolerant
 def write_batch(settings: Settings, df: pd.DataFrame, key: str) -> str:
     """Write ``df`` as Parquet to s3://<bucket>/<key>."""
     uri = settings.s3_uri(key)
@@ -197,7 +201,8 @@ def write_batch(settings: Settings, df: pd.DataFrame, key: str) -> str:
     return uri
 
 
-@task(name="track-weak-label", cache_policy=NO_CACHE, **S3_RETRIES)
+@task(name="track-weak-label", cache_policy=NO_CACHE)
+@outage_tolerant
 def track_weak_label(
     run: TrackedRun,
     *,

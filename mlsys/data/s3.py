@@ -12,7 +12,8 @@ class S3Error(RuntimeError):
 
     ``permanent`` is True when trying again cannot help: the object, bucket or prefix does
     not exist, or the credentials are refused. Network trouble and server errors are not
-    permanent.
+    permanent; whether an error is an outage worth waiting out is decided from its cause
+    (the botocore error) by ``tasks.retry.classify``.
     """
 
     def __init__(self, message: str, *, permanent: bool | None = None) -> None:
@@ -23,9 +24,13 @@ class S3Error(RuntimeError):
     def permanent(self) -> bool:
         if self._permanent is not None:
             return self._permanent
-        response = getattr(self.__cause__, "response", None)
-        code = str((response or {}).get("Error", {}).get("Code", ""))
-        return code in _PERMANENT_CODES
+        return _error_code(self.__cause__) in _PERMANENT_CODES
+
+
+def _error_code(exc: BaseException | None) -> str:
+    """The S3 error code of a botocore ``ClientError`` (duck-typed), else ""."""
+    response = getattr(exc, "response", None)
+    return str((response or {}).get("Error", {}).get("Code", ""))
 
 
 _PERMANENT_CODES = frozenset(
@@ -33,6 +38,7 @@ _PERMANENT_CODES = frozenset(
         "NoSuchKey",
         "NoSuchBucket",
         "404",
+        "NotFound",
         "403",
         "AccessDenied",
         "InvalidAccessKeyId",
@@ -75,11 +81,12 @@ def object_etag(client: Any, uri: str) -> str | None:
     try:
         head = client.head_object(Bucket=target.bucket, Key=target.key)
     except Exception as exc:
-        error = S3Error(f"cannot look up {target}: {exc}")
-        error.__cause__ = exc
-        if error.permanent:
+        if _error_code(exc) in _PERMANENT_CODES:
+            # A HEAD answer has no body: a missing object without the right to list the
+            # bucket reads 403 on AWS, as refused credentials do; the write that follows
+            # names a refused credential.
             return None
-        raise error from exc
+        raise S3Error(f"cannot look up {target}: {exc}") from exc
     return str(head["ETag"]).strip('"')
 
 

@@ -48,13 +48,3 @@ def test_s3_error_is_permanent_for_missing_objects_and_refused_keys() -> None:
     assert not error("InternalError").permanent
     assert not S3Error("connection reset").permanent
     assert S3Error("no object", permanent=True).permanent
-
-
-def test_retry_only_transient_errors() -> None:
-    from mlsys.data.s3 import S3Error
-    from tasks.retry import is_transient
-
-    assert not is_transient(ValueError("bad column"))
-    assert not is_transient(S3Error("no object", permanent=True))
-    assert is_transient(S3Error("connection reset"))
-    assert is_transient(ConnectionError("reset"))
