@@ -61,6 +61,9 @@ def _dask_runner(workers: int) -> Any:
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": None,
+            # Mutual TLS with a certificate made for this cluster: another process on
+            # the host cannot connect to the scheduler and run code as this user.
+            "security": True,
             # Set in each worker process before it imports pyarrow (see STREAMING_ENV).
             "env": dict(STREAMING_ENV),
         }

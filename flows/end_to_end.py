@@ -18,6 +18,7 @@ from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
 from mlsys.links import mlflow_model_link
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
+from tasks.hooks import STAGE_HOOKS
 from tasks.retry import tolerant
 from tasks.stages import Stages, path_fingerprint, s3_fingerprint, s3_object_exists
 from tasks.tracking import flow_run_tracking, stage_metrics
@@ -94,7 +95,7 @@ class InferOptions(BaseModel):
     )
 
 
-@flow(name="end_to_end", log_prints=True)
+@flow(name="end_to_end", log_prints=True, **STAGE_HOOKS)
 def end_to_end(
     source: str | None = None,
     dataset: str = "youtube-spam",

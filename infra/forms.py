@@ -49,8 +49,11 @@ def _fields(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def with_choices(schema: dict[str, Any], datasets: list[str], lf_sets: list[str]) -> dict[str, Any]:
     """``schema`` with ``dataset`` and ``lf_set`` string fields offering those choices
-    (fields of other names and types left as they are)."""
+    (fields of other names and types left as they are), and no parameter beyond the
+    flow's own: the server then refuses a run with an unknown parameter (a typo) at
+    once, from the UI or the API, instead of the run crashing at start."""
     out = copy.deepcopy(schema)
+    out["additionalProperties"] = False
     for name, prop in _fields(out):
         choices = {"dataset": datasets, "lf_set": lf_sets}.get(name)
         if choices and prop.get("type") == "string":

@@ -170,6 +170,10 @@ class MLflowServer(Service):
         # MLflow's background job runner (GenAI evaluation jobs) is unused here and
         # costs seven processes; keep the server to one worker on small machines.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        # Artifact calls fail fast when S3 is down (the client's task retries them for
+        # the outage tolerance) instead of hanging in boto3's own retries.
+        env["AWS_MAX_ATTEMPTS"] = "2"
+        env["AWS_RETRY_MODE"] = "standard"
         return env
 
     def healthy(self) -> bool:

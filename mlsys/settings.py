@@ -294,7 +294,10 @@ class Settings(BaseSettings):
             # seconds and the task's own bounded retry (tasks/retry.py) takes over.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            # Prefect's client retries 429/502/503 and dropped connections with
+            # exponential back-off (2, 4, 8... s): 8 tries ride out a busy server.
+            "PREFECT_CLIENT_MAX_RETRIES": "8",
         }
         if self.datasets_dir:
             env["MLSYS_DATASETS_DIR"] = self.datasets_dir

@@ -36,6 +36,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     )
     try:
         settings = up(settings, timeout_s=180, say=lambda line: None)
+        settings.export_mlflow_credentials()
         first = trigger(settings, "ingest/ingest", {"batch": "base"}, say=lambda _: None)
         assert first.state == "COMPLETED", first.message
         yield settings
@@ -87,7 +88,6 @@ def s3_snapshot(settings: Settings, prefix: str) -> dict[str, str]:
 
 def start(settings: Settings, deployment: str, params: dict[str, Any]) -> str:
     outcome = trigger(settings, deployment, params, wait=False, say=lambda _: None)
-    wait_state(settings, outcome.flow_run_id, lambda r: r.state.is_running(), 300)
     return outcome.flow_run_id
 
 
@@ -109,22 +109,24 @@ def no_running_runs(settings: Settings) -> list[str]:
 
 def test_s3_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -> None:
     raw = s3_snapshot(fault_stack, "raw/")
-    run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-back"})
-    time.sleep(2)
+    # Killed before the run starts, so that the run surely meets the outage.
     kill(fault_stack, "seaweedfs")
+    run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-back"})
+    wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
     time.sleep(TOLERANCE_S / 3)
+    said = run_logs(fault_stack, run_id)
     up(fault_stack, timeout_s=180, say=lambda line: None)
     run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 900)
     assert run.state.type.value == "COMPLETED", run.state.message
+    assert "S3" in said and str(fault_stack.s3_endpoint) in said, said[-2000:]
     assert s3_snapshot(fault_stack, "raw/") == raw, "objects changed across the outage"
     assert not no_running_runs(fault_stack)
 
 
 def test_s3_gone_for_good_the_run_fails_naming_it_in_time(fault_stack: Settings) -> None:
-    run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-gone"})
-    time.sleep(2)
     kill(fault_stack, "seaweedfs")
     killed = time.monotonic()
+    run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-gone"})
     try:
         run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 600)
         took = time.monotonic() - killed
@@ -144,9 +146,9 @@ def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Setting
     assert labeled.state == "COMPLETED", labeled.message
     client = MlflowClient(tracking_uri=fault_stack.tracking_uri)
     before = {(m.name, m.version) for m in client.search_model_versions()}
-    run_id = start(fault_stack, "train/train", {"epochs": 2})
-    time.sleep(2)
     kill(fault_stack, "mlflow")
+    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
     time.sleep(TOLERANCE_S / 3)
     up(fault_stack, timeout_s=180, say=lambda line: None)
     run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), 900)
@@ -158,6 +160,7 @@ def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Setting
 
 def test_prefect_server_killed_no_run_stays_running(fault_stack: Settings) -> None:
     run_id = start(fault_stack, "train/train", {"epochs": 2})
+    wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
     time.sleep(2)
     kill(fault_stack, "prefect-server")
     time.sleep(10)
