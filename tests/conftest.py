@@ -7,6 +7,7 @@ import random
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +98,39 @@ def stack_settings(stack_dir: Path, **extra: object) -> Settings:
         )  # type: ignore[arg-type]
     finally:
         os.environ.update(saved)
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MLSYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "mlsys_test") -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards; the test is
+    skipped, with the reason, where no server answers at MLSYS_TEST_DATABASE_URL."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(
+            f"no PostgreSQL reachable at {POSTGRES_ADMIN_URL} (set MLSYS_TEST_DATABASE_URL): {exc}"
+        )
+    admin.autocommit = True
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(POSTGRES_ADMIN_URL)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture(scope="session")

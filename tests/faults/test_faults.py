@@ -20,7 +20,7 @@ from infra import process
 from infra.runs import trigger
 from infra.stack import down, up
 from mlsys.settings import Settings
-from tests.conftest import stack_settings
+from tests.conftest import fresh_postgres_database, stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -203,29 +203,11 @@ def test_50_runs_submitted_at_once_on_sqlite_all_complete(fault_stack: Settings)
 def test_200_runs_submitted_at_once_on_postgresql_all_complete(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    import uuid
-
-    import psycopg2
-
-    from tests.integration.test_postgres_stack import ADMIN_URL, _with_database
-
-    try:
-        admin = psycopg2.connect(ADMIN_URL, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL reachable at {ADMIN_URL} (set MLSYS_TEST_DATABASE_URL): {exc}")
-    admin.autocommit = True
-    name = f"mlsys_load_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    settings = stack_settings(
-        tmp_path_factory.mktemp("load-pg-stack"), database_url=_with_database(ADMIN_URL, name)
-    )
-    try:
-        settings = up(settings, timeout_s=180, say=lambda line: None)
-        with settings.mlflow_credentials():
-            submit_at_once(settings, 200)
-    finally:
-        down(settings, say=lambda line: None)
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database("mlsys_load") as database:
+        settings = stack_settings(tmp_path_factory.mktemp("load-pg-stack"), database_url=database)
+        try:
+            settings = up(settings, timeout_s=180, say=lambda line: None)
+            with settings.mlflow_credentials():
+                submit_at_once(settings, 200)
+        finally:
+            down(settings, say=lambda line: None)

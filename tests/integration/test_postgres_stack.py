@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import psycopg2
@@ -17,35 +14,16 @@ from infra import process
 from infra.runs import trigger
 from infra.stack import ALL_SERVICES, down, up
 from mlsys.settings import Settings
-from tests.conftest import stack_settings
+from tests.conftest import fresh_postgres_database, stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
-
-ADMIN_URL = os.environ.get("MLSYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
 @pytest.fixture
 def database() -> Iterator[str]:
     """A fresh database for this test, dropped afterwards."""
-    try:
-        admin = psycopg2.connect(ADMIN_URL, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL reachable at {ADMIN_URL} (set MLSYS_TEST_DATABASE_URL): {exc}")
-    admin.autocommit = True
-    name = f"mlsys_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(ADMIN_URL, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 def _family(stack_dir: Path) -> list[psutil.Process]:
