@@ -123,6 +123,8 @@ def test_s3_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -
 
 
 def test_s3_gone_for_good_the_run_fails_naming_it_in_time(fault_stack: Settings) -> None:
+    objects = s3_snapshot(fault_stack, "")
+    models = registry(fault_stack)
     kill(fault_stack, "seaweedfs")
     killed = time.monotonic()
     run_id = start(fault_stack, "weak_label/weak_label", {"batch": "s3-gone"})
@@ -135,6 +137,23 @@ def test_s3_gone_for_good_the_run_fails_naming_it_in_time(fault_stack: Settings)
     assert took < TOLERANCE_S + 30 + 30, f"failed {took:.0f} s after the kill"
     said = f"{run.state.message}\n{run_logs(fault_stack, run_id)}"
     assert "S3" in said and str(fault_stack.s3_endpoint) in said, said[-2000:]
+    after = s3_snapshot(fault_stack, "")
+    assert {k: v for k, v in after.items() if k in objects} == objects, "objects changed"
+    assert registry(fault_stack) == models, "model versions or aliases changed"
+    assert not process.leftovers(fault_stack.stack_dir), "processes left behind"
+    assert not no_running_runs(fault_stack)
+
+
+def registry(settings: Settings) -> dict[str, Any]:
+    """Every registered model's versions and aliases."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    return {
+        m.name: (sorted(v.version for v in client.search_model_versions(f"name='{m.name}'")),
+                 dict(m.aliases))
+        for m in client.search_registered_models()
+    }  # fmt: skip
 
 
 def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -> None:
@@ -155,6 +174,7 @@ def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Setting
     after = {(m.name, m.version) for m in client.search_model_versions()}
     assert before <= after and len(after - before) == 1, (before, after)
     assert not no_running_runs(fault_stack)
+    assert not process.leftovers(fault_stack.stack_dir), "processes left behind"
 
 
 def test_prefect_server_killed_no_run_stays_running(fault_stack: Settings) -> None:
