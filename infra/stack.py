@@ -387,72 +387,55 @@ def mark_crashed_runs(settings: Settings) -> list[str]:
 
     A run the worker started records its process id (``infrastructure_pid``); if no
     process of this stack has it any more, the run and its running subflows are marked
-    CRASHED, the parent's message naming the stage that was running. A subflow left
+    CRASHED, the parent's message naming the stages that were running. A subflow left
     RUNNING under a parent already in a final state (the server went away while the
     parent ended) is marked CRASHED too.
     """
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType as TypeFilter
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
-
     from infra.prefect_api import prefect_client
 
     folder = str(settings.stack_dir.resolve())
     crashed: list[str] = []
     with prefect_client(settings) as client:
-        running = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=TypeFilter(any_=[StateType.RUNNING]))
-            ),
-            limit=200,
-        )
-        by_id = {run.id: run for run in running}
-        for run in running:
-            if run.parent_task_run_id is not None:
-                continue  # a subflow: handled with its root below
-            if _run_process_alive(run.infrastructure_pid, folder):
+        for run in _running_runs(client):
+            if run.name in crashed:
+                continue  # a subflow of a run crashed above
+            if run.parent_task_run_id is None:
+                if not _run_process_alive(run.infrastructure_pid, folder):
+                    _crash(client, run, "its process stopped", crashed, "; see the worker's log")
                 continue
-            children = [r for r in running if _root_of(client, r, by_id) == run.id and r != run]
-            stages = ", ".join(sorted(c.name for c in children)) or None
-            for child in children:
-                client.set_flow_run_state(
-                    child.id, Crashed(message="its process stopped while it ran"), force=True
-                )
-                crashed.append(child.name)
-            where = f" during stage(s) {stages}" if stages else ""
-            client.set_flow_run_state(
-                run.id,
-                Crashed(message=f"its process stopped{where}; see the worker's log"),
-                force=True,
-            )
-            crashed.append(run.name)
-        for run in running:
-            if run.parent_task_run_id is None or run.name in crashed:
-                continue
-            root = _root_of(client, run, by_id)
-            parent = by_id.get(root) if root is not None else None
-            if parent is None and root is not None:
-                parent = client.read_flow_run(root)
-            if parent is not None and parent.state is not None and parent.state.is_final():
-                client.set_flow_run_state(
-                    run.id,
-                    Crashed(message=f"its parent run {parent.name} ended while it ran"),
-                    force=True,
-                )
-                crashed.append(run.name)
+            parent = client.read_flow_run(client.read_task_run(run.parent_task_run_id).flow_run_id)
+            if parent.state is not None and parent.state.is_final():
+                _crash(client, run, f"its parent run {parent.name} ended while it ran", crashed)
     return crashed
 
 
-def _root_of(client: Any, run: Any, known: dict[Any, Any]) -> Any:
-    """The id of the top-level flow run above ``run`` (its own id if it has no parent)."""
-    seen = 0
-    while run.parent_task_run_id is not None and seen < 20:
-        task_run = client.read_task_run(run.parent_task_run_id)
-        parent_id = task_run.flow_run_id
-        run = known.get(parent_id) or client.read_flow_run(parent_id)
-        seen += 1
-    return run.id
+def _running_runs(client: Any, parent_id: Any = None) -> list[Any]:
+    """Flow runs in state RUNNING (only the subflows of ``parent_id``, if given)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    parent = None if parent_id is None else FlowRunFilterParentFlowRunId(any_=[parent_id])
+    flow_filter = FlowRunFilter(state=running, parent_flow_run_id=parent)
+    return list(client.read_flow_runs(flow_run_filter=flow_filter, limit=200))
+
+
+def _crash(client: Any, run: Any, why: str, crashed: list[str], note: str = "") -> None:
+    """Mark ``run`` CRASHED, its running subflows first (to any depth), saying ``why``,
+    the stages that were running, and ``note``."""
+    from prefect.states import Crashed
+
+    stages = _running_runs(client, run.id)
+    for stage in stages:
+        _crash(client, stage, "its process stopped while it ran", crashed)
+    during = f" during stage(s) {', '.join(sorted(s.name for s in stages))}" if stages else ""
+    client.set_flow_run_state(run.id, Crashed(message=f"{why}{during}{note}"), force=True)
+    crashed.append(run.name)
 
 
 def _run_process_alive(infrastructure_pid: str | None, stack_folder: str) -> bool:
