@@ -5,23 +5,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-unit test-faults bench lint format stack-up stack-down stack-status clean lock
+.PHONY: install debs demo test test-unit test-faults bench lint format stack-up stack-down stack-status clean lock
 
-install: $(STAMP) browser
+install: $(STAMP) debs
 
-# Debian's Chromium and ChromeDriver for the UI test (tests/integration/test_end_to_end.py).
+# Debian packages: Chromium and ChromeDriver for the UI test
+# (tests/integration/test_end_to_end.py), wrk for the serving benchmark's HTTP load.
 # Installed with apt-get where it is available (as root, or through sudo); elsewhere the
-# UI test is skipped and says why.
+# UI test and the serving benchmark's wrk runs are skipped and say why.
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
-browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+DEBS := chromium chromium-driver wrk
+debs:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/wrk ]; then :; \
 	elif [ -n "$(APT_GET)" ]; then \
-		echo "installing Debian's chromium and chromium-driver"; \
+		echo "installing Debian's $(DEBS)"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		$(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null \
-		|| { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; \
-	else echo "no apt-get: install Chromium and ChromeDriver to run the UI test"; fi
+		$(SUDO) apt-get install -y -q $(DEBS) >/dev/null \
+		|| { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $(DEBS) >/dev/null; }; \
+	else echo "no apt-get: install $(DEBS) to run the UI test and the serving benchmark"; fi
 
 # Reinstall only when the dependency set changes. requirements.lock pins every
 # package; torch==2.13.0 is the CPU wheel this machine keeps on disk.
