@@ -27,7 +27,16 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(final=True, webserver_only=False)
     guarded = TrustedHostMiddleware(app, allowed_hosts=sorted({args.host, "localhost"}))
-    uvicorn.run(guarded, host=args.host, port=args.port, timeout_keep_alive=5, log_level="info")
+    # asyncio and h11, as Prefect's own `server start` runs where uvloop is not installed.
+    uvicorn.run(
+        guarded,
+        host=args.host,
+        port=args.port,
+        timeout_keep_alive=5,
+        log_level="info",
+        loop="asyncio",
+        http="h11",
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ def _register() -> None:
     from mlsys.data.cli import app as data_app
     from mlsys.data.dataset_cli import app as dataset_app
     from mlsys.labeling.cli import app as label_app
+    from mlsys.serving.cli import serve_cmd
     from mlsys.validation.cli import app as validate_app
 
     app.add_typer(stack_app, name="stack")
@@ -26,6 +27,7 @@ def _register() -> None:
     app.add_typer(dataset_app, name="dataset")
     app.add_typer(label_app, name="label")
     app.add_typer(validate_app, name="validate")
+    app.command("serve")(serve_cmd)
 
 
 _register()

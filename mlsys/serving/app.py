@@ -1,0 +1,591 @@
+"""The model server's HTTP application: MLflow's scoring protocol in front of the rules, the
+cache, the batcher, the shadow model and the prediction log.
+
+=========================  ====  ==========================================================
+route                      auth  answer
+=========================  ====  ==========================================================
+``POST /invocations``      key   ``{"predictions": [{"label": ..., ...}, ...]}``, one record
+                                 per row, with ``X-Model-Name``, ``X-Model-Version`` and
+                                 ``X-Request-Id`` headers
+``GET /ping``              open  200 while the process runs (liveness)
+``GET /health``            open  200 when a model version is loaded, else 503 (readiness)
+``GET /version``           open  the model, alias and version served (and MLflow's version)
+``GET /metrics``           key   Prometheus text (:mod:`mlsys.serving.metrics`)
+``POST /admin/reload``     key   resolves the alias now, loads a new version, answers
+                                 ``{"model", "alias", "version", "previous", "changed", ...}``
+=========================  ====  ==========================================================
+
+Every other request needs ``Authorization: Bearer <key>``, compared in constant time;
+without it: 401 with ``WWW-Authenticate``. Errors are JSON like MLflow's,
+``{"error_code": ..., "message": ...}``: 400 malformed body, 413 body over the limit
+(by ``Content-Length`` or as streamed), 415 content type, 422 a row breaking a serving
+suite or signature rule (``refusals`` lists row, rule and column), 503 overloaded (with
+``Retry-After``), shutting down, or no version loaded yet. A refused request reaches
+neither the model, the cache nor the prediction log.
+
+How a prediction request goes: body read within the limit, parsed to rows, rows checked;
+rows found in the cache (by model version and input) are answered from it; the others go
+to the batcher as **one queue item per request** (its rows stay together, so the answer
+comes from one batch, hence one model version; the batcher counts rows, not requests,
+against the batch size). If a promotion lands between the cache lookup and the batch, the
+whole request is scored again by the new version, so an answer never mixes versions.
+After the response is sent, the request is appended to the prediction log and, for a
+sampled share, queued for the shadow model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlsys.serving.batching import AdaptiveBatcher, Draining, Overloaded
+from mlsys.serving.cache import PredictionCache, Record
+from mlsys.serving.config import ServeConfig
+from mlsys.serving.metrics import CONTENT_TYPE, ServingMetrics, VersionInfo
+from mlsys.serving.model import LoadedModel, ModelLoadError, ModelWatcher
+from mlsys.serving.payload import PayloadError, Rows, media_type, parse_body
+from mlsys.serving.predlog import PredictionLog
+from mlsys.serving.rules import Refusal, RowRules
+from mlsys.serving.shadow import Agreement, AgreementLogger
+
+__all__ = ["OPEN_PATHS", "create_app"]
+
+OPEN_PATHS = frozenset({"/ping", "/health", "/version"})
+"""Routes answered without the key: the probes."""
+
+_ROUTES = frozenset({*OPEN_PATHS, "/invocations", "/metrics", "/admin/reload"})
+_JSON = "application/json"
+# Refusals listed in a 422 body; the message names the first.
+_MAX_REFUSALS = 20
+
+_log = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """An answer other than 200, raised where the reason is found."""
+
+    def __init__(
+        self,
+        status: int,
+        error_code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> Response:
+        return _error(self.status, self.error_code, self.message, self.headers, **self.extra)
+
+
+def _error(
+    status: int,
+    error_code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body = json.dumps({"error_code": error_code, "message": message, **extra})
+    return Response(body, status_code=status, media_type=_JSON, headers=headers)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batcher's answer for one request: the model that scored it and its records."""
+
+    model: LoadedModel
+    records: list[Record]
+
+
+def _records(frame: pd.DataFrame) -> list[Record]:
+    """One dict per row, with plain Python values (``DataFrame.to_dict("records")`` costs
+    a quarter of a millisecond more on one row)."""
+    names = [str(c) for c in frame.columns]
+    values = [frame[c].tolist() for c in frame.columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def _score_with(model: LoadedModel | None, parts: list[Rows]) -> list[Scored | Exception]:
+    """Score several requests' rows in one model call; if that fails, each request alone,
+    so that one bad request fails by itself."""
+    if model is None:
+        return [RuntimeError("no model version is loaded")] * len(parts)
+    try:
+        return _split(model, parts, Rows.concat(parts, model.input_columns))
+    except Exception as exc:
+        if len(parts) == 1:
+            return [exc]
+    results: list[Scored | Exception] = []
+    for part in parts:
+        try:
+            results.extend(_split(model, [part], part.frame(model.input_columns)))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _split(model: LoadedModel, parts: list[Rows], frame: pd.DataFrame) -> list[Scored | Exception]:
+    records = _records(model.predict(frame))
+    if len(records) != len(frame):
+        raise RuntimeError(f"{model.uri} answered {len(records)} rows for {len(frame)}")
+    results: list[Scored | Exception] = []
+    start = 0
+    for part in parts:
+        results.append(Scored(model, records[start : start + part.count]))
+        start += part.count
+    return results
+
+
+class _Guard:
+    """Pure ASGI middleware: refuses requests without the key (but the probes), and counts
+    every answer by route and status. (Starlette's ``BaseHTTPMiddleware`` would cost a
+    task per request.)"""
+
+    def __init__(self, app: ASGIApp, api_key: str, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.expected = api_key.encode()
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        path = scope["path"]
+        try:
+            if path in OPEN_PATHS or self._authorized(scope):
+                await self.app(scope, receive, send_counted)
+            else:
+                refusal = _error(
+                    401,
+                    "UNAUTHENTICATED",
+                    "this server needs Authorization: Bearer <key> (the key is MLSYS_SERVE_KEY)",
+                    {"WWW-Authenticate": 'Bearer realm="mlsys serve"'},
+                )
+                await refusal(scope, receive, send_counted)
+        finally:
+            route = path if path in _ROUTES else "other"
+            self.metrics.requests.labels(path=route, code=str(status)).inc()
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    token.strip(), self.expected
+                )
+        return False
+
+
+class _Server:
+    """State and handlers of one app (see :func:`create_app`)."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        watcher: ModelWatcher,
+        rules: RowRules,
+        prediction_log: PredictionLog | None,
+        metrics: ServingMetrics,
+        sample: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.watcher = watcher
+        self.rules = rules
+        self.prediction_log = prediction_log
+        self.metrics = metrics
+        self.sample = sample
+        self.cache = PredictionCache(config.cache_entries)
+        self.batcher: AdaptiveBatcher[Rows, Scored] = AdaptiveBatcher(
+            lambda parts: _score_with(watcher.current, parts),
+            slo_ms=config.slo_ms,
+            max_batch=config.max_batch,
+            batching=config.batching,
+            delay_ms=config.batch_delay_ms,
+            name="serving",
+            on_batch=metrics.observe_batch,
+        )
+        self.shadow: AdaptiveBatcher[Rows, Scored] | None = None
+        self.agreement = Agreement()
+        self.agreement_logger: AgreementLogger | None = None
+        if config.shadow_alias is not None:
+            # Its own queue, thread and objective: a slow shadow sheds its own work and
+            # never delays answers.
+            self.shadow = AdaptiveBatcher(
+                lambda parts: _score_with(watcher.shadow, parts),
+                slo_ms=max(config.slo_ms, 1000.0),
+                max_batch=config.max_batch,
+                delay_ms=config.batch_delay_ms,
+                name="shadow",
+            )
+            if config.tracking_uri is not None:
+                self.agreement_logger = AgreementLogger(
+                    config.tracking_uri, config.model_name, config.alias, config.shadow_alias
+                )
+        self._background: set[asyncio.Task[None]] = set()
+        self._register_readings()
+
+    def _register_readings(self) -> None:
+        read = self.metrics.read
+        read("queue_rows", "Rows waiting in the queue.", lambda: self.batcher.queued_rows, "gauge")
+        read("batch_limit_rows", "The batch size AIMD allows now.",
+             lambda: self.batcher.batch_size, "gauge")  # fmt: skip
+        read("cache_hits_total", "Rows answered from the cache.", lambda: self.cache.hits)
+        read("cache_misses_total", "Rows the cache did not have.", lambda: self.cache.misses)
+        read("shed_total", "Requests refused by admission control (503).",
+             lambda: self.batcher.shed)  # fmt: skip
+        read("shadow_rows_total", "Rows scored by the shadow model too.",
+             lambda: self.agreement.rows)  # fmt: skip
+        read("shadow_agreed_rows_total", "Rows on which the shadow model agreed.",
+             lambda: self.agreement.agreed)  # fmt: skip
+        log = self.prediction_log
+        if log is not None:
+            read("log_rows_total", "Rows written to the prediction log.", lambda: log.rows_written)
+            read("log_dropped_rows_total", "Rows the prediction log gave up on.",
+                 lambda: log.rows_dropped)  # fmt: skip
+        self.metrics.versions(self._versions)
+
+    def _versions(self) -> list[VersionInfo]:
+        served = []
+        if self.watcher.current is not None:
+            version = self.watcher.current.version
+            served.append(VersionInfo(self.watcher.name, self.watcher.alias, version, "serving"))
+        if self.watcher.shadow is not None and self.watcher.shadow_alias is not None:
+            version = self.watcher.shadow.version
+            served.append(
+                VersionInfo(self.watcher.name, self.watcher.shadow_alias, version, "shadow")
+            )
+        return served
+
+    # --- lifespan ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.batcher.start()
+        if self.shadow is not None:
+            self.shadow.start()
+        ticker = (
+            asyncio.create_task(self._log_agreement_every())
+            if self.agreement_logger is not None
+            else None
+        )
+        try:
+            yield
+        finally:
+            await self._shutdown(ticker)
+
+    async def _shutdown(self, ticker: asyncio.Task[None] | None) -> None:
+        """Drain the queues, then write the agreement and the log: nothing served is lost."""
+        await self.batcher.close()
+        if self.shadow is not None:
+            await self.shadow.close()
+            await asyncio.sleep(0)  # let the last agreement callbacks run
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        if self.agreement_logger is not None:
+            await asyncio.to_thread(self.agreement_logger.log, self.agreement)
+            await asyncio.to_thread(self.agreement_logger.close)
+        if self.prediction_log is not None:
+            await asyncio.to_thread(self.prediction_log.close)
+
+    async def _log_agreement_every(self) -> None:
+        assert self.agreement_logger is not None
+        while True:
+            await asyncio.sleep(self.config.agreement_log_s)
+            await asyncio.to_thread(self.agreement_logger.log, self.agreement)
+
+    # --- routes --------------------------------------------------------------------------
+
+    async def ping(self, request: Request) -> Response:
+        return Response("\n", media_type=_JSON)
+
+    async def health(self, request: Request) -> Response:
+        model = self.watcher.current
+        if model is None:
+            return _error(503, "TEMPORARILY_UNAVAILABLE", self._no_model_message())
+        return Response(json.dumps({"status": "ok", "version": model.version}), media_type=_JSON)
+
+    async def version(self, request: Request) -> Response:
+        from mlflow.version import VERSION
+
+        model, shadow = self.watcher.current, self.watcher.shadow
+        body = {
+            "model": self.config.model_name,
+            "alias": self.config.alias,
+            "version": None if model is None else model.version,
+            "shadow_alias": self.config.shadow_alias,
+            "shadow_version": None if shadow is None else shadow.version,
+            "mlflow": VERSION,
+        }
+        return Response(json.dumps(body), media_type=_JSON)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def reload(self, request: Request) -> Response:
+        try:
+            result = await asyncio.to_thread(self.watcher.reload)
+        except ModelLoadError as exc:
+            return _error(500, "INTERNAL_ERROR", f"{exc}; still serving {self._served()}")
+        if result.version is None:
+            return _error(404, "RESOURCE_DOES_NOT_EXIST", self._no_model_message())
+        return Response(json.dumps(result.to_dict()), media_type=_JSON)
+
+    async def invocations(self, request: Request) -> Response:
+        start = time.perf_counter()
+        request_id = _request_id(request.headers.get("x-request-id"))
+        try:
+            model = self.watcher.current
+            if model is None:
+                raise _Refused(
+                    503,
+                    "TEMPORARILY_UNAVAILABLE",
+                    self._no_model_message(),
+                    {"Retry-After": str(max(1, math.ceil(self.config.poll_s)))},
+                )
+            body = await self._body(request)
+            rows = parse_body(body, media_type(request.headers.get("content-type")), model.inputs)
+            self._check(model, rows)
+            if rows.count == 0:
+                return Response(json.dumps({"predictions": []}), media_type=_JSON)
+            served, records = await self._predict(model, rows)
+        except _Refused as refused:
+            return refused.response()
+        except PayloadError as exc:
+            return _error(exc.status, exc.error_code, exc.message)
+        except Overloaded as exc:
+            return _error(
+                503, "TEMPORARILY_UNAVAILABLE", str(exc), {"Retry-After": str(exc.retry_after_s)}
+            )
+        except Draining:
+            return _error(
+                503, "TEMPORARILY_UNAVAILABLE", "the server is shutting down", {"Retry-After": "1"}
+            )
+        except Exception as exc:
+            _log.exception("request %s failed", request_id)
+            return _error(500, "INTERNAL_ERROR", f"scoring failed: {exc}")
+        latency_s = time.perf_counter() - start
+        self.metrics.latency.observe(latency_s)
+        headers = {
+            "X-Model-Name": served.name,
+            "X-Model-Version": served.version,
+            "X-Request-Id": request_id,
+        }
+        after = BackgroundTask(self._after, rows, records, served, latency_s * 1000, request_id)
+        body_text = json.dumps({"predictions": records})
+        return Response(body_text, media_type=_JSON, headers=headers, background=after)
+
+    # --- steps of a prediction -----------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Refused(400, "BAD_REQUEST", f"Content-Length {declared!r} is not a size")
+            if int(declared) > limit:
+                raise self._too_large(int(declared))
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(size, streamed=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: int, streamed: bool = False) -> _Refused:
+        what = f"more than {size - 1}" if streamed else str(size)
+        return _Refused(
+            413,
+            "RESOURCE_LIMIT_EXCEEDED",
+            f"the body has {what} bytes, over the limit of {self.config.max_body_bytes}; "
+            "send fewer rows per request",
+        )
+
+    def _check(self, model: LoadedModel, rows: Rows) -> None:
+        """Refuse the request (422) if a row breaks a suite or signature rule; a row and
+        column the suite already refused is not named again for the signature."""
+        refusals = self.rules.check(rows)
+        named = {(r.row, r.column) for r in refusals}
+        refusals += [r for r in model.rules.check(rows) if (r.row, r.column) not in named]
+        if refusals:
+            raise _Refused(
+                422,
+                "INVALID_PARAMETER_VALUE",
+                _refusal_message(refusals),
+                refusals=[r.to_dict() for r in refusals[:_MAX_REFUSALS]],
+            )
+
+    async def _predict(self, model: LoadedModel, rows: Rows) -> tuple[LoadedModel, list[Record]]:
+        """The records of ``rows``: from the cache where it has them, else from a batch."""
+        keys = rows.keys(model.input_columns)
+        found: list[Record | None] = (
+            [self.cache.get(model.version, key) for key in keys]
+            if self.cache.enabled
+            else [None] * rows.count
+        )
+        missing = [i for i, record in enumerate(found) if record is None]
+        if not missing:
+            return model, [r for r in found if r is not None]
+        part = rows if len(missing) == rows.count else rows.take(missing)
+        scored = await self.batcher.submit(part, part.count)
+        if scored.model.version != model.version and len(missing) < rows.count:
+            # A promotion between the cache lookup and the batch: one version answers all.
+            scored = await self.batcher.submit(rows, rows.count)
+            missing, found = list(range(rows.count)), [None] * rows.count
+        for i, record in zip(missing, scored.records, strict=True):
+            found[i] = record
+            self.cache.put(scored.model.version, keys[i], record)
+        return scored.model, [r for r in found if r is not None]
+
+    async def _after(
+        self,
+        rows: Rows,
+        records: list[Record],
+        served: LoadedModel,
+        latency_ms: float,
+        request_id: str,
+    ) -> None:
+        """After the response is sent: the prediction log, and the shadow for a sample.
+        (A coroutine, so Starlette runs it on the event loop rather than in a thread.)"""
+        if self.prediction_log is not None:
+            self.prediction_log.append(
+                rows.select(self._logged_columns(served)),
+                records,
+                model=served.name,
+                version=served.version,
+                latency_ms=latency_ms,
+                request_id=request_id,
+            )
+        if self.shadow is None or self.watcher.shadow is None:
+            return
+        if self.sample() >= self.config.shadow_fraction:
+            return
+        try:
+            future = self.shadow.enqueue(rows, rows.count)
+        except (Overloaded, Draining):
+            return
+        future.add_done_callback(lambda done: self._agree(served.version, records, done))
+
+    def _agree(self, version: str, records: list[Record], done: asyncio.Future[Scored]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            _log.warning("shadow scoring failed: %s", error)
+            return
+        scored = done.result()
+        self.agreement.record(version, scored.model.version, records, scored.records)
+
+    def _logged_columns(self, model: LoadedModel) -> list[str]:
+        """The input columns the log keeps: the ones the suite or the model names (others
+        are the client's own, of any type, and would not make one Parquet schema)."""
+        return list(dict.fromkeys([*model.input_columns, *self.rules.columns]))
+
+    def _served(self) -> str:
+        model = self.watcher.current
+        return "no version" if model is None else f"version {model.version}"
+
+    def _no_model_message(self) -> str:
+        return (
+            f"no version of {self.config.model_uri} is loaded yet; the server loads one when "
+            f"the alias exists (polling every {self.config.poll_s:g} s, or POST /admin/reload)"
+        )
+
+
+def _refusal_message(refusals: Sequence[Refusal]) -> str:
+    more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+    return f"a row breaks a serving rule: {refusals[0]}{more}"
+
+
+def _request_id(given: str | None) -> str:
+    """The client's ``X-Request-Id`` if it is a sane one, else a new id."""
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "ENDPOINT_NOT_FOUND", 405: "BAD_REQUEST"}.get(exc.status_code, "BAD_REQUEST")
+    return _error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+
+
+def create_app(
+    config: ServeConfig,
+    watcher: ModelWatcher,
+    *,
+    rules: RowRules,
+    prediction_log: PredictionLog | None = None,
+    metrics: ServingMetrics | None = None,
+    sample: Callable[[], float] = random.random,
+) -> Starlette:
+    """The ASGI application of a model server (see the module docstring for its routes).
+
+    The watcher is the caller's: start it before serving (its first load decides what is
+    served), close it after. The app owns the rest: its startup starts the batchers; its
+    shutdown drains them, writes the shadow agreement, and closes ``prediction_log``, so
+    every answered row reaches the log.
+
+    Args:
+        config: the server's settings (key, objective, batching, cache, shadow, limits).
+        watcher: follows the served alias (and the shadow alias, if configured).
+        rules: the dataset's serving rules (:meth:`RowRules.from_suite`).
+        prediction_log: where served rows go, or None for no log.
+        metrics: the metrics to count into (a new set by default).
+        sample: returns a number in [0, 1) per request, for the shadow's sampling.
+    """
+    metrics = metrics or ServingMetrics()
+    server = _Server(config, watcher, rules, prediction_log, metrics, sample)
+    routes = [
+        Route("/invocations", server.invocations, methods=["POST"]),
+        Route("/ping", server.ping, methods=["GET"]),
+        Route("/health", server.health, methods=["GET"]),
+        Route("/version", server.version, methods=["GET"]),
+        Route("/metrics", server.metrics_text, methods=["GET"]),
+        Route("/admin/reload", server.reload, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_Guard, api_key=config.api_key, metrics=metrics)],
+        lifespan=server.lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+    # The parts (batcher, cache, agreement), for tests and whoever embeds the app.
+    app.state.serving = server
+    return app

@@ -1,0 +1,368 @@
+"""Adaptive batching under a latency objective, with admission control (Clipper, NSDI 2017).
+
+One :class:`AdaptiveBatcher` per served model: requests wait in its queue; a single
+batcher task takes as many as the current batch size allows, scores them in one model
+call on the batcher's own worker thread (the event loop keeps answering meanwhile), and
+resolves each request's future with its share of the result.
+
+Why these pieces, and how they fit together:
+
+- **Batch size by AIMD** (:class:`AimdBatchSize`). A larger batch amortises the per-call
+  cost of the model over more rows, until one batch takes too long. The size grows by a
+  small step after each batch that filled it, while the p99 of recent batches' scoring
+  times stays within the budget, and halves as soon as it does not: TCP's congestion
+  control, applied to batches as Clipper does. The budget is half of what remains of the
+  objective after the batching delay: a request can wait behind one running batch and then
+  run in its own, so two batch times must fit in the objective.
+- **Batching delay.** When the previous batch was full (arrivals outpace the batch size)
+  and the queue holds fewer rows than the batch size, the batcher waits up to
+  ``delay_ms`` for more before scoring. After a batch that was not full, it scores at once:
+  a lone client never pays the delay.
+- **Admission control** (:class:`ServiceEstimate`). On arrival, a request's finish time
+  is estimated from the rows ahead of it (queue depth times the recent time per row) plus
+  the batch in progress. If that exceeds the objective, the request is refused at once
+  (:class:`Overloaded`; the server answers 503 with ``Retry-After``) and never queued: a
+  request that would miss the objective costs the server nothing, and the ones it accepts
+  keep meeting it.
+- **Draining.** :meth:`AdaptiveBatcher.close` stops admitting (:class:`Draining`), scores
+  everything already queued, then returns.
+
+Usage::
+
+    batcher = AdaptiveBatcher(score_many, slo_ms=50, max_batch=256)
+    batcher.start()                       # inside the event loop
+    result = await batcher.submit(item, rows=1)
+    await batcher.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = [
+    "AdaptiveBatcher",
+    "AimdBatchSize",
+    "Draining",
+    "Overloaded",
+    "ServiceEstimate",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The request cannot finish within the objective; it was not queued."""
+
+    def __init__(self, estimate_ms: float, slo_ms: float) -> None:
+        super().__init__(
+            f"overloaded: a new request would finish in about {estimate_ms:.1f} ms, over the "
+            f"{slo_ms:g} ms objective; retry later"
+        )
+        self.estimate_ms = estimate_ms
+        self.slo_ms = slo_ms
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds to wait (HTTP ``Retry-After``): at least 1."""
+        return max(1, math.ceil(self.estimate_ms / 1000))
+
+
+class Draining(Exception):
+    """The batcher is shutting down and admits nothing new."""
+
+
+class AimdBatchSize:
+    """The batch size, by additive increase and multiplicative decrease.
+
+    Usage::
+
+        size = AimdBatchSize(budget_ms=24, max_batch=256)
+        size.observe(service_ms=3.0, rows=size.size)   # full batch, fast: size + 1
+        size.observe(service_ms=40.0, rows=5)          # p99 over budget: size // 2
+
+    After each batch, its scoring time joins a window of the last ``window`` batches. If
+    the window's p99 exceeds ``budget_ms`` the size halves (at least 1) and the window
+    restarts, so the next decision sees only batches of the new size; otherwise the size
+    grows by ``step`` (at most ``max_batch``), but only after a batch that filled it:
+    a size the traffic never reaches has not been shown to fit.
+
+    Args:
+        budget_ms: the scoring time a batch may take (its p99).
+        max_batch: the largest size.
+        adaptive: False fixes the size at 1 (batching off).
+        step: the additive increase.
+        window: how many recent batches the p99 is taken over.
+    """
+
+    def __init__(
+        self,
+        budget_ms: float,
+        max_batch: int,
+        *,
+        adaptive: bool = True,
+        step: int = 1,
+        window: int = 32,
+    ) -> None:
+        if budget_ms <= 0:
+            raise ValueError(f"budget_ms must be > 0, got {budget_ms!r}")
+        if max_batch < 1 or step < 1 or window < 1:
+            raise ValueError(
+                f"max_batch, step and window must be >= 1, got {max_batch}, {step}, {window}"
+            )
+        self.budget_ms = budget_ms
+        self.max_batch = max_batch if adaptive else 1
+        self.adaptive = adaptive
+        self.step = step
+        self.size = 1
+        self._window: deque[float] = deque(maxlen=window)
+
+    @property
+    def p99_ms(self) -> float:
+        """The p99 scoring time of the window (0 when empty)."""
+        if not self._window:
+            return 0.0
+        ordered = sorted(self._window)
+        return ordered[math.ceil(0.99 * len(ordered)) - 1]
+
+    def observe(self, service_ms: float, rows: int) -> None:
+        """Take one batch's scoring time and row count into account."""
+        if not self.adaptive:
+            return
+        self._window.append(service_ms)
+        if self.p99_ms > self.budget_ms:
+            self.size = max(1, self.size // 2)
+            self._window.clear()
+        elif rows >= self.size:
+            self.size = min(self.max_batch, self.size + self.step)
+
+
+class ServiceEstimate:
+    """How long the batcher takes: moving averages of a batch's scoring time and of its
+    time per row, for admission control.
+
+    Usage::
+
+        estimate = ServiceEstimate()
+        estimate.observe(rows=10, service_ms=5.0)
+        estimate.finish_ms(ahead_rows=20, busy=True)   # 20 * 0.5 + 5.0 = 15.0
+
+    The time per row includes each batch's fixed cost spread over its rows, so it is
+    pessimistic while batches are small, which is when the queue is short and the estimate
+    small anyway. Before the first batch every estimate is 0: nothing is refused.
+
+    Args:
+        alpha: weight of the newest batch in the moving averages.
+    """
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        self.alpha = alpha
+        self.batch_ms = 0.0
+        self.row_ms = 0.0
+        self._seen = False
+
+    def observe(self, rows: int, service_ms: float) -> None:
+        per_row = service_ms / max(rows, 1)
+        if not self._seen:
+            self.batch_ms, self.row_ms, self._seen = service_ms, per_row, True
+            return
+        self.batch_ms += self.alpha * (service_ms - self.batch_ms)
+        self.row_ms += self.alpha * (per_row - self.row_ms)
+
+    def finish_ms(self, ahead_rows: int, busy: bool) -> float:
+        """When a request would be answered: the rows ahead of it and its own (queue
+        depth over the recent throughput), after the batch in progress if any."""
+        return ahead_rows * self.row_ms + (self.batch_ms if busy else 0.0)
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    rows: int
+    future: asyncio.Future[R]
+
+
+class AdaptiveBatcher(Generic[T, R]):
+    """A queue and a batcher task for one model (see the module docstring).
+
+    Args:
+        score: scores a batch of items in one call, on the batcher's worker thread; returns
+            one result per item, in order, or an exception instance for an item that
+            failed (raising fails the whole batch).
+        slo_ms: the latency objective: admission control refuses what cannot meet it.
+        max_batch: the largest batch, in rows.
+        batching: False: one request per batch, no delay (admission control stays on).
+        delay_ms: the batching delay (see the module docstring).
+        name: names the worker thread and log lines.
+        on_batch: called after each batch with its rows and scoring time (ms), for metrics.
+        clock: seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        score: Callable[[list[T]], Sequence[R | Exception]],
+        *,
+        slo_ms: float,
+        max_batch: int = 256,
+        batching: bool = True,
+        delay_ms: float = 2.0,
+        name: str = "model",
+        on_batch: Callable[[int, float], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if slo_ms <= 0 or not 0 <= delay_ms < slo_ms:
+            raise ValueError(
+                f"need slo_ms > 0 and 0 <= delay_ms < slo_ms, got slo_ms={slo_ms!r}, "
+                f"delay_ms={delay_ms!r}"
+            )
+        self.slo_ms = slo_ms
+        self.name = name
+        self.control = AimdBatchSize((slo_ms - delay_ms) / 2, max_batch, adaptive=batching)
+        self.estimate = ServiceEstimate()
+        self.queued_rows = 0
+        self.shed = 0
+        self.batches = 0
+        self._score = score
+        self._delay_s = delay_ms / 1000 if batching else 0.0
+        self._on_batch = on_batch
+        self._clock = clock
+        self._queue: deque[_Pending[T, R]] = deque()
+        self._busy = False
+        self._last_full = False
+        self._closing = False
+        self._fill_target = 0
+        self._arrived = asyncio.Event()
+        self._filled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"score-{name}")
+
+    @property
+    def batch_size(self) -> int:
+        """The current batch size (rows)."""
+        return self.control.size
+
+    def start(self) -> None:
+        """Start the batcher task on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher-{self.name}"
+            )
+
+    def enqueue(self, item: T, rows: int) -> asyncio.Future[R]:
+        """Queue ``item`` (``rows`` rows) and return the future of its result.
+
+        Raises:
+            Overloaded: it could not finish within the objective (it is not queued).
+            Draining: the batcher is closing or was never started.
+        """
+        if self._closing or self._task is None:
+            raise Draining(f"the {self.name} batcher is not admitting requests")
+        estimate = self.estimate.finish_ms(self.queued_rows + rows, self._busy)
+        if estimate > self.slo_ms:
+            self.shed += 1
+            raise Overloaded(estimate, self.slo_ms)
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, rows, future))
+        self.queued_rows += rows
+        self._arrived.set()
+        if self.queued_rows >= self._fill_target:
+            self._filled.set()
+        return future
+
+    async def submit(self, item: T, rows: int) -> R:
+        """Queue ``item`` and wait for its result (see :meth:`enqueue` for refusals)."""
+        return await self.enqueue(item, rows)
+
+    async def close(self) -> None:
+        """Stop admitting, score what is queued, and stop the task and its thread."""
+        self._closing = True
+        self._arrived.set()
+        self._filled.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            limit = self.control.size
+            if self._last_full and self.queued_rows < limit and self._delay_s and not self._closing:
+                self._fill_target = limit
+                self._filled.clear()
+                timer = loop.call_later(self._delay_s, self._filled.set)
+                await self._filled.wait()
+                timer.cancel()
+                self._fill_target = 0
+            batch, rows = self._take(limit)
+            if batch:
+                await self._score_batch(loop, batch, rows)
+                self._last_full = rows >= limit
+
+    def _take(self, limit: int) -> tuple[list[_Pending[T, R]], int]:
+        """Requests from the head of the queue, up to ``limit`` rows (at least one
+        request, however many rows it has); ones whose caller went away are dropped."""
+        batch: list[_Pending[T, R]] = []
+        rows = 0
+        while self._queue and (not batch or rows + self._queue[0].rows <= limit):
+            pending = self._queue.popleft()
+            self.queued_rows -= pending.rows
+            if pending.future.done():
+                continue
+            batch.append(pending)
+            rows += pending.rows
+        return batch, rows
+
+    async def _score_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]], rows: int
+    ) -> None:
+        items = [pending.item for pending in batch]
+        self._busy = True
+        start = self._clock()
+        try:
+            results: Sequence[R | Exception] = await loop.run_in_executor(
+                self._executor, self._score, items
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"the {self.name} scorer returned {len(results)} results for "
+                    f"{len(batch)} requests"
+                )
+        except Exception as exc:
+            _log.exception("batch of %d requests failed", len(batch))
+            results = [exc] * len(batch)
+        finally:
+            self._busy = False
+        service_ms = (self._clock() - start) * 1000
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, Exception):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        self.batches += 1
+        self.control.observe(service_ms, rows)
+        self.estimate.observe(rows, service_ms)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(rows, service_ms)
+            except Exception:
+                _log.exception("on_batch callback failed")

@@ -1,0 +1,566 @@
+"""Tests for mlsys.serving.app (and the model watcher behind it): the HTTP API end to end
+in-process, with real MLflow pyfunc models in a private registry where versions matter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+
+from mlsys.models import HashingFeaturizer, build_text_classifier
+from mlsys.models.pyfunc import log_text_classifier
+from mlsys.serving.app import create_app
+from mlsys.serving.config import ServeConfig
+from mlsys.serving.model import LoadedModel, ModelLoadError, ModelWatcher, load_version
+from mlsys.serving.predlog import FolderSink, PredictionLog
+from mlsys.serving.rules import RowRules
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SUITE = Path(__file__).resolve().parents[2] / "datasets/youtube-spam/suites/serving.json"
+TEXTS = ["check out my channel", "love this song", "WIN a free iPhone now!!!"]
+CLASSES = ["ham", "spam"]
+
+
+@dataclass
+class Registry:
+    """A private MLflow tracking store with one run to log model versions into."""
+
+    uri: str
+    run_id: str
+
+    def register(self, name: str, favour: str, alias: str | None = "champion") -> str:
+        """Log a text classifier that predicts ``favour`` for any text as a new version of
+        ``name`` (pointing ``alias`` at it); its version."""
+        torch.manual_seed(len(favour))
+        model = build_text_classifier(256, hidden=(4,))
+        last = model[-1]
+        assert isinstance(last, torch.nn.Linear)
+        with torch.no_grad():
+            last.bias.copy_(torch.tensor([6.0, -6.0] if favour == "ham" else [-6.0, 6.0]))
+        info = log_text_classifier(
+            model,
+            HashingFeaturizer(n_features=256),
+            run_id=self.run_id,
+            tracking_uri=self.uri,
+            registered_model_name=name,
+            class_names=CLASSES,
+        )
+        version = str(info.registered_model_version)
+        if alias is not None:
+            MlflowClient(self.uri).set_registered_model_alias(name, alias, version)
+        return version
+
+    def expected(self, name: str, version: str, texts: list[str]) -> pd.DataFrame:
+        """What the pyfunc model itself answers."""
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+            answer: pd.DataFrame = model.predict(pd.DataFrame({"text": texts}))
+            return answer
+        finally:
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("serve", artifact_location=(root / "art").as_uri())
+    return Registry(uri, client.create_run(experiment).info.run_id)
+
+
+def config(name: str, registry: Registry | None = None, **changes: Any) -> ServeConfig:
+    settings: dict[str, Any] = {
+        "tracking_uri": None if registry is None else registry.uri,
+        "model_name": name,
+        "dataset": "youtube-spam",
+        "api_key": KEY,
+        "poll_s": 0,
+        **changes,
+    }
+    return ServeConfig(**settings)
+
+
+def suite_rules() -> RowRules:
+    return RowRules.from_suite(json.loads(SUITE.read_text()))
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (lifespan) with a client authenticated by default; shut down after."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://serve", headers=AUTH) as client,
+    ):
+        yield client
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def one_row(text: object) -> dict[str, Any]:
+    return {"dataframe_split": {"columns": ["text"], "data": [[text]]}}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise KeyError(name)
+
+
+# --- a fake model, where the registry does not matter ------------------------------------
+
+
+class FakeModel:
+    """Answers ``spam`` with probability 0.75 for any text; ``gate`` (closed) holds every
+    call in the worker thread, so that requests pile up in the queue."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[list[str]] = []
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self.gate.wait(timeout=30)
+        self.calls.append(frame["text"].tolist())
+        n = len(frame)
+        return pd.DataFrame(
+            {"label": ["spam"] * n, "probability": [0.75] * n, "proba_spam": [0.75] * n}
+        )
+
+    def loaded(self, version: str = "7") -> LoadedModel:
+        inputs = (("text", "string"),)
+        return LoadedModel(
+            name="fake",
+            version=version,
+            inputs=inputs,
+            classes=("ham", "spam"),
+            predict_frame=self.predict,
+            rules=RowRules.from_signature(inputs),
+        )
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeModel, ModelWatcher]]:
+    model = FakeModel()
+    watcher = ModelWatcher(None, "fake", poll_s=0)
+    watcher.current = model.loaded()
+    yield model, watcher
+    model.gate.set()
+
+
+def test_the_key_is_required_except_on_the_probes(fake: tuple[FakeModel, ModelWatcher]) -> None:
+    _, watcher = fake
+    app = create_app(config("fake"), watcher, rules=suite_rules())
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+                refused = await client.post("/invocations", json=one_row("hi"), headers=headers)
+                assert refused.status_code == 401
+                assert refused.headers["www-authenticate"].startswith("Bearer")
+                assert refused.json()["error_code"] == "UNAUTHENTICATED"
+            no_key = httpx.Headers({"Authorization": ""})
+            for path in ("/metrics", "/nowhere"):
+                assert (await client.get(path, headers=no_key)).status_code == 401
+            assert (await client.post("/admin/reload", headers=no_key)).status_code == 401
+            for path in ("/ping", "/health", "/version"):
+                assert (await client.get(path, headers=no_key)).status_code == 200, path
+            lower = {"Authorization": f"bearer {KEY}"}
+            assert (await client.post("/invocations", json=one_row("hi"), headers=lower)).is_success
+            text = (await client.get("/metrics")).text
+            assert metric(text, "mlsys_serve_requests_total", path="/invocations", code="401") == 2
+            assert metric(text, "mlsys_serve_requests_total", path="other", code="401") == 1
+            version = (await client.get("/version")).json()
+            assert (version["model"], version["alias"], version["version"]) == (
+                "fake",
+                "champion",
+                "7",
+            )
+
+    run(scenario)
+
+
+def test_refused_requests_get_their_status_and_reach_nothing(
+    fake: tuple[FakeModel, ModelWatcher], tmp_path: Path
+) -> None:
+    model, watcher = fake
+    log = PredictionLog(FolderSink(tmp_path), "youtube-spam", flush_s=3600)
+    app = create_app(config("fake", max_body_bytes=1000), watcher, rules=suite_rules(),
+                     prediction_log=log)  # fmt: skip
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 400
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            post = client.post
+            json_type = {"Content-Type": "application/json"}
+            malformed = await post("/invocations", content=b"{oops", headers=json_type)
+            assert malformed.status_code == 400 and "not valid JSON" in malformed.text
+            too_big = await post("/invocations", content=b"x" * 1001, headers=json_type)
+            assert too_big.status_code == 413 and "1001 bytes" in too_big.text
+            streamed = await post("/invocations", content=chunks(), headers=json_type)
+            assert streamed.status_code == 413 and "limit of 1000" in streamed.text
+            typed = await post("/invocations", content=b"x", headers={"Content-Type": "a/b"})
+            assert typed.status_code == 415 and "'a/b'" in typed.text
+            empty = await post("/invocations", json=one_row(""))
+            assert empty.status_code == 422
+            body = empty.json()
+            assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert "expect_column_value_lengths_to_be_between" in body["message"]
+            assert body["refusals"] == [
+                {
+                    "row": 0,
+                    "rule": "expect_column_value_lengths_to_be_between",
+                    "column": "text",
+                    "reason": "length 0 is outside [1, 10000]",
+                }
+            ]
+            missing = await post("/invocations", json={"dataframe_records": [{"comment": "x"}]})
+            assert missing.status_code == 422 and "'text'" in missing.json()["message"]
+            typed_row = await post("/invocations", json={"inputs": {"text": [1]}})
+            assert typed_row.status_code == 422 and "type_list" in typed_row.text
+            no_rows = await post(
+                "/invocations", json={"dataframe_split": {"columns": ["text"], "data": []}}
+            )
+            assert no_rows.status_code == 200 and no_rows.json() == {"predictions": []}
+            text = (await client.get("/metrics")).text
+            assert metric(text, "mlsys_serve_batch_rows_count") == 0
+            assert metric(text, "mlsys_serve_cache_misses_total") == 0
+
+    run(scenario)
+    assert model.calls == []
+    assert list(tmp_path.rglob("*.parquet")) == [] and log.rows_written == 0
+
+
+def test_answers_name_their_version_and_go_to_the_log(
+    fake: tuple[FakeModel, ModelWatcher], tmp_path: Path
+) -> None:
+    _, watcher = fake
+    log = PredictionLog(FolderSink(tmp_path), "youtube-spam", flush_s=3600)
+    app = create_app(config("fake"), watcher, rules=suite_rules(), prediction_log=log)
+    ids = []
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            for i, text in enumerate(TEXTS):
+                answer = await client.post(
+                    "/invocations",
+                    json={"dataframe_records": [{"text": text, "video": i}]},
+                    headers={"X-Request-Id": f"req-{i}"},
+                )
+                assert answer.status_code == 200
+                assert answer.headers["x-model-version"] == "7"
+                assert answer.headers["x-model-name"] == "fake"
+                ids.append(answer.headers["x-request-id"])
+                assert answer.json() == {
+                    "predictions": [{"label": "spam", "probability": 0.75, "proba_spam": 0.75}]
+                }
+
+    run(scenario)  # the shutdown closes the log: everything answered is written
+    assert ids == ["req-0", "req-1", "req-2"]
+    frame = pd.concat(pd.read_parquet(p) for p in sorted(tmp_path.rglob("*.parquet")))
+    frame = frame.sort_values("request_id")
+    assert frame["request_id"].tolist() == ids
+    assert frame["text"].tolist() == TEXTS
+    assert "video" not in frame  # a column neither the suite nor the model names
+    assert set(frame["model_version"]) == {"7"} and set(frame["label"]) == {"spam"}
+
+
+def test_cache_hits_skip_the_queue(fake: tuple[FakeModel, ModelWatcher]) -> None:
+    model, watcher = fake
+    app = create_app(config("fake"), watcher, rules=suite_rules())
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            first = await client.post("/invocations", json={"inputs": {"text": ["a", "b"]}})
+            again = await client.post("/invocations", json={"inputs": {"text": ["b", "c"]}})
+            assert first.status_code == again.status_code == 200
+            assert len(again.json()["predictions"]) == 2
+            text = (await client.get("/metrics")).text
+            assert metric(text, "mlsys_serve_cache_hits_total") == 1
+
+    run(scenario)
+    assert model.calls == [["a", "b"], ["c"]]
+
+
+def test_overload_is_refused_at_once_with_retry_after(
+    fake: tuple[FakeModel, ModelWatcher],
+) -> None:
+    model, watcher = fake
+    app = create_app(config("fake", slo_ms=50), watcher, rules=suite_rules())
+    server = app.state.serving
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            server.batcher.estimate.observe(rows=1, service_ms=80.0)  # one row: over 50 ms
+            shed = await client.post("/invocations", json=one_row("hello"))
+            assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+            assert "50 ms objective" in shed.json()["message"]
+            text = (await client.get("/metrics")).text
+            assert metric(text, "mlsys_serve_shed_total") == 1
+
+    run(scenario)
+    assert model.calls == []
+
+
+def test_shutdown_answers_every_queued_request(fake: tuple[FakeModel, ModelWatcher]) -> None:
+    model, watcher = fake
+    model.gate.clear()
+    app = create_app(config("fake", cache_entries=0), watcher, rules=suite_rules())
+    server = app.state.serving
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s", headers=AUTH) as c:
+            lifespan = app.router.lifespan_context(app)
+            await lifespan.__aenter__()
+            requests = [
+                asyncio.ensure_future(c.post("/invocations", json=one_row(f"text {i}")))
+                for i in range(12)
+            ]
+            for _ in range(3000):  # the first batch runs (held), the rest wait in the queue
+                if server.batcher.queued_rows == 11:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.batcher.queued_rows == 11
+            shutdown = asyncio.ensure_future(lifespan.__aexit__(None, None, None))
+            await asyncio.sleep(0.05)
+            late = await c.post("/invocations", json=one_row("late"))
+            assert late.status_code == 503 and "shutting down" in late.text
+            model.gate.set()
+            answers = await asyncio.gather(*requests)
+            await shutdown
+        assert [a.status_code for a in answers] == [200] * 12
+
+    run(scenario)
+    assert sorted(t for call in model.calls for t in call) == sorted(f"text {i}" for i in range(12))
+
+
+# --- real models from the registry -------------------------------------------------------
+
+
+def test_every_input_format_gives_the_pyfunc_predictions(registry: Registry) -> None:
+    version = registry.register("formats", favour="spam")
+    expected = registry.expected("formats", version, TEXTS)
+    watcher = ModelWatcher(registry.uri, "formats", poll_s=0, classes=CLASSES)
+    assert watcher.start().version == version
+    app = create_app(config("formats", registry), watcher, rules=suite_rules())
+    bodies: list[tuple[dict[str, str], bytes]] = [
+        (
+            {"Content-Type": "application/json"},
+            json.dumps(
+                {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
+            ).encode(),
+        ),
+        (
+            {"Content-Type": "application/json"},
+            json.dumps({"dataframe_records": [{"text": t} for t in TEXTS]}).encode(),
+        ),
+        ({"Content-Type": "application/json"}, json.dumps({"inputs": {"text": TEXTS}}).encode()),
+        ({"Content-Type": "application/json"}, json.dumps({"inputs": TEXTS}).encode()),
+        (
+            {"Content-Type": "text/csv; charset=utf-8"},
+            pd.DataFrame({"text": TEXTS}).to_csv(index=False).encode(),
+        ),
+    ]
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            for headers, body in bodies:
+                answer = await client.post("/invocations", content=body, headers=headers)
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["x-model-version"] == version
+                got = pd.DataFrame(answer.json()["predictions"])
+                assert list(got.columns) == list(expected.columns)
+                assert got["label"].tolist() == expected["label"].tolist()
+                pd.testing.assert_frame_equal(
+                    got.drop(columns="label"),
+                    expected.drop(columns="label"),
+                    check_exact=False,
+                    atol=1e-9,
+                )
+
+    run(scenario)
+    watcher.close()
+
+
+def test_a_promotion_swaps_versions_without_a_failed_request(registry: Registry) -> None:
+    first = registry.register("swap", favour="spam")
+    watcher = ModelWatcher(registry.uri, "swap", poll_s=0)
+    watcher.start()
+    app = create_app(config("swap", registry, cache_entries=0), watcher, rules=suite_rules())
+    answers: Counter[tuple[int, str, str]] = Counter()
+    stop = asyncio.Event()
+    promoted: list[str] = []
+
+    async def client_loop(client: httpx.AsyncClient, k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            answer = await client.post("/invocations", json=one_row(f"client {k} text {i}"))
+            label = answer.json()["predictions"][0]["label"] if answer.is_success else ""
+            answers[(answer.status_code, answer.headers.get("x-model-version", ""), label)] += 1
+            i += 1
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            clients = [asyncio.ensure_future(client_loop(client, k)) for k in range(4)]
+            while sum(answers.values()) < 20:
+                await asyncio.sleep(0.01)
+            second = await asyncio.to_thread(registry.register, "swap", "ham")
+            promoted.append(second)
+            reloaded = await client.post("/admin/reload")
+            assert reloaded.status_code == 200
+            assert reloaded.json()["version"] == second
+            assert reloaded.json()["previous"] == first and reloaded.json()["changed"]
+            seen = sum(answers.values())
+            while sum(answers.values()) < seen + 20:
+                await asyncio.sleep(0.01)
+            stop.set()
+            await asyncio.gather(*clients)
+            after = await client.post("/invocations", json=one_row("after the swap"))
+            assert after.headers["x-model-version"] == second
+            assert (await client.get("/version")).json()["version"] == second
+            text = (await client.get("/metrics")).text
+            assert metric(text, "mlsys_serve_model_version", version=second, role="serving") == 1
+
+    run(scenario)
+    watcher.close()
+    # Every answer succeeded, and each came whole from the version its header names.
+    assert {status for status, _, _ in answers} == {200}
+    assert {(version, label) for _, version, label in answers} == {
+        (first, "spam"),
+        (promoted[0], "ham"),
+    }
+
+
+def test_a_failed_load_keeps_the_old_version_serving(registry: Registry) -> None:
+    good = registry.register("broken", favour="spam")
+
+    def loader(uri: str | None, name: str, version: str) -> LoadedModel:
+        if version != good:
+            raise ModelLoadError(f"cannot load models:/{name}/{version}: corrupt weights")
+        return load_version(uri, name, version)
+
+    watcher = ModelWatcher(registry.uri, "broken", poll_s=0, loader=loader)
+    watcher.start()
+    bad = registry.register("broken", favour="ham")
+    app = create_app(config("broken", registry), watcher, rules=suite_rules())
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            reload = await client.post("/admin/reload")
+            assert reload.status_code == 500
+            assert (
+                f"models:/broken/{bad}" in reload.text
+                and f"still serving version {good}" in (reload.json()["message"])
+            )
+            answer = await client.post("/invocations", json=one_row("hello"))
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == good
+
+    run(scenario)
+    watcher.close()
+
+
+def test_a_version_of_other_classes_is_not_loaded(registry: Registry) -> None:
+    registry.register("classes", favour="spam")
+    watcher = ModelWatcher(registry.uri, "classes", poll_s=0, classes=["no", "yes"])
+    assert watcher.start().version is None and watcher.current is None
+    with pytest.raises(ModelLoadError, match=r"classes \['ham', 'spam'\].*\['no', 'yes'\]"):
+        watcher.reload()
+
+
+def test_the_server_waits_for_an_alias_that_does_not_exist_yet(registry: Registry) -> None:
+    watcher = ModelWatcher(registry.uri, "later", poll_s=0)
+    assert watcher.start().version is None
+    app = create_app(config("later", registry), watcher, rules=suite_rules())
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            assert (await client.get("/ping")).status_code == 200
+            assert (await client.get("/health")).status_code == 503
+            early = await client.post("/invocations", json=one_row("hello"))
+            assert early.status_code == 503 and "models:/later@champion" in early.text
+            assert (await client.post("/admin/reload")).status_code == 404
+            version = await asyncio.to_thread(registry.register, "later", "spam")
+            assert (await client.post("/admin/reload")).json()["version"] == version
+            assert (await client.get("/health")).status_code == 200
+            answer = await client.post("/invocations", json=one_row("hello"))
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == version
+
+    run(scenario)
+    watcher.close()
+
+
+def test_the_watcher_polls_the_alias(registry: Registry) -> None:
+    first = registry.register("polled", favour="spam")
+    watcher = ModelWatcher(registry.uri, "polled", poll_s=0.05)
+    watcher.start()
+    assert watcher.current is not None and watcher.current.version == first
+    second = registry.register("polled", favour="ham")
+    for _ in range(3000):
+        if watcher.current.version == second:
+            break
+        threading.Event().wait(0.01)
+    watcher.close()
+    assert watcher.current.version == second
+
+
+def test_the_shadow_scores_a_sample_and_its_agreement_goes_to_mlflow(registry: Registry) -> None:
+    served = registry.register("shadowed", favour="spam")
+    challenger = registry.register("shadowed", favour="ham", alias="challenger")
+    watcher = ModelWatcher(registry.uri, "shadowed", poll_s=0, shadow_alias="challenger")
+    watcher.start()
+    draws = iter([0.0, 0.9, 0.0])  # the first and third requests are sampled
+    app = create_app(
+        config("shadowed", registry, shadow_alias="challenger", shadow_fraction=0.5),
+        watcher,
+        rules=suite_rules(),
+        sample=lambda: next(draws),
+    )
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            for text in TEXTS:
+                answer = await client.post("/invocations", json=one_row(text))
+                assert answer.headers["x-model-version"] == served
+            version = (await client.get("/version")).json()
+            assert version["shadow_version"] == challenger
+
+    run(scenario)
+    watcher.close()
+    agreement = app.state.serving.agreement
+    assert (agreement.rows, agreement.agreed) == (2, 0)  # spam vs ham: never agree
+    client = MlflowClient(registry.uri)
+    experiment = client.get_experiment_by_name("serving")
+    assert experiment is not None
+    (run_,) = client.search_runs([experiment.experiment_id])
+    assert run_.info.run_name == f"shadow shadowed@champion v{served} vs @challenger v{challenger}"
+    assert run_.data.metrics == {"shadow_agreement": 0.0, "shadow_rows": 2.0}
+    assert run_.info.status == "FINISHED"

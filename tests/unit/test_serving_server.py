@@ -1,0 +1,126 @@
+"""Tests for mlsys.serving.server: `mlsys serve` as a process, over real sockets, until SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import httpx
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mlsys.models import HashingFeaturizer, build_text_classifier
+from mlsys.models.pyfunc import log_text_classifier
+
+KEY = "process-key"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("serve", artifact_location=(root / "art").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    torch.manual_seed(0)
+    info = log_text_classifier(
+        build_text_classifier(256, hidden=(4,)),
+        HashingFeaturizer(n_features=256),
+        run_id=run_id,
+        tracking_uri=uri,
+        registered_model_name="served",
+        class_names=["ham", "spam"],
+    )
+    client.set_registered_model_alias("served", "champion", str(info.registered_model_version))
+    return uri
+
+
+class Output:
+    """A process's output, collected by a thread; ``wait_for`` a pattern to appear."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        with self.changed:
+            found = self.changed.wait_for(
+                lambda: any(re.search(pattern, line) for line in self.lines), timeout
+            )
+        assert found, "".join(self.lines)[-3000:]
+        return next(m for line in self.lines if (m := re.search(pattern, line)))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def server(tracking_uri: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSYS_", "MLFLOW_"))}
+    env.update(
+        MLSYS_MLFLOW_TRACKING_URI=tracking_uri,
+        MLSYS_SERVE_KEY=KEY,
+        MLSYS_STACK_DIR=str(tmp_path / "stack"),
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    argv = [str(BIN / "mlsys"), "serve", "--model", "served", "--port", "0", "--no-log"]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield proc, Output(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_answers_over_http_and_exits_0_on_sigterm(
+    server: tuple[subprocess.Popen[str], Output],
+) -> None:
+    proc, output = server
+    ready = output.wait_for(r"ready: models:/served@champion at (http://127\.0\.0\.1:\d+)/")
+    url = ready.group(1)
+    assert "serving version 1" in ready.string
+    auth = {"Authorization": f"Bearer {KEY}"}
+    answer = httpx.post(
+        f"{url}/invocations",
+        json={"dataframe_split": {"columns": ["text"], "data": [["check out my channel"]]}},
+        headers=auth,
+        timeout=30,
+    )
+    assert answer.status_code == 200 and answer.headers["x-model-version"] == "1"
+    assert answer.json()["predictions"][0]["label"] in ("ham", "spam")
+    # A body over the limit is answered 413, not a reset connection.
+    huge = httpx.post(
+        f"{url}/invocations",
+        content=b"x" * (2 << 20),
+        headers={**auth, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert huge.status_code == 413
+    assert httpx.get(f"{url}/ping", timeout=10).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, output.text()[-3000:]
+    output.thread.join(timeout=10)
+    assert "stopped: queue drained" in output.text()
+    assert "Traceback" not in output.text()
