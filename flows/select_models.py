@@ -18,6 +18,7 @@ from mlsys.settings import Settings
 from mlsys.training.selection import expand_grid, rank
 from tasks.retry import tolerant
 from tasks.select import log_candidates, train_grid
+from tasks.serving import reload_model_server
 from tasks.tracking import flow_run_tracking
 from tasks.train import load_validated_batch, promote_if_better, register_model
 
@@ -169,6 +170,9 @@ def select_models(
             else (False, "promotion not asked for (promote=false)")
         )
         registered["champion"] = "yes" if promoted else "no"
+        if promoted:
+            # A model server follows the alias by polling; told now, it swaps at once.
+            reload_model_server(settings, model_name)
         registered["promotion"] = reason
         registered["model"] = best["model"]
         create_markdown_artifact(

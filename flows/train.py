@@ -14,6 +14,7 @@ from mlsys.data.s3 import latest_key
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
 from tasks.retry import tolerant
+from tasks.serving import reload_model_server
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
     check_gpipe_depth,
@@ -185,6 +186,9 @@ def train(
             else (False, "promotion not asked for (promote=false)")
         )
         registered["champion"] = "yes" if promoted else "no"
+        if promoted:
+            # A model server follows the alias by polling; told now, it swaps at once.
+            reload_model_server(settings, model_name)
         registered["promotion"] = reason
         registered["test_accuracy"] = f"{metrics['test_accuracy']:.4f}"
         registered["metric"] = definition.metric

@@ -35,12 +35,23 @@ def up_cmd(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each service to become healthy.")
     ] = 120,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Also run `mlsys serve` for the champion of MLSYS_SERVE_DATASET "
+            "(default youtube-spam) on MLSYS_SERVE_PORT (8080). Default: MLSYS_SERVE.",
+        ),
+    ] = None,
 ) -> None:
     """Start every service not yet running, wait until healthy, deploy flows, print URLs."""
     from infra.stack import StackError, up
 
+    settings = _settings(stack_dir)
+    if serve is not None:
+        settings = settings.model_copy(update={"serve": serve})
     try:
-        up(_settings(stack_dir), timeout_s=timeout)
+        up(settings, timeout_s=timeout)
     except StackError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc

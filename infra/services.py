@@ -289,3 +289,36 @@ class PrefectWorker(Service):
     def endpoints(self) -> list[Endpoint]:
         pool = self.settings.work_pool
         return [Endpoint("Work pool", f"{self.settings.ui_url}/work-pools/work-pool/{pool}")]
+
+
+class ModelServer(Service):
+    """`mlsys serve`: the champion of ``serve_dataset`` over HTTP (mlsys/serving), with
+    the stack's generated API key; it answers /ping before a champion exists and loads
+    one when the alias appears (it polls the registry, and flows call /admin/reload)."""
+
+    name = "serve"
+
+    def ports(self) -> dict[str, int]:
+        return {"http": self.settings.serve_port}
+
+    def argv(self) -> list[str]:
+        s = self.settings
+        return [
+            _bin("mlsys"),
+            "serve",
+            "--dataset",
+            s.serve_dataset,
+            "--host",
+            s.host,
+            "--port",
+            str(s.serve_port),
+        ]
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.settings.serving_url}/ping", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint("Serving", f"{self.settings.serving_url}/invocations")]

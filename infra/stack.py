@@ -27,6 +27,7 @@ from infra.services import (
     PROJECT_DIR,
     Endpoint,
     MLflowServer,
+    ModelServer,
     PrefectServer,
     PrefectWorker,
     Service,
@@ -68,10 +69,12 @@ def services(settings: Settings) -> list[Service]:
     if settings.prefect_api_url is None:
         chosen.append(PrefectServer(settings))
     chosen.append(PrefectWorker(settings))
+    if settings.serve and settings.serve_url is None:
+        chosen.append(ModelServer(settings))
     return chosen
 
 
-ALL_SERVICES = ("seaweedfs", "mlflow", "prefect-server", "prefect-worker")
+ALL_SERVICES = ("seaweedfs", "mlflow", "prefect-server", "prefect-worker", "serve")
 
 
 # ---- credentials -----------------------------------------------------------------
@@ -96,6 +99,8 @@ def ensure_credentials(settings: Settings) -> Settings:
         wanted["mlflow_password"] = lambda: secrets.token_urlsafe(24)
         # Flask's session and CSRF signing key, the same across restarts.
         wanted["mlflow_flask_secret"] = lambda: secrets.token_urlsafe(32)
+    if settings.serve_url is None:
+        wanted["serve_key"] = lambda: secrets.token_urlsafe(32)
     missing = {key: make() for key, make in wanted.items() if not data.get(key)}
     if missing or not creds_path.is_file():
         write_private(creds_path, json.dumps({**data, **missing}, indent=2))
@@ -345,6 +350,11 @@ def status(settings: Settings) -> list[ServiceStatus]:
         record = process.read_record(settings.stack_dir, name)
         running = record is not None and record.alive()
         service = local.get(name)
+        if name == ModelServer.name and service is None:
+            if record is None and settings.serve_url is None:
+                continue  # the stack runs no model server (`up --serve` starts one)
+            if settings.serve_url is None:
+                service = ModelServer(settings)
         result.append(
             ServiceStatus(
                 name=name,
@@ -394,10 +404,10 @@ def mark_crashed_runs(settings: Settings) -> list[str]:
     from infra.prefect_api import prefect_client
 
     folder = str(settings.stack_dir.resolve())
-    crashed: list[str] = []
+    crashed: list[Any] = []
     with prefect_client(settings) as client:
         for run in _running_runs(client):
-            if run.name in crashed:
+            if any(done.id == run.id for done in crashed):
                 continue  # a subflow of a run crashed above
             if run.parent_task_run_id is None:
                 if not _run_process_alive(run.infrastructure_pid, folder):
@@ -406,7 +416,8 @@ def mark_crashed_runs(settings: Settings) -> list[str]:
             parent = client.read_flow_run(client.read_task_run(run.parent_task_run_id).flow_run_id)
             if parent.state is not None and parent.state.is_final():
                 _crash(client, run, f"its parent run {parent.name} ended while it ran", crashed)
-    return crashed
+    _close_mlflow_runs(settings, [str(run.id) for run in crashed])
+    return [run.name for run in crashed]
 
 
 def _running_runs(client: Any, parent_id: Any = None) -> list[Any]:
@@ -425,17 +436,43 @@ def _running_runs(client: Any, parent_id: Any = None) -> list[Any]:
     return list(client.read_flow_runs(flow_run_filter=flow_filter, limit=200))
 
 
-def _crash(client: Any, run: Any, why: str, crashed: list[str], note: str = "") -> None:
+def _crash(client: Any, run: Any, why: str, crashed: list[Any], note: str = "") -> None:
     """Mark ``run`` CRASHED, its running subflows first (to any depth), saying ``why``,
-    the stages that were running, and ``note``."""
+    the stages that were running (by flow name: ``train (run wise-fox)``), and ``note``."""
     from prefect.states import Crashed
 
     stages = _running_runs(client, run.id)
     for stage in stages:
         _crash(client, stage, "its process stopped while it ran", crashed)
-    during = f" during stage(s) {', '.join(sorted(s.name for s in stages))}" if stages else ""
+    names = sorted(f"{client.read_flow(s.flow_id).name} (run {s.name})" for s in stages)
+    during = f" during stage(s) {', '.join(names)}" if stages else ""
     client.set_flow_run_state(run.id, Crashed(message=f"{why}{during}{note}"), force=True)
-    crashed.append(run.name)
+    crashed.append(run)
+
+
+def _close_mlflow_runs(settings: Settings, flow_run_ids: list[str]) -> None:
+    """Mark KILLED the MLflow runs of crashed flow runs (tag ``prefect.flow_run_id``) still
+    RUNNING: the process that would have ended them is gone. Best effort: where MLflow
+    cannot be reached they stay as they are, and `up` goes on."""
+    if not flow_run_ids:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with settings.mlflow_credentials():
+            client = MlflowClient(tracking_uri=settings.tracking_uri)
+            experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+            if experiment is None:
+                return
+            for flow_run_id in flow_run_ids:
+                for mlflow_run in client.search_runs(
+                    [experiment.experiment_id],
+                    f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+                    "AND attributes.status = 'RUNNING'",
+                ):
+                    client.set_terminated(mlflow_run.info.run_id, status="KILLED")
+    except Exception:  # Prefect's state is the record; this only tidies MLflow's view
+        return
 
 
 def _run_process_alive(infrastructure_pid: str | None, stack_folder: str) -> bool:

@@ -78,6 +78,25 @@ class Settings(BaseSettings):
     mlflow_password: SecretStr | None = Field(
         default=None, description="MLflow password; unset means the generated one."
     )
+    serve: bool = Field(
+        default=False,
+        description="`stack up` also starts `mlsys serve` (the champion of serve_dataset "
+        "over HTTP) as a service of the stack.",
+    )
+    serve_port: int = Field(default=8080, description="Port of the stack's model server.")
+    serve_dataset: str = Field(
+        default="youtube-spam", description="Dataset whose champion the stack's server answers for."
+    )
+    serve_url: str | None = Field(
+        default=None,
+        description="A model server elsewhere that flows tell of promotions; unset means "
+        "the stack's own, when it runs one.",
+    )
+    serve_key: SecretStr | None = Field(
+        default=None,
+        description="API key of the model server (`Authorization: Bearer`); unset means "
+        "the one `stack up` generated.",
+    )
     prefect_ui_url: str | None = Field(
         default=None, description="Prefect UI base URL used in links; derived from the API URL."
     )
@@ -123,6 +142,7 @@ class Settings(BaseSettings):
             "weed_admin_port",
             "mlflow_port",
             "prefect_port",
+            "serve_port",
         ):
             value = getattr(self, name)
             if not 0 < value < 65536 - (self.weed_grpc_offset if name.startswith("weed") else 0):
@@ -188,6 +208,7 @@ class Settings(BaseSettings):
         mlflow_local = self.mlflow_tracking_uri is None
         fill("mlflow_username", "mlflow_username", mlflow_local, secret=False)
         fill("mlflow_password", "mlflow_password", mlflow_local)
+        fill("serve_key", "serve_key", self.serve_url is None)
         return self.model_copy(update=update) if update else self
 
     # ---- derived endpoints -------------------------------------------------------
@@ -201,6 +222,11 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def serving_url(self) -> str:
+        """The model server flows tell of promotions: serve_url, else the stack's own."""
+        return (self.serve_url or f"http://{self.host}:{self.serve_port}").rstrip("/")
 
     @property
     def api_url(self) -> str:
@@ -320,6 +346,12 @@ class Settings(BaseSettings):
             env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password.get_secret_value()
             env["MLSYS_MLFLOW_USERNAME"] = self.mlflow_username
             env["MLSYS_MLFLOW_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
+        if self.serve_key is not None:
+            env["MLSYS_SERVE_KEY"] = self.serve_key.get_secret_value()
+        env["MLSYS_SERVE_PORT"] = str(self.serve_port)
+        env["MLSYS_SERVE_DATASET"] = self.serve_dataset
+        if self.serve_url:
+            env["MLSYS_SERVE_URL"] = self.serve_url
         return env
 
     def prefect_headers(self) -> dict[str, str]:

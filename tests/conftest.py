@@ -73,6 +73,7 @@ def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
         "weed_admin_port",
         "mlflow_port",
         "prefect_port",
+        "serve_port",
     ]
     for name in names:
         for _ in range(1000):

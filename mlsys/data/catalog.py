@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "labeled_key",
     "labeled_prefix",
+    "online_predictions_prefix",
     "predictions_prefix",
     "quarantine_key",
     "quarantine_prefix",
@@ -47,6 +48,12 @@ def quarantine_prefix(stage: str, dataset: str, batch: str) -> str:
 def predictions_prefix(dataset: str, batch: str) -> str:
     """Folder of one scored batch's parts and manifest (written by ``batch_infer``)."""
     return f"predictions/{dataset}/{batch}/"
+
+
+def online_predictions_prefix(dataset: str, day: str) -> str:
+    """Folder of one UTC day of the model server's prediction log (``mlsys serve``):
+    ``predictions/online/<dataset>/<YYYY-MM-DD>/``, Parquet parts."""
+    return f"predictions/online/{dataset}/{day}/"
 
 
 def schema_prefix(dataset: str, suite: str) -> str:

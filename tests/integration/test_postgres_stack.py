@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from infra import process
 from infra.runs import trigger
-from infra.stack import ALL_SERVICES, down, up
+from infra.stack import ALL_SERVICES, down, services, up
 from mlsys.settings import Settings
 from tests.conftest import fresh_postgres_database, stack_settings
 
@@ -49,7 +49,7 @@ def test_postgres_backed_stack_runs_a_deployment_and_stops_clean(
         bystander = psutil.Popen(["sleep", "60"])
         stopped = down(settings, say=lambda line: None)
     try:
-        assert set(stopped) == set(ALL_SERVICES)
+        assert set(stopped) == {s.name for s in services(settings)}
         assert family, "no stack processes were found before down"
         alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not alive, f"still running after down: {[p.pid for p in alive]}"
