@@ -155,6 +155,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         down(settings, say=lambda line: None)
 
 
+@pytest.fixture(scope="session")
+def serving_stack(stack: Settings) -> Settings:
+    """The session stack with its model server as a stack service (`stack up --serve`),
+    on a port of its own (the stack's serve_port stays free for a test's own server)."""
+    from infra.stack import up
+
+    port = free_stack_ports()["serve_port"]
+    served = stack.model_copy(update={"serve": True, "serve_port": port})
+    return up(served, timeout_s=180, say=lambda line: None)
+
+
 @pytest.fixture
 def stack_env(stack: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """The session stack's settings for flows run in this process.

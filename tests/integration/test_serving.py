@@ -26,7 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.runs import mlflow_run_of, trigger
-from infra.stack import status, up
+from infra.stack import status
 from mlsys.data import read_parquet_bytes, write_parquet_bytes
 from mlsys.data.catalog import online_predictions_prefix
 from mlsys.data.definition import load_dataset
@@ -34,7 +34,7 @@ from mlsys.data.s3 import put_bytes
 from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
 from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
-from tests.conftest import free_stack_ports, read_youtube
+from tests.conftest import read_youtube
 
 pytestmark = pytest.mark.integration
 
@@ -319,15 +319,9 @@ def test_sigterm_drains_flushes_the_log_and_serving_report_reads_it(
     assert champion in versions and len(versions) == 2, versions
 
 
-def test_the_stack_runs_the_server_as_a_service(stack: Settings) -> None:
-    port = free_stack_ports()["serve_port"]
-    settings = up(
-        stack.model_copy(update={"serve": True, "serve_port": port}),
-        timeout_s=180,
-        say=lambda line: None,
-    )
-    rows = {row.name: row for row in status(settings)}
-    assert rows["serve"].healthy, rows["serve"]
-    url = f"http://{settings.host}:{port}"
+def test_the_stack_runs_the_server_as_a_service(serving_stack: Settings) -> None:
+    rows = {row.name: row for row in status(serving_stack)}
+    assert rows["serve"].healthy and rows["serve"].pid, rows["serve"]
+    url = serving_stack.serving_url
     assert httpx.get(f"{url}/ping", timeout=5).status_code == 200
     assert httpx.post(f"{url}/invocations", json=one_row("hi"), timeout=5).status_code == 401

@@ -59,10 +59,11 @@ def client() -> Iterator[httpx.Client]:
 
 
 def test_every_listening_port_refuses_requests_without_a_credential(
-    stack: Settings, client: httpx.Client
+    serving_stack: Settings, client: httpx.Client
 ) -> None:
+    stack = serving_stack
     ports = stack_ports(stack)
-    assert {"seaweedfs", "mlflow", "prefect-server"} <= set(ports.values()), ports
+    assert {"seaweedfs", "mlflow", "prefect-server", "serve"} <= set(ports.values()), ports
     assert all(stack.host == "127.0.0.1" for _ in ports)
     paths = ["/", "/api/2.0/mlflow/registered-models/search", "/api/deployments/filter",
              f"/buckets/{stack.bucket}/", f"/{stack.bucket}/", "/dir/status",
@@ -180,3 +181,20 @@ def test_no_file_of_the_stack_is_open_to_other_users(stack: Settings) -> None:
             open_to_others.append(f"{oct(stat.S_IMODE(mode))} {path.relative_to(root)}")
     assert not open_to_others, "\n".join(open_to_others[:20])
     assert any((root / "seaweedfs").rglob("*")), "the check saw SeaweedFS's files"
+
+
+def test_model_server_refuses_every_call_without_its_key(
+    serving_stack: Settings, client: httpx.Client
+) -> None:
+    """Scoring, metrics and the reload that swaps models all need the generated key; only
+    the probes answer without it."""
+    url = serving_stack.serving_url
+    assert serving_stack.serve_key is not None
+    row = {"dataframe_split": {"columns": ["text"], "data": [["hello"]]}}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, _basic("mlsys:wrong")):
+        assert client.post(f"{url}/invocations", json=row, headers=headers).status_code == 401
+        assert client.post(f"{url}/admin/reload", headers=headers).status_code == 401
+        assert client.get(f"{url}/metrics", headers=headers).status_code == 401
+    assert client.get(f"{url}/ping").status_code == 200
+    key = {"Authorization": f"Bearer {serving_stack.serve_key.get_secret_value()}"}
+    assert client.get(f"{url}/metrics", headers=key).status_code == 200
