@@ -4,8 +4,8 @@ keep-alive HTTP/1.1 connections, and each latency is counted from the request's 
 time, so a server that falls behind is charged for the wait (no coordinated omission).
 
 Run as its own process: ``python benchmarks/_loadgen.py --url ... --rate 400 ...``; it
-prints one JSON object: sent, answered by status, latency percentiles by status (ms),
-and the rate it actually achieved.
+prints one JSON object: sent, answered by status (and by status and ``X-Model-Version``),
+latency percentiles by status (ms), and the rate it actually achieved.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ async def _connection(
     path: str,
     headers: str,
     queue: asyncio.Queue[tuple[float, bytes] | None],
-    results: list[tuple[int, float]],
+    results: list[tuple[int, float, str]],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -38,13 +38,15 @@ async def _connection(
             writer.write(head + body)
             status_line = await reader.readline()
             status = int(status_line.split()[1])
-            length = 0
+            length, version = 0, "-"
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 if name.lower() == "content-length":
                     length = int(value)
+                elif name.lower() == "x-model-version":
+                    version = value.strip()
             await reader.readexactly(length)
-            results.append((status, (time.perf_counter() - scheduled) * 1000.0))
+            results.append((status, (time.perf_counter() - scheduled) * 1000.0, version))
     finally:
         writer.close()
 
@@ -57,7 +59,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         headers += f"Authorization: Bearer {args.key}\r\n"
     bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines() if line]
     queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-    results: list[tuple[int, float]] = []
+    results: list[tuple[int, float, str]] = []
     workers = [
         asyncio.create_task(_connection(host, port, path, headers, queue, results))
         for _ in range(args.connections)
@@ -78,11 +80,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _summary(
-    results: list[tuple[int, float]], total: int, sent_s: float, wall_s: float
+    results: list[tuple[int, float, str]], total: int, sent_s: float, wall_s: float
 ) -> dict[str, Any]:
     by_status: dict[str, list[float]] = {}
-    for status, ms in results:
+    answers: dict[str, int] = {}
+    for status, ms, version in results:
         by_status.setdefault(str(status), []).append(ms)
+        answers[f"{status}/{version}"] = answers.get(f"{status}/{version}", 0) + 1
 
     def pct(values: list[float], q: float) -> float:
         ordered = sorted(values)
@@ -94,6 +98,7 @@ def _summary(
         "offered_rate": total / max(sent_s, 1e-9),
         "wall_s": wall_s,
         "status": {s: len(v) for s, v in by_status.items()},
+        "answers": answers,
         "latency_ms": {
             s: {"p50": pct(v, 0.50), "p99": pct(v, 0.99), "max": max(v)}
             for s, v in by_status.items()

@@ -377,6 +377,9 @@ class _Server:
                     self._no_model_message(),
                     {"Retry-After": str(max(1, math.ceil(self.config.poll_s)))},
                 )
+            # Refused before the body is read and parsed if even one row would be late:
+            # under overload, a refusal must cost next to nothing.
+            self.batcher.admit(1)
             body = await self._body(request)
             rows = parse_body(body, media_type(request.headers.get("content-type")), model.inputs)
             self._check(model, rows)
@@ -388,6 +391,7 @@ class _Server:
         except PayloadError as exc:
             return _error(exc.status, exc.error_code, exc.message)
         except Overloaded as exc:
+            self.metrics.shed_latency.observe(time.perf_counter() - start)
             return _error(
                 503, "TEMPORARILY_UNAVAILABLE", str(exc), {"Retry-After": str(exc.retry_after_s)}
             )

@@ -19,8 +19,9 @@ Why these pieces, and how they fit together:
   ``delay_ms`` for more before scoring. After a batch that was not full, it scores at once:
   a lone client never pays the delay.
 - **Admission control** (:class:`ServiceEstimate`). On arrival, a request's finish time
-  is estimated from the rows ahead of it (queue depth times the recent time per row) plus
-  the batch in progress. If that exceeds the objective, the request is refused at once
+  is estimated from the batches ahead of it (the rows queued, its own included, at the
+  current batch size, times the recent scoring time of a batch) plus the batch in
+  progress. If that exceeds the objective, the request is refused at once
   (:class:`Overloaded`; the server answers 503 with ``Retry-After``) and never queued: a
   request that would miss the objective costs the server nothing, and the ones it accepts
   keep meeting it.
@@ -148,21 +149,24 @@ class AimdBatchSize:
 
 
 class ServiceEstimate:
-    """How long the batcher takes: moving averages of a batch's scoring time and of its
-    time per row, for admission control.
+    """How long the batcher takes, for admission control: a moving average of one batch's
+    scoring time (timed on the scoring thread, so that a busy event loop does not inflate
+    it).
 
     Usage::
 
         estimate = ServiceEstimate()
         estimate.observe(rows=10, service_ms=5.0)
-        estimate.finish_ms(ahead_rows=20, busy=True)   # 20 * 0.5 + 5.0 = 15.0
+        estimate.finish_ms(ahead_rows=20, batch_size=10, busy=True)   # 5 + 2 * 5 = 15.0
 
-    The time per row includes each batch's fixed cost spread over its rows, so it is
-    pessimistic while batches are small, which is when the queue is short and the estimate
-    small anyway. Before the first batch every estimate is 0: nothing is refused.
+    A request is answered after the batch in progress (if any) and the batches that the
+    rows ahead of it, its own included, make at the current batch size. When the queue is
+    deep, batches are full, so the average is that of batches of about the current size;
+    when it is shallow, batches are small and quick, and so is the estimate. Before the
+    first batch every estimate is 0: nothing is refused.
 
     Args:
-        alpha: weight of the newest batch in the moving averages.
+        alpha: weight of the newest batch in the moving average.
     """
 
     def __init__(self, alpha: float = 0.2) -> None:
@@ -170,21 +174,19 @@ class ServiceEstimate:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
         self.alpha = alpha
         self.batch_ms = 0.0
-        self.row_ms = 0.0
         self._seen = False
 
     def observe(self, rows: int, service_ms: float) -> None:
-        per_row = service_ms / max(rows, 1)
         if not self._seen:
-            self.batch_ms, self.row_ms, self._seen = service_ms, per_row, True
+            self.batch_ms, self._seen = service_ms, True
             return
         self.batch_ms += self.alpha * (service_ms - self.batch_ms)
-        self.row_ms += self.alpha * (per_row - self.row_ms)
 
-    def finish_ms(self, ahead_rows: int, busy: bool) -> float:
-        """When a request would be answered: the rows ahead of it and its own (queue
-        depth over the recent throughput), after the batch in progress if any."""
-        return ahead_rows * self.row_ms + (self.batch_ms if busy else 0.0)
+    def finish_ms(self, ahead_rows: int, batch_size: int, busy: bool) -> float:
+        """When a request would be answered: the batch in progress if any, then
+        ``ceil(ahead_rows / batch_size)`` batches."""
+        batches = math.ceil(ahead_rows / max(batch_size, 1))
+        return (batches + (1 if busy else 0)) * self.batch_ms
 
 
 @dataclass
@@ -260,6 +262,22 @@ class AdaptiveBatcher(Generic[T, R]):
                 self._run(), name=f"batcher-{self.name}"
             )
 
+    def admit(self, rows: int) -> None:
+        """Check, without queueing anything, that a request of ``rows`` rows would finish
+        within the objective. The server asks before it reads and parses a body, so that
+        under overload a refusal costs next to nothing.
+
+        Raises:
+            Overloaded: it could not (counted in ``shed``).
+            Draining: the batcher is closing or was never started.
+        """
+        if self._closing or self._task is None:
+            raise Draining(f"the {self.name} batcher is not admitting requests")
+        estimate = self.estimate.finish_ms(self.queued_rows + rows, self.control.size, self._busy)
+        if estimate > self.slo_ms:
+            self.shed += 1
+            raise Overloaded(estimate, self.slo_ms)
+
     def enqueue(self, item: T, rows: int) -> asyncio.Future[R]:
         """Queue ``item`` (``rows`` rows) and return the future of its result.
 
@@ -267,12 +285,7 @@ class AdaptiveBatcher(Generic[T, R]):
             Overloaded: it could not finish within the objective (it is not queued).
             Draining: the batcher is closing or was never started.
         """
-        if self._closing or self._task is None:
-            raise Draining(f"the {self.name} batcher is not admitting requests")
-        estimate = self.estimate.finish_ms(self.queued_rows + rows, self._busy)
-        if estimate > self.slo_ms:
-            self.shed += 1
-            raise Overloaded(estimate, self.slo_ms)
+        self.admit(rows)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(item, rows, future))
         self.queued_rows += rows
@@ -330,16 +343,21 @@ class AdaptiveBatcher(Generic[T, R]):
             rows += pending.rows
         return batch, rows
 
+    def _timed(self, items: list[T]) -> tuple[Sequence[R | Exception], float]:
+        """Score on the worker thread, timed there: the model's time alone, not the wait
+        for the event loop to resume the batcher (which grows with the request rate)."""
+        start = self._clock()
+        results = self._score(items)
+        return results, (self._clock() - start) * 1000
+
     async def _score_batch(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]], rows: int
     ) -> None:
         items = [pending.item for pending in batch]
         self._busy = True
-        start = self._clock()
+        service_ms = 0.0
         try:
-            results: Sequence[R | Exception] = await loop.run_in_executor(
-                self._executor, self._score, items
-            )
+            results, service_ms = await loop.run_in_executor(self._executor, self._timed, items)
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"the {self.name} scorer returned {len(results)} results for "
@@ -350,7 +368,6 @@ class AdaptiveBatcher(Generic[T, R]):
             results = [exc] * len(batch)
         finally:
             self._busy = False
-        service_ms = (self._clock() - start) * 1000
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue

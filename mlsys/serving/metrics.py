@@ -13,6 +13,7 @@ metric                                     type    what
 =========================================  ======  ========================================
 ``mlsys_serve_requests_total{path,code}``  counter  requests answered, by route and status
 ``mlsys_serve_request_seconds``            histo.  time to answer a served prediction
+``mlsys_serve_shed_seconds``               histo.  time to refuse a request (503, shed)
 ``mlsys_serve_batch_rows``                 histo.  rows per scored batch
 ``mlsys_serve_batch_seconds``              histo.  scoring time per batch
 ``mlsys_serve_queue_rows``                 gauge   rows waiting in the queue
@@ -44,7 +45,9 @@ __all__ = ["CONTENT_TYPE", "ServingMetrics", "VersionInfo"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _PREFIX = "mlsys_serve"
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0
+)  # fmt: skip
 _BATCH_BUCKETS = tuple(float(2**k) for k in range(11))
 
 
@@ -109,6 +112,12 @@ class ServingMetrics:
         self.latency = Histogram(
             f"{_PREFIX}_request_seconds",
             "Time from a prediction request's arrival to its answer (status 200).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shed_latency = Histogram(
+            f"{_PREFIX}_shed_seconds",
+            "Time from a prediction request's arrival to its refusal by admission control (503).",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

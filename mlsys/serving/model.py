@@ -120,6 +120,7 @@ def load_version(tracking_uri: str | None, name: str, version: str) -> LoadedMod
         out = impl.predict(frame)
         return out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
 
+    _warm_up(uri, inputs, predict_frame)
     return LoadedModel(
         name=name,
         version=str(version),
@@ -128,6 +129,23 @@ def load_version(tracking_uri: str | None, name: str, version: str) -> LoadedMod
         predict_frame=predict_frame,
         rules=RowRules.from_signature(inputs),
     )
+
+
+def _warm_up(
+    uri: str, inputs: tuple[tuple[str, str], ...], predict: Callable[[pd.DataFrame], object]
+) -> None:
+    """Score a one-row and a 64-row batch before the version takes traffic: the first calls
+    of a model pay for lazy initialisation (torch's kernels, allocator pools), which would
+    otherwise land on the first requests after a swap, and in the admission control's
+    estimate. Inputs that are not strings or numbers get no warm-up."""
+    values = {"string": "warm up", "double": 0.0, "float": 0.0, "long": 0, "integer": 0}
+    if any(kind not in values for _, kind in inputs):
+        return
+    try:
+        for rows in (1, 64):
+            predict(pd.DataFrame({name: [values[kind]] * rows for name, kind in inputs}))
+    except Exception as exc:
+        raise ModelLoadError(f"{uri} failed its warm-up prediction: {exc}") from exc
 
 
 Loader = Callable[[str | None, str, str], LoadedModel]

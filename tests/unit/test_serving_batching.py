@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,14 +62,36 @@ def test_batching_off_fixes_the_size_at_one() -> None:
     assert size.size == 1
 
 
-def test_the_finish_estimate_is_queue_depth_over_throughput_plus_the_running_batch() -> None:
+def test_the_finish_estimate_counts_batches_ahead_plus_the_running_batch() -> None:
     estimate = ServiceEstimate(alpha=0.5)
-    assert estimate.finish_ms(ahead_rows=100, busy=True) == 0.0  # nothing seen: admit
+    assert estimate.finish_ms(ahead_rows=100, batch_size=1, busy=True) == 0.0  # nothing seen
     estimate.observe(rows=10, service_ms=5.0)
-    assert estimate.finish_ms(ahead_rows=20, busy=True) == pytest.approx(15.0)
-    assert estimate.finish_ms(ahead_rows=20, busy=False) == pytest.approx(10.0)
+    # 20 rows at batch size 10: two batches of 5 ms, after the running one.
+    assert estimate.finish_ms(ahead_rows=20, batch_size=10, busy=True) == pytest.approx(15.0)
+    assert estimate.finish_ms(ahead_rows=20, batch_size=10, busy=False) == pytest.approx(10.0)
+    assert estimate.finish_ms(ahead_rows=21, batch_size=10, busy=False) == pytest.approx(15.0)
     estimate.observe(rows=10, service_ms=15.0)
-    assert (estimate.batch_ms, estimate.row_ms) == pytest.approx((10.0, 1.0))
+    assert estimate.batch_ms == pytest.approx(10.0)
+
+
+def test_batch_time_is_taken_on_the_scoring_thread_not_the_event_loop() -> None:
+    """A busy event loop resumes the batcher late; that wait is not the model's time."""
+
+    async def scenario() -> float:
+        def score(items: list[int]) -> list[int]:
+            time.sleep(0.002)
+            return items
+
+        batcher: AdaptiveBatcher[int, int] = AdaptiveBatcher(score, slo_ms=1000)
+        batcher.start()
+        pending = asyncio.ensure_future(batcher.submit(1, rows=1))
+        await asyncio.sleep(0)
+        time.sleep(0.2)  # the loop is blocked while the scorer finishes
+        await pending
+        await batcher.close()
+        return batcher.estimate.batch_ms
+
+    assert asyncio.run(scenario()) < 150
 
 
 class Gate:
