@@ -59,8 +59,8 @@ test: install
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-# Services killed during runs and many runs at once, on a stack of their own (slow:
-# about 15 minutes); not part of `make test`.
+# Services killed during runs (every service during every stage) and many runs at once,
+# on stacks of their own (slow: about 40 minutes); not part of `make test`.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest tests/faults
 

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from socket import socket
@@ -32,6 +33,8 @@ _log = logging.getLogger("mlsys.serving")
 # log written regardless. Admission control keeps a request's wait within the objective,
 # so only a client that stalls mid-body is ever cut off.
 _GRACE_S = 10
+# How long a thread may hold the interpreter lock while another waits for it (seconds).
+_SWITCH_INTERVAL_S = 0.0005
 
 
 class _Uvicorn(uvicorn.Server):
@@ -101,6 +104,10 @@ def serve(
     # One batch at a time on one thread: torch's intra-op threads would only compete with
     # the event loop for the cores, and add their start-up cost to each small batch.
     torch.set_num_threads(1)
+    # The scoring thread gives up the interpreter lock inside every torch call and must
+    # win it back from the event loop, which holds it up to the switch interval (5 ms by
+    # default) whenever it is busy: a batch of a few torch calls then waits tens of ms.
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     watcher = ModelWatcher(
         config.tracking_uri,
         config.model_name,
