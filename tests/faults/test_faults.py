@@ -8,12 +8,8 @@ Slow (minutes each): run with `make test-faults`, not part of `make test`.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
 
-import psutil
 import pytest
 
 from infra import process
@@ -21,89 +17,18 @@ from infra.runs import trigger
 from infra.stack import down, up
 from mlsys.settings import Settings
 from tests.conftest import fresh_postgres_database, stack_settings
+from tests.faults.helpers import (
+    TOLERANCE_S,
+    kill,
+    no_running_runs,
+    registry,
+    run_logs,
+    s3_snapshot,
+    start,
+    wait_state,
+)
 
 pytestmark = pytest.mark.integration
-
-TOLERANCE_S = 40.0
-
-
-@pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A stack of its own (its services get killed), with a short outage tolerance."""
-    settings = stack_settings(
-        tmp_path_factory.mktemp("fault-stack"), outage_tolerance_s=TOLERANCE_S
-    )
-    try:
-        settings = up(settings, timeout_s=180, say=lambda line: None)
-        settings.export_mlflow_credentials()
-        first = trigger(settings, "ingest/ingest", {"batch": "base"}, say=lambda _: None)
-        assert first.state == "COMPLETED", first.message
-        yield settings
-    finally:
-        down(settings, say=lambda line: None)
-
-
-def kill(settings: Settings, service: str) -> None:
-    """SIGKILL the service's whole process group, as a crash (or the OOM killer) would."""
-    record = process.read_record(settings.stack_dir, service)
-    assert record is not None and record.alive(), f"{service} was not running"
-    for pid in process.family_pids(record):
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
-    psutil.wait_procs([psutil.Process(record.pid)], timeout=10)
-
-
-def wait_state(settings: Settings, run_id: str, done: Any, timeout_s: float) -> Any:
-    from infra.prefect_api import prefect_client
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with prefect_client(settings) as client:
-                run = client.read_flow_run(run_id)
-            if done(run):
-                return run
-        except Exception:
-            pass  # the server may be the one that is down
-        assert time.monotonic() < deadline, f"run {run_id} not done in {timeout_s:.0f} s"
-        time.sleep(1)
-
-
-def run_logs(settings: Settings, run_id: str) -> str:
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    from infra.prefect_api import prefect_client
-
-    with prefect_client(settings) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    return "\n".join(log.message for log in logs)
-
-
-def s3_snapshot(settings: Settings, prefix: str) -> dict[str, str]:
-    s3 = settings.s3_client()
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
-    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
-
-
-def start(settings: Settings, deployment: str, params: dict[str, Any]) -> str:
-    outcome = trigger(settings, deployment, params, wait=False, say=lambda _: None)
-    return outcome.flow_run_id
-
-
-def no_running_runs(settings: Settings) -> list[str]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType as TypeFilter
-    from prefect.client.schemas.objects import StateType
-
-    from infra.prefect_api import prefect_client
-
-    with prefect_client(settings) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=TypeFilter(any_=[StateType.RUNNING]))
-            )
-        )
-    return [r.name for r in runs]
 
 
 def test_s3_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -> None:
@@ -142,18 +67,6 @@ def test_s3_gone_for_good_the_run_fails_naming_it_in_time(fault_stack: Settings)
     assert registry(fault_stack) == models, "model versions or aliases changed"
     assert not process.leftovers(fault_stack.stack_dir), "processes left behind"
     assert not no_running_runs(fault_stack)
-
-
-def registry(settings: Settings) -> dict[str, Any]:
-    """Every registered model's versions and aliases."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    return {
-        m.name: (sorted(v.version for v in client.search_model_versions(f"name='{m.name}'")),
-                 dict(m.aliases))
-        for m in client.search_registered_models()
-    }  # fmt: skip
 
 
 def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -> None:
