@@ -354,7 +354,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
             if record is None and settings.serve_url is None:
                 continue  # the stack runs no model server (`up --serve` starts one)
             if settings.serve_url is None:
-                service = ModelServer(settings)
+                service = ModelServer(_as_started(settings, record))
         result.append(
             ServiceStatus(
                 name=name,
@@ -367,6 +367,19 @@ def status(settings: Settings) -> list[ServiceStatus]:
             )
         )
     return result
+
+
+def _as_started(settings: Settings, record: process.ProcessRecord | None) -> Settings:
+    """``settings`` with the port a running model server listens on: `up --serve` may
+    have started it with another MLSYS_SERVE_PORT than the one asking now."""
+    if record is None or not record.alive():
+        return settings
+    for pid in process.family_pids(record):
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                    return settings.model_copy(update={"serve_port": conn.laddr.port})
+    return settings
 
 
 def _foreign_ports(service: Service, record: process.ProcessRecord | None) -> list[str]:

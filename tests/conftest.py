@@ -51,6 +51,29 @@ def read_youtube(source: str | os.PathLike[str]) -> pd.DataFrame:
     return read_dataset(load_dataset("youtube-spam"), os.fspath(source))
 
 
+def put_labeled_youtube(settings: Settings, comments: pd.DataFrame, name: str) -> str:
+    """The comments weakly labeled as the pipeline labels them (gold split, the tutorial
+    LFs, the labeler chosen on the gold dev rows), written to
+    labeled/youtube-spam/<name>.parquet in the stack's bucket; its s3:// URI."""
+    from mlsys.data import write_parquet_bytes
+    from mlsys.data.definition import load_dataset
+    from mlsys.data.s3 import put_bytes
+    from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
+    from mlsys.labeling.split import gold_split
+
+    youtube = load_dataset("youtube-spam")
+    df = gold_split(comments, youtube.gold)
+    L = apply_lfs(df, youtube.lf_set("tutorial"), n_jobs=1).matrix
+    y = gold_array(df)
+    train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
+    labeler = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev], cardinality=2).best
+    uri = settings.s3_uri(f"labeled/youtube-spam/{name}.parquet")
+    put_bytes(
+        settings.s3_client(), uri, write_parquet_bytes(build_labeled_batch(df, L, labeler).frame)
+    )
+    return uri
+
+
 def _free(port: int) -> bool:
     with socket.socket() as sock:
         try:

@@ -15,13 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from infra.runs import mlflow_run_of, trigger
 from mlsys.data import DatasetError, read_parquet_bytes, write_parquet_bytes
-from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
-from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
-from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import ValidationFailed
-from tests.conftest import read_youtube
+from tests.conftest import put_labeled_youtube, read_youtube
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +34,7 @@ def raw(youtube_dir: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def champion(stack: Settings, raw: pd.DataFrame) -> str:
     """Version 1 of MODEL, trained by the train flow and promoted to @champion."""
-    youtube = load_dataset("youtube-spam")
-    df = gold_split(raw, youtube.gold)
-    L = apply_lfs(df, youtube.lf_set("tutorial"), n_jobs=1).matrix
-    y = gold_array(df)
-    train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
-    labeler = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev], cardinality=2).best
-    frame = build_labeled_batch(df, L, labeler)
-    uri = stack.s3_uri("labeled/youtube-spam/it-bi.parquet")
-    put_bytes(stack.s3_client(), uri, write_parquet_bytes(frame.frame))
+    uri = put_labeled_youtube(stack, raw, "it-bi")
     outcome = trigger(
         stack,
         "train/train",

@@ -27,14 +27,10 @@ from mlflow.tracking import MlflowClient
 
 from infra.runs import mlflow_run_of, trigger
 from infra.stack import status
-from mlsys.data import read_parquet_bytes, write_parquet_bytes
+from mlsys.data import read_parquet_bytes
 from mlsys.data.catalog import online_predictions_prefix
-from mlsys.data.definition import load_dataset
-from mlsys.data.s3 import put_bytes
-from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
-from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
-from tests.conftest import read_youtube
+from tests.conftest import put_labeled_youtube, read_youtube
 
 pytestmark = pytest.mark.integration
 
@@ -66,16 +62,7 @@ def comments(youtube_dir: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def labeled_uri(stack: Settings, comments: pd.DataFrame) -> str:
-    youtube = load_dataset("youtube-spam")
-    df = gold_split(comments, youtube.gold)
-    L = apply_lfs(df, youtube.lf_set("tutorial"), n_jobs=1).matrix
-    y = gold_array(df)
-    train, dev = (df["split"] == "train").to_numpy(), (df["split"] == "dev").to_numpy()
-    labeler = fit_labeler(L[train], L_dev=L[dev], y_dev=y[dev], cardinality=2).best
-    uri = stack.s3_uri("labeled/youtube-spam/it-serve.parquet")
-    frame = build_labeled_batch(df, L, labeler).frame
-    put_bytes(stack.s3_client(), uri, write_parquet_bytes(frame))
-    return uri
+    return put_labeled_youtube(stack, comments, "it-serve")
 
 
 @pytest.fixture(scope="module")
