@@ -3,8 +3,9 @@ inference over video frames (incremental.py)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mlsys.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from mlsys.inference.incremental import FrameStats, IncrementalCNN, IncrementalStats
@@ -16,13 +17,8 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Loaded on first use, so importing a sibling module does not import torch.
-    try:
-        module = _MODULES[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
+# Loaded on first use, so importing a sibling module does not import torch.
+__getattr__ = lazy_getattr(__name__, _MODULES)
 
 
 __all__ = ["FrameStats", "IncrementalCNN", "IncrementalStats"]

@@ -19,8 +19,9 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mlsys.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from mlsys.serving.app import create_app
@@ -69,13 +70,8 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Loaded on first use, so that `mlsys --help` does not import MLflow, torch or uvicorn.
-    try:
-        module = _MODULES[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
+# Loaded on first use, so that `mlsys --help` does not import MLflow, torch or uvicorn.
+__getattr__ = lazy_getattr(__name__, _MODULES)
 
 
 __all__ = [
