@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from mlsys.data.catalog import online_predictions_prefix
 from mlsys.data.definition import load_dataset
+from mlsys.serving.predlog import summarize
 from mlsys.settings import Settings
 from tasks.batch_infer import resolve_model
 from tasks.serving import read_prediction_log
@@ -66,27 +67,17 @@ def serving_report(
             write_quarantine=False,
         )
         client = run.client()
-        rows = len(frame)
+        summary = summarize(frame)
+        rows, versions = summary.rows, list(summary.versions)
         failed = report.rows_quarantined
         metrics: dict[str, float] = {"rows": rows, "parts": parts, "rows_failing": failed}
-        if "latency_ms" in frame and rows:
-            latency = frame["latency_ms"].astype("float64")
+        if summary.latency_p50_ms is not None and summary.latency_p99_ms is not None:
             metrics.update(
-                latency_p50_ms=float(latency.quantile(0.5)),
-                latency_p99_ms=float(latency.quantile(0.99)),
+                latency_p50_ms=summary.latency_p50_ms, latency_p99_ms=summary.latency_p99_ms
             )
-        shares = (
-            frame["label"].astype(str).value_counts(normalize=True).sort_index()
-            if "label" in frame
-            else None
-        )
-        for name, share in shares.items() if shares is not None else ():
-            metrics[f"share_{name}"] = float(share)
+        metrics.update({f"share_{name}": share for name, share in summary.shares.items()})
         for key, value in metrics.items():
             client.log_metric(run.run_id, key, float(value))
-        versions = (
-            sorted(frame["model_version"].astype(str).unique()) if "model_version" in frame else []
-        )
         client.set_tag(run.run_id, "mlsys.versions_served", ",".join(versions))
         verdict = "passed" if report.ok and not failed else "rows failed a rule"
         client.set_tag(run.run_id, "mlsys.verdict", verdict)

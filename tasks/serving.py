@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mlsys.data.catalog import online_predictions_prefix
+from mlsys.data.s3 import get_bytes, list_keys
 from mlsys.data.sources import read_parquet_bytes
 from mlsys.settings import Settings
 from tasks.retry import outage_tolerant, tolerant
@@ -76,20 +77,11 @@ def read_prediction_log(settings: Settings, dataset: str, day: str) -> tuple[pd.
     """
     client = tolerant(settings.s3_client())
     prefix = online_predictions_prefix(dataset, day)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
-    keys = sorted(
-        o["Key"]
-        for page in pages
-        for o in page.get("Contents", [])
-        if o["Key"].endswith(".parquet")
-    )
+    keys = sorted(key for _, key in list_keys(client, settings.bucket, prefix, ".parquet"))
     if not keys:
         raise FileNotFoundError(
             f"no prediction log under {settings.s3_uri(prefix)}: nothing was served for "
             f"{dataset} on {day} (or the server runs with --no-log)"
         )
-    frames = [
-        read_parquet_bytes(client.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
-        for key in keys
-    ]
+    frames = [read_parquet_bytes(get_bytes(client, settings.s3_uri(key))) for key in keys]
     return pd.concat(frames, ignore_index=True), len(keys)

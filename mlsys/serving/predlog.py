@@ -44,11 +44,12 @@ from typing import Any, Protocol
 import pandas as pd
 
 from mlsys.data.catalog import online_predictions_prefix
+from mlsys.data.s3 import put_bytes
 from mlsys.data.sources import write_parquet_bytes
 from mlsys.serving.cache import Record
 from mlsys.serving.payload import Rows
 
-__all__ = ["FolderSink", "PredictionLog", "S3Sink", "Sink", "part_key"]
+__all__ = ["FolderSink", "LogSummary", "PredictionLog", "S3Sink", "Sink", "part_key", "summarize"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,9 +71,7 @@ class S3Sink:
         self.bucket = bucket
 
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=data, ContentType="application/vnd.apache.parquet"
-        )
+        put_bytes(self.client, f"s3://{self.bucket}/{key}", data, "application/vnd.apache.parquet")
 
 
 class FolderSink:
@@ -275,3 +274,36 @@ class PredictionLog:
             _log.error("prediction log: dropped %d rows (%s) after failed writes",
                        oldest.rows, oldest.key)  # fmt: skip
         return parts
+
+
+@dataclass(frozen=True)
+class LogSummary:
+    """What a stretch of the prediction log shows: rows, latency percentiles (ms, None
+    without a latency column or rows), the versions that answered, each class's share."""
+
+    rows: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    versions: tuple[str, ...]
+    shares: dict[str, float]
+
+
+def summarize(frame: pd.DataFrame) -> LogSummary:
+    """The :class:`LogSummary` of prediction-log rows (the columns a part holds)."""
+    latency = (
+        frame["latency_ms"].astype("float64") if "latency_ms" in frame and len(frame) else None
+    )
+    shares = (
+        frame["label"].astype(str).value_counts(normalize=True).sort_index()
+        if "label" in frame
+        else pd.Series(dtype="float64")
+    )
+    return LogSummary(
+        rows=len(frame),
+        latency_p50_ms=None if latency is None else float(latency.quantile(0.5)),
+        latency_p99_ms=None if latency is None else float(latency.quantile(0.99)),
+        versions=tuple(sorted(frame["model_version"].astype(str).unique()))
+        if "model_version" in frame
+        else (),
+        shares={str(name): float(share) for name, share in shares.items()},
+    )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mlsys.serving.payload import Rows
-from mlsys.serving.predlog import FolderSink, PredictionLog, S3Sink
+from mlsys.serving.predlog import FolderSink, PredictionLog, S3Sink, summarize
 
 ROWS = Rows({"text": ["check out my channel", "nice song"]}, 2)
 OUTPUTS = [
@@ -135,3 +135,18 @@ def test_s3_sink_puts_the_object() -> None:
 def test_bad_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fraction must be in"):
         PredictionLog(FolderSink(tmp_path), "d", fraction=1.5)
+
+
+def test_a_summary_gives_rows_latency_versions_and_class_shares() -> None:
+    frame = pd.DataFrame(
+        {
+            "label": ["spam", "ham", "spam", "spam"],
+            "model_version": ["2", "1", "2", "2"],
+            "latency_ms": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    summary = summarize(frame)
+    assert (summary.rows, summary.versions) == (4, ("1", "2"))
+    assert summary.shares == {"ham": 0.25, "spam": 0.75}
+    assert summary.latency_p50_ms == 2.5
+    assert summarize(frame.drop(columns="latency_ms")).latency_p99_ms is None
