@@ -172,8 +172,18 @@ def start_system_metrics(run: TrackedRun) -> Any:
 
 def stop_system_metrics(monitor: Any) -> None:
     """Stop a monitor from ``start_system_metrics`` and send what it sampled."""
-    if monitor is not None:
-        monitor.finish()
+    if monitor is None:
+        return
+    monitor.finish()
+    # MLflow's monitor samples at once, then publishes only after a whole interval: a
+    # run shorter than that would end without system metrics. Send what it sampled.
+    try:
+        left = monitor.aggregate_metrics()
+        if left:
+            monitor.publish_metrics(left)
+            monitor.mlflow_logger.flush()
+    except Exception as exc:  # the run's results stand without them
+        logging.getLogger(__name__).warning("system metrics not sent: %s", exc)
 
 
 def mark_model_version(
