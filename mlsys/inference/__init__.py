@@ -3,9 +3,8 @@ inference over video frames (incremental.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from mlsys.lazy import lazy_getattr
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlsys.inference.incremental import FrameStats, IncrementalCNN, IncrementalStats
@@ -17,8 +16,13 @@ _MODULES = {
 }
 
 
-# Loaded on first use, so importing a sibling module does not import torch.
-__getattr__ = lazy_getattr(__name__, _MODULES)
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so importing a sibling module does not import torch.
+    try:
+        module = _MODULES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = ["FrameStats", "IncrementalCNN", "IncrementalStats"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from mlsys.lazy import lazy_getattr
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlsys.labeling.analysis import lf_summary, plot_lf_summary
@@ -78,9 +77,14 @@ _MODULES = {
 }
 
 
-# Loaded on first use: importing a submodule (e.g. for the `mlsys label` command)
-# then costs only that submodule, not Snorkel, torch and matplotlib for all of them.
-__getattr__ = lazy_getattr(__name__, _MODULES)
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: importing a submodule (e.g. for the `mlsys label` command)
+    # then costs only that submodule, not Snorkel, torch and matplotlib for all of them.
+    try:
+        module = _MODULES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [

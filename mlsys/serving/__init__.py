@@ -19,9 +19,8 @@ Usage::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from mlsys.lazy import lazy_getattr
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlsys.serving.app import create_app
@@ -70,8 +69,13 @@ _MODULES = {
 }
 
 
-# Loaded on first use, so that `mlsys --help` does not import MLflow, torch or uvicorn.
-__getattr__ = lazy_getattr(__name__, _MODULES)
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so that `mlsys --help` does not import MLflow, torch or uvicorn.
+    try:
+        module = _MODULES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
