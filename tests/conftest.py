@@ -129,26 +129,55 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+def postgres_unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why no PostgreSQL server can be reached at ``url`` (nothing listens on its host and
+    port, the host is unknown or does not answer), or None when something accepts a
+    connection there. A server that answers and then refuses the connection (a wrong
+    password, an unknown role or database) is reachable: that is a failure, not a reason
+    to skip. A URL without a host (libpq's default Unix socket) is not probed (None)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
+    port = parts.port or 5432
+    if not host:
+        return None
+    try:
+        if host.startswith("/"):  # a folder holding the server's Unix socket
+            path = os.path.join(host, f".s.PGSQL.{port}")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(path)
+        else:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port}: {exc}"
+    return None
+
+
 @contextmanager
-def fresh_postgres_database(prefix: str = "mlsys_test") -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped afterwards; the test is
-    skipped, with the reason, where no server answers at MLSYS_TEST_DATABASE_URL."""
+def fresh_postgres_database(
+    prefix: str = "mlsys_test", admin_url: str = POSTGRES_ADMIN_URL
+) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards. The test is
+    skipped, with the reason, only where no server answers at ``admin_url``
+    (MLSYS_TEST_DATABASE_URL); a server that refuses the connection fails it."""
     import uuid
     from urllib.parse import urlsplit, urlunsplit
 
     import psycopg2
 
-    try:
-        admin = psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
+    unreachable = postgres_unreachable(admin_url)
+    if unreachable is not None:
         pytest.skip(
-            f"no PostgreSQL reachable at {POSTGRES_ADMIN_URL} (set MLSYS_TEST_DATABASE_URL): {exc}"
+            f"no PostgreSQL reachable at {admin_url} (set MLSYS_TEST_DATABASE_URL): {unreachable}"
         )
+    admin = psycopg2.connect(admin_url, connect_timeout=3)
     admin.autocommit = True
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(POSTGRES_ADMIN_URL)
+    parts = urlsplit(admin_url)
     try:
         yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
     finally:

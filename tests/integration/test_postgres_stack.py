@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,12 @@ from infra import process
 from infra.runs import trigger
 from infra.stack import ALL_SERVICES, down, services, up
 from mlsys.settings import Settings
-from tests.conftest import fresh_postgres_database, stack_settings
+from tests.conftest import (
+    POSTGRES_ADMIN_URL,
+    fresh_postgres_database,
+    postgres_unreachable,
+    stack_settings,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -89,3 +97,101 @@ def _run_a_deployment(settings: Settings, database: str) -> None:
         filter_string=f"tags.`prefect.flow_run_id` = '{outcome.flow_run_id}'",
     )
     assert runs[0].data.metrics["rows_out"] == 1953
+
+
+# The skip rule of fresh_postgres_database: skipped only where nothing answers.
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[int]:
+    """The port of a server that speaks PostgreSQL's protocol up to the startup message and
+    answers it as a server whose password check failed (SQLSTATE 28P01)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        while True:
+            head = conn.recv(8, socket.MSG_WAITALL)
+            if len(head) < 8:  # a client that only probed the port
+                return
+            length, code = struct.unpack("!ii", head)
+            conn.recv(length - 8, socket.MSG_WAITALL)
+            if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest: "no"
+                conn.sendall(b"N")
+                continue
+            fields = b"".join(
+                key + value + b"\0"
+                for key, value in [
+                    (b"S", b"FATAL"),
+                    (b"V", b"FATAL"),
+                    (b"C", b"28P01"),
+                    (b"M", b'password authentication failed for user "postgres"'),
+                ]
+            )
+            body = fields + b"\0"
+            conn.sendall(b"E" + struct.pack("!i", len(body) + 4) + body)
+            return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
+
+
+def _outcome_of_fresh_database(url: str) -> BaseException | None:
+    """What fresh_postgres_database(admin_url=url) raised on entry (a skip included)."""
+    try:
+        with fresh_postgres_database(admin_url=url):
+            return None
+    except BaseException as exc:  # pytest.skip raises no Exception subclass
+        return exc
+
+
+def test_a_refused_login_fails_instead_of_skipping(refusing_server: int) -> None:
+    url = f"postgresql://postgres:wrong@127.0.0.1:{refusing_server}/test"
+    assert postgres_unreachable(url) is None
+    outcome = _outcome_of_fresh_database(url)
+    assert not isinstance(outcome, pytest.skip.Exception), f"skipped: {outcome}"
+    assert isinstance(outcome, psycopg2.OperationalError), repr(outcome)
+    assert "password authentication failed" in str(outcome)
+
+
+def test_no_server_listening_skips_with_the_reason() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/test"
+    reason = postgres_unreachable(url)
+    assert reason is not None and "refused" in reason.lower()
+    outcome = _outcome_of_fresh_database(url)
+    assert isinstance(outcome, pytest.skip.Exception), repr(outcome)
+    assert "no PostgreSQL reachable" in str(outcome) and "refused" in str(outcome).lower()
+
+
+def test_an_unknown_database_on_the_real_server_fails_instead_of_skipping() -> None:
+    reason = postgres_unreachable(POSTGRES_ADMIN_URL)
+    if reason is not None:
+        pytest.skip(reason)
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    outcome = _outcome_of_fresh_database(f"{base}/mlsys_no_such_database")
+    assert not isinstance(outcome, pytest.skip.Exception), f"skipped: {outcome}"
+    assert isinstance(outcome, psycopg2.OperationalError), repr(outcome)
+    assert "mlsys_no_such_database" in str(outcome)
