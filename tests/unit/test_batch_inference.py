@@ -390,6 +390,17 @@ def test_a_value_that_is_no_boolean_is_named() -> None:
         cast_to_signature(pd.DataFrame({"flag": [1, 2]}), [("flag", "boolean")])
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_boolean_is_refused_not_read_as_false(blank: str) -> None:
+    # A blank is no answer: refused with its row, as a missing value is (CSV reads an empty
+    # field as missing), rather than taken as False the way Python's bool("") would.
+    frame = pd.DataFrame({"flag": pd.array(["no", blank], dtype="string")})
+    with pytest.raises(
+        ValueError, match=f"'flag' cannot be cast to boolean: row 1 holds '{blank}'"
+    ):
+        cast_to_signature(frame, [("flag", "boolean")])
+
+
 def test_uncastable_values_are_found_by_the_type_asked_for() -> None:
     # "1.5" is a number (so a numeric search would pass it) but no integer.
     frame = pd.DataFrame({"n": pd.array(["1", "1.5", "x"], dtype="string")})
