@@ -52,7 +52,9 @@ def test_deployment_trains_registers_and_links_the_model(
     client, run = mlflow_run_of(stack, outcome.flow_run_id)
     metrics = run.data.metrics
     assert metrics["test_rows"] == 250
-    assert metrics["test_accuracy"] > 0.8
+    # 3 epochs reach 0.952 (238 of 250) in each of 3 runs; the bound leaves 3 rows for
+    # another machine's floating point.
+    assert metrics["test_accuracy"] >= 0.94
     assert metrics["rows_train"] == int(
         (frame["split"].isin(["train", "dev"]) & frame["label"].notna()).sum()
     )
@@ -125,7 +127,9 @@ def test_gpipe_trainer_trains_the_same_model_family(
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)
     run = client.get_run(client.get_model_version("it-gpipe", registered["version"]).run_id)
     assert run.data.params["trainer"] == "gpipe"
-    assert run.data.metrics["test_accuracy"] > 0.8
+    # 2 epochs of this smaller model reach 0.932 (233 of 250) in each of 4 runs; the
+    # bound leaves 3 rows for another machine's floating point.
+    assert run.data.metrics["test_accuracy"] >= 0.92
     assert 0.0 < run.data.metrics["pipeline_bubble_measured"] < 1.0
     assert run.data.metrics["pipeline_bubble_theory"] == pytest.approx(1 / 5)
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
@@ -165,7 +169,8 @@ def test_spill_trainer_trains_in_shards_within_the_budget(
     # The 32768-feature input layer of 64 units with Adam and its activations needs about
     # 64 MB: it takes a shard alone, the rest of the model a second one.
     assert run.data.metrics["spill_shards"] == 2
-    assert run.data.metrics["test_accuracy"] > 0.8
+    # 2 epochs reach 0.952 (238 of 250) in each of 4 runs; 3 rows of margin.
+    assert run.data.metrics["test_accuracy"] >= 0.94
     plan = client.download_artifacts(run.info.run_id, "train/spill_plan.txt")
     assert Path(plan).read_text().startswith("shard 0: layers 0..0")
 
