@@ -20,7 +20,13 @@ from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
 from tasks.hooks import STAGE_HOOKS
 from tasks.retry import tolerant
-from tasks.stages import Stages, path_fingerprint, s3_fingerprint, s3_object_exists
+from tasks.stages import (
+    Stages,
+    naming_stage,
+    path_fingerprint,
+    s3_fingerprint,
+    s3_object_exists,
+)
 from tasks.tracking import flow_run_tracking, stage_metrics
 from tasks.train import check_gpipe_depth
 
@@ -198,15 +204,16 @@ def end_to_end(
         )
         # Not cached: the champion may have changed, and batch_infer resumes by itself,
         # skipping the chunks it has already written.
-        manifest = batch_infer(
-            source=raw,
-            dataset=dataset,
-            batch=batch,
-            model_name=model_name,
-            alias="champion",
-            chunk_rows=inference.chunk_rows,
-            workers=inference.workers,
-        )
+        with naming_stage("batch_infer"):
+            manifest = batch_infer(
+                source=raw,
+                dataset=dataset,
+                batch=batch,
+                model_name=model_name,
+                alias="champion",
+                chunk_rows=inference.chunk_rows,
+                workers=inference.workers,
+            )
         rows = stages.rows + [r for r in stage_metrics(run) if r["stage"] == "batch_infer"]
         promotion = registered["promotion"]
         if "train" in stages.reused:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,29 @@ def s3_object_exists(settings: Settings, uri: str) -> bool:
     return object_etag(tolerant(settings.s3_client()), uri) is not None
 
 
+class StageAborted(BaseException):
+    """A stage's process was told to exit (``SystemExit``) while the stage ran.
+
+    Raised in place of the ``SystemExit`` so that the pipeline run's crash message names
+    the stage: Prefect records every ``SystemExit`` as "Execution was aborted by Python
+    system exit call.", naming nothing. A ``BaseException``, like ``SystemExit``, so the
+    run still ends CRASHED (an outside cause), not FAILED. Seen when the worker that
+    started the run dies: the run's output is a pipe nobody reads any more, and the next
+    log line exits the process (rich raises ``SystemExit`` on the broken pipe).
+    """
+
+
+@contextmanager
+def naming_stage(stage: str) -> Iterator[None]:
+    """Re-raise a ``SystemExit`` of the block as :class:`StageAborted` naming ``stage``."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise StageAborted(
+            f"the process exited (SystemExit {exc.code!r}) during stage {stage}"
+        ) from exc
+
+
 @task(
     name="stage",
     persist_result=True,
@@ -163,9 +187,10 @@ class Stages:
         refresh = self.refresh
         while True:
             options = {"result_storage": self._storage, "refresh_cache": refresh}
-            state = run_stage.with_options(**options)(
-                stage, inputs, call, kwargs, return_state=True
-            )
+            with naming_stage(stage):
+                state = run_stage.with_options(**options)(
+                    stage, inputs, call, kwargs, return_state=True
+                )
             result = state.result()
             cached = state.name == "Cached"
             if not cached or still_valid(result["output"]):

@@ -16,7 +16,7 @@ Expected, once `up` has brought the service back:
   of its own (``start_new_session``), so killing the worker's group leaves it running,
   its output a pipe nobody reads; at its next log line the console write fails (rich
   raises ``SystemExit`` on the broken pipe) and the run ends CRASHED by itself, before
-  `up`. Killed together with its flow-run process (the whole family, as an OOM kill of
+  `up`, its message naming the stage (``tasks.stages.StageAborted``). Killed together with its flow-run process (the whole family, as an OOM kill of
   the cgroup would), the run is left RUNNING until `up` marks it CRASHED
   (``mark_crashed_runs``), naming the stage that was running.
 
@@ -86,24 +86,11 @@ class StageNotNamed(AssertionError):
     """The parent run's final message does not name the stage that died."""
 
 
-PARENT_NAMES_NO_STAGE = pytest.mark.xfail(
-    strict=True,
-    raises=StageNotNamed,
-    reason=(
-        "bug: the worker killed alone, end_to_end's process dies by itself at its next "
-        "log line (SystemExit on the broken stdout pipe) and reports its own crash: the "
-        "parent's message is Prefect's 'Execution was aborted by Python system exit "
-        "call.', naming no stage (Prefect's starter disables on_crashed hooks in the "
-        "flow-run process, and mark_crashed_runs finds nothing RUNNING)"
-    ),
-)
-
 CASES = [
     pytest.param(
         service,
         stage,
         id=f"{service}-{stage}",
-        marks=[PARENT_NAMES_NO_STAGE] if (service, stage) == (WORKER, "end_to_end") else [],
     )
     for service in SERVICES
     for stage in STAGES
