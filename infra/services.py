@@ -274,6 +274,9 @@ class PrefectWorker(Service):
         env = super().env()
         # Poll every 2 s (default 10 s) so a triggered run starts promptly.
         env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
+        # Flow runs send a heartbeat event every 30 s (Prefect's shortest), which the
+        # stack's automation watches (infra/stack.py, ensure_unresponsive_runs_crash).
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
         return env
 
     def healthy(self) -> bool:
@@ -289,6 +292,10 @@ class PrefectWorker(Service):
     def endpoints(self) -> list[Endpoint]:
         pool = self.settings.work_pool
         return [Endpoint("Work pool", f"{self.settings.ui_url}/work-pools/work-pool/{pool}")]
+
+
+HEARTBEAT_S = 30
+"""Seconds between a flow run's heartbeat events (Prefect allows no less than 30)."""
 
 
 class ModelServer(Service):

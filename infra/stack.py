@@ -265,6 +265,67 @@ def ensure_work_pool(settings: Settings) -> None:
         )
 
 
+UNRESPONSIVE_AUTOMATION = "mlsys: crash unresponsive runs"
+"""Name of the automation `up` keeps on the Prefect server (one per server)."""
+
+
+def ensure_unresponsive_runs_crash(settings: Settings) -> None:
+    """Prefect's zombie detection: an automation that marks CRASHED a flow run whose
+    heartbeats stop for ``unresponsive_after_s`` without it reaching a final state.
+
+    It covers what `up`'s :func:`mark_crashed_runs` needs someone to run `up` for: the
+    run's process and its worker gone together (the machine's OOM killer, a host lost),
+    with the Prefect server still up. Flow runs send heartbeats because the worker's
+    environment sets PREFECT_FLOWS_HEARTBEAT_FREQUENCY. Replaced on every `up`, so a
+    changed setting takes effect.
+    """
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    from infra.prefect_api import prefect_client
+
+    after = timedelta(seconds=settings.unresponsive_after_s)
+    automation = AutomationCore(
+        name=UNRESPONSIVE_AUTOMATION,
+        description=(
+            "Marks CRASHED a flow run that sent no heartbeat for "
+            f"{settings.unresponsive_after_s:g} s and did not end (its process is gone)."
+        ),
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=after,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"no heartbeat for {settings.unresponsive_after_s:g} s: the run's process "
+                    "stopped without reporting (killed, or its host lost)"
+                ),
+            )
+        ],
+    )
+    with prefect_client(settings) as client:
+        for old in client.read_automations_by_name(UNRESPONSIVE_AUTOMATION):
+            client.delete_automation(old.id)
+        client.create_automation(automation)
+
+
 def deploy(settings: Settings) -> None:
     """Register every deployment of prefect.yaml (idempotent: updates in place)."""
     _prefect(settings, "--no-prompt", "deploy", "--all")
@@ -302,6 +363,7 @@ def _up(settings: Settings, *, timeout_s: float, say: Say) -> Settings:
     for service in services(settings):
         if isinstance(service, PrefectWorker):
             ensure_work_pool(settings)
+            ensure_unresponsive_runs_crash(settings)
             say("  deployments     prefect deploy --all")
             deploy(settings)
             offer_dataset_choices(settings, say)

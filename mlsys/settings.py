@@ -124,6 +124,15 @@ class Settings(BaseSettings):
         ),
     )
 
+    unresponsive_after_s: float = Field(
+        default=180.0,
+        ge=60,
+        description=(
+            "A flow run whose heartbeats (every 30 s) stop for this long is marked CRASHED "
+            "by the stack's Prefect automation, even if no one runs `up` (seconds)."
+        ),
+    )
+
     database_url: SecretStr | None = Field(
         default=None,
         description=(

@@ -10,15 +10,18 @@ from infra.runs import trigger
 from infra.stack import down, up
 from mlsys.settings import Settings
 from tests.conftest import stack_settings
-from tests.faults.helpers import TOLERANCE_S
+from tests.faults.helpers import TOLERANCE_S, UNRESPONSIVE_S
 
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A stack of its own (its services get killed), with a short outage tolerance, and
+    """A stack of its own (its services get killed), with a short outage tolerance and
+    unresponsive-run limit, and
     one raw batch ingested (``raw/youtube-spam/base.parquet``)."""
     settings = stack_settings(
-        tmp_path_factory.mktemp("fault-stack"), outage_tolerance_s=TOLERANCE_S
+        tmp_path_factory.mktemp("fault-stack"),
+        outage_tolerance_s=TOLERANCE_S,
+        unresponsive_after_s=UNRESPONSIVE_S,
     )
     try:
         settings = up(settings, timeout_s=180, say=lambda line: None)

@@ -18,6 +18,10 @@ from mlsys.settings import Settings
 TOLERANCE_S = 40.0
 """The fault stack's outage tolerance (MLSYS_OUTAGE_TOLERANCE_S)."""
 
+UNRESPONSIVE_S = 90.0
+"""The fault stack's unresponsive-run limit (MLSYS_UNRESPONSIVE_AFTER_S): three missed
+heartbeats, so that a busy machine delaying one does not crash a live run."""
+
 
 def kill(settings: Settings, service: str) -> None:
     """SIGKILL the service's process, its process group and every process it started

@@ -20,6 +20,7 @@ from mlsys.settings import Settings
 from tests.conftest import fresh_postgres_database, stack_settings
 from tests.faults.helpers import (
     TOLERANCE_S,
+    UNRESPONSIVE_S,
     kill,
     no_running_runs,
     registry,
@@ -120,6 +121,32 @@ def test_prefect_server_killed_no_run_stays_running(fault_stack: Settings) -> No
     while no_running_runs(fault_stack) and time.monotonic() < deadline:
         time.sleep(5)
         up(fault_stack, timeout_s=180, say=lambda line: None)
+    assert not no_running_runs(fault_stack)
+
+
+def test_run_dying_with_its_worker_is_crashed_by_the_server_without_up(
+    fault_stack: Settings,
+) -> None:
+    """The run's process and its worker killed together, the Prefect server up, and no one
+    running `up`: the heartbeat automation marks the run CRASHED."""
+    labeled = trigger(fault_stack, "weak_label/weak_label", {"batch": "unresponsive"},
+                      say=lambda _: None)  # fmt: skip
+    assert labeled.state == "COMPLETED", labeled.message
+    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
+    time.sleep(5)  # its first heartbeat, sent as it starts, has reached the server
+    kill(fault_stack, "prefect-worker")
+    killed = time.monotonic()
+    try:
+        run = wait_state(fault_stack, run_id, lambda r: r.state.is_final(), UNRESPONSIVE_S + 120)
+        took = time.monotonic() - killed
+    finally:
+        up(fault_stack, timeout_s=180, say=lambda line: None)
+    assert run.state.type.value == "CRASHED", run.state.message
+    assert "no heartbeat" in str(run.state.message), run.state.message
+    # Crashed after the limit (no earlier: the last heartbeat came before the kill), and
+    # within a minute of it (the server checks proactive triggers every few seconds).
+    assert UNRESPONSIVE_S - 30 <= took <= UNRESPONSIVE_S + 60, f"crashed {took:.0f} s after"
     assert not no_running_runs(fault_stack)
 
 

@@ -16,9 +16,11 @@ Expected, once `up` has brought the service back:
   of its own (``start_new_session``), so killing the worker's group leaves it running,
   its output a pipe nobody reads; at its next log line the console write fails (rich
   raises ``SystemExit`` on the broken pipe) and the run ends CRASHED by itself, before
-  `up`, its message naming the stage (``tasks.stages.StageAborted``). Killed together with its flow-run process (the whole family, as an OOM kill of
-  the cgroup would), the run is left RUNNING until `up` marks it CRASHED
-  (``mark_crashed_runs``), naming the stage that was running.
+  `up`, its message naming the stage (``tasks.stages.StageAborted``). Killed together
+  with its flow-run process (the whole family, as an OOM kill of the cgroup would), the
+  run is left RUNNING until `up` marks it CRASHED (``mark_crashed_runs``), naming the
+  stage that was running (or, with no `up` for long, the heartbeat automation does:
+  test_faults.py).
 
 And after every case: no flow run RUNNING in Prefect and no MLflow run RUNNING, no
 process of the stack outside its records (``process.leftovers``), every S3 object that
