@@ -52,7 +52,7 @@ def score_partitions(
 
 
 def _dask_runner(workers: int) -> Any:
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
     return DaskTaskRunner(
         cluster_kwargs={

@@ -81,7 +81,7 @@ def track_ingest(
         # MLflow hints that integer columns can't hold missing values; the label is
         # nullable Int64 on purpose (unlabeled rows), so the hint does not apply.
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        ds = mlflow.data.from_pandas(
+        ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
             df,
             source=uri,
             name=f"{dataset}/{batch}",

@@ -186,9 +186,8 @@ class Stages:
             self._storage = result_storage(self.settings)
         refresh = self.refresh
         while True:
-            options = {"result_storage": self._storage, "refresh_cache": refresh}
             with naming_stage(stage):
-                state = run_stage.with_options(**options)(
+                state = run_stage.with_options(result_storage=self._storage, refresh_cache=refresh)(
                     stage, inputs, call, kwargs, return_state=True
                 )
             result = state.result()

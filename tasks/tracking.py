@@ -160,10 +160,10 @@ def start_system_metrics(run: TrackedRun) -> Any:
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(
+        monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
             run.run_id, sampling_interval=interval, tracking_uri=run.tracking_uri
         )
-        monitor.start()
+        monitor.start()  # type: ignore[no-untyped-call]
     except Exception as exc:  # psutil missing or a platform it cannot read
         logging.getLogger(__name__).warning("no system metrics for this run: %s", exc)
         return None

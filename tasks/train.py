@@ -7,7 +7,7 @@ import functools
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,7 @@ from mlsys.training.schedule import (
     theoretical_bubble,
 )
 from mlsys.training.spill import Spill
+from mlsys.validation.checkpoint import CheckpointReport
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun, mark_model_version
 from tasks.validate import validate_batch
@@ -146,13 +147,18 @@ def load_labeled_batch(settings: Settings, uri: str) -> pd.DataFrame:
 
 
 def load_validated_batch(
-    run: TrackedRun, settings: Settings, uri: str, *, dataset: str, validation: str
+    run: TrackedRun,
+    settings: Settings,
+    uri: str,
+    *,
+    dataset: str,
+    validation: Literal["fail", "quarantine"],
 ) -> pd.DataFrame:
     """The labeled batch at ``uri``, checked with the ``training`` suite: in "fail" mode a
     failed critical expectation stops the run, in "quarantine" mode failing rows are left
     out (and written to quarantine/training/)."""
     df = load_labeled_batch(settings, uri)
-    return validate_batch(
+    report: CheckpointReport = validate_batch(
         run,
         settings,
         df,
@@ -160,7 +166,8 @@ def load_validated_batch(
         mode=validation,
         dataset=dataset,
         batch=PurePosixPath(S3Uri.parse(uri).key).stem,
-    ).passed
+    )
+    return report.passed
 
 
 @task(name="fit-model", cache_policy=NO_CACHE)

@@ -206,7 +206,7 @@ def _accept_update(
 def _log(run: TrackedRun, report: CheckpointReport, origin: str, docs: Path) -> None:
     client = run.client()
     prefix = f"validate.{report.suite}"
-    metrics = {
+    metrics: dict[str, float] = {
         f"{prefix}.rows_in": report.rows_in,
         f"{prefix}.rows_passed": report.rows_passed,
         f"{prefix}.rows_quarantined": report.rows_quarantined,

@@ -191,10 +191,10 @@ def track_video(
     client = run.client()
     for name, value in result.metrics.items():
         client.log_metric(run.run_id, name, value)
-    for row in result.frames.itertuples():
-        client.log_metric(
-            run.run_id, "recomputed_fraction", row.recomputed_fraction, step=row.frame
-        )
+    for frame, fraction in zip(
+        result.frames["frame"].tolist(), result.frames["recomputed_fraction"].tolist(), strict=True
+    ):
+        client.log_metric(run.run_id, "recomputed_fraction", float(fraction), step=int(frame))
     client.set_tag(run.run_id, "mlsys.predictions", uri)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), gridspec_kw={"height_ratios": [1, 2]})
     shown = min(8, len(video.frames))

@@ -96,7 +96,7 @@ def apply_labeling_functions(
     artifact. LFs see ``text`` and the kept columns (a missing kept value as "")."""
     lfs = definition.lf_set(lf_set)
     view, fields = lf_view(df, definition.lf_columns, definition.id_column)
-    artifact_id = create_progress_artifact(
+    artifact_id: Any = create_progress_artifact(  # a UUID in a synchronous flow
         0.0, key="lf-apply-progress", description=f"Labeling functions ({lf_set}) over the batch"
     )
     last = [0.0]
@@ -144,7 +144,12 @@ def analyze_lfs(run: TrackedRun, result: LFApplyResult, df: pd.DataFrame) -> pd.
     )
     table = summary.reset_index()
     create_table_artifact(
-        table=jsonable(table.round(4).to_dict(orient="records")),
+        table=jsonable(
+            [
+                {str(k): v for k, v in row.items()}
+                for row in table.round(4).to_dict(orient="records")
+            ]
+        ),
         key="lf-summary",
         description="Labeling functions: coverage, overlaps, conflicts on train; accuracy on dev.",
     )
