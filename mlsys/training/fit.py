@@ -1,6 +1,6 @@
 """One call trains an ``nn.Sequential`` with any strategy: ``fit(model, data, strategy=...)``.
 
-The contract every strategy keeps (DESIGN.md, "Trainer contract"):
+The contract every strategy keeps (docs/trainers.md describes the strategies):
 
 - ``data`` is a map-style ``Dataset`` of ``(x, y)`` or ``(x, y, weight)`` items. Each epoch
   cuts it into mini-batches by :func:`epoch_batches` (in order, or shuffled by
