@@ -7,6 +7,7 @@ from mlsys.validation.drift import (
     jensen_shannon,
     js_divergence,
     linf_distance,
+    schema_drift_specs,
 )
 from mlsys.validation.profile import FeatureSchema, Schema, Violation, infer_schema
 
@@ -21,4 +22,5 @@ __all__ = [
     "jensen_shannon",
     "js_divergence",
     "linf_distance",
+    "schema_drift_specs",
 ]

@@ -6,7 +6,7 @@ of its result (and so its metric name) differs.
 
 Usage::
 
-    for d in compare(train_df, serving_df, schema.drift_specs(), kind="skew"):
+    for d in compare(train_df, serving_df, schema_drift_specs(schema), kind="skew"):
         mlflow.log_metric(d.metric_name, d.value)   # e.g. skew_js_text_length
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlsys.validation.profile import Statistic
+from mlsys.validation.profile import Schema, Statistic
 
 DriftKind = Literal["drift", "skew"]
 On = Literal["value", "length"]
@@ -91,6 +91,21 @@ class DriftSpec:
         if missing:
             raise ValueError(f"drift spec {dict(data)!r} lacks keys {missing}")
         return cls(**data)
+
+
+def schema_drift_specs(schema: Schema) -> list[DriftSpec]:
+    """How each feature of ``schema`` with a drift threshold is compared (text on its
+    length)."""
+    return [
+        DriftSpec(
+            column=f.name,
+            statistic=f.drift_statistic,
+            threshold=f.drift_threshold,
+            on="length" if f.kind == "text" else "value",
+        )
+        for f in schema.features
+        if f.drift_statistic is not None and f.drift_threshold is not None
+    ]
 
 
 @dataclass(frozen=True)

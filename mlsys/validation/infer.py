@@ -35,6 +35,7 @@ import pandas as pd
 
 from mlsys.data.definition import DatasetDefinition
 from mlsys.data.sources import PROVENANCE_COLUMNS
+from mlsys.validation.drift import schema_drift_specs
 from mlsys.validation.profile import FeatureSchema, Schema, infer_schema
 from mlsys.validation.suites import (
     Suite,
@@ -301,7 +302,7 @@ def _training_suite(definition: DatasetDefinition, raw: pd.DataFrame, raw_suite:
             )
         )
     meta = mlsys_meta(suite)
-    meta["drift"] = [*meta.get("drift", []), *(d.to_dict() for d in added.drift_specs())]
+    meta["drift"] = [*meta.get("drift", []), *(d.to_dict() for d in schema_drift_specs(added))]
     suite["notes"] = (
         f"A labeled batch of dataset {definition.name!r} from weak labeling: labels, class "
         "probabilities, confidence and weights a trainer may use. Inferred; LF coverage and "

@@ -19,13 +19,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:
-    from mlsys.validation.drift import DriftSpec
 
 Kind = Literal["numeric", "categorical", "text", "datetime", "id"]
 Expectation = Literal[
@@ -219,21 +216,6 @@ class Schema:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"schema has repeated feature names {repeated}")
-
-    def drift_specs(self) -> list[DriftSpec]:
-        """How each feature with a drift threshold is compared (text on its length)."""
-        from mlsys.validation.drift import DriftSpec  # drift imports this module
-
-        return [
-            DriftSpec(
-                column=f.name,
-                statistic=f.drift_statistic,
-                threshold=f.drift_threshold,
-                on="length" if f.kind == "text" else "value",
-            )
-            for f in self.features
-            if f.drift_statistic is not None and f.drift_threshold is not None
-        ]
 
     def feature(self, name: str) -> FeatureSchema:
         """The feature called ``name``."""

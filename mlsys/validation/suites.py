@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlsys.validation.drift import DriftSpec, FeatureDrift
+from mlsys.validation.drift import DriftSpec, FeatureDrift, schema_drift_specs
 from mlsys.validation.profile import ISO_DATE, FeatureSchema, Schema
 
 Suite = dict[str, Any]
@@ -118,7 +118,7 @@ def suite_from_schema(
     meta: dict[str, Any] = {
         "version": 1,
         "parent": None,
-        "drift": [spec.to_dict() for spec in schema.drift_specs()],
+        "drift": [spec.to_dict() for spec in schema_drift_specs(schema)],
     }
     if inferred_from is not None:
         meta["inferred_from"] = inferred_from

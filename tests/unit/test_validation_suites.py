@@ -13,7 +13,7 @@ import pytest
 
 from mlsys.validation import Schema, infer_schema
 from mlsys.validation.checkpoint import load_shipped_suite, run_checkpoint, suite_path
-from mlsys.validation.drift import DriftSpec
+from mlsys.validation.drift import DriftSpec, schema_drift_specs
 from mlsys.validation.profile import ISO_DATE
 from mlsys.validation.suites import (
     column_subset,
@@ -360,7 +360,7 @@ def test_load_suite_rejects_bad_json_and_a_missing_file(tmp_path: Path) -> None:
 
 def test_drift_specs_round_trip(tmp_path: Path, schema: Schema, inferred: dict[str, Any]) -> None:
     specs = drift_specs(inferred)
-    assert specs == schema.drift_specs()
+    assert specs == schema_drift_specs(schema)
     assert {(s.column, s.on) for s in specs} >= {("text", "length"), ("label", "value")}
     path = tmp_path / "raw.json"
     path.write_text(dump_suite(inferred), encoding="utf-8")
