@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from mlsys.atomic import write_text_atomic
 from mlsys.settings import CREDENTIALS_FILE, Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -48,11 +49,9 @@ def base_env(settings: Settings) -> dict[str, str]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600), from its first byte."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+    """Write ``text`` to ``path`` readable by its owner only (0600), from its first byte,
+    atomically: a crash mid-write never leaves half a credentials file."""
+    write_text_atomic(path, text, permissions=0o600)
 
 
 def stack_secret(settings: Settings, key: str) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_float_dtype, is_object_dtype
 
+from mlsys.atomic import atomic_write
 from mlsys.data.definition import ColumnRoles, DatasetDefinition, DatasetError, kept_name
 
 __all__ = [
@@ -442,23 +443,20 @@ def _download(
     target = folder / f"{digest}-{safe_name}"
     if reuse_cached and target.is_file():
         return target
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{digest}-", suffix=".part")
     try:
+        # Renamed into place only once complete: an interrupted download never poisons the
+        # cache.
         with (
-            os.fdopen(fd, "wb") as out,
+            atomic_write(target) as out,
             urllib.request.urlopen(url, timeout=timeout_s) as response,
         ):
             shutil.copyfileobj(response, out, _DOWNLOAD_CHUNK)
-        # Rename only once complete so an interrupted download never poisons the cache.
-        os.replace(partial, target)
     except urllib.error.HTTPError as exc:
         raise SourceError(f"download failed: {url} returned HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
         raise SourceError(f"download failed: {url} ({exc.reason})") from exc
     except TimeoutError as exc:
         raise SourceError(f"download timed out after {timeout_s}s: {url}") from exc
-    finally:
-        Path(partial).unlink(missing_ok=True)
     return target
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
+from mlsys.atomic import write_bytes_atomic
 from mlsys.memory import bound_streaming_memory, trim_heap
 
 __all__ = [
@@ -424,9 +425,7 @@ class FolderSink:
         return pq.ParquetFile(path).metadata.num_rows if path.is_file() else None
 
     def write(self, name: str, data: bytes) -> None:
-        tmp = self.folder / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(self.folder / name)
+        write_bytes_atomic(self.folder / name, data)
 
 
 @dataclass(frozen=True)

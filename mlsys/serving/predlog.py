@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from mlsys.atomic import write_bytes_atomic
 from mlsys.data.catalog import online_predictions_prefix
 from mlsys.data.s3 import put_bytes
 from mlsys.data.sources import write_parquet_bytes
@@ -83,9 +84,7 @@ class FolderSink:
     def put(self, key: str, data: bytes) -> None:
         target = self.path / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_bytes_atomic(target, data)
 
 
 def part_key(dataset: str, day: str, when: datetime) -> str:

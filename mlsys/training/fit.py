@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from mlsys.atomic import atomic_write
+
 __all__ = [
     "Callback",
     "EpochMeter",
@@ -302,19 +304,18 @@ def save_checkpoint(
     one optimizer state per part the strategy trained separately (one for plain)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, epoch)
-    partial = path.with_suffix(".pt.partial")
-    torch.save(
-        {
-            "epoch": epoch,
-            "model": model_state,
-            "optimizers": optimizer_states,
-            "history": history,
-            "strategy": strategy,
-            "rng": torch.get_rng_state(),
-        },
-        partial,
-    )
-    partial.replace(path)
+    with atomic_write(path) as file:
+        torch.save(
+            {
+                "epoch": epoch,
+                "model": model_state,
+                "optimizers": optimizer_states,
+                "history": history,
+                "strategy": strategy,
+                "rng": torch.get_rng_state(),
+            },
+            file,
+        )
     return path
 
 

@@ -70,6 +70,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mlsys.atomic import atomic_write
 from mlsys.training.fit import (
     Callback,
     EpochMeter,
@@ -606,21 +607,18 @@ def _touch(buffer: torch.Tensor) -> None:
 def _create(path: Path, tensors: Sequence[tuple[str, torch.Tensor]]) -> list[_Slot]:
     """Write ``tensors`` to a new file at ``path`` (atomically); returns their slots."""
     slots, nbytes = _plan_slots(tensors)
-    partial = path.with_name(path.name + ".partial")
     try:
         # Written, not copied into a mapping: the kernel fills the pages in one call per
         # tensor, about twice as fast as faulting a new mapping in page by page, and a full
         # file system fails the write with ENOSPC instead of the copy with SIGBUS.
-        with partial.open("wb") as f:
+        with atomic_write(path) as f:
             for slot, (_, tensor) in zip(slots, tensors, strict=True):
                 f.seek(slot.offset)
                 f.write(
                     tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
                 )
             f.truncate(nbytes)
-        partial.replace(path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
     return slots
 
@@ -738,12 +736,10 @@ def _load_final_state(
 def _save(path: Path, obj: Any) -> None:
     """Write ``obj`` to ``path`` atomically: readers see the whole file or none; if the write
     fails, a marker tells them it never will."""
-    partial = path.with_name(path.name + ".partial")
     try:
-        torch.save(obj, partial)
-        partial.replace(path)
+        with atomic_write(path) as file:
+            torch.save(obj, file)
     except Exception as exc:
-        partial.unlink(missing_ok=True)
         _mark_failed(path, exc)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc

@@ -92,6 +92,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
+from mlsys.atomic import atomic_write
 from mlsys.memory import fix_mmap_threshold, huge_pages_hint
 from mlsys.training.fit import (
     EpochMeter,
@@ -1636,8 +1637,9 @@ class _PageDroppingWriter:
 def _save_atomically(
     folder: Path, epoch: int, payload: dict[str, Any], drop_pages: Callable[[], None]
 ) -> Path:
-    """Write to ``epoch-NNNN.pt.partial``, sync, rename: a failed write (disk full) leaves
-    no file that looks like a checkpoint, and removes its partial one."""
+    """Write beside ``epoch-NNNN.pt``, sync, rename (:func:`~mlsys.atomic.atomic_write`):
+    a failed write (disk full) leaves no file that looks like a checkpoint, and removes
+    its partial one."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1645,15 +1647,10 @@ def _save_atomically(
             exc.errno or errno.EIO, f"can't create {folder}: {exc.strerror}"
         ) from exc
     path = checkpoint_path(folder, epoch)
-    partial = path.with_suffix(".pt.partial")
     try:
-        with open(partial, "wb") as file:
+        with atomic_write(path, fsync=True) as file:
             torch.save(payload, _PageDroppingWriter(file, drop_pages))  # type: ignore[arg-type]
-            file.flush()
-            os.fsync(file.fileno())
-        partial.replace(path)
     except BaseException as exc:
-        partial.unlink(missing_ok=True)
         cause = _os_error_in(exc)
         if cause is not None:
             raise _io_error(cause, f"writing checkpoint {path}", folder) from exc
