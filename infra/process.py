@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from mlsys.atomic import write_text_atomic
+
 STACK_DIR_ENV = "MLSYS_STACK_DIR"
 SERVICE_ENV = "MLSYS_STACK_SERVICE"
 
@@ -103,7 +105,8 @@ def spawn(
         name, proc.pid, create_time, argv[0], pgid=proc.pid, stack_dir=str(stack_dir.resolve())
     )
     path = pid_path(stack_dir, name)
-    path.write_text(json.dumps(asdict(record)))
+    # Atomic: `status` or another `up` reading it meanwhile sees the whole record or none.
+    write_text_atomic(path, json.dumps(asdict(record)))
     return record
 
 
