@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from infra.cli import app
 from infra.runs import mlflow_run_of, trigger
-from mlsys.cli import app
 from mlsys.data import read_parquet_bytes
 from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import get_bytes, list_keys

@@ -130,7 +130,7 @@ def test_data_show_reads_the_batch_from_s3(stack_env: Settings) -> None:
     from typer.testing import CliRunner
 
     from flows.ingest import ingest
-    from mlsys.cli import app
+    from infra.cli import app
 
     uri = ingest(batch="it-show")
     result = CliRunner().invoke(app, ["data", "show", uri, "-n", "2"])

@@ -213,7 +213,7 @@ def test_train_refuses_a_batch_that_fails_the_training_suite(
 def test_cli_validates_an_s3_batch(stack_env: Settings, youtube_dir: Path) -> None:
     from typer.testing import CliRunner
 
-    from mlsys.cli import app
+    from infra.cli import app
 
     raw = read_youtube(str(youtube_dir))
     uri = stack_env.s3_uri("raw/youtube-spam/it-val-cli.parquet")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mlsys.cli import app
+from infra.cli import app
 from mlsys.data.dataset_cli import stored_source
 from mlsys.data.definition import PROJECT_DIR, DatasetDefinition, load_dataset
 from mlsys.data.sources import read_dataset

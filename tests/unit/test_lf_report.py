@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mlsys.cli import app
+from infra.cli import app
 from mlsys.data import read_dataset
 from mlsys.data.definition import load_dataset
 from mlsys.labeling.report import lf_report

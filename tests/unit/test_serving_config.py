@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from mlsys.cli import app
+from infra.cli import app
 from mlsys.serving.config import ServeConfig
 
 BASE: dict[str, Any] = {"model_name": "spam", "dataset": "youtube-spam", "api_key": "k"}

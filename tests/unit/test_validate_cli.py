@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mlsys.cli import app
+from infra.cli import app
 from mlsys.data.definition import PROJECT_DIR
 from mlsys.validation.suites import load_suite
 

@@ -1,0 +1,117 @@
+"""The layering holds: packages depend one way (flows -> tasks -> mlsys; infra -> mlsys),
+no engine module imports Prefect, and no two modules import each other in a cycle, even
+through imports inside functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("mlsys", "flows", "tasks", "infra")
+ALLOWED = {
+    "mlsys": set(),
+    "tasks": {"mlsys"},
+    "flows": {"tasks", "mlsys"},
+    "infra": {"mlsys"},
+}
+"""Which of the project's packages each may import."""
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the project's packages by dotted name (a package by its own)."""
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imported(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports, anywhere in it."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports (a module importing its own parent
+    package, which Python runs first anyway, is left out)."""
+    known = modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in known.items():
+        targets = {owner(name) for name in imported(path)}
+        graph[module] = {t for t in targets if t and t != module and not module.startswith(t + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_packages_depend_one_way() -> None:
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0]
+        and target.split(".")[0] not in ALLOWED[module.split(".")[0]]
+    )
+    assert wrong == []
+
+
+def test_no_import_cycle_between_modules() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_no_engine_imports_prefect() -> None:
+    engines = {m: p for m, p in modules().items() if m.split(".")[0] == "mlsys"}
+    found = sorted(
+        m for m, p in engines.items() if any(n.split(".")[0] == "prefect" for n in imported(p))
+    )
+    assert found == []
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
