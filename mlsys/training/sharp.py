@@ -42,6 +42,15 @@ A job that fails (an exception in any of its units) stops; the others finish, an
 ``ManyResult.failures`` holds its traceback. A file write that fails (a full offload
 folder) leaves a marker beside the file, so that the device waiting for it fails the job at
 once with the writer's error.
+
+Where the pieces are: the scheduler, the job and unit types and the schedule analysis are
+in :mod:`mlsys.training.sharp_schedule`; the planner and the shard files' layout and
+mappings in :mod:`mlsys.training.shards`. This module keeps the entry point, the set-up of
+the shard files, the file hand-over between devices and the device worker. It runs past
+600 lines because the worker (about half of it) is one class whose parts share one state
+(the held shard, the carry, the reads ahead and the queued writes) and one ordering
+argument (a unit's files are complete before it is reported done); split, that argument
+would span modules.
 """
 
 from __future__ import annotations
@@ -50,8 +59,6 @@ import contextlib
 import copy
 import dataclasses
 import math
-import mmap
-import multiprocessing as mp
 import os
 import pickle
 import shutil
@@ -62,26 +69,37 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from mlsys.atomic import atomic_write
-from mlsys.training.fit import (
-    Callback,
-    EpochMeter,
-    FitResult,
-    LossFn,
-    OptimizerFactory,
-    collate,
-    epoch_batches,
-    weighted_mean,
+from mlsys.training.balance import stage_bounds
+from mlsys.training.fit import FitResult, collate, epoch_batches, weighted_mean
+from mlsys.training.shards.planner import layer_footprints, pack
+from mlsys.training.shards.store import (
+    Mappings,
+    Slot,
+    check_folder,
+    create,
+    file_layout,
+    map_file,
+    slot_views,
 )
-from mlsys.training.spill import layer_footprints, pack
+from mlsys.training.sharp_schedule import (
+    Job,
+    ManyResult,
+    Scheduler,
+    Unit,
+    UnitRecord,
+    lower_bound,
+    plot_gantt,
+    simulate_lrtf,
+    unit_chain,
+)
 
 __all__ = [
     "Job",
@@ -94,100 +112,8 @@ __all__ = [
     "unit_chain",
 ]
 
-UnitKind = Literal["F", "L", "B"]
-
 # How long a device waits for a file another device is still writing before giving up.
 READ_TIMEOUT_S = 600.0
-# Units handed to a device ahead: the running one, the next (its shard read meanwhile) and
-# one more, so that the next is known when a unit starts (the scheduler answers a unit's
-# completion while the device already runs the following one).
-QUEUE_DEPTH = 3
-# A device keeps its model until an idle one has this share of that model's work more left.
-SWITCH_MARGIN = 0.02
-
-
-@dataclass
-class Job:
-    """One model to train with :func:`train_many`; the arguments of ``fit`` for it.
-
-    Everything but ``callbacks`` is sent to the worker processes, so it must pickle (a
-    ``functools.partial`` of an optimizer class, a loss module; not a lambda)."""
-
-    model: nn.Sequential
-    data: Dataset[Any]
-    optimizer: OptimizerFactory
-    loss: LossFn
-    epochs: int = 1
-    batch_size: int = 32
-    seed: int = 0
-    shuffle: bool = False
-    drop_last: bool = False
-    name: str = ""
-    callbacks: Sequence[Callback] = ()
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One shard's share of one training step of one job."""
-
-    job: int
-    seq: int  # position in the job's chain of units
-    kind: UnitKind  # F: forward; L: last shard's forward+loss+backward+step; B: backward+step
-    shard: int
-    epoch: int
-    step: int  # within the epoch
-    version: int  # steps the job has done before this one: the shard weights' version
-    last_step: bool  # the job's final step: the shard's state is written for the result
-    final: bool  # the job's last unit: nothing to pass on
-
-    @property
-    def updates(self) -> bool:
-        return self.kind != "F"
-
-
-@dataclass(frozen=True)
-class UnitRecord:
-    """What a device did: one unit, when (``time.perf_counter`` seconds, one clock for all
-    processes of the machine) and how long it computed and waited for reads."""
-
-    device: int
-    job: int
-    seq: int
-    kind: str
-    shard: int
-    start: float
-    end: float
-    compute: float
-    wait: float
-
-
-@dataclass
-class ManyResult:
-    """Results in job order (None for a failed job), failures by job name (tracebacks), the
-    device timeline, and the shards each job was cut into."""
-
-    results: list[FitResult | None]
-    failures: dict[str, str]
-    timeline: list[UnitRecord]
-    shards: list[list[tuple[int, int]]]
-    devices: list[str]
-    makespan: float
-    setup_seconds: float
-
-    def raise_failures(self) -> None:
-        """Raise RuntimeError with every failed job's traceback, if any failed."""
-        if self.failures:
-            detail = "\n\n".join(f"job {name}:\n{tb}" for name, tb in self.failures.items())
-            raise RuntimeError(f"{len(self.failures)} job(s) failed:\n\n{detail}")
-
-
-def unit_chain(n_shards: int) -> list[tuple[UnitKind, int]]:
-    """The units of one training step over ``n_shards`` shards, in order:
-    ``[("F", 0), ..., ("F", S-2), ("L", S-1), ("B", S-2), ..., ("B", 0)]``."""
-    chain: list[tuple[UnitKind, int]] = [("F", s) for s in range(n_shards - 1)]
-    chain.append(("L", n_shards - 1))
-    chain.extend(("B", s) for s in range(n_shards - 2, -1, -1))
-    return chain
 
 
 # --- the public entry point ---------------------------------------------------------------
@@ -250,9 +176,9 @@ def train_many(
     try:
         for index, (job, bounds) in enumerate(zip(jobs, plans, strict=True)):
             specs[index].layouts = _write_initial_state(work, index, job.model, bounds)
-        scheduler = _Scheduler(
+        scheduler = Scheduler(
             jobs, names, plans, device_names, work, threads, progress,
-            keep_inputs=offload == "host",
+            keep_inputs=offload == "host", worker=_worker_main,
         )  # fmt: skip
         try:
             scheduler.start(pickle.dumps(specs, protocol=pickle.HIGHEST_PROTOCOL))
@@ -280,105 +206,6 @@ def train_many(
         makespan=makespan,
         setup_seconds=setup,
     )
-
-
-# --- schedule analysis: lower bound and a simulator ------------------------------------------
-
-
-def lower_bound(timeline: Sequence[UnitRecord], n_devices: int) -> float:
-    """The shortest makespan any schedule could reach with these measured unit times: no
-    less than the longest job's chain (its units run one after another) and no less than
-    all the work spread evenly over the devices."""
-    per_job: dict[int, float] = {}
-    for record in timeline:
-        per_job[record.job] = per_job.get(record.job, 0.0) + record.compute
-    if not per_job:
-        return 0.0
-    return max(max(per_job.values()), sum(per_job.values()) / n_devices)
-
-
-def simulate_lrtf(timeline: Sequence[UnitRecord], n_devices: int) -> float:
-    """Makespan of longest-remaining-time-first over the measured unit times with free,
-    instant transfers (what the scheduler would reach on ideal devices)."""
-    chains: dict[int, list[float]] = {}
-    for record in sorted(timeline, key=lambda r: (r.job, r.seq)):
-        chains.setdefault(record.job, []).append(record.compute)
-    remaining = {job: sum(chain) for job, chain in chains.items()}
-    position = dict.fromkeys(chains, 0)
-    ready_at = dict.fromkeys(chains, 0.0)
-    free_at = [0.0] * n_devices
-    end = 0.0
-    while any(position[j] < len(chains[j]) for j in chains):
-        device = min(range(n_devices), key=lambda d: free_at[d])
-        now = free_at[device]
-        ready = [j for j in chains if position[j] < len(chains[j]) and ready_at[j] <= now]
-        if not ready:
-            free_at[device] = min(ready_at[j] for j in chains if position[j] < len(chains[j]))
-            continue
-        job = max(ready, key=lambda j: remaining[j])
-        cost = chains[job][position[job]]
-        position[job] += 1
-        remaining[job] -= cost
-        free_at[device] = ready_at[job] = now + cost
-        end = max(end, now + cost)
-    return end
-
-
-def plot_gantt(
-    timeline: Sequence[UnitRecord],
-    path: Path,
-    *,
-    names: Sequence[str] | None = None,
-    title: str = "",
-) -> Path:
-    """Device usage over time: one row per device, one bar per unit, coloured by job (its
-    name in the legend), the time a device waited for reads drawn hatched. Saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    if not timeline:
-        raise ValueError("the timeline is empty: nothing to draw")
-    origin = min(r.start for r in timeline)
-    devices = sorted({r.device for r in timeline})
-    jobs = sorted({r.job for r in timeline})
-    colours = plt.get_cmap("tab10" if len(jobs) <= 10 else "tab20")
-    legend_rows = -(-(len(jobs) + 1) // 5)
-    fig, ax = plt.subplots(
-        figsize=(11, 1.2 + 0.5 * len(devices) + 0.3 * legend_rows), layout="constrained"
-    )
-    for r in timeline:
-        row = devices.index(r.device)
-        colour = colours(jobs.index(r.job) % colours.N)
-        start = r.start - origin
-        ax.broken_barh([(start, r.wait)], (row - 0.35, 0.7), facecolors="white",
-                       edgecolors=colour, hatch="///", linewidth=0.3)  # fmt: skip
-        ax.broken_barh([(start + r.wait, max(r.end - r.start - r.wait, 0.0))],
-                       (row - 0.35, 0.7), facecolors=colour, linewidth=0)  # fmt: skip
-    ax.set_yticks(range(len(devices)), [f"device {d}" for d in devices])
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds")
-    handles = [
-        Patch(color=colours(i % colours.N), label=(names[j] if names else f"job {j}"))
-        for i, j in enumerate(jobs)
-    ]
-    handles.append(
-        Patch(facecolor="white", edgecolor="grey", hatch="///", label="waiting for reads")
-    )
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), 5),
-        fontsize="small",
-        frameon=False,
-    )
-    ax.set_title(title or f"SHARP: {len(jobs)} models on {len(devices)} devices")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # --- planning and set-up (main process) --------------------------------------------------
@@ -461,11 +288,7 @@ def _plan(job: Job, name: str, budget: int | None) -> list[tuple[int, int]]:
         counts = pack(footprints, budget, prefetch=True)
     except ValueError as exc:
         raise ValueError(f"job {name}: {exc}") from None
-    bounds, start = [], 0
-    for count in counts:
-        bounds.append((start, start + count))
-        start += count
-    return bounds
+    return stage_bounds(counts)
 
 
 @dataclass
@@ -476,7 +299,7 @@ class _JobSpec:
 
     job: Job
     bounds: list[tuple[int, int]]
-    layouts: list[tuple[list[_Slot], int]] = field(default_factory=list)  # per shard file
+    layouts: list[tuple[list[Slot], int]] = field(default_factory=list)  # per shard file
 
 
 def _specs(
@@ -515,15 +338,8 @@ def _offload_folder(offload: str, folder: str | Path | None) -> Path:
             return SHARED_MEMORY
         return Path(tempfile.gettempdir())
     base = Path(folder).expanduser() if folder is not None else Path(tempfile.gettempdir())
-    _check_folder(base)
+    check_folder(base, "SHARP")
     return base
-
-
-def _check_folder(folder: Path) -> None:
-    if not folder.is_dir():
-        raise ValueError(f"folder {str(folder)!r} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"folder {str(folder)!r} is not writable")
 
 
 def _job_dir(work: Path, job: int) -> Path:
@@ -546,81 +362,7 @@ def _optimizer_meta_path(work: Path, job: int, shard: int) -> Path:
 # shard: on a CPU device the layers and the optimizer compute on the mapped pages in place,
 # so moving a shard between the tier and a device copies nothing; the page cache (or the
 # disk behind it) holds what isn't mapped. A CUDA device copies the mapped tensors in and
-# back. Each tensor starts at a multiple of _ALIGN bytes.
-_ALIGN = 64
-
-
-@dataclass(frozen=True)
-class _Slot:
-    key: str
-    offset: int
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * _dtype(self.dtype).itemsize
-
-
-def _dtype(name: str) -> torch.dtype:
-    dtype = getattr(torch, name)
-    assert isinstance(dtype, torch.dtype), name
-    return dtype
-
-
-def _plan_slots(tensors: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[_Slot], int]:
-    """Where each tensor goes in a file, and the file's size."""
-    slots, offset = [], 0
-    for key, tensor in tensors:
-        slot = _Slot(key, offset, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
-        slots.append(slot)
-        offset += -(-slot.nbytes // _ALIGN) * _ALIGN
-    return slots, max(offset, _ALIGN)
-
-
-def _map(path: Path, nbytes: int) -> torch.Tensor:
-    """The file as a shared byte tensor: writes go to the file, other mappings see them."""
-    return torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
-
-
-def _views(buffer: torch.Tensor, slots: Sequence[_Slot]) -> dict[str, torch.Tensor]:
-    """A tensor per slot on the buffer's memory. Not autograd views of the buffer: views
-    share their base's version counter, so batch norm updating its running mean in place
-    would look to autograd like a change of the weights saved for backward."""
-    storage = buffer.untyped_storage()
-    out = {}
-    for s in slots:
-        dtype = _dtype(s.dtype)
-        stride = [math.prod(s.shape[i + 1 :]) for i in range(len(s.shape))]
-        out[s.key] = torch.empty(0, dtype=dtype).set_(
-            storage, s.offset // dtype.itemsize, s.shape, stride
-        )
-    return out
-
-
-def _touch(buffer: torch.Tensor) -> None:
-    """Fault every page of a mapping in (one byte per page), so compute doesn't."""
-    if buffer.numel():
-        int(buffer[:: mmap.PAGESIZE].sum())
-
-
-def _create(path: Path, tensors: Sequence[tuple[str, torch.Tensor]]) -> list[_Slot]:
-    """Write ``tensors`` to a new file at ``path`` (atomically); returns their slots."""
-    slots, nbytes = _plan_slots(tensors)
-    try:
-        # Written, not copied into a mapping: the kernel fills the pages in one call per
-        # tensor, about twice as fast as faulting a new mapping in page by page, and a full
-        # file system fails the write with ENOSPC instead of the copy with SIGBUS.
-        with atomic_write(path) as f:
-            for slot, (_, tensor) in zip(slots, tensors, strict=True):
-                f.seek(slot.offset)
-                f.write(
-                    tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
-                )
-            f.truncate(nbytes)
-    except OSError as exc:
-        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
-    return slots
+# back. The files' layout and mappings are the shard store's (mlsys.training.shards.store).
 
 
 def _optimizer_tensors(state: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
@@ -640,53 +382,24 @@ class _Mapped:
 
     weights: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None
-    optimizer_slots: list[_Slot] | None
+    optimizer_slots: list[Slot] | None
     optimizer_views: dict[str, torch.Tensor] | None
     optimizer_skeleton: dict[str, Any] | None = None
 
 
-class _Mappings:
-    """A device's mappings of shard files, kept from unit to unit: a shard it ran before
-    needs no new mapping and no page faults (about 2 ms per 16 MB here), only fresh views.
-
-    The pages are the files' own (shared memory, or the page cache of ``offload="disk"``):
-    keeping a mapping copies nothing. A file replaced since it was mapped (an optimizer
-    state whose layout changed) has a new inode, and is mapped again; a kept mapping holds
-    its file's inode, so the number can't be reused by another file meanwhile."""
-
-    def __init__(self) -> None:
-        self._kept: dict[Path, tuple[int, torch.Tensor]] = {}
-
-    def get(self, path: Path, nbytes: int) -> torch.Tensor:
-        """``path`` as a byte tensor of ``nbytes``, its pages faulted in."""
-        inode = path.stat().st_ino
-        kept = self._kept.get(path)
-        if kept is not None and kept[0] == inode and kept[1].numel() == nbytes:
-            return kept[1]
-        buffer = _map(path, nbytes)
-        _touch(buffer)
-        self._kept[path] = (inode, buffer)
-        return buffer
-
-    def forget(self, folder: Path) -> None:
-        """Unmap every file under ``folder`` (a job that finished or failed)."""
-        for path in [p for p in self._kept if p.is_relative_to(folder)]:
-            del self._kept[path]
-
-
 def _map_shard(
-    work: Path, job: int, shard: int, slots: list[_Slot], nbytes: int, *, optimizer: bool,
+    work: Path, job: int, shard: int, slots: list[Slot], nbytes: int, *, optimizer: bool,
     stepped: bool, mapper: Callable[[Path, int], torch.Tensor],
 ) -> _Mapped:  # fmt: skip
     """Map a shard's files with ``mapper`` (pages faulted in) and view them (forward units
     need only the weights; no optimizer state exists before the shard's first step)."""
     buffer = mapper(_weights_path(work, job, shard), nbytes)
-    mapped = _Mapped(_views(buffer, slots), None, None, None)
+    mapped = _Mapped(slot_views(buffer, slots), None, None, None)
     if optimizer and stepped:
         meta = _load(_optimizer_meta_path(work, job, shard))
-        opt_slots = [_Slot(*fields) for fields in meta["slots"]]
+        opt_slots = [Slot.from_record(fields) for fields in meta["slots"]]
         opt_buffer = mapper(_optimizer_path(work, job, shard), meta["nbytes"])
-        views = _views(opt_buffer, opt_slots)
+        views = slot_views(opt_buffer, opt_slots)
         state = copy.deepcopy(meta["skeleton"])
         mapped.optimizer_skeleton = meta["skeleton"]
         for pid, entry in state["state"].items():
@@ -713,23 +426,23 @@ def _shard_tensors(model: nn.Sequential, bounds: tuple[int, int]) -> list[tuple[
 
 def _write_initial_state(
     work: Path, job: int, model: nn.Sequential, bounds: list[tuple[int, int]]
-) -> list[tuple[list[_Slot], int]]:
+) -> list[tuple[list[Slot], int]]:
     """Each shard's weights to its file; returns each file's slots and size."""
     _job_dir(work, job).mkdir(parents=True)
     layouts = []
-    for shard, shard_bounds in enumerate(bounds):
-        tensors = _shard_tensors(model, shard_bounds)
-        slots = _create(_weights_path(work, job, shard), tensors)
-        layouts.append((slots, _plan_slots(tensors)[1]))
+    for shard, span in enumerate(bounds):
+        tensors = _shard_tensors(model, span)
+        slots = create(_weights_path(work, job, shard), tensors)
+        layouts.append((slots, file_layout(tensors)[1]))
     return layouts
 
 
 def _load_final_state(
-    work: Path, job: int, model: nn.Sequential, layouts: list[tuple[list[_Slot], int]]
+    work: Path, job: int, model: nn.Sequential, layouts: list[tuple[list[Slot], int]]
 ) -> None:
     state: dict[str, torch.Tensor] = {}
     for shard, (slots, nbytes) in enumerate(layouts):
-        state.update(_views(_map(_weights_path(work, job, shard), nbytes), slots))
+        state.update(slot_views(map_file(_weights_path(work, job, shard), nbytes), slots))
     model.load_state_dict(state)
 
 
@@ -785,297 +498,6 @@ def _load(path: Path, *, timeout: float = READ_TIMEOUT_S) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-# --- the scheduler (main process) ------------------------------------------------------------
-
-
-@dataclass
-class _Device:
-    index: int
-    name: str
-    process: Any
-    conn: Connection
-    queue: deque[Unit] = field(default_factory=deque)
-    alive: bool = True
-
-
-class _Scheduler:
-    """Hands units to devices (longest remaining time first, two per device) and collects
-    what they report: losses into per-epoch history, times into the timeline."""
-
-    def __init__(
-        self,
-        jobs: Sequence[Job],
-        names: list[str],
-        plans: list[list[tuple[int, int]]],
-        device_names: list[str],
-        work: Path,
-        threads: int,
-        progress: Callable[[int, int], None] | None,
-        *,
-        keep_inputs: bool,
-    ) -> None:
-        self.jobs = jobs
-        self.keep_inputs = keep_inputs
-        self.names = names
-        self.plans = plans
-        self.device_names = device_names
-        self.work = work
-        self.threads = threads
-        self.progress = progress
-        self.chains = [unit_chain(len(bounds)) for bounds in plans]
-        self.steps_per_epoch = [
-            [
-                len(
-                    epoch_batches(
-                        len(job.data),  # type: ignore[arg-type]
-                        job.batch_size,
-                        epoch=e,
-                        seed=job.seed,
-                        shuffle=job.shuffle,
-                        drop_last=job.drop_last,
-                    )
-                )
-                for e in range(job.epochs)
-            ]
-            for job in jobs
-        ]
-        self.steps = [sum(per_epoch) for per_epoch in self.steps_per_epoch]
-        self.total_units = [len(c) * s for c, s in zip(self.chains, self.steps, strict=True)]
-        self.next_seq = [0] * len(jobs)
-        self.done_units = [0] * len(jobs)
-        self.holder: list[int | None] = [None] * len(jobs)  # device with the job's units
-        self.failures: dict[str, str] = {}
-        self.history: list[list[dict[str, Any]]] = [[] for _ in jobs]
-        self.meters: list[EpochMeter | None] = [None] * len(jobs)
-        self.last_loss = [math.nan] * len(jobs)
-        self.timeline: list[UnitRecord] = []
-        self.devices: list[_Device] = []
-        # Unit cost estimates per (job, chain position): measured seconds once seen, else
-        # parameters x batch (x3 for units with a backward pass), scaled by what was seen.
-        self.measured: list[dict[int, float]] = [{} for _ in jobs]
-        self.prior = [self._prior(i) for i in range(len(jobs))]
-        self.scale: list[float] = []
-
-    def _prior(self, job: int) -> list[float]:
-        model = self.jobs[job].model
-        cost: list[float] = []
-        for kind, shard in self.chains[job]:
-            start, stop = self.plans[job][shard]
-            params = sum(p.numel() for p in model[start:stop].parameters()) + 1
-            cost.append(params * self.jobs[job].batch_size * (1 if kind == "F" else 3))
-        return cost
-
-    # -- estimates
-
-    def _unit_cost(self, job: int, position: int) -> float:
-        seen = self.measured[job].get(position)
-        if seen is not None:
-            return seen
-        scale = sorted(self.scale)[len(self.scale) // 2] if self.scale else 1e-9
-        return self.prior[job][position] * scale
-
-    def remaining(self, job: int, *, from_seq: int | None = None) -> float:
-        seq = self.next_seq[job] if from_seq is None else from_seq
-        chain = len(self.chains[job])
-        left = self.total_units[job] - seq
-        if left <= 0:
-            return 0.0
-        per_step = sum(self._unit_cost(job, p) for p in range(chain))
-        position = seq % chain
-        partial = sum(self._unit_cost(job, p) for p in range(position, chain))
-        full_steps = (left - (chain - position)) // chain
-        return partial + full_steps * per_step
-
-    def step_cost(self, job: int) -> float:
-        return sum(self._unit_cost(job, p) for p in range(len(self.chains[job])))
-
-    # -- processes
-
-    def start(self, payload: bytes) -> None:
-        context = mp.get_context("spawn")
-        for index, name in enumerate(self.device_names):
-            parent, child = context.Pipe()
-            process = context.Process(
-                target=_worker_main,
-                args=(child, index, name, str(self.work), self.threads, self.keep_inputs),
-                name=f"mlsys-sharp-{index}",
-                daemon=True,
-            )
-            process.start()
-            child.close()
-            parent.send_bytes(payload)
-            self.devices.append(_Device(index, name, process, parent))
-        for device in self.devices:
-            message = device.conn.recv()
-            if message[0] != "ready":
-                raise RuntimeError(f"device {device.index} ({device.name}) failed to start: "
-                                   f"{message[1]}")  # fmt: skip
-
-    def stop(self) -> None:
-        for device in self.devices:
-            if device.alive:
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    device.conn.send(("stop",))
-        for device in self.devices:
-            device.process.join(timeout=30)
-            if device.process.is_alive():
-                device.process.kill()
-                device.process.join()
-            device.conn.close()
-
-    # -- the loop
-
-    def _active(self, job: int) -> bool:
-        return self.names[job] not in self.failures and self.next_seq[job] < self.total_units[job]
-
-    def _choose(self, device: _Device) -> int | None:
-        """The job whose next unit ``device`` takes: longest remaining time first, except
-        that the job the device runs keeps it while no idle job has more than
-        :data:`SWITCH_MARGIN` of its work (and at least one step) more left: switching costs
-        writing one shard and reading another."""
-        own = device.queue[-1].job if device.queue else None
-        idle = [j for j in range(len(self.jobs)) if self.holder[j] is None and self._active(j)]
-        best = max(idle, key=self.remaining, default=None)
-        if own is not None and self._active(own):
-            margin = max(self.step_cost(own), SWITCH_MARGIN * self.remaining(own, from_seq=0))
-            if best is None or self.remaining(best) <= self.remaining(own) + margin:
-                return own
-        return best
-
-    def _unit(self, job: int) -> Unit:
-        seq = self.next_seq[job]
-        chain = self.chains[job]
-        kind, shard = chain[seq % len(chain)]
-        version = seq // len(chain)
-        epoch, step = self._epoch_step(job, version)
-        return Unit(
-            job=job,
-            seq=seq,
-            kind=kind,
-            shard=shard,
-            epoch=epoch,
-            step=step,
-            version=version,
-            last_step=version == self.steps[job] - 1,
-            final=seq == self.total_units[job] - 1,
-        )
-
-    def _epoch_step(self, job: int, version: int) -> tuple[int, int]:
-        for epoch, count in enumerate(self.steps_per_epoch[job]):
-            if version < count:
-                return epoch, version
-            version -= count
-        raise AssertionError("unit beyond the last epoch")
-
-    def _fill(self) -> None:
-        for device in self.devices:
-            while device.alive and len(device.queue) < QUEUE_DEPTH:
-                job = self._choose(device)
-                if job is None:
-                    break
-                unit = self._unit(job)
-                self.next_seq[job] += 1
-                self.holder[job] = device.index
-                device.queue.append(unit)
-                device.conn.send(("unit", unit))
-
-    def run(self) -> None:
-        total = sum(self.total_units)
-        for index, job in enumerate(self.jobs):
-            for callback in job.callbacks:
-                callback.on_train_begin(
-                    epochs=job.epochs, steps_per_epoch=self.steps_per_epoch[index][0],
-                    start_epoch=0,
-                )  # fmt: skip
-        while True:
-            self._fill()
-            if not any(device.queue for device in self.devices if device.alive):
-                break
-            live = [d for d in self.devices if d.alive and d.queue]
-            ready = wait([d.conn for d in live] + [d.process.sentinel for d in live])
-            for device in live:
-                if device.conn in ready:
-                    try:
-                        message = device.conn.recv()
-                    except (EOFError, OSError):
-                        self._lost(device)
-                        continue
-                    self._handle(device, message)
-                elif device.process.sentinel in ready and not device.conn.poll():
-                    self._lost(device)
-            if self.progress is not None:
-                self.progress(sum(self.done_units), total)
-        for index, job in enumerate(self.jobs):
-            if self.names[index] in self.failures:
-                continue
-            if self.done_units[index] < self.total_units[index]:
-                self.failures[self.names[index]] = "no device was left to train it"
-                continue
-            for callback in job.callbacks:
-                callback.on_train_end(self.history[index])
-
-    def _lost(self, device: _Device) -> None:
-        device.alive = False
-        code = device.process.exitcode
-        for unit in device.queue:
-            self._fail(unit.job, f"device {device.index} ({device.name}) exited with code {code} "
-                                 f"while training it")  # fmt: skip
-        device.queue.clear()
-
-    def _fail(self, job: int, text: str) -> None:
-        self.failures.setdefault(self.names[job], text)
-        self.holder[job] = None
-
-    def _handle(self, device: _Device, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        unit = device.queue.popleft()
-        if kind == "failed":
-            _, job, seq, text = message
-            assert (job, seq) == (unit.job, unit.seq), "device reports out of order"
-            self._fail(job, text)
-            # The device drops the job's units queued behind this one, unanswered.
-            device.queue = deque(u for u in device.queue if u.job != job)
-            return
-        _, job, seq, start, end, compute, waited, loss = message
-        assert (job, seq) == (unit.job, unit.seq), "device reports out of order"
-        self.timeline.append(
-            UnitRecord(device.index, job, seq, unit.kind, unit.shard, start, end, compute, waited)
-        )
-        position = seq % len(self.chains[job])
-        self.measured[job][position] = compute
-        self.scale.append(compute / self.prior[job][position])
-        self.done_units[job] += 1
-        if not any(u.job == job for u in device.queue):
-            self.holder[job] = None
-        if unit.kind == "L":
-            self._record_loss(job, unit, loss)
-        if position == len(self.chains[job]) - 1:
-            self._step_done(job, unit)
-
-    def _record_loss(self, job: int, unit: Unit, loss: tuple[float, float, int]) -> None:
-        if self.meters[job] is None:
-            self.meters[job] = EpochMeter(unit.epoch)
-        value, weight, count = loss
-        meter = self.meters[job]
-        assert meter is not None
-        meter.total += value * weight
-        meter.weight += weight
-        meter.examples += count
-        self.last_loss[job] = value
-
-    def _step_done(self, job: int, unit: Unit) -> None:
-        meter = self.meters[job]
-        assert meter is not None
-        for callback in self.jobs[job].callbacks:
-            callback.on_step_end(epoch=unit.epoch, step=unit.step, loss=self.last_loss[job])
-        if unit.step == self.steps_per_epoch[job][unit.epoch] - 1:
-            record = meter.record()
-            self.history[job].append(record)
-            self.meters[job] = None
-            for callback in self.jobs[job].callbacks:
-                callback.on_epoch_end(record)
-
-
 # --- the worker (one process per device) ----------------------------------------------------
 
 
@@ -1118,7 +540,7 @@ class _Worker:
         self.carry: tuple[int, int, dict[str, Any]] | None = None  # (job, seq it feeds, carry)
         self.writes: list[tuple[int, Future[None]]] = []  # (job, write) not yet checked
         self.batches: dict[tuple[int, int], list[torch.Tensor]] = {}
-        self.mappings = _Mappings()  # used on the I/O thread only
+        self.mappings = Mappings()  # used on the I/O thread only
 
     # -- messages
 
@@ -1411,9 +833,7 @@ class _Worker:
         views = r.mapped.optimizer_views
         path = _optimizer_path(self.work, r.job, r.shard)
         relaid = (
-            slots is None
-            or views is None
-            or layout != [(s.key, s.shape, _dtype(s.dtype)) for s in slots]
+            slots is None or views is None or layout != [(s.key, s.shape, s.dtype) for s in slots]
         )
         meta_path = _optimizer_meta_path(self.work, r.job, r.shard)
         if views is None and defer and self.device.type == "cpu":
@@ -1427,7 +847,7 @@ class _Worker:
             )
             return
         if relaid or views is None:
-            _create(path, tensors)
+            create(path, tensors)
         else:
             for key, tensor in tensors:
                 if tensor.data_ptr() != views[key].data_ptr():
@@ -1490,9 +910,9 @@ def _state_meta(
 ) -> dict[str, Any]:
     """The metadata file of an optimizer state: where each tensor is in the state file (the
     layout ``_create`` gives them), the file's size, and the rest of the state dict."""
-    slots, nbytes = _plan_slots(tensors)
+    slots, nbytes = file_layout(tensors)
     return {
-        "slots": [(s.key, s.offset, s.shape, s.dtype) for s in slots],
+        "slots": [s.record() for s in slots],
         "nbytes": nbytes,
         "skeleton": skeleton,
     }
@@ -1504,7 +924,7 @@ def _create_state(
     """A shard's optimizer state file, then its metadata file: a reader waits for the
     metadata (``_load``), so it finds the state whole, or a marker when writing failed."""
     try:
-        _create(path, tensors)
+        create(path, tensors)
     except Exception as exc:
         _mark_failed(meta_path, exc)
         raise

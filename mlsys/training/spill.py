@@ -65,21 +65,22 @@ Optimizers are per shard: ``optimizer(shard_params)``; Adam, SGD and the other p
 optimizers give exactly what one optimizer over the whole model gives. Global-norm gradient
 clipping would need every shard's gradient before any shard steps (a second backward pass);
 ``fit`` offers no clipping, and Spill doesn't either.
+
+The planner (layer footprints, where to cut) and the tiers the images live in are in
+:mod:`mlsys.training.shards`. This module keeps the strategy, resuming from checkpoints and
+the trainer. It runs past 600 lines because the trainer (about half of it) is one class
+whose loading, writing back and stepping share one state (the shards' attached images,
+the I/O thread's queue, the pool) and keep one ordering (the table above); split, that
+ordering would span modules.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
-import mmap
-import os
 import shutil
-import sys
 import tempfile
-import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -89,7 +90,6 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils.data import Dataset
 
 from mlsys.atomic import atomic_write
@@ -103,6 +103,32 @@ from mlsys.training.fit import (
     collate,
     latest_checkpoint,
     weighted_mean,
+)
+from mlsys.training.shards.planner import (
+    LayerFootprint,
+    ShardPlan,
+    is_meta,
+    layer_footprints,
+    pack,
+    shard_footprint,
+    shard_resident,
+)
+from mlsys.training.shards.store import (
+    EMPTY_LAYOUT,
+    DiskTier,
+    HostTier,
+    Layout,
+    Pool,
+    SpillIOError,
+    Tier,
+    check_folder,
+    io_error,
+    is_packed,
+    pack_into,
+    plan_layout,
+    release_pages,
+    slot_view,
+    tensor_nbytes,
 )
 
 __all__ = [
@@ -127,596 +153,7 @@ _log = logging.getLogger(__name__)
 _OFFLOADS = ("host", "disk")
 _WEIGHTS: tuple[Part, ...] = ("weights",)
 _ALL: tuple[Part, ...] = ("weights", "state")
-_ALIGN = 64  # bytes; every tensor of a shard image starts on a cache line
 _RELEASE_EVERY = 1 << 20  # drop mapped pages after checkpoint writes this large
-_OWN_MAP_BYTES = 1 << 20  # images this large get a memory map of their own
-
-
-class SpillIOError(OSError):
-    """Reading or writing the offload folder failed (the disk is full, a file vanished);
-    the message names the file, the size and the cause."""
-
-
-# --- planning: how much each layer needs, and where to cut ----------------------------------
-
-
-@dataclass(frozen=True)
-class LayerFootprint:
-    """Device bytes one layer needs while it trains, for one mini-batch of the planned size.
-
-    ``optimizer_state`` is measured, not guessed: the optimizer is built over meta-device
-    copies of the layer's parameters and takes one step on zero gradients, so whatever state
-    it keeps (nothing for plain SGD, one buffer for momentum, two for Adam, three with
-    ``amsgrad``) is counted from the tensors it creates. Activation sizes come from running
-    the layer on the meta device with the full batch shape: shapes without memory."""
-
-    index: int
-    name: str
-    kind: str
-    params: int
-    buffers: int
-    grads: int
-    optimizer_state: int
-    largest_param: int
-    input_bytes: int
-    output_bytes: int
-
-    @property
-    def total(self) -> int:
-        """The footprint of this layer as a shard of its own."""
-        return shard_footprint([self])
-
-    def breakdown(self) -> str:
-        return (
-            f"parameters {self.params}, gradients {self.grads}, optimizer state "
-            f"{self.optimizer_state}, buffers {self.buffers}, step scratch "
-            f"{2 * self.largest_param}, activations {_activation_bytes([self])}"
-        )
-
-
-def shard_footprint(layers: Sequence[LayerFootprint]) -> int:
-    """Device bytes while a shard of these consecutive layers trains: its weights
-    (parameters and buffers), gradients and optimizer state; scratch for the optimizer step
-    (two tensors the size of its largest parameter: Adam's denominator takes that); its
-    input and the input's gradient, every layer's output (kept for backward) and two
-    gradient buffers the size of the largest output."""
-    weights = sum(layer.params + layer.buffers for layer in layers)
-    grads = sum(layer.grads for layer in layers)
-    state = sum(layer.optimizer_state for layer in layers)
-    scratch = 2 * max(layer.largest_param for layer in layers)
-    return weights + grads + state + scratch + _activation_bytes(layers)
-
-
-def shard_resident(layers: Sequence[LayerFootprint]) -> int:
-    """Bytes a shard occupies while it moves between the tier and the device: weights,
-    optimizer state and its input activation."""
-    return sum(layer.params + layer.buffers + layer.optimizer_state for layer in layers) + (
-        layers[0].input_bytes
-    )
-
-
-def _activation_bytes(layers: Sequence[LayerFootprint]) -> int:
-    outputs = [layer.output_bytes for layer in layers]
-    return 2 * layers[0].input_bytes + sum(outputs) + 2 * max(outputs)
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """The layers' footprints and how many consecutive layers each shard holds."""
-
-    layers: tuple[LayerFootprint, ...]
-    counts: tuple[int, ...]
-    budget: int
-
-    @property
-    def bounds(self) -> list[tuple[int, int]]:
-        """``[(start, stop), ...]`` layer index ranges of the shards."""
-        out, start = [], 0
-        for count in self.counts:
-            out.append((start, start + count))
-            start += count
-        return out
-
-    def shard_layers(self, shard: int) -> tuple[LayerFootprint, ...]:
-        start, stop = self.bounds[shard]
-        return self.layers[start:stop]
-
-    def footprint(self, shard: int) -> int:
-        return shard_footprint(self.shard_layers(shard))
-
-    def resident(self, shard: int) -> int:
-        return shard_resident(self.shard_layers(shard))
-
-    def overlaps(self, running: int, moving: int) -> bool:
-        """Whether ``moving`` may be in transit while ``running`` computes."""
-        return self.footprint(running) + self.resident(moving) <= self.budget
-
-    def peak(self, *, prefetch: bool) -> int:
-        """The most device bytes the schedule holds at once: a running shard's footprint,
-        plus, with prefetch, the resident bytes of a neighbour moving meanwhile (when both
-        fit; otherwise the move waits)."""
-        out = 0
-        for s in range(len(self.counts)):
-            moving = [
-                self.resident(t)
-                for t in (s - 1, s + 1)
-                if prefetch and 0 <= t < len(self.counts) and self.overlaps(s, t)
-            ]
-            out = max(out, self.footprint(s) + max(moving, default=0))
-        return out
-
-    def describe(self) -> str:
-        """One line per shard: its layers, footprint and resident bytes."""
-        lines = []
-        for s, (start, stop) in enumerate(self.bounds):
-            lines.append(
-                f"shard {s}: layers {start}..{stop - 1}, footprint {self.footprint(s)} B, "
-                f"resident {self.resident(s)} B"
-            )
-        return "\n".join(lines)
-
-
-def layer_footprints(
-    model: nn.Sequential, sample: torch.Tensor, optimizer: OptimizerFactory, *, batch_size: int
-) -> list[LayerFootprint]:
-    """Each layer's :class:`LayerFootprint` for mini-batches of ``batch_size`` inputs shaped
-    like ``sample[0]``. Nothing is allocated: shapes come from the meta device. A layer that
-    fails there (an op without a meta kernel) is run for real on two zero inputs and its
-    output size scaled linearly to ``batch_size``; a layer still on the meta device can't
-    be, and raises."""
-    x = torch.empty((batch_size, *sample.shape[1:]), dtype=sample.dtype, device="meta")
-    state_bytes: dict[Any, int] = {}
-    out: list[LayerFootprint] = []
-    for index, (name, layer) in enumerate(model._modules.items()):
-        assert layer is not None
-        params = list(layer.parameters())
-        buffers = [b for b in layer.buffers()]
-        y = _infer_output(index, layer, x)
-        signature = tuple((tuple(p.shape), p.dtype, p.requires_grad) for p in params)
-        if signature not in state_bytes:
-            state_bytes[signature] = _optimizer_state_bytes(optimizer, params, index, layer)
-        out.append(
-            LayerFootprint(
-                index=index,
-                name=name,
-                kind=type(layer).__name__,
-                params=sum(_nbytes(p) for p in params),
-                buffers=sum(_nbytes(b) for b in buffers),
-                grads=sum(_nbytes(p) for p in params if p.requires_grad),
-                optimizer_state=state_bytes[signature],
-                largest_param=max((_nbytes(p) for p in params), default=0),
-                input_bytes=_nbytes(x),
-                output_bytes=_nbytes(y),
-            )
-        )
-        x = y
-    return out
-
-
-def pack(footprints: Sequence[LayerFootprint], budget: int, *, prefetch: bool) -> list[int]:
-    """Layers per shard: consecutive layers, filled greedily while the shard's footprint
-    stays within ``budget`` (half of it with ``prefetch``, which holds two shards at once).
-    A layer between half the budget and the budget gets a shard of its own; a layer over
-    the budget can't train and raises ValueError naming it and its size."""
-    if not footprints:
-        raise ValueError("the model has no layers")
-    for layer in footprints:
-        if layer.total > budget:
-            raise ValueError(
-                f"layer {layer.index} ({layer.kind}) needs {layer.total} bytes on the device "
-                f"({layer.breakdown()}) but budget_bytes={budget}; a shard holds at least "
-                f"one layer: raise the budget to {layer.total} or more, or make the batch "
-                f"smaller"
-            )
-    cap = budget // 2 if prefetch else budget
-    counts: list[int] = []
-    current: list[LayerFootprint] = []
-    for layer in footprints:
-        if current and shard_footprint([*current, layer]) > cap:
-            counts.append(len(current))
-            current = []
-        current.append(layer)
-    counts.append(len(current))
-    return counts
-
-
-def _infer_output(index: int, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    tensors = {
-        name: torch.empty_like(t, device="meta")
-        for name, t in [*layer.named_parameters(), *layer.named_buffers()]
-    }
-    try:
-        y = functional_call(layer, tensors, (x,))
-    except Exception as meta_error:
-        if _is_meta(layer):
-            raise ValueError(
-                f"layer {index} ({type(layer).__name__}) fails on the meta device on an "
-                f"input of shape {tuple(x.shape)} ({x.dtype}), so its activation size "
-                f"can't be inferred: {meta_error}"
-            ) from meta_error
-        y = _probe_output(index, layer, x)
-    if not isinstance(y, torch.Tensor):
-        raise ValueError(
-            f"layer {index} ({type(layer).__name__}) returns {type(y).__name__}; Spill "
-            f"passes one tensor between layers"
-        )
-    return y.to("meta")
-
-
-def _probe_output(index: int, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output shape of a layer the meta device can't run: two real zero inputs, with
-    copies of the buffers (so batch-norm statistics don't move) and a forked RNG."""
-    probe = torch.zeros((2, *x.shape[1:]), dtype=x.dtype)
-    tensors = {
-        **dict(layer.named_parameters()),
-        **{name: b.clone() for name, b in layer.named_buffers()},
-    }
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            y = functional_call(layer, tensors, (probe,))
-    except Exception as exc:
-        raise ValueError(
-            f"layer {index} ({type(layer).__name__}) fails on an input of shape "
-            f"{tuple(probe.shape)} ({x.dtype}): {exc}"
-        ) from exc
-    if not isinstance(y, torch.Tensor):
-        return y  # type: ignore[no-any-return]
-    return torch.empty((x.shape[0], *y.shape[1:]), dtype=y.dtype, device="meta")
-
-
-def _optimizer_state_bytes(
-    optimizer: OptimizerFactory, params: list[nn.Parameter], index: int, layer: nn.Module
-) -> int:
-    """Bytes of optimizer state for ``params``: one dry step over meta copies (exact, no
-    memory); if the optimizer can't step on the meta device, one step over 64-element CPU
-    stand-ins, scaling state the size of a stand-in to the real parameter."""
-    if not params:
-        return 0
-    try:
-        stand_ins = [
-            _stand_in(p, torch.empty(p.shape, dtype=p.dtype, device="meta")) for p in params
-        ]
-        return sum(_nbytes(t) for t in _dry_step(optimizer, stand_ins))
-    except Exception:  # the optimizer can't step on meta tensors: stand-ins below
-        pass
-    try:
-        small = [_stand_in(p, torch.zeros(64, dtype=p.dtype)) for p in params]
-        total = 0
-        dry = _dry_step_per_param(optimizer, small)
-        for param, tensors in zip(params, dry, strict=True):
-            for t in tensors:
-                total += _nbytes(t) * param.numel() // 64 if t.numel() == 64 else _nbytes(t)
-        return total
-    except Exception as exc:
-        raise ValueError(
-            f"the optimizer fails a dry step over the parameters of layer {index} "
-            f"({type(layer).__name__}): {exc}; Spill measures optimizer state that way, and "
-            f"calls step() without a closure, like every strategy"
-        ) from exc
-
-
-def _stand_in(param: nn.Parameter, data: torch.Tensor) -> nn.Parameter:
-    stand_in = nn.Parameter(data, requires_grad=param.requires_grad)
-    if param.requires_grad:
-        stand_in.grad = torch.zeros_like(data)
-    return stand_in
-
-
-def _dry_step(optimizer: OptimizerFactory, params: list[nn.Parameter]) -> list[torch.Tensor]:
-    return [t for tensors in _dry_step_per_param(optimizer, params) for t in tensors]
-
-
-def _dry_step_per_param(
-    optimizer: OptimizerFactory, params: list[nn.Parameter]
-) -> list[list[torch.Tensor]]:
-    opt = optimizer(params)
-    opt.step()
-    return [
-        [v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor)] for p in params
-    ]
-
-
-# --- shard images: a shard's tensors packed into one buffer -------------------------------
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """Where one tensor sits in a shard image. ``key`` is ``p<j>`` (parameter j),
-    ``b<j>`` (buffer j) or ``s<j>.<name>`` (optimizer state ``name`` of parameter j);
-    ``host`` marks state the optimizer keeps on the CPU while the parameters are on CUDA
-    (Adam's step count)."""
-
-    key: str
-    offset: int
-    nbytes: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    host: bool = False
-
-
-@dataclass(frozen=True)
-class _Layout:
-    slots: tuple[_Slot, ...] = ()
-    nbytes: int = 0
-
-
-_EMPTY_LAYOUT = _Layout()
-
-
-def _layout(tensors: Sequence[tuple[str, torch.Tensor]], device: torch.device) -> _Layout:
-    slots, offset = [], 0
-    for key, t in tensors:
-        host = device.type != "cpu" and t.device.type == "cpu"
-        slots.append(_Slot(key, offset, _nbytes(t), tuple(t.shape), t.dtype, host))
-        offset += -(-_nbytes(t) // _ALIGN) * _ALIGN
-    return _Layout(tuple(slots), offset)
-
-
-def _view(buffer: torch.Tensor, slot: _Slot) -> torch.Tensor:
-    raw = buffer[slot.offset : slot.offset + slot.nbytes]
-    return raw.view(slot.dtype).view(slot.shape)
-
-
-def _pack_into(image: torch.Tensor, layout: _Layout, tensors: list[torch.Tensor]) -> None:
-    """Copy ``tensors`` into their slots, letting go of each once copied (the list holds
-    the last reference to a new optimizer state, so it is freed as the image fills)."""
-    for i, slot in enumerate(layout.slots):
-        _view(image, slot).copy_(tensors[i])
-        tensors[i] = image[:0]
-
-
-def _is_packed(
-    buffer: torch.Tensor | None, layout: _Layout, tensors: Sequence[torch.Tensor]
-) -> bool:
-    """Whether ``tensors`` already are the views of ``buffer`` that ``layout`` describes
-    (then writing the image back needs no copy); state kept on the host is copied apart."""
-    if buffer is None or buffer.numel() != layout.nbytes:
-        return False
-    base = buffer.data_ptr()
-    return all(
-        slot.host or (t.data_ptr() == base + slot.offset and t.is_contiguous())
-        for slot, t in zip(layout.slots, tensors, strict=True)
-    )
-
-
-# --- tiers: where shards live while they are off the device -------------------------------
-
-
-class _HostTier:
-    """Images in host memory (pinned for CUDA, so copies overlap compute). On a CPU device
-    the image *is* the device copy: loading and writing back cost nothing."""
-
-    def __init__(self) -> None:
-        self._images: dict[str, torch.Tensor] = {}
-        self._tensors: dict[str, torch.Tensor] = {}
-
-    def write(self, name: str, image: torch.Tensor) -> None:
-        self._images[name] = image
-
-    def read(self, name: str, nbytes: int, pin: bool) -> torch.Tensor:
-        return self._images[name]
-
-    def mapped(self, name: str, nbytes: int) -> torch.Tensor:
-        return self._images[name]
-
-    def put_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        self._tensors[name] = tensor
-
-    def get_tensor(self, name: str, pin: bool) -> torch.Tensor:
-        return self._tensors.pop(name)
-
-    def drop_pages(self) -> None:
-        """Nothing is mapped from files."""
-
-    def close(self) -> None:
-        self._images.clear()
-        self._tensors.clear()
-
-
-class _DiskTier:
-    """Images in files of a private folder under ``folder``, one per shard and part.
-
-    Loading a shard for a CPU device maps its file (shared, populated in the I/O thread:
-    the pages come from the page cache without a copy), and the shard's tensors are views of
-    that mapping: the optimizer's updates land in the file's pages, so writing the shard
-    back costs nothing, and letting go of the image unmaps it. A mapping's pages count
-    toward the process's RSS only while it is mapped, the same as a buffer read into.
-    Loading for CUDA reads the file into a pinned buffer from the pool. Images that are
-    not a mapping of their own file (a new layout, packed from separate tensors) are
-    written with explicit writes, in place (same size: no new blocks, so steady-state
-    training can't run out of disk) or truncated to the new size. Checkpoints and the
-    trained model read the files through private mappings, whose pages a checkpoint drops
-    as soon as they are copied (:meth:`drop_pages`)."""
-
-    def __init__(self, folder: Path, pool: _Pool) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="spill-", dir=folder))
-        self._shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        self._mapped: list[torch.Tensor] = []
-        # The newest shared mapping of each shard file: writing it back is a no-op.
-        self._live: dict[str, weakref.ref[torch.Tensor]] = {}
-        self.pool = pool
-
-    def path(self, name: str) -> Path:
-        return self.root / f"shard-{name}.bin"
-
-    def write(self, name: str, image: torch.Tensor) -> None:
-        live = self._live.get(name)
-        if live is not None and live() is image:
-            return  # a shared mapping of this very file: its pages are the file's
-        path = self.path(name)
-        try:
-            _write_file(path, image.numpy().data)
-        except OSError as exc:
-            raise _io_error(
-                exc, f"writing {name} ({image.numel()} bytes) to {path}", self.root.parent
-            ) from exc
-
-    def read(self, name: str, nbytes: int, pin: bool, *, shard: bool = True) -> torch.Tensor:
-        """The file ``name``: for the CPU a shared mapping of it (a ``shard`` image's is
-        remembered, so that writing it back is a no-op); for CUDA a pinned copy, in a buffer
-        from the pool for a shard image."""
-        path = self.path(name)
-        try:
-            if not pin:
-                image = _map_shared(path, nbytes)
-                if shard:
-                    self._live[name] = weakref.ref(image)
-                return image
-            image = self.pool.take(nbytes, pin) if shard else _empty(nbytes, pin)
-            _read_file(path, image.numpy().data)
-        except OSError as exc:
-            raise _io_error(
-                exc, f"reading {name} ({nbytes} bytes) from {path}", self.root.parent
-            ) from exc
-        return image
-
-    def mapped(self, name: str, nbytes: int) -> torch.Tensor:
-        image = torch.from_file(str(self.path(name)), shared=False, size=nbytes, dtype=torch.uint8)
-        self._mapped.append(image)
-        return image
-
-    def put_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        self._shapes[name] = (tuple(tensor.shape), tensor.dtype)
-        self.write(name, tensor.reshape(-1).view(torch.uint8))
-
-    def get_tensor(self, name: str, pin: bool) -> torch.Tensor:
-        shape, dtype = self._shapes[name]
-        nbytes = _itemsize(dtype) * _numel(shape)
-        if not nbytes:
-            return torch.empty(shape, dtype=dtype, pin_memory=pin)
-        # On CPU a shared mapping of the file (no copy, no fresh pages); a first layer
-        # that works in place writes into the file, which the next forward rewrites first.
-        return self.read(name, nbytes, pin, shard=False).view(dtype).view(shape)
-
-    def drop_pages(self) -> None:
-        """Drop the pages of every mapped image from this process (they stay in the page
-        cache); the next touch reads them again."""
-        for image in self._mapped:
-            _drop_pages(image)
-
-    def forget_mapped(self) -> None:
-        self._mapped.clear()
-
-    def close(self) -> None:
-        """Remove the folder; mapped images stay readable (their files are only unlinked)."""
-        self._mapped.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-_Tier = _HostTier | _DiskTier
-
-
-class _Pool:
-    """Buffers to reuse, by exact size: a freed one waits for the next request of its size,
-    up to ``limit`` bytes waiting (the longest-waiting ones are let go first). Filling a
-    buffer already in memory runs ten times faster than fresh memory, which takes a page
-    fault per page."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._free: list[tuple[tuple[int, bool], torch.Tensor]] = []  # oldest first
-        self._ours: set[int] = set()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int, pin: bool) -> torch.Tensor:
-        with self._lock:
-            for i in range(len(self._free) - 1, -1, -1):
-                if self._free[i][0] == (nbytes, pin):
-                    self._bytes -= nbytes
-                    return self._free.pop(i)[1]
-        image = _empty(nbytes, pin)
-        with self._lock:
-            self._ours.add(image.data_ptr())
-        return image
-
-    def give(self, image: torch.Tensor) -> None:
-        """Keep ``image`` (one this pool made, and nobody uses any more) for reuse."""
-        nbytes = image.numel()
-        key = (nbytes, image.is_pinned())
-        with self._lock:
-            whole = image.untyped_storage().nbytes() == nbytes and not image.storage_offset()
-            if image.data_ptr() not in self._ours or not whole or not nbytes:
-                return
-            if nbytes > self.limit:
-                self._ours.discard(image.data_ptr())
-                return
-            self._free.append((key, image))
-            self._bytes += nbytes
-            while self._bytes > self.limit:
-                (old, _), dropped = self._free.pop(0)
-                self._bytes -= old
-                self._ours.discard(dropped.data_ptr())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-            self._ours.clear()
-            self._bytes = 0
-
-
-def _empty(nbytes: int, pin: bool) -> torch.Tensor:
-    """A buffer for a shard image. Large host ones are anonymous memory maps of their own,
-    not malloc blocks, so that freeing one gives its memory back to the system at once
-    (glibc keeps freed blocks under its adaptive mmap threshold in its heap)."""
-    if pin or nbytes < _OWN_MAP_BYTES:
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
-
-
-def _write_file(path: Path, data: memoryview) -> None:
-    """Write ``data`` as the whole content of ``path``, in place."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], done)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
-
-
-def _map_shared(path: Path, nbytes: int) -> torch.Tensor:
-    """The first ``nbytes`` of ``path`` as a shared, writable mapping, its pages populated
-    now (from the page cache, or read from disk here rather than on first touch); unmapped
-    when the last tensor viewing it is freed."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        if os.fstat(fd).st_size < nbytes:
-            raise OSError(errno.EIO, f"{path} is shorter than {nbytes} bytes")
-        mapping = mmap.mmap(fd, nbytes, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-    finally:
-        os.close(fd)
-    return torch.frombuffer(mapping, dtype=torch.uint8)
-
-
-def _read_file(path: Path, into: memoryview) -> None:
-    with open(path, "rb", buffering=0) as f:
-        done = 0
-        while done < len(into):
-            n = f.readinto(into[done:])
-            if not n:
-                raise OSError(errno.EIO, f"{path} ends after {done} of {len(into)} bytes")
-            done += n
-
-
-def _io_error(exc: OSError, what: str, folder: Path) -> SpillIOError:
-    cause = exc.strerror or str(exc)
-    hint = ""
-    if exc.errno == errno.ENOSPC:
-        hint = f"; free space in {folder} or write to a larger disk"
-    return SpillIOError(exc.errno or errno.EIO, f"{what} failed: {cause}{hint}")
-
-
-@functools.cache
-def _madvise() -> Callable[[int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise.restype = ctypes.c_int
-    madvise: Callable[[int, int, int], int] = libc.madvise
-    return madvise
 
 
 @functools.cache
@@ -733,21 +170,6 @@ def _return_freed_memory() -> None:
     hint = huge_pages_hint()
     if hint is not None:
         _log.info("Spill(offload='disk'): %s", hint)
-
-
-def _drop_pages(mapped: torch.Tensor) -> None:
-    """``madvise(MADV_DONTNEED)`` over the whole pages of a tensor that is a private,
-    unmodified file mapping: the process lets go of them (they are still in the page cache
-    and read back on the next touch). Never call it on anonymous memory: that would zero it."""
-    madvise = _madvise()
-    nbytes = mapped.numel() * mapped.element_size()
-    if madvise is None or nbytes == 0:
-        return
-    page = os.sysconf("SC_PAGE_SIZE")
-    start = -(-mapped.data_ptr() // page) * page
-    stop = (mapped.data_ptr() + nbytes) // page * page
-    if stop > start:
-        madvise(start, stop - start, 4)  # MADV_DONTNEED
 
 
 # --- the strategy ------------------------------------------------------------------------------
@@ -785,7 +207,8 @@ class Spill:
         prefetch: move shards on a background thread while the current one computes
             (shards are then cut to half the budget).
         folder: where ``offload="disk"`` puts its files (a private subfolder, removed at the
-            end); None: the system's temporary folder.
+            end); an existing folder this process can write to; None: the system's
+            temporary folder.
         init_seed: seeds the initialisation of layers given on the meta device.
         trace: a list that receives the main thread's actions and the I/O jobs it hands
             out, as ``(action, shard, what)`` (for tests and curiosity).
@@ -829,7 +252,7 @@ class Spill:
                     f"devices are visible"
                 )
         if self.offload == "disk":
-            _check_folder(self.folder_path)
+            check_folder(self.folder_path, "Spill")
 
     @property
     def folder_path(self) -> Path:
@@ -867,18 +290,6 @@ class Spill:
         finally:
             trainer.close()
         return FitResult(model=model, history=history)
-
-
-def _check_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ValueError(
-            f"Spill folder {folder} is not writable ({exc.strerror or exc}); pass a folder "
-            f"this process can write to, or folder=None for a temporary one"
-        ) from exc
 
 
 def _check_space(folder: Path, plan: ShardPlan) -> None:
@@ -985,7 +396,7 @@ class _Shard:
     params: list[nn.Parameter] = field(default_factory=list)
     buffers: list[tuple[nn.Module, str]] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
-    layouts: dict[str, _Layout] = field(default_factory=dict)
+    layouts: dict[str, Layout] = field(default_factory=dict)
     attached: dict[str, torch.Tensor] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     input: torch.Tensor | None = None
@@ -1018,13 +429,11 @@ class _Trainer:
         # Freed images wait here for the next image of their size, in what the schedule
         # leaves of the budget: fresh memory costs a page fault per page, ten times the
         # copy itself.
-        self.pool = _Pool(max(0, plan.budget - plan.peak(prefetch=self.background)))
+        self.pool = Pool(max(0, plan.budget - plan.peak(prefetch=self.background)))
         if not self.cuda and strategy.offload == "disk":
             _return_freed_memory()  # the budget bounds this process's memory
-        self.tier: _Tier = (
-            _DiskTier(strategy.folder_path, self.pool)
-            if strategy.offload == "disk"
-            else _HostTier()
+        self.tier: Tier = (
+            DiskTier(strategy.folder_path, self.pool) if strategy.offload == "disk" else HostTier()
         )
         self.io = ThreadPoolExecutor(1, "spill-io") if self.background else None
         self.copy_stream = (
@@ -1073,14 +482,12 @@ class _Trainer:
         self.copy_stream.synchronize()
         return out
 
-    def _load(
-        self, s: int, parts: Sequence[str], layouts: dict[str, _Layout], inp: bool
-    ) -> _Loaded:
+    def _load(self, s: int, parts: Sequence[str], layouts: dict[str, Layout], inp: bool) -> _Loaded:
         """I/O thread: read a shard's parts (and its saved input) and put them on the device."""
         images: dict[str, torch.Tensor] = {}
         host_state: dict[str, torch.Tensor] = {}
         for part in parts:
-            layout = layouts.get(part, _EMPTY_LAYOUT)
+            layout = layouts.get(part, EMPTY_LAYOUT)
             if not layout.nbytes:
                 images[part] = torch.empty(0, dtype=torch.uint8, device=self.device)
                 continue
@@ -1088,7 +495,7 @@ class _Trainer:
             images[part] = self._to_device(image)
             for slot in layout.slots:
                 if slot.host:  # state the optimizer keeps on the CPU
-                    host_state[slot.key] = _view(image, slot).clone()
+                    host_state[slot.key] = slot_view(image, slot).clone()
             if self.cuda:
                 self._recycle(image)
         loaded_input = None
@@ -1097,7 +504,7 @@ class _Trainer:
         return _Loaded(images, host_state, loaded_input)
 
     def _store(
-        self, name: str, layout: _Layout, tensors: list[torch.Tensor],
+        self, name: str, layout: Layout, tensors: list[torch.Tensor],
         source: torch.Tensor | None, event: torch.cuda.Event | None,
     ) -> None:  # fmt: skip
         """I/O thread: pack a shard part into a host image (no copy when its tensors still
@@ -1105,13 +512,13 @@ class _Trainer:
         if not layout.nbytes:
             return
         if not self.cuda:
-            if _is_packed(source, layout, tensors):
+            if is_packed(source, layout, tensors):
                 assert source is not None
                 self.tier.write(name, source)
                 self._recycle(source)
                 return
             image = self.pool.take(layout.nbytes, False)
-            _pack_into(image, layout, tensors)
+            pack_into(image, layout, tensors)
             self.tier.write(name, image)
             self._recycle(image)
             return
@@ -1119,13 +526,13 @@ class _Trainer:
         image = self.pool.take(layout.nbytes, True)
         with torch.cuda.stream(self.copy_stream):
             self.copy_stream.wait_event(event)
-            packed = _is_packed(source, layout, tensors)
+            packed = is_packed(source, layout, tensors)
             if packed:
                 assert source is not None
                 image.copy_(source, non_blocking=True)
             for slot, t in zip(layout.slots, tensors, strict=True):
                 if slot.host or not packed:
-                    _view(image, slot).copy_(t, non_blocking=True)
+                    slot_view(image, slot).copy_(t, non_blocking=True)
         self.copy_stream.synchronize()
         self.tier.write(name, image)
         self._recycle(image)
@@ -1151,7 +558,7 @@ class _Trainer:
     def _recycle(self, image: torch.Tensor) -> None:
         """``image`` is no longer used: keep it for the next load (the host tier keeps its
         images, and on CUDA only host copies are recycled)."""
-        if isinstance(self.tier, _DiskTier) and image.device.type == "cpu":
+        if isinstance(self.tier, DiskTier) and image.device.type == "cpu":
             self.pool.give(image)
 
     def _check_writes(self, wait: bool = False) -> None:
@@ -1203,7 +610,7 @@ class _Trainer:
             if part not in shard.dirty:
                 self._recycle(source)
                 continue
-            layout = _layout(keyed, self.device)
+            layout = plan_layout(keyed, self.device)
             shard.layouts[part] = layout
             if not layout.nbytes:
                 continue
@@ -1227,10 +634,10 @@ class _Trainer:
         Written to disk from a CPU device, the copy goes into a buffer from the pool (given
         back once written), not into fresh memory: a page fault per page, every step."""
         self._note("write", s, "input")
-        if not self.cuda and isinstance(self.tier, _HostTier):
+        if not self.cuda and isinstance(self.tier, HostTier):
             self.tier.put_tensor(f"{s}.input", h.detach().clone())
             return
-        nbytes, buffer = _nbytes(h), None
+        nbytes, buffer = tensor_nbytes(h), None
         if self.cuda or not nbytes:
             copy = h.detach().clone()
         else:
@@ -1245,8 +652,8 @@ class _Trainer:
         if self.cuda and image.numel():
             image.record_stream(torch.cuda.current_stream(self.device))
         shard.attached[part] = image
-        for slot in shard.layouts.get(part, _EMPTY_LAYOUT).slots:
-            tensor = host_state[slot.key] if slot.host else _view(image, slot)
+        for slot in shard.layouts.get(part, EMPTY_LAYOUT).slots:
+            tensor = host_state[slot.key] if slot.host else slot_view(image, slot)
             kind, j, name = _parse_key(slot.key)
             if kind == "p":
                 shard.params[j].data = tensor
@@ -1310,12 +717,12 @@ class _Trainer:
         if resume is not None:
             _load_weights(shard, resume["model"])
         keyed = self._detach(shard, "weights")
-        layout = _layout(keyed, torch.device("cpu"))
+        layout = plan_layout(keyed, torch.device("cpu"))
         shard.layouts["weights"] = layout
         image = self.pool.take(layout.nbytes, self.cuda)
         tensors = [t for _, t in keyed]
         del keyed  # packing frees the model's own tensors one by one
-        _pack_into(image, layout, tensors)
+        pack_into(image, layout, tensors)
         del tensors
         if layout.nbytes:
             self.tier.write(f"{shard.index}.weights", image)
@@ -1329,9 +736,9 @@ class _Trainer:
             shard.attached["state"] = torch.empty(0, dtype=torch.uint8)
             shard.dirty.add("state")
         self.release(shard.index, running=None)
-        if resume is not None and isinstance(self.tier, _DiskTier):
+        if resume is not None and isinstance(self.tier, DiskTier):
             for t in _tensors(resume):
-                _drop_pages(t)
+                release_pages(t)
 
     # --- training ----------------------------------------------------------------------
 
@@ -1472,13 +879,13 @@ class _Trainer:
         for disk: read as touched)."""
         for shard in self.shards:
             for part in parts:
-                layout = shard.layouts.get(part, _EMPTY_LAYOUT)
+                layout = shard.layouts.get(part, EMPTY_LAYOUT)
                 image = (
                     self.tier.mapped(f"{shard.index}.{part}", layout.nbytes)
                     if layout.nbytes
                     else torch.empty(0, dtype=torch.uint8)
                 )
-                host = {slot.key: _view(image, slot) for slot in layout.slots if slot.host}
+                host = {slot.key: slot_view(image, slot) for slot in layout.slots if slot.host}
                 self._attach_host(shard, part, image, host)
 
     def _attach_host(
@@ -1515,7 +922,7 @@ class _Trainer:
                 for part in list(shard.attached):
                     self._detach(shard, part)
                 shard.attached.clear()
-            if isinstance(self.tier, _DiskTier):
+            if isinstance(self.tier, DiskTier):
                 self.tier.forget_mapped()
         return path
 
@@ -1525,7 +932,7 @@ class _Trainer:
         self._map_all(_WEIGHTS)
         for shard in self.shards:
             shard.attached.clear()
-        if isinstance(self.tier, _DiskTier):
+        if isinstance(self.tier, DiskTier):
             self.tier.forget_mapped()
 
     def close(self) -> None:
@@ -1553,7 +960,7 @@ def _materialize(layers: nn.Sequential, first_index: int) -> None:
     """Give layers on the meta device real CPU tensors, initialised by each module's
     ``reset_parameters()`` in order (what building them on the CPU does)."""
     for offset, layer in enumerate(layers):
-        if not _is_meta(layer):
+        if not is_meta(layer):
             continue
         layer.to_empty(device="cpu")
         for module in layer.modules():
@@ -1568,10 +975,6 @@ def _materialize(layers: nn.Sequential, first_index: int) -> None:
                     f"initialise it; build that layer on the CPU"
                 )
             reset()
-
-
-def _is_meta(layer: nn.Module) -> bool:
-    return any(t.is_meta for t in [*layer.parameters(), *layer.buffers()])
 
 
 def _check_unshared(shard: _Shard, owners: dict[int, int]) -> None:
@@ -1653,7 +1056,7 @@ def _save_atomically(
     except BaseException as exc:
         cause = _os_error_in(exc)
         if cause is not None:
-            raise _io_error(cause, f"writing checkpoint {path}", folder) from exc
+            raise io_error(cause, f"writing checkpoint {path}", folder) from exc
         raise
     return path
 
@@ -1666,18 +1069,3 @@ def _os_error_in(exc: BaseException | None) -> OSError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _numel(shape: Iterable[int]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()

@@ -18,21 +18,16 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from mlsys.training import Callback, fit
+from mlsys.training.shards.store import Mappings, create, file_layout, map_file, slot_views
 from mlsys.training.sharp import (
     Job,
-    Unit,
     UnitRecord,
     _carry_path,
-    _create,
     _create_state,
     _job_dir,
     _load,
-    _map,
-    _Mappings,
-    _plan_slots,
     _save,
     _saved_path,
-    _views,
     _Worker,
     lower_bound,
     plot_gantt,
@@ -40,6 +35,7 @@ from mlsys.training.sharp import (
     train_many,
     unit_chain,
 )
+from mlsys.training.sharp_schedule import Unit
 
 SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
 ADAM = functools.partial(torch.optim.Adam, lr=0.01)
@@ -289,10 +285,10 @@ def test_a_first_step_state_write_publishes_its_metadata_last(tmp_path: Path) ->
         ("1.half", torch.randn(7, dtype=torch.bfloat16)),
     ]
     state, meta = tmp_path / "opt.bin", tmp_path / "opt.meta"
-    slots, nbytes = _plan_slots(tensors)
+    slots, nbytes = file_layout(tensors)
     _create_state(state, tensors, meta, {"nbytes": nbytes})
     assert _load(meta, timeout=1) == {"nbytes": nbytes}
-    views = _views(_map(state, nbytes), slots)
+    views = slot_views(map_file(state, nbytes), slots)
     for key, tensor in tensors:
         assert torch.equal(views[key], tensor), key
 
@@ -333,25 +329,25 @@ def test_a_device_keeps_its_mappings_until_a_file_is_replaced(tmp_path: Path) ->
     job.mkdir()
     path = job / "weights-00.bin"
     first = [("w", torch.arange(6.0).reshape(2, 3))]
-    slots, nbytes = _plan_slots(first)
-    _create(path, first)
-    mappings = _Mappings()
+    slots, nbytes = file_layout(first)
+    create(path, first)
+    mappings = Mappings()
     kept = mappings.get(path, nbytes)
     assert mappings.get(path, nbytes) is kept  # no new mapping, no new page faults
 
-    _views(_map(path, nbytes), slots)["w"].add_(10)  # another device's unit
-    assert torch.equal(_views(kept, slots)["w"], torch.arange(6.0).reshape(2, 3) + 10)
+    slot_views(map_file(path, nbytes), slots)["w"].add_(10)  # another device's unit
+    assert torch.equal(slot_views(kept, slots)["w"], torch.arange(6.0).reshape(2, 3) + 10)
 
     replaced = [("w", torch.full((2, 3), -1.0))]
-    _create(path, replaced)  # a new file under the same name
+    create(path, replaced)  # a new file under the same name
     again = mappings.get(path, nbytes)
     assert again is not kept
-    assert torch.equal(_views(again, slots)["w"], replaced[0][1])
-    assert torch.equal(_views(kept, slots)["w"], torch.arange(6.0).reshape(2, 3) + 10)
+    assert torch.equal(slot_views(again, slots)["w"], replaced[0][1])
+    assert torch.equal(slot_views(kept, slots)["w"], torch.arange(6.0).reshape(2, 3) + 10)
 
     other = tmp_path / "job-0001" / "weights-00.bin"
     other.parent.mkdir()
-    _create(other, first)
+    create(other, first)
     kept_other = mappings.get(other, nbytes)
     mappings.forget(job)  # job 0 finished: its mappings go, job 1's stay
     assert mappings.get(other, nbytes) is kept_other

@@ -342,16 +342,16 @@ def test_a_loaded_shard_is_its_file_so_writing_it_back_copies_nothing(
     """On a CPU device a shard is loaded as a shared mapping of its file: the optimizer's
     updates land in the file, so a shard's weights are written once (when set up) and its
     optimizer state once (when the first step creates it), however many steps follow."""
-    from mlsys.training import spill
+    from mlsys.training.shards import store
 
     written: list[str] = []
-    real = spill._write_file
+    real = store.write_file
 
     def write(path: Path, data: memoryview) -> None:
         written.append(path.name)
         real(path, data)
 
-    monkeypatch.setattr(spill, "_write_file", write)
+    monkeypatch.setattr(store, "write_file", write)
     strategy = Spill(BUDGET, offload="disk", folder=tmp_path)
     plan = strategy.plan(mlp(), dataset().tensors[0][:1], ADAM, BATCH)
     with_params = [
@@ -367,10 +367,10 @@ def test_a_loaded_shard_is_its_file_so_writing_it_back_copies_nothing(
 
 
 def test_the_pool_reuses_buffers_by_size_and_lets_the_longest_waiting_go_first() -> None:
-    from mlsys.training.spill import _Pool
+    from mlsys.training.shards.store import Pool
 
     mib = 1 << 20
-    pool = _Pool(limit=3 * mib)
+    pool = Pool(limit=3 * mib)
     a, b, c = pool.take(mib, False), pool.take(2 * mib, False), pool.take(mib, False)
     pool.give(a)
     pool.give(b)
@@ -440,11 +440,14 @@ def test_resume_equals_uninterrupted_under_another_budget(first: str, tmp_path: 
 # --- failures ----------------------------------------------------------------------------------
 
 
-def test_a_folder_that_is_not_writable_is_named(tmp_path: Path) -> None:
+def test_a_folder_that_is_not_a_directory_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(ValueError, match=r"Spill folder .*a-file/spill is not writable"):
+    with pytest.raises(ValueError, match=r"Spill folder .*a-file/spill is not a directory"):
         train(Spill(BUDGET, offload="disk", folder=blocker / "spill"))
+    with pytest.raises(ValueError, match=r"Spill folder .*missing is not a directory"):
+        train(Spill(BUDGET, offload="disk", folder=tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
 
 
 @contextlib.contextmanager
@@ -494,9 +497,9 @@ def enospc_after(calls: int, real: Any) -> Any:
 def test_disk_full_while_spilling_names_the_file_and_cleans_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlsys.training import spill
+    from mlsys.training.shards import store
 
-    monkeypatch.setattr(spill, "_write_file", enospc_after(20, spill._write_file))
+    monkeypatch.setattr(store, "write_file", enospc_after(20, store.write_file))
     with pytest.raises(SpillIOError, match=r"writing .* bytes\) to .*shard-.*No space left"):
         train(Spill(BUDGET, offload="disk", folder=tmp_path))
     assert list(tmp_path.iterdir()) == []
