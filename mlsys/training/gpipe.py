@@ -15,6 +15,7 @@ callbacks, and process management that fails fast and leaves no orphans.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import os
@@ -300,6 +301,9 @@ class GPipe:
         if not dist.is_initialized():
             cuda = bool(self.devices) and torch.device(self.devices[0]).type == "cuda"  # type: ignore[index]
             dist.init_process_group("nccl" if cuda else "gloo")
+            # Torn down before the interpreter's own teardown: left to it, gloo's threads
+            # can abort the rank at exit ("terminate called without an active exception").
+            atexit.register(_destroy_process_group)
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != self.stages:
             raise ValueError(
@@ -871,3 +875,9 @@ def _check_unshared(modules: list[nn.Sequential]) -> None:
                     f"{seen[0]}); tied weights must stay in one stage: choose a balance that "
                     f"keeps those layers together"
                 )
+
+
+def _destroy_process_group() -> None:
+    """Destroy the default process group if one is still up (an ``atexit`` hook)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
