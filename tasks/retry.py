@@ -238,7 +238,9 @@ def _mlflow_answer(exc: BaseException) -> Outage | None:
 
 def _is_requests_outage(exc: BaseException | None) -> bool:
     """A requests error that says the server could not be reached, timed out, dropped the
-    connection or kept answering 5xx (urllib3's retries ran out: ``RetryError``)."""
+    connection (also mid-answer: ``ChunkedEncodingError``, "Connection broken:
+    IncompleteRead", a server killed while it answered) or kept answering 5xx (urllib3's
+    retries ran out: ``RetryError``)."""
     try:
         import requests
     except ImportError:  # pragma: no cover
@@ -246,7 +248,11 @@ def _is_requests_outage(exc: BaseException | None) -> bool:
     if isinstance(exc, requests.exceptions.SSLError):
         return False
     return isinstance(
-        exc, requests.ConnectionError | requests.Timeout | requests.exceptions.RetryError
+        exc,
+        requests.ConnectionError
+        | requests.Timeout
+        | requests.exceptions.RetryError
+        | requests.exceptions.ChunkedEncodingError,
     )
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import runtime
@@ -24,7 +25,7 @@ from prefect.artifacts import create_link_artifact
 
 from mlsys.links import mlflow_run_link
 from mlsys.settings import Settings
-from tasks.retry import run_logger, tolerant
+from tasks.retry import ride_out, run_logger, tolerant
 
 # Tags written on every parent run; the UI and `mlsys run` search by them.
 TAG_FLOW_RUN_ID = "prefect.flow_run_id"
@@ -32,6 +33,8 @@ TAG_FLOW_RUN_NAME = "prefect.flow_run_name"
 TAG_FLOW_NAME = "prefect.flow_name"
 TAG_DEPLOYMENT = "prefect.deployment_name"
 TAG_FLOW_RUN_URL = "prefect.flow_run_url"
+TAG_CREATE_TOKEN = "mlsys.create_token"
+"""A random tag each run is created with, so that creating it can be tried again."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def flow_run_tracking(
     if outer is not None:
         tags["mlflow.parentRunId"] = outer.run_id
         name = f"{tags[TAG_FLOW_NAME] or name}"
-    run = client.create_run(exp_id, tags=tags, run_name=name)
+    run = create_run_once(settings.tracking_uri, exp_id, tags=tags, run_name=name)
     tracked = TrackedRun(run.info.run_id, exp_id, settings.tracking_uri)
     for key, value in (params or {}).items():
         client.log_param(tracked.run_id, key, "" if value is None else str(value)[:6000])
@@ -136,6 +139,35 @@ def flow_run_tracking(
         _CURRENT_RUN.reset(token)
     stop_system_metrics(monitor)
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def create_run_once(
+    tracking_uri: str, experiment_id: str, *, tags: Mapping[str, str], run_name: str | None
+) -> Run:
+    """``MlflowClient.create_run``, ridden through an MLflow outage without creating the
+    run twice.
+
+    A server killed while it answered may have created the run before the answer was
+    lost ("Connection broken: IncompleteRead"); creating it again would leave that first
+    run RUNNING for good. Each run is created with a random ``mlsys.create_token`` tag,
+    and every try after the first looks for a run with it before creating one.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    token = uuid.uuid4().hex
+    tagged = {**tags, TAG_CREATE_TOKEN: token}
+    tried = [False]
+
+    def create_run() -> Run:
+        if tried[0]:
+            found = client.search_runs(
+                [experiment_id], f"tags.`{TAG_CREATE_TOKEN}` = '{token}'", max_results=1
+            )
+            if found:
+                return found[0]
+        tried[0] = True
+        return client.create_run(experiment_id, tags=tagged, run_name=run_name)
+
+    return ride_out(create_run)
 
 
 def _mark_failed(run: TrackedRun) -> None:
@@ -248,7 +280,7 @@ def child_run(
     inherited = client.get_run(parent.run_id).data.tags
     tags = {k: v for k, v in inherited.items() if k.startswith("prefect.")}
     tags["mlflow.parentRunId"] = parent.run_id
-    run = client.create_run(parent.experiment_id, tags=tags, run_name=name)
+    run = create_run_once(parent.tracking_uri, parent.experiment_id, tags=tags, run_name=name)
     child = ChildRun(run.info.run_id, parent.experiment_id, parent.tracking_uri)
     for key, value in (params or {}).items():
         client.log_param(child.run_id, key, "" if value is None else str(value)[:6000])

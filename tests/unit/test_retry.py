@@ -54,13 +54,16 @@ class _Answer(BaseHTTPRequestHandler):
     status = 503
     body = b"busy"
     content_type = "text/plain"
+    missing = 0  # bytes promised by Content-Length but never sent (a server killed mid-answer)
 
     def _answer(self) -> None:
         self.send_response(self.status)
         self.send_header("Content-Type", self.content_type)
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Length", str(len(self.body) + self.missing))
         self.end_headers()
         self.wfile.write(self.body)
+        if self.missing:
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_HEAD = _answer
 
@@ -192,6 +195,24 @@ def test_mlflow_answering_5xx_is_an_outage(
     assert outage is not None
     assert outage.where == f"MLflow at {url}"
     assert outage.problem == f"failing (HTTP {status})"
+
+
+def test_mlflow_dying_mid_answer_is_an_outage(
+    mlflow_fast: None, server: tuple[str, type[_Answer]]
+) -> None:
+    """Killed while it sent an answer: the client reads fewer bytes than promised
+    ("Connection broken: IncompleteRead"), seen when MLflow was killed during a run."""
+    from mlflow.tracking import MlflowClient
+
+    url, handler = server
+    handler.status, handler.body, handler.missing = 200, b'{"experiment": {', 1130
+    handler.content_type = "application/json"
+    exc = raised(MlflowClient(url).get_experiment_by_name, "x")
+    assert "IncompleteRead" in str(exc)
+    outage = classify(exc)
+    assert outage is not None
+    assert outage.where == f"MLflow at {url}"
+    assert outage.problem == "unreachable"
 
 
 @pytest.mark.parametrize(
