@@ -248,15 +248,41 @@ def _prefect(settings: Settings, *args: str, timeout_s: float = 300) -> None:
         )
 
 
-def ensure_work_pool(settings: Settings) -> None:
+def ensure_work_pool(settings: Settings, say: Say = print) -> None:
     """The stack's process pool, with its concurrency limit: runs beyond it wait in the
-    queue (Late, then picked up) instead of starving each other of the machine's cores."""
+    queue (Late, then picked up) instead of starving each other of the machine's cores.
+
+    A Prefect server that has just started may answer 503 while its database is busy:
+    each call is tried again through that for up to a minute."""
+    from infra.runs import _Patient
+
     url = f"{settings.api_url}/work_pools/{settings.work_pool}"
     headers = settings.prefect_headers()
-    if httpx.get(url, headers=headers, timeout=30).status_code != 200:
+    patient = _Patient(settings.api_url, say)
+
+    def answered(response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 500:
+            response.raise_for_status()  # transient: tried again
+        return response
+
+    found = patient.call(
+        "read the work pool",
+        lambda: answered(httpx.get(url, headers=headers, timeout=30)),
+        patience_s=60,
+    )
+    if found.status_code != 200:
         _prefect(settings, "work-pool", "create", settings.work_pool, "--type", "process")
-    response = httpx.patch(
-        url, json={"concurrency_limit": settings.pool_concurrency}, headers=headers, timeout=30
+    response = patient.call(
+        "set the work pool's concurrency limit",
+        lambda: answered(
+            httpx.patch(
+                url,
+                json={"concurrency_limit": settings.pool_concurrency},
+                headers=headers,
+                timeout=30,
+            )
+        ),
+        patience_s=60,
     )
     if response.status_code >= 400:
         raise StackError(
@@ -362,7 +388,7 @@ def _up(settings: Settings, *, timeout_s: float, say: Say) -> Settings:
     say(f"mlsys stack in {settings.stack_dir.resolve()}")
     for service in services(settings):
         if isinstance(service, PrefectWorker):
-            ensure_work_pool(settings)
+            ensure_work_pool(settings, say)
             ensure_unresponsive_runs_crash(settings)
             say("  deployments     prefect deploy --all")
             deploy(settings)
