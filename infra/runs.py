@@ -229,7 +229,7 @@ def trigger(
     """
     from prefect.exceptions import ObjectNotFound
 
-    api = _Patient(settings.api_url, say)
+    api = PatientApi(settings.api_url, say)
     with _prefect_client(settings) as client:
         try:
             # The first contact waits less: a stack that is down should say so soon.
@@ -353,7 +353,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 @dataclass
-class _Patient:
+class PatientApi:
     """Calls to the Prefect API, each tried again through transient trouble."""
 
     api_url: str

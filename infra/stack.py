@@ -254,11 +254,11 @@ def ensure_work_pool(settings: Settings, say: Say = print) -> None:
 
     A Prefect server that has just started may answer 503 while its database is busy:
     each call is tried again through that for up to a minute."""
-    from infra.runs import _Patient
+    from infra.runs import PatientApi
 
     url = f"{settings.api_url}/work_pools/{settings.work_pool}"
     headers = settings.prefect_headers()
-    patient = _Patient(settings.api_url, say)
+    patient = PatientApi(settings.api_url, say)
 
     def answered(response: httpx.Response) -> httpx.Response:
         if response.status_code >= 500:
