@@ -196,3 +196,38 @@ def mlflow_runs(settings: Settings) -> dict[str, tuple[str, int | None]]:
         token = page.token
         if not token:
             return runs
+
+
+def settle(settings: Settings, run_id: str, say: Any = print) -> None:
+    """Leave the stack as the next case expects it after a case failed part way: every
+    service up, the case's run final (cancelled if it will not end), no MLflow run left
+    RUNNING and no process left behind, so that one failure is reported once instead of
+    again in every later case's "before" snapshot. What it had to do is printed."""
+    from mlflow.tracking import MlflowClient
+    from prefect.states import Cancelled
+
+    from infra.prefect_api import prefect_client
+    from infra.stack import up
+
+    for attempt in range(3):
+        try:
+            up(settings, timeout_s=180, say=lambda line: None)
+            break
+        except Exception as e:  # the failure is the case's; keep trying to recover
+            say(f"settle: up failed ({attempt + 1}/3): {e}")
+            time.sleep(5)
+    try:
+        wait_state(settings, run_id, lambda r: r.state.is_final(), 300)
+    except AssertionError:
+        say(f"settle: run {run_id} not final, cancelled")
+        with prefect_client(settings) as client:
+            client.set_flow_run_state(run_id, Cancelled(message="fault test cleanup"), force=True)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    for mlflow_run, (status, _) in mlflow_runs(settings).items():
+        if status == "RUNNING":
+            say(f"settle: MLflow run {mlflow_run} left RUNNING, marked KILLED")
+            client.set_terminated(mlflow_run, "KILLED")
+    for proc in process.leftovers(settings.stack_dir):
+        say(f"settle: process {proc.pid} left behind, killed")
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
