@@ -4,6 +4,9 @@
 columns, the classes, the metric, the gold policy), reads the whole source through it (so
 a bad guess fails at once, naming the value), infers the dataset's three suites and writes
 a starter LF module. Every guess can be overridden by an option.
+
+Why one module: the guesses and the starter LF module serve `mlsys dataset init` only; the
+commands' help text is a good part of the length.
 """
 
 from __future__ import annotations

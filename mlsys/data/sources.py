@@ -12,6 +12,10 @@ Usage::
     definition = load_dataset("youtube-spam")
     raw = read_dataset(definition)                      # its default source
     raw = read_dataset(definition, "s3://mlsys/incoming/2026-11-25.zip", s3_client=s3)
+
+Why one module: locating files (folders, archives, S3, URLs), parsing each format and
+normalizing to the dataset's columns are the three steps of `read_dataset`, and they share
+`_RawFile`, through which every error names the file it came from.
 """
 
 from __future__ import annotations

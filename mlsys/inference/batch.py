@@ -12,6 +12,10 @@ Usage::
     results = score_chunks(chunks, model.predict, sink, id_column="comment_id",
                            constants={"model_version": "3"})
     assert sum(r.rows_in for r in results) == sum(r.rows_out + r.rows_quarantined for r in results)
+
+Why one module: reading chunks, casting them to the model's signature and scoring them with
+quarantine are the three steps of `score_chunks`, kept beside each other so that the row
+accounting (in = out + quarantined) reads in one place.
 """
 
 from __future__ import annotations

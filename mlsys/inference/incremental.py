@@ -40,6 +40,9 @@ spatial layers of recomputed output positions times the multiply-adds per positi
 (``C_in/groups * C_out * kh * kw`` for a convolution, ``C * kh * kw`` for a pool, plus
 ``C`` per pointwise layer); when it exceeds ``max_recompute_fraction`` of the work of the
 full trunk, the frame is run in full and becomes the new base frame.
+
+Why one module: the geometry (spans, boxes, cuts), the layer stages and the cost model serve
+`IncrementalCNN` only; a good part of the length is this docstring and the class's.
 """
 
 from __future__ import annotations

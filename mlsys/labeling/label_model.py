@@ -1,6 +1,12 @@
 """Combine labeling-function votes into one label per row: majority vote, a weighted vote
 with LF accuracies estimated on gold dev rows, or Snorkel's LabelModel, chosen on the dev
-rows by the dataset's metric with repeated stratified cross-validation."""
+rows by the dataset's metric with repeated stratified cross-validation.
+
+Why one module: the labelers, their fitting and their choosing share private vote arithmetic
+(weighted counts, posteriors, tie-breaking, thresholds) that nothing else should call;
+split, those helpers would become an API of their own. Sections: checks, vote arithmetic,
+`Labeler`, the Snorkel fit, choosing, the output frame.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The text model: stateless hashed n-gram features and a small MLP over them."""
+"""The text model: stateless hashed n-gram features and a small MLP over them.
+
+Why one module: the featurizer, the classifier, its dataset and the probabilities frame are
+what a registered pyfunc needs at serving time, and it imports this one module; they change
+together when the model's input or output changes.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ The pipeline itself is ``torch.distributed.pipelining`` (``PipelineStage`` with
 ``ScheduleGPipe`` or ``Schedule1F1B``); this module adds what the trainer contract needs
 around it: balancing, the weighted mini-batch loss, activation checkpointing, checkpoints,
 callbacks, and process management that fails fast and leaves no orphans.
+
+Why one module: the strategy, the code that runs inside a stage process and the management
+of those processes share one protocol (a job in, events and state out) and one set of up-
+front checks; the schedule arithmetic is in :mod:`mlsys.training.schedule`.
 """
 
 from __future__ import annotations

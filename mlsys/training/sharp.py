@@ -51,6 +51,12 @@ the shard files, the file hand-over between devices and the device worker. It ru
 (the held shard, the carry, the reads ahead and the queued writes) and one ordering
 argument (a unit's files are complete before it is reported done); split, that argument
 would span modules.
+
+Why one module: the set-up in the main process and the worker processes exchange the files
+this module names (weights, optimizer state, saved inputs, carries); both sides stay here so
+that this file protocol is in one place. The schedule is in
+:mod:`mlsys.training.sharp_schedule`, shard planning and storage in
+:mod:`mlsys.training.shards`.
 """
 
 from __future__ import annotations

@@ -72,6 +72,11 @@ the trainer. It runs past 600 lines because the trainer (about half of it) is on
 whose loading, writing back and stepping share one state (the shards' attached images,
 the I/O thread's queue, the pool) and keep one ordering (the table above); split, that
 ordering would span modules.
+
+Why one module: the strategy and its trainer (the step, what it hands the I/O thread and in
+which order, resuming) are one state machine, whose order the table above documents and a
+test checks; what Spill shares with SHARP (shard planning and storage) is in
+:mod:`mlsys.training.shards`.
 """
 
 from __future__ import annotations
