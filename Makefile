@@ -10,14 +10,15 @@ STAMP := $(VENV)/.installed
 install: $(STAMP) debs
 
 # Debian packages: Chromium and ChromeDriver for the UI test
-# (tests/integration/test_end_to_end.py), wrk for the serving benchmark's HTTP load.
+# (tests/integration/test_end_to_end.py), wrk for the serving benchmark's HTTP load,
+# iproute2 for the several-hosts tests (tests/hosts: network namespaces).
 # Installed with apt-get where it is available (as root, or through sudo); elsewhere the
 # UI test and the serving benchmark's wrk runs are skipped and say why.
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
-DEBS := chromium chromium-driver wrk
+DEBS := chromium chromium-driver wrk iproute2
 debs:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/wrk ]; then :; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/wrk ] && command -v ip >/dev/null; then :; \
 	elif [ -n "$(APT_GET)" ]; then \
 		echo "installing Debian's $(DEBS)"; \
 		export DEBIAN_FRONTEND=noninteractive; \

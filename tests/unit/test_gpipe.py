@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -549,49 +548,18 @@ def test_a_killed_stage_fails_fit_promptly_and_leaves_no_orphans() -> None:
 
 # --- torchrun: the same code, one process per stage started by torchrun ---------------------
 
-TORCHRUN_SCRIPT = """
-import functools, json, sys
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.utils.data import TensorDataset
-from mlsys.training import Callback, fit
-from mlsys.training.gpipe import GPipe
-
-class Count(Callback):
-    steps = 0
-    def on_step_end(self, *, epoch, step, loss):
-        Count.steps += 1
-
-def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-                         nn.Linear(16, 3))
-
-g = torch.Generator().manual_seed(1)
-data = TensorDataset(torch.randn(48, 6, generator=g), torch.randint(0, 3, (48,), generator=g),
-                     torch.rand(48, generator=g) + 0.1)
-args = dict(optimizer=functools.partial(torch.optim.SGD, lr=0.1),
-            loss=nn.CrossEntropyLoss(reduction="none"), epochs=2, batch_size=16)
-piped = fit(mlp(), data, strategy=GPipe(2, 4, schedule="1f1b"), callbacks=[Count()], **args)
-plain = fit(mlp(), data, **args)
-pairs = zip(piped.model.parameters(), plain.model.parameters())
-diff = max((a - b).abs().max().item() for a, b in pairs)
-with open(f"{sys.argv[1]}/rank-{dist.get_rank()}.json", "w") as f:
-    json.dump({"diff": diff, "epochs": len(piped.history), "steps_seen": Count.steps}, f)
-"""
+TORCHRUN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpipe_torchrun.py"
+"""GPipe under torchrun against plain training; also run across hosts (tests/hosts)."""
 
 
 def test_torchrun_runs_the_same_code_one_stage_per_rank(tmp_path: Path) -> None:
-    script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(TORCHRUN_SCRIPT))
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node=2",
-        str(script),
+        str(TORCHRUN_SCRIPT),
         str(tmp_path),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
