@@ -65,9 +65,11 @@ test-unit: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest tests/faults
 
-# Every benchmark, then their figures to MLflow when MLFLOW_TRACKING_URI is set.
+# Every benchmark, then docs/benchmarks.md from their results (benchmarks/report.py), then
+# their figures to MLflow when MLFLOW_TRACKING_URI is set.
 bench: $(STAMP)
-	for b in $$(ls benchmarks/*.py | grep -v -e log_results -e "/_"); do $(BIN)/python $$b || exit 1; done
+	for b in $$(ls benchmarks/*.py | grep -v -e log_results -e /report.py -e "/_"); do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/log_results.py
 
 lint: $(STAMP)
