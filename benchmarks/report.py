@@ -1318,9 +1318,9 @@ def render_sharp(results: Results) -> str:
     return "\n".join(lines)
 
 
-def _serving_tables(figures: Results) -> list[str]:
-    """The tables ``benchmarks/serving.py --table`` prints, from the same results file and
-    with its formatting (Python's rounding), so that the two agree to the digit."""
+def serving_tables(figures: Results) -> list[str]:
+    """The serving tables (``benchmarks/serving.py --table`` prints them with this function
+    too), with Python's rounding."""
     method = figures["method"]
     slo = method["slo_ms"]
     lines = [
@@ -1432,7 +1432,7 @@ def render_serving(results: Results) -> str:
         + "every request text distinct; a wrk connection refused with 503 waits before its next",
         "request, as a client that backs off does.",
         "",
-        *_serving_tables(results),
+        *serving_tables(results),
         "",
         "What the figures say, and what they do not:",
     ]

@@ -500,55 +500,15 @@ def overload(
 
 
 def markdown(figures: dict[str, Any]) -> str:
-    """The docs' tables, from a results file (``--table``): nothing typed by hand."""
-    slo = figures["method"]["slo_ms"]
-    lines = [
-        "| server | " + " | ".join(f"c={c}" for c in figures["method"]["connections"])
-        + f" | best within p99 <= {slo:g} ms |",
-        "|---|" + "---|" * (len(figures["method"]["connections"]) + 1),
-    ]  # fmt: skip
-    for result in figures["servers"].values():
-        cells = [
-            f"{r['ok_per_s']:,.0f}/s, p99 {r['latency_ms']['p99']:.1f} ms"
-            + (f", {r['non_2xx']:,} shed" if r["non_2xx"] else "")
-            for r in result["runs"]
-        ]
-        lines.append(
-            f"| {result['label']} | " + " | ".join(cells)
-            + f" | **{result['ok_per_s_within_slo']:,.0f}/s** |"
-        )  # fmt: skip
-    head = figures["headline"]
-    ratio = head["ratio_vs_mlflow_serve"]
-    lines += [
-        "",
-        f"Headline: {head['ok_per_s_within_slo']:,.0f} against "
-        f"{head['baseline_ok_per_s_within_slo']:,.0f} requests/s, "
-        + (f"**{ratio:.2f}x**" if ratio else "n/a")
-        + f" (target {head['target']:g}x, {'met' if head['met'] else 'not met'}).",
-        "",
-        "| open loop, requests/s | " + " | ".join(figures["open_loop"]) + " |",
-        "|---|" + "---|" * len(figures["open_loop"]),
-    ]
-    rates = [run["rate"] for run in next(iter(figures["open_loop"].values()))]
-    for i, rate in enumerate(rates):
-        cells = []
-        for runs in figures["open_loop"].values():
-            ok = runs[i]["latency_ms"].get("200")
-            cells.append(f"p50 {ok['p50']:.1f} ms, p99 {ok['p99']:.1f} ms" if ok else "none")
-        lines.append(f"| {rate:,.0f} | " + " | ".join(cells) + " |")
-    over, swap = figures["overload"], figures["hot_swap"]
-    lines += [
-        "",
-        f"Overload (target {over['target_rate']:,.0f}/s, offered {over['offered_per_s']:,.0f}/s):"
-        f" {over['requests'] - over['non_2xx']:,} answered, {over['non_2xx']:,} shed; "
-        f"server-side p99 of the answered <= {over['answered_p99_ms_server']} ms, of the shed "
-        f"<= {over['shed_p99_ms_server']} ms ({'met' if over['met'] else 'not met'}).",
-        f"Hot swap at {swap['rate']:,.0f}/s: {swap['scheduled']:,} requests, "
-        f"{swap['failed']} failed, answers {swap['answers']}; version 2 answered "
-        f"{swap['switch_s']:.2f} s after the alias moved (poll every {swap['poll_s']:g} s) "
-        f"({'met' if swap['met'] else 'not met'}).",
-    ]
-    return "\n".join(lines)
+    """The docs' tables, from a results file (``--table``): the same code that writes them
+    into docs/benchmarks.md (``benchmarks/report.py``), so the two agree to the digit."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report", Path(__file__).with_name("report.py"))
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    return "\n".join(report.serving_tables(figures))
 
 
 # --- main ----------------------------------------------------------------------------------
