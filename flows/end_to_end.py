@@ -18,6 +18,7 @@ from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
 from mlsys.links import mlflow_model_link
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
+from mlsys.training.trainers import PlainTrainer, TrainerSpec
 from tasks.hooks import STAGE_HOOKS
 from tasks.retry import tolerant
 from tasks.stages import (
@@ -28,7 +29,6 @@ from tasks.stages import (
     s3_object_exists,
 )
 from tasks.tracking import flow_run_tracking, stage_metrics
-from tasks.train import check_gpipe_depth
 
 
 class LabelOptions(BaseModel):
@@ -52,10 +52,11 @@ class TrainOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
 
-    trainer: Literal["plain", "gpipe", "spill"] = Field(
-        "plain",
-        description="plain: one process; gpipe: pipeline-parallel stages (needs hidden "
-        "layers); spill: one shard at a time within a memory budget.",
+    trainer: TrainerSpec = Field(
+        default_factory=PlainTrainer,
+        description='{"kind": "plain"}: one process; {"kind": "gpipe", "stages": 2, '
+        '"microbatches": 4}: pipeline-parallel stages (needs hidden layers); {"kind": '
+        '"spill", "budget_mb": 32}: one shard at a time within a memory budget.',
     )
     epochs: int = Field(8, ge=1, description="Passes over the training rows.")
     batch_size: int = Field(64, ge=1, description="Examples per optimizer step.")
@@ -84,9 +85,8 @@ class TrainOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _gpipe_needs_layers(self) -> TrainOptions:
-        if self.trainer == "gpipe":
-            check_gpipe_depth(self.hidden, stages=2)
+    def _trainer_fits_the_model(self) -> TrainOptions:
+        self.trainer.check(hidden=self.hidden, dropout=0.0)
         return self
 
 
@@ -153,7 +153,8 @@ def end_to_end(
         "promote": promote,
         "refresh": refresh,
         **{f"label.{k}": v for k, v in label.model_dump().items()},
-        **{f"training.{k}": v for k, v in training.model_dump().items()},
+        **{f"training.{k}": v for k, v in training.model_dump(exclude={"trainer"}).items()},
+        **{f"training.{k}": v for k, v in training.trainer.params().items()},
         **{f"inference.{k}": v for k, v in inference.model_dump().items()},
     }
     with flow_run_tracking(settings, params=params) as run:

@@ -13,11 +13,11 @@ from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
+from mlsys.training.trainers import GPipeTrainer, PlainTrainer, TrainerSpec
 from tasks.retry import tolerant
 from tasks.serving import reload_model_server
 from tasks.tracking import flow_run_tracking
 from tasks.train import (
-    check_gpipe_depth,
     choose_end_model,
     evaluate_model,
     fit_model,
@@ -31,7 +31,7 @@ from tasks.train import (
 def train(
     labeled_batch: str | None = None,
     dataset: str = "youtube-spam",
-    trainer: Literal["plain", "gpipe", "spill"] = "plain",
+    trainer: TrainerSpec = PlainTrainer(),  # noqa: B008 - a default the Prefect UI form shows
     epochs: int = 8,
     batch_size: int = 64,
     lr: float = 0.01,
@@ -40,9 +40,6 @@ def train(
     n_features: int = PIPELINE_N_FEATURES,
     char_ngrams: tuple[int, int] | None = PIPELINE_CHAR_NGRAMS,
     use_weights: bool = True,
-    stages: int = 2,
-    microbatches: int = 4,
-    spill_budget_mb: int = 32,
     seed: int = 123,
     model_name: str | None = None,
     alias: str = "challenger",
@@ -64,9 +61,11 @@ def train(
         labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
             under labeled/<dataset>/.
         dataset: A dataset defined under datasets/: its classes, metric and suites.
-        trainer: "plain" (one process), "gpipe" (pipeline-parallel: `stages` processes,
-            `microbatches` per mini-batch) or "spill" (one shard at a time within
-            `spill_budget_mb`, the others spilled to disk).
+        trainer: {"kind": "plain"} (one process), {"kind": "gpipe", "stages": 2,
+            "microbatches": 4} (pipeline-parallel: a process per stage, each mini-batch cut
+            into micro-batches) or {"kind": "spill", "budget_mb": 32} (one shard at a time
+            within the budget, the others spilled to disk; hidden=[64] over 32768
+            features needs 96).
         epochs: Passes over the training rows.
         batch_size: Examples per optimizer step (gpipe: a multiple of `microbatches`).
         lr: Adam learning rate.
@@ -77,11 +76,6 @@ def train(
         char_ngrams: [min, max] lengths of character n-grams hashed beside the word
             n-grams (they want many features: 32768 for [1, 4]). Empty: words only.
         use_weights: Weigh each example by its label's quality (gold 1, weak < 1).
-        stages: gpipe: pipeline stages (one process each).
-        microbatches: gpipe: micro-batches per mini-batch.
-        spill_budget_mb: spill: memory for shards in MiB (weights, gradients, Adam state,
-            activations); shards are cut to half of it (a model with hidden=[64] over
-            32768 features needs 96 to train in two shards).
         seed: Seed of initialization, shuffling and dropout.
         model_name: Registered model name in MLflow. Empty: the dataset's
             (`model_name` in its definition, else `<dataset>-classifier`).
@@ -111,15 +105,14 @@ def train(
         tolerant(settings.s3_client()), settings.bucket, labeled_prefix(dataset)
     )
     hidden = list(hidden or [])
-    if trainer == "gpipe":
-        check_gpipe_depth(hidden, stages, dropout)
+    trainer.check(hidden=hidden, dropout=dropout)
     featurizer = pipeline_featurizer(n_features, char_ngrams)
     params = {
         "labeled_batch": uri,
         "dataset": dataset,
         "classes": list(definition.classes),
         "metric": definition.metric,
-        "trainer": trainer,
+        **trainer.params(),
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -128,9 +121,6 @@ def train(
         "n_features": n_features,
         "char_ngrams": list(char_ngrams) if char_ngrams else None,
         "use_weights": use_weights,
-        "stages": stages if trainer == "gpipe" else None,
-        "microbatches": microbatches if trainer == "gpipe" else None,
-        "spill_budget_mb": spill_budget_mb if trainer == "spill" else None,
         "seed": seed,
         "model_name": model_name,
         "resume_from_run": resume_from_run,
@@ -144,7 +134,7 @@ def train(
         if choose:
             chosen = choose_end_model(
                 run, df, definition, featurizer, use_weights=use_weights, seed=seed,
-                layered=trainer == "gpipe",
+                layered=isinstance(trainer, GPipeTrainer),
             )  # fmt: skip
             lr, hidden, epochs = chosen.config.lr, list(chosen.config.hidden), chosen.epochs
             threshold = chosen.threshold
@@ -160,11 +150,8 @@ def train(
             epochs=epochs,
             batch_size=batch_size,
             seed=seed,
-            stages=stages,
-            microbatches=microbatches,
             use_weights=use_weights,
             resume_from_run=resume_from_run,
-            spill_budget_mb=spill_budget_mb,
             chosen=chosen,
         )
         metrics = evaluate_model(run, result, df, featurizer, definition, threshold=threshold)
@@ -196,7 +183,7 @@ def train(
         create_markdown_artifact(
             key="train-summary",
             markdown=(
-                f"# Train {dataset} ({trainer})\n\n"
+                f"# Train {dataset} ({trainer.kind})\n\n"
                 f"| test {definition.metric} | test accuracy | test macro F1 | test rows "
                 f"| epochs | final loss |\n"
                 f"|---|---|---|---|---|---|\n"

@@ -104,6 +104,9 @@ def _describe(error: Any) -> list[str]:
             for key in extra
         ]
     message = error.message
+    tagged = error.schema.get("discriminator") if isinstance(error.schema, dict) else None
+    if error.validator == "oneOf" and tagged:
+        return _describe_tagged(error, tagged)
     if error.validator in ("anyOf", "oneOf") and error.context:
         # "x is not valid under any of the given schemas": say what the non-null
         # alternative wanted instead ("'x' is not of type 'integer'").
@@ -120,6 +123,31 @@ def _describe(error: Any) -> list[str]:
                 return sub
             message = best.message
     return [f"parameter {path or '(all)'}: {message}"]
+
+
+def _describe_tagged(error: Any, tagged: Mapping[str, Any]) -> list[str]:
+    """A field that is one of several objects told apart by a tag (a pydantic
+    discriminated union, e.g. ``{"kind": "gpipe", "stages": 2}``): the tag's choices when
+    it names none, else what the named alternative refuses."""
+    path = _path(error.absolute_path)
+    tag, mapping = tagged["propertyName"], dict(tagged.get("mapping", {}))
+    kinds = list(mapping)
+    instance = error.instance
+    if not isinstance(instance, dict):
+        like = json.dumps({tag: instance if instance in mapping else kinds[0]})
+        return [
+            f"parameter {path}: {json.dumps(instance)} is not an object; give one like {like} "
+            f"({tag}: one of {kinds})"
+        ]
+    kind = instance.get(tag)
+    if kind not in mapping:
+        return [f"parameter {_path([*error.absolute_path, tag])}: {kind!r} is not one of {kinds}"]
+    index = next(
+        (i for i, sub in enumerate(error.schema["oneOf"]) if sub.get("$ref") == mapping[kind]),
+        None,
+    )
+    chosen = [e for e in error.context if list(e.relative_schema_path)[:1] == [index]]
+    return [line for e in chosen for line in _describe(e)] or [f"parameter {path}: {error.message}"]
 
 
 def _unknown(key: str, known: Sequence[str], kind: str) -> str:

@@ -34,7 +34,6 @@ from mlsys.models.text import (
     TextDataset,
     build_text_classifier,
     score_texts,
-    text_classifier_layers,
 )
 from mlsys.settings import Settings
 from mlsys.training import Callback, FitResult, fit
@@ -46,7 +45,6 @@ from mlsys.training.evaluate import (
     plot_history,
 )
 from mlsys.training.fit import latest_checkpoint
-from mlsys.training.gpipe import GPipe
 from mlsys.training.schedule import (
     load_trace,
     measured_bubble,
@@ -54,32 +52,11 @@ from mlsys.training.schedule import (
     theoretical_bubble,
 )
 from mlsys.training.spill import Spill
+from mlsys.training.trainers import GPipeTrainer, TrainerSpec
 from mlsys.validation.checkpoint import CheckpointReport
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun, mark_model_version
 from tasks.validate import validate_batch
-
-TRAINERS = ("plain", "gpipe", "spill")
-
-
-def check_gpipe_depth(hidden: list[int], stages: int, dropout: float = 0.0) -> None:
-    """Fail early, naming the values, when the classifier has fewer layers than GPipe
-    has stages (the default, a linear model, is a single layer).
-
-    Raises:
-        ValueError: ``hidden`` gives fewer layers than ``stages``.
-    """
-    layers = text_classifier_layers(hidden, dropout)
-    if layers < stages:
-        raise ValueError(
-            f"trainer 'gpipe' cuts the model into stages={stages} stages, but hidden={hidden} "
-            f"gives {layers} layer{'s' if layers > 1 else ''} "
-            + (
-                "(a linear model): give it hidden layers, e.g. hidden=[64]"
-                if not hidden
-                else "(Linear and ReLU per hidden layer): add hidden layers or use fewer stages"
-            )
-        )
 
 
 class TrackingCallback(Callback):
@@ -176,7 +153,7 @@ def fit_model(
     df: pd.DataFrame,
     *,
     n_classes: int,
-    trainer: str,
+    trainer: TrainerSpec,
     featurizer: HashingFeaturizer,
     hidden: list[int],
     dropout: float,
@@ -184,11 +161,8 @@ def fit_model(
     epochs: int,
     batch_size: int,
     seed: int,
-    stages: int,
-    microbatches: int,
     use_weights: bool,
     resume_from_run: str | None,
-    spill_budget_mb: int = 32,
     chosen: EndModelChoice | None = None,
 ) -> FitResult:
     """Train the text classifier with the chosen strategy; checkpoints go to the MLflow run.
@@ -216,8 +190,6 @@ def fit_model(
     model = build_text_classifier(
         featurizer.n_features, hidden=hidden, dropout=dropout, n_classes=n_classes
     )
-    if trainer not in TRAINERS:
-        raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
     client = run.client()
     client.log_metric(run.run_id, "rows_train", len(rows))
     for source, count in rows["label_source"].value_counts().items():
@@ -227,13 +199,8 @@ def fit_model(
         checkpoints = Path(folder)
         if resume_from_run:
             _download_latest_checkpoint(client, resume_from_run, checkpoints)
-        strategy: Any = "plain"
-        if trainer == "gpipe":
-            strategy = GPipe(
-                stages=stages, microbatches=microbatches, trace_dir=checkpoints / "trace"
-            )
-        elif trainer == "spill":
-            strategy = Spill(spill_budget_mb * 2**20, offload="disk", folder=folder)
+        strategy = trainer.strategy(checkpoints)
+        if isinstance(strategy, Spill):
             plan = strategy.plan(model, data[0][0].unsqueeze(0), adam, batch_size)
             get_run_logger().info("spilling in %d shards:\n%s", len(plan.counts), plan.describe())
             client.log_metric(run.run_id, "spill_shards", len(plan.counts))
@@ -248,13 +215,13 @@ def fit_model(
             batch_size=batch_size,
             seed=seed,
             shuffle=True,
-            drop_last=trainer == "gpipe",
+            drop_last=trainer.drop_last,
             checkpoint_dir=checkpoints,
             resume=bool(resume_from_run),
-            callbacks=[TrackingCallback(run, label=trainer)],
+            callbacks=[TrackingCallback(run, label=trainer.kind)],
         )
-        if trainer == "gpipe":
-            _log_pipeline_schedule(run, checkpoints / "trace", stages, microbatches)
+        if isinstance(trainer, GPipeTrainer):
+            _log_pipeline_schedule(run, checkpoints / "trace", trainer.stages, trainer.microbatches)
         return result
 
 

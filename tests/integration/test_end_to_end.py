@@ -121,7 +121,7 @@ def test_a_failed_run_resumes_at_the_failed_stage_and_keeps_the_champion(
     """A mistake the form accepts (gpipe needs a batch size that its 4 micro-batches
     divide) fails the run at train; the corrected run reuses ingest and weak_label from
     Prefect's stored results, trains, and keeps the champion, saying why."""
-    training = {"epochs": 4, "trainer": "gpipe", "hidden": [64], "batch_size": 30}
+    training = {"epochs": 4, "trainer": {"kind": "gpipe"}, "hidden": [64], "batch_size": 30}
     bad = {"batch": "it-e2e-2", "model_name": MODEL, "training": training}
     failed = trigger(stack, "end_to_end/end_to_end", bad, timeout_s=900, say=lambda line: None)
     assert failed.state == "FAILED", failed.message

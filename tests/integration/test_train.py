@@ -19,6 +19,7 @@ from mlsys.data.s3 import put_bytes
 from mlsys.labeling import apply_lfs, build_labeled_batch, fit_labeler, gold_array
 from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
+from mlsys.training.trainers import GPipeTrainer, SpillTrainer
 from tests.conftest import read_youtube
 
 pytestmark = pytest.mark.integration
@@ -116,12 +117,10 @@ def test_gpipe_trainer_trains_the_same_model_family(
     uri, _ = labeled
     registered = train(
         labeled_batch=uri,
-        trainer="gpipe",
+        trainer=GPipeTrainer(stages=2, microbatches=4),
         epochs=2,
         batch_size=64,
         hidden=[64, 32],
-        stages=2,
-        microbatches=4,
         model_name="it-gpipe",
     )
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)
@@ -156,16 +155,15 @@ def test_spill_trainer_trains_in_shards_within_the_budget(
     uri, _ = labeled
     registered = train(
         labeled_batch=uri,
-        trainer="spill",
+        trainer=SpillTrainer(budget_mb=96),
         hidden=[64],
-        spill_budget_mb=96,
         epochs=2,
         model_name="it-spill",
     )
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)
     run = client.get_run(client.get_model_version("it-spill", registered["version"]).run_id)
     assert run.data.params["trainer"] == "spill"
-    assert run.data.params["spill_budget_mb"] == "96"
+    assert run.data.params["budget_mb"] == "96"
     # The 32768-feature input layer of 64 units with Adam and its activations needs about
     # 64 MB: it takes a shard alone, the rest of the model a second one.
     assert run.data.metrics["spill_shards"] == 2

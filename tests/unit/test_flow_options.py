@@ -1,5 +1,5 @@
 """The flows' parameter checks that run before any work: the end_to_end form's training
-options and the train flow's GPipe depth check."""
+options and the trainer choice's own checks (GPipe's depth)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.end_to_end import TrainOptions
-from tasks.train import check_gpipe_depth
+from mlsys.training.trainers import GPipeTrainer, PlainTrainer, SpillTrainer
 
 
 def test_the_default_model_is_linear_over_word_and_character_grams() -> None:
@@ -22,20 +22,37 @@ def test_the_default_model_is_linear_over_word_and_character_grams() -> None:
 
 def test_gpipe_on_the_linear_default_is_refused_naming_hidden() -> None:
     with pytest.raises(ValidationError, match=r"stages=2 stages, but hidden=\[\] gives 1 layer"):
-        TrainOptions(trainer="gpipe")
-    assert TrainOptions(trainer="gpipe", hidden=[64]).hidden == [64]
+        TrainOptions.model_validate({"trainer": {"kind": "gpipe"}})
+    options = TrainOptions.model_validate({"trainer": {"kind": "gpipe"}, "hidden": [64]})
+    assert options.trainer == GPipeTrainer(stages=2, microbatches=4)
+    with pytest.raises(ValidationError, match=r"stages=4 stages, but hidden=\[64\] gives 3"):
+        TrainOptions.model_validate({"trainer": {"kind": "gpipe", "stages": 4}, "hidden": [64]})
+
+
+def test_the_trainer_is_decoded_once_by_its_kind_with_its_own_options() -> None:
+    assert TrainOptions().trainer == PlainTrainer()
+    spill = TrainOptions.model_validate({"trainer": {"kind": "spill", "budget_mb": 96}})
+    assert spill.trainer == SpillTrainer(budget_mb=96)
+    assert spill.trainer.params() == {"trainer": "spill", "budget_mb": 96}
+    for bad, named in [
+        ({"kind": "magic"}, "'magic'"),
+        ({"kind": "spill", "stages": 2}, "spill.stages"),  # another kind's option
+        ({"kind": "gpipe", "stages": 1}, "gpipe.stages"),
+    ]:
+        with pytest.raises(ValidationError, match=re.escape(named)):
+            TrainOptions.model_validate({"trainer": bad, "hidden": [64]})
 
 
 @pytest.mark.parametrize(
     ("hidden", "stages", "dropout", "layers"),
-    [([], 2, 0.0, 1), ([64], 4, 0.0, 3), ([64], 5, 0.1, 4)],
+    [([64], 4, 0.0, 3), ([64, 32], 6, 0.0, 5), ([64], 5, 0.1, 4)],
 )
 def test_gpipe_depth_counts_every_layer(
     hidden: list[int], stages: int, dropout: float, layers: int
 ) -> None:
-    check_gpipe_depth(hidden, stages=layers, dropout=dropout)
+    GPipeTrainer(stages=layers).check(hidden=hidden, dropout=dropout)
     with pytest.raises(ValueError, match=re.escape(f"hidden={hidden} gives {layers} layer")):
-        check_gpipe_depth(hidden, stages=stages, dropout=dropout)
+        GPipeTrainer(stages=stages).check(hidden=hidden, dropout=dropout)
 
 
 def _arrow_pool() -> str:

@@ -60,7 +60,7 @@ def test_good_parameters_pass(end_to_end: dict[str, Any]) -> None:
             "batch": "20260101",
             "source": None,
             "label": {"lf_set": "extended", "weighting": "per_source"},
-            "training": {"trainer": "gpipe", "epochs": 3, "lr": 0.1, "hidden": [64]},
+            "training": {"trainer": {"kind": "gpipe"}, "epochs": 3, "lr": 0.1, "hidden": [64]},
             "inference": {"workers": None, "chunk_rows": 1000},
             "promote": False,
         },
@@ -115,7 +115,11 @@ def test_wrong_types_and_bounds_are_refused_naming_the_field(
 @pytest.mark.parametrize(
     "params,field,choices",
     [
-        ({"training": {"trainer": "magic"}}, "training.trainer", "['plain', 'gpipe', 'spill']"),
+        (
+            {"training": {"trainer": {"kind": "magic"}}},
+            "training.trainer.kind",
+            "['gpipe', 'plain', 'spill']",
+        ),
         ({"label": {"weighting": "equal"}}, "label.weighting", "['calibrated', 'confidence',"),
         ({"dataset": "nope"}, "dataset", "['youtube-spam', 'sms']"),
         ({"label": {"lf_set": "nope"}}, "label.lf_set", "['default', 'extended']"),
@@ -145,8 +149,19 @@ def test_several_problems_are_one_line_each(end_to_end: dict[str, Any]) -> None:
 
 def test_other_flows_are_checked_too() -> None:
     train = form("flows/train.py:train")
-    assert refusal(train, {"trainer": "magic"}, "train").startswith(
-        "parameter trainer: 'magic' is not one of ['plain', 'gpipe', 'spill']"
+    assert refusal(train, {"trainer": {"kind": "magic"}}, "train").startswith(
+        "parameter trainer.kind: 'magic' is not one of ['gpipe', 'plain', 'spill']"
+    )
+    assert refusal(train, {"trainer": "gpipe"}, "train") == (
+        'parameter trainer: "gpipe" is not an object; give one like {"kind": "gpipe"} '
+        "(kind: one of ['gpipe', 'plain', 'spill'])"
+    )
+    assert refusal(train, {"trainer": {"kind": "gpipe", "stage": 3}}, "train") == (
+        "parameter trainer.stage: unknown field; did you mean 'stages'? "
+        "(known: kind, stages, microbatches)"
+    )
+    assert refusal(train, {"trainer": {"kind": "spill", "budget_mb": 0}}, "train") == (
+        "parameter trainer.budget_mb: 0 is less than the minimum of 1"
     )
     assert refusal(train, {"hiden": [64]}, "train").startswith(
         "parameter hiden: unknown parameter of train; did you mean 'hidden'?"
