@@ -13,7 +13,7 @@ from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
 from mlsys.settings import Settings
-from mlsys.training.trainers import GPipeTrainer, PlainTrainer, TrainerSpec
+from mlsys.training.trainers import PlainTrainer, TrainerSpec
 from tasks.retry import tolerant
 from tasks.serving import reload_model_server
 from tasks.tracking import flow_run_tracking
@@ -134,7 +134,7 @@ def train(
         if choose:
             chosen = choose_end_model(
                 run, df, definition, featurizer, use_weights=use_weights, seed=seed,
-                layered=isinstance(trainer, GPipeTrainer),
+                layered=trainer.layered,
             )  # fmt: skip
             lr, hidden, epochs = chosen.config.lr, list(chosen.config.hidden), chosen.epochs
             threshold = chosen.threshold

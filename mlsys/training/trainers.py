@@ -32,6 +32,8 @@ class _Trainer(BaseModel):
 
     drop_last: ClassVar[bool] = False
     """Whether a last, short mini-batch of an epoch is left out."""
+    layered: ClassVar[bool] = False
+    """Whether the model must have hidden layers (several layers to cut between)."""
 
     def check(self, *, hidden: list[int], dropout: float) -> None:
         """Refuse, naming the values, a text classifier this trainer cannot train (what
@@ -68,6 +70,7 @@ class GPipeTrainer(_Trainer):
     microbatches: int = Field(4, ge=1, description="Micro-batches per mini-batch.")
 
     drop_last: ClassVar[bool] = True
+    layered: ClassVar[bool] = True
 
     def check(self, *, hidden: list[int], dropout: float) -> None:
         layers = text_classifier_layers(hidden, dropout)
