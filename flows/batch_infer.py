@@ -1,12 +1,13 @@
 """Flow `batch_infer`: a registered model scores a Parquet/CSV input of a dataset in streaming
 chunks, predictions written as Parquet parts to S3, resumable, checked with the dataset's
-serving suite."""
+serving suite; in this process, on a Dask cluster it makes on this machine, or on the Dask
+cluster at `MLSYS_DASK_ADDRESS` (the same tasks in each case)."""
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from prefect import flow
@@ -16,16 +17,18 @@ from mlsys.data.catalog import predictions_prefix, quarantine_prefix, raw_prefix
 from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.data.sources import normalized_names
-from mlsys.inference.batch import count_chunks
+from mlsys.inference.inputs import is_s3
 from mlsys.memory import STREAMING_ENV
 from mlsys.settings import Settings
 from tasks.batch_infer import (
     ModelRef,
+    chunk_count,
     claim_output,
+    drop_staged_input,
     first_chunk,
+    list_input,
     resolve_model,
     score_partition,
-    scratch_folder,
     serving_suite,
     stage_input,
     write_manifest,
@@ -39,21 +42,27 @@ from tasks.validate import validate_batch
 def score_partitions(
     settings: Settings,
     ref: ModelRef,
-    paths: list[Path],
+    inputs: list[str],
     workers: int,
     options: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """One `score-partition` task per worker, each taking every `workers`-th chunk."""
+    """One `score-partition` task per worker, each taking every `workers`-th chunk and
+    reading it from ``inputs`` itself; only locations and counts pass through Dask."""
     futures = [
-        score_partition.submit(settings, ref, paths, partition=(i, workers), **options)
+        score_partition.submit(settings, ref, inputs, partition=(i, workers), **options)
         for i in range(workers)
     ]
     return [row for future in futures for row in future.result()]
 
 
-def _dask_runner(workers: int) -> Any:
+def _dask_runner(workers: int, address: str | None = None) -> Any:
+    """The cluster at ``address`` (``MLSYS_DASK_ADDRESS``, with Dask's own TLS
+    configuration), else a cluster of ``workers`` processes on this machine, made for
+    this run."""
     from prefect_dask.task_runners import DaskTaskRunner
 
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": workers,
@@ -68,6 +77,34 @@ def _dask_runner(workers: int) -> Any:
             "env": dict(STREAMING_ENV),
         }
     )
+
+
+def _cluster_threads(address: str) -> int:
+    """Worker threads of the Dask cluster at ``address`` (at least 1), asked of its
+    scheduler with Dask's own security configuration.
+
+    Raises:
+        ValueError: a ``tls://`` address without Dask's TLS configuration.
+        RuntimeError: the scheduler cannot be reached; the message names the setting.
+    """
+    import dask.config
+    from distributed import Client
+
+    connect: Any = Client  # untyped
+    if address.startswith("tls://") and not dask.config.get("distributed.comm.tls.ca-file"):
+        raise ValueError(
+            f"MLSYS_DASK_ADDRESS={address} needs Dask's TLS configuration: "
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
+            "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (or the same keys in a Dask "
+            "configuration file)"
+        )
+    try:
+        with connect(address, timeout="60s", set_as_default=False) as cluster:
+            return max(1, int(sum(cluster.nthreads().values())))
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeError(
+            f"cannot reach the Dask scheduler at MLSYS_DASK_ADDRESS={address}: {exc}"
+        ) from exc
 
 
 @flow(name="batch_infer", log_prints=True)
@@ -112,8 +149,11 @@ def batch_infer(
         chunk_rows: Rows read, checked and scored at a time; bounds memory.
         id_column: Input column copied into the predictions to join them back. Empty:
             the dataset's id column.
-        workers: Processes scoring chunks in parallel (a Dask cluster on this machine
-            when > 1). Empty: one per CPU, at most one per chunk (so a one-chunk input
+        workers: Partitions scored in parallel, each by one task that reads its own
+            chunks: on the Dask cluster at MLSYS_DASK_ADDRESS when that is set (a local
+            input is first put in S3 under staging/), else on a Dask cluster on this
+            machine when > 1. Empty: one per CPU (per worker thread of the given
+            cluster), at most one per chunk (so, without a cluster, a one-chunk input
             runs in this process).
         validation: "quarantine": rows failing the serving suite are set aside; "fail":
             any failing row stops the run.
@@ -123,10 +163,12 @@ def batch_infer(
 
     Raises:
         ValueError: an unknown dataset (the defined ones are listed), a model, version
-            or alias that does not exist, a model trained on other classes, or bad
-            `workers` or `chunk_rows` (each named).
+            or alias that does not exist, a model trained on other classes, bad
+            `workers` or `chunk_rows` (each named), or a tls:// MLSYS_DASK_ADDRESS
+            without Dask's TLS configuration.
         FileNotFoundError: the dataset has no serving suite (the message says how to
             infer one).
+        RuntimeError: the scheduler at MLSYS_DASK_ADDRESS cannot be reached.
     """
     settings = Settings.load()
     if workers is not None and workers < 1:
@@ -155,15 +197,16 @@ def batch_infer(
         "workers": workers,
         "validation": validation,
     }
+    threads = _cluster_threads(settings.dask_address) if settings.dask_address else None
     ref = resolve_model(settings, model_name, alias, model_version, definition.classes)
-    with flow_run_tracking(settings, params=params) as run, scratch_folder(settings) as tmp:
+    with flow_run_tracking(settings, params=params) as run:
         client = run.client()
         client.set_tag(run.run_id, "mlsys.model_uri", ref.uri)
-        paths = stage_input(settings, source, Path(tmp))
+        inputs = list_input(settings, source)
         validate_batch(
             run,
             settings,
-            first_chunk(paths, chunk_rows, rename),
+            first_chunk(settings, inputs, chunk_rows, rename),
             suite="serving",
             mode=validation,
             dataset=dataset,
@@ -172,11 +215,16 @@ def batch_infer(
             drift_kind="skew",
             write_quarantine=False,
         )
-        chunks = count_chunks(paths, chunk_rows)
-        workers = workers or max(1, min(os.cpu_count() or 1, chunks))
-        print(f"{chunks} chunks of up to {chunk_rows} rows; {workers} worker(s)")
+        chunks = chunk_count(settings, inputs, chunk_rows)
+        workers = workers or max(1, min(threads or os.cpu_count() or 1, chunks))
+        where = f"the cluster at {settings.dask_address}" if threads is not None else "this machine"
+        print(f"{chunks} chunks of up to {chunk_rows} rows; {workers} worker(s) on {where}")
         client.log_param(run.run_id, "workers_used", workers)
         resumed = claim_output(settings, prefix, ref, source, chunk_rows)
+        # Workers on other hosts cannot read this machine's files: those go to S3 first.
+        staged = threads is not None and not all(is_s3(x) for x in inputs)
+        if staged:
+            inputs = stage_input(settings, inputs, dataset, batch)
         options: dict[str, Any] = {
             "prefix": prefix,
             "quarantine_prefix": quarantine_prefix("serving", dataset, batch),
@@ -187,14 +235,16 @@ def batch_infer(
             "validation": validation,
         }
         began = time.perf_counter()
-        if workers == 1:
-            results = score_partition(settings, ref, paths, **options)
+        if workers == 1 and threads is None:
+            results = score_partition(settings, ref, inputs, **options)
         else:
-            results = score_partitions.with_options(task_runner=_dask_runner(workers))(
-                settings, ref, paths, workers, options
-            )
+            results = score_partitions.with_options(
+                task_runner=_dask_runner(workers, settings.dask_address)
+            )(settings, ref, inputs, workers, options)
         seconds = time.perf_counter() - began
         manifest, counts = write_manifest(settings, prefix, ref, source, results)
+        if staged:
+            drop_staged_input(settings, dataset, batch)
         scored = counts["rows_in"] - sum(r["rows_in"] for r in results if r["skipped"])
         metrics = {**counts, "seconds": seconds, "rows_per_second": scored / max(seconds, 1e-9)}
         for key, value in metrics.items():

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
         ),
     )
 
+    dask_address: str | None = Field(
+        default=None,
+        description=(
+            "Dask scheduler that runs batch_infer's partitions (`tls://host:8786`), with "
+            "Dask's own TLS configuration (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+            "..._CLIENT__CERT, ..._CLIENT__KEY); unset means a cluster on this machine, "
+            "made for each run, with mutual TLS."
+        ),
+    )
+
     outage_tolerance_s: float = Field(
         default=120.0,
         ge=0,
@@ -336,6 +346,8 @@ class Settings(BaseSettings):
         }
         if self.datasets_dir:
             env["MLSYS_DATASETS_DIR"] = self.datasets_dir
+        if self.dask_address:
+            env["MLSYS_DASK_ADDRESS"] = self.dask_address
         endpoint = self.s3_endpoint
         env["MLSYS_S3_ENDPOINT_URL"] = endpoint or ""
         if endpoint:

@@ -1,13 +1,13 @@
-"""Tasks of `batch_infer`: find the model, stage the input, score partitions, write the manifest."""
+"""Tasks of `batch_infer`: find the model, list (and, for a cluster elsewhere, stage) the
+input, score partitions, write the manifest."""
 
 from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,13 +16,15 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from mlsys.data.catalog import staged_input_key, staging_prefix
 from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import S3Error, S3Uri, get_bytes, list_keys, put_bytes
-from mlsys.inference.batch import ChunkResult, iter_chunks, score_chunks
+from mlsys.inference.batch import ChunkResult, count_chunks, iter_chunks, score_chunks
+from mlsys.inference.inputs import InputFile, is_s3, resolve_inputs
 from mlsys.memory import bound_streaming_memory
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode, ValidationFailed, run_checkpoint
-from tasks.retry import outage_tolerant, tolerant
+from tasks.retry import outage_tolerant, ride_out, tolerant
 from tasks.validate import dataset_suite
 
 MANIFEST = "_manifest.json"
@@ -124,41 +126,88 @@ def resolve_model(
     return ref
 
 
-@task(name="stage-input", cache_policy=NO_CACHE)
+INPUT_SUFFIXES = (".parquet", ".csv")
+
+
+@task(name="list-input", cache_policy=NO_CACHE)
 @outage_tolerant
-def stage_input(settings: Settings, source: str, folder: Path) -> list[Path]:
-    """Local paths of the input files: an s3:// object or every .parquet/.csv under an
-    s3:// prefix is downloaded (streamed to disk) into ``folder``; a local file or folder
-    is used in place."""
-    wanted = (".parquet", ".csv")
-    if source.startswith("s3://"):
+def list_input(settings: Settings, source: str) -> list[str]:
+    """The input files of ``source``, in scoring order: an s3:// object, or every
+    .parquet/.csv under an s3:// prefix (as s3:// URIs, sorted by key); a local file, or
+    every .parquet/.csv in a local folder (as paths, sorted by name). Nothing is read.
+
+    Raises:
+        ValueError: a local ``source`` that does not exist or holds no input files.
+        S3Error: an S3 ``source`` with no input (permanent) or that cannot be listed.
+    """
+    if is_s3(source):
         uri = S3Uri.parse(source)
-        client = settings.s3_client()
-        if uri.key.endswith(wanted):
-            keys = [uri.key]
-        else:
-            prefix = uri.key.rstrip("/") + "/"
-            keys = sorted(k for _, k in list_keys(client, uri.bucket, prefix) if k.endswith(wanted))
+        if uri.key.endswith(INPUT_SUFFIXES):
+            return [str(uri)]
+        prefix = uri.key.rstrip("/") + "/"
+        keys = sorted(
+            k
+            for _, k in list_keys(settings.s3_client(), uri.bucket, prefix)
+            if k.endswith(INPUT_SUFFIXES)
+        )
         if not keys:
             raise S3Error(f"no .parquet or .csv input at {source}", permanent=True)
-        paths = []
-        for i, key in enumerate(keys):
-            target = folder / f"{i:04d}-{PurePosixPath(key).name}"
-            try:
-                client.download_file(uri.bucket, key, str(target))
-            except Exception as exc:
-                raise S3Error(f"cannot read s3://{uri.bucket}/{key}: {exc}") from exc
-            paths.append(target)
-        return paths
+        return [f"s3://{uri.bucket}/{key}" for key in keys]
     path = Path(source)
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in wanted)
+        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
         if not paths:
             raise ValueError(f"no .parquet or .csv files in {path}")
-        return paths
+        return [str(p) for p in paths]
     if path.is_file():
-        return [path]
+        return [str(path)]
     raise ValueError(f"input {source!r} is neither an s3:// URI nor an existing file or folder")
+
+
+@task(name="stage-input", cache_policy=NO_CACHE)
+@outage_tolerant
+def stage_input(settings: Settings, inputs: list[str], dataset: str, batch: str) -> list[str]:
+    """``inputs`` readable from any host: each local file is put in S3 (streamed, in
+    parts) under staging/<dataset>/<batch>/, numbered by its place so the order and so
+    the chunks' names stay those of the local input; s3:// inputs are kept as they are."""
+    client = settings.s3_client()
+    staged = []
+    for file, location in enumerate(inputs):
+        if is_s3(location):
+            staged.append(location)
+            continue
+        path = Path(location)
+        key = staged_input_key(dataset, batch, file, path.name)
+        try:
+            client.upload_file(str(path), settings.bucket, key)
+        except Exception as exc:
+            raise S3Error(f"cannot write {settings.s3_uri(key)}: {exc}") from exc
+        staged.append(settings.s3_uri(key))
+    get_run_logger().info(
+        "staged %d local input file(s) under %s",
+        sum(not is_s3(x) for x in inputs),
+        settings.s3_uri(staging_prefix(dataset, batch)),
+    )
+    return staged
+
+
+@task(name="drop-staged-input", cache_policy=NO_CACHE)
+@outage_tolerant
+def drop_staged_input(settings: Settings, dataset: str, batch: str) -> int:
+    """Remove what :func:`stage_input` put in S3 for ``batch``; how many objects."""
+    client = settings.s3_client()
+    keys = [k for _, k in list_keys(client, settings.bucket, staging_prefix(dataset, batch))]
+    for key in keys:
+        try:
+            client.delete_object(Bucket=settings.bucket, Key=key)
+        except Exception as exc:
+            raise S3Error(f"cannot delete {settings.s3_uri(key)}: {exc}") from exc
+    return len(keys)
+
+
+def input_files(settings: Settings, inputs: Sequence[str]) -> list[InputFile]:
+    """The files of ``inputs`` (:func:`list_input`'s), S3 objects read in place."""
+    return resolve_inputs(inputs, settings.s3_client)
 
 
 class S3Sink:
@@ -222,7 +271,7 @@ def serving_check(suite: Mapping[str, Any], mode: Mode) -> Any:
 def score_partition(
     settings: Settings,
     ref: ModelRef,
-    paths: list[Path],
+    inputs: list[str],
     *,
     prefix: str,
     quarantine_prefix: str,
@@ -234,8 +283,14 @@ def score_partition(
     partition: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
     """Score this partition's chunks of the input with the model, each checked with the
-    serving ``suite``; skip chunks done before."""
+    serving ``suite``; skip chunks done before.
+
+    ``inputs`` are :func:`list_input`'s locations: this task reads its own chunks from
+    them (S3 objects in place, with ranged reads), on whichever host it runs, and writes
+    its parts to S3; only locations and counts pass through the scheduler."""
     logger = get_run_logger()
+    # A worker on another host knows the MLflow server only from these settings.
+    settings.export_mlflow_credentials()
     # Before the model and the checks allocate anything, so that freed blocks go back to
     # the system from the start (score_chunks applies it too, for callers outside a task).
     bound_streaming_memory()
@@ -253,7 +308,7 @@ def score_partition(
         )
 
     results = score_chunks(
-        iter_chunks(paths, chunk_rows, rename=rename),
+        iter_chunks(input_files(settings, inputs), chunk_rows, rename=rename),
         model.predict,
         S3Sink(settings, prefix),
         inputs=ref.inputs,
@@ -320,13 +375,17 @@ def write_manifest(
     return uri, counts
 
 
-def first_chunk(paths: list[Path], chunk_rows: int, rename: dict[str, str]) -> pd.DataFrame:
+def first_chunk(
+    settings: Settings, inputs: list[str], chunk_rows: int, rename: dict[str, str]
+) -> pd.DataFrame:
     """The input's first chunk: what the serving checkpoint and skew check look at in
     full (Data Docs, skew against the training data) before anything is scored."""
-    return next(iter(iter_chunks(paths, chunk_rows, rename=rename))).read()
+    files = input_files(settings, inputs)
+    return ride_out(lambda: next(iter(iter_chunks(files, chunk_rows, rename=rename))).read())
 
 
-def scratch_folder(settings: Settings) -> tempfile.TemporaryDirectory[str]:
-    folder = settings.stack_dir / "tmp"
-    folder.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix="batch-infer-", dir=folder)
+def chunk_count(settings: Settings, inputs: list[str], chunk_rows: int) -> int:
+    """How many chunks the input makes (:func:`mlsys.inference.batch.count_chunks`:
+    Parquet footers; CSV line counts, streamed)."""
+    files = input_files(settings, inputs)
+    return ride_out(count_chunks, files, chunk_rows)

@@ -12,6 +12,8 @@ __all__ = [
     "raw_key",
     "raw_prefix",
     "schema_prefix",
+    "staged_input_key",
+    "staging_prefix",
 ]
 
 
@@ -48,6 +50,18 @@ def quarantine_prefix(stage: str, dataset: str, batch: str) -> str:
 def predictions_prefix(dataset: str, batch: str) -> str:
     """Folder of one scored batch's parts and manifest (written by ``batch_infer``)."""
     return f"predictions/{dataset}/{batch}/"
+
+
+def staging_prefix(dataset: str, batch: str) -> str:
+    """Folder of a local input put in S3 for ``batch_infer``'s workers on other hosts:
+    ``staging/<dataset>/<batch>/``, removed once the predictions are complete."""
+    return f"staging/{dataset}/{batch}/"
+
+
+def staged_input_key(dataset: str, batch: str, file: int, name: str) -> str:
+    """Input file number ``file`` (its place in the input's order) of a staged input,
+    under its own name: ``staging/<dataset>/<batch>/<file:04d>/<name>``."""
+    return f"{staging_prefix(dataset, batch)}{file:04d}/{name}"
 
 
 def online_predictions_prefix(dataset: str, day: str) -> str:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from mlsys.atomic import write_bytes_atomic
+from mlsys.inference.inputs import InputFile
 from mlsys.memory import bound_streaming_memory, trim_heap
 
 __all__ = [
@@ -89,12 +90,13 @@ class Chunk:
 
 
 def iter_chunks(
-    paths: Sequence[Path],
+    paths: Sequence[InputFile],
     chunk_rows: int,
     *,
     rename: Mapping[str, str] | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of every file in ``paths``, in order; chunk ``k`` of a file holds its rows
+    """Chunks of every file in ``paths`` (local paths or S3 objects read in place, see
+    :mod:`mlsys.inference.inputs`), in order; chunk ``k`` of a file holds its rows
     ``[k * chunk_rows, (k + 1) * chunk_rows)``. ``rename`` maps source column names to the
     names the model and suites expect (e.g. ``CONTENT`` -> ``text``); columns it does not
     name keep their names.
@@ -124,14 +126,14 @@ def iter_chunks(
             raise ValueError(f"input file {path.name!r} is neither .parquet nor .csv")
 
 
-def count_chunks(paths: Sequence[Path], chunk_rows: int) -> int:
+def count_chunks(paths: Sequence[InputFile], chunk_rows: int) -> int:
     """How many chunks :func:`iter_chunks` will make: exact for Parquet (from the file
     footers), an estimate for CSV (line count, which overcounts quoted line breaks).
     Cheap enough to size a worker pool before reading anything."""
     total = 0
     for path in paths:
         if path.suffix.lower() == ".parquet":
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = _parquet_file(path).metadata.num_rows
         else:
             with path.open("rb") as handle:
                 rows = max(
@@ -148,7 +150,7 @@ def _renamed(frame: pd.DataFrame, rename: Mapping[str, str] | None) -> pd.DataFr
 
 
 def _parquet_chunks(
-    file: int, path: Path, chunk_rows: int, rename: Mapping[str, str] | None
+    file: int, path: InputFile, chunk_rows: int, rename: Mapping[str, str] | None
 ) -> Iterator[Chunk]:
     rows = ParquetRows(path, batch_rows=chunk_rows)
     if rows.num_rows == 0:
@@ -175,12 +177,12 @@ class ParquetRows:
     At most ``batch_rows`` decoded rows are held between reads.
     """
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
+    def __init__(self, path: InputFile, batch_rows: int) -> None:
         try:
             # No pre-buffering: with it, the first read caches the compressed column chunks
             # of every row group from there to the end of the file (about 2 MiB per 50k
             # comments), so memory would grow with the input instead of the chunk.
-            self._file = pq.ParquetFile(path, pre_buffer=False)
+            self._file = _parquet_file(path, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ValueError(f"cannot read Parquet file {path.name!r}: {exc}") from exc
         self.path = path
@@ -261,6 +263,15 @@ class ParquetRows:
         return pa.Table.from_batches(pieces, schema=self._file.schema_arrow)
 
 
+def _parquet_file(path: InputFile, **options: Any) -> pq.ParquetFile:
+    """A Parquet reader over a local file, or over an S3 object in place: unbuffered, so
+    that each read the reader makes (the footer, a column chunk) is one ranged GET of
+    exactly its bytes."""
+    return pq.ParquetFile(
+        path if isinstance(path, Path) else path.open("rb", buffering=0), **options
+    )
+
+
 def _types_mapper(arrow_type: pa.DataType) -> Any:
     """Arrow strings as pandas' NA-aware string dtype, as the rest of mlsys reads them."""
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
@@ -269,7 +280,7 @@ def _types_mapper(arrow_type: pa.DataType) -> Any:
 
 
 def _csv_chunks(
-    file: int, path: Path, chunk_rows: int, rename: Mapping[str, str] | None
+    file: int, path: InputFile, chunk_rows: int, rename: Mapping[str, str] | None
 ) -> Iterator[Chunk]:
     start = 0
     for index, frame in enumerate(_csv_frames(path, chunk_rows)):
@@ -285,10 +296,10 @@ def _copy_of(frame: pd.DataFrame) -> Callable[[], pd.DataFrame]:
     return lambda: frame.copy(deep=False)
 
 
-def _csv_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _csv_frames(path: InputFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
     try:
         reader = pd.read_csv(
-            path,
+            path if isinstance(path, Path) else path.open("rb"),
             dtype=str,
             keep_default_na=False,
             encoding="utf-8-sig",

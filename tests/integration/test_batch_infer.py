@@ -38,7 +38,7 @@ def champion(stack: Settings, raw: pd.DataFrame) -> str:
     outcome = trigger(
         stack,
         "train/train",
-        {"labeled_batch": uri, "epochs": 2, "model_name": MODEL},
+        {"labeled_batch": uri, "training": {"epochs": 2, "choose": False}, "model_name": MODEL},
         timeout_s=400,
         say=lambda line: None,
     )
