@@ -4,21 +4,19 @@ batch_infer with the champion, each stage a subflow whose MLflow run nests under
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.batch_infer import batch_infer
 from flows.ingest import ingest
+from flows.options import InferOptions, LabelOptions, TrainOptions
 from flows.train import train
 from flows.weak_label import weak_label
-from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
+from mlsys.data.definition import load_dataset
 from mlsys.links import mlflow_model_link
-from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES
 from mlsys.settings import Settings
-from mlsys.training.trainers import PlainTrainer, TrainerSpec
 from tasks.hooks import STAGE_HOOKS
 from tasks.retry import tolerant
 from tasks.stages import (
@@ -29,76 +27,6 @@ from tasks.stages import (
     s3_object_exists,
 )
 from tasks.tracking import flow_run_tracking, stage_metrics
-
-
-class LabelOptions(BaseModel):
-    """How the raw batch gets its labels (the gold rows come from the dataset's gold policy)."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
-
-    lf_set: str = Field(
-        DEFAULT_LF_SET,
-        description="An LF set of the dataset's LF module (LF_SETS); `default` unless told.",
-    )
-    weighting: Literal["calibrated", "confidence", "per_source"] = Field(
-        "calibrated",
-        description="Weight of a weak label: P(correct | confidence) fitted on dev, the "
-        "label model's own confidence, or the weak labels' dev accuracy.",
-    )
-
-
-class TrainOptions(BaseModel):
-    """How the dataset's text classifier is trained."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
-
-    trainer: TrainerSpec = Field(
-        default_factory=PlainTrainer,
-        description='{"kind": "plain"}: one process; {"kind": "gpipe", "stages": 2, '
-        '"microbatches": 4}: pipeline-parallel stages (needs hidden layers); {"kind": '
-        '"spill", "budget_mb": 32}: one shard at a time within a memory budget.',
-    )
-    epochs: int = Field(8, ge=1, description="Passes over the training rows.")
-    batch_size: int = Field(64, ge=1, description="Examples per optimizer step.")
-    lr: float = Field(0.01, gt=0, description="Adam learning rate.")
-    hidden: list[int] = Field(
-        default_factory=list,
-        description="Hidden layer widths. Empty: a linear model (logistic regression); "
-        "gpipe needs at least one, e.g. [64].",
-    )
-    n_features: int = Field(
-        PIPELINE_N_FEATURES, ge=16, description="Hashed text features (a power of two)."
-    )
-    char_ngrams: list[int] | None = Field(
-        default_factory=lambda: list(PIPELINE_CHAR_NGRAMS),
-        min_length=2,
-        max_length=2,
-        description="[min, max] character n-gram lengths hashed beside the word n-grams "
-        "(they want many features: 32768 for [1, 4]). Empty: words only.",
-    )
-    seed: int = Field(123, description="Seed of initialization, shuffling and dropout.")
-    choose: bool = Field(
-        True,
-        description="Choose lr, hidden widths, epochs and class balancing (and a binary "
-        "F1 threshold) on the gold dev rows by the dataset's metric, then train that "
-        "(the values above are then ignored); off: train with the values above.",
-    )
-
-    @model_validator(mode="after")
-    def _trainer_fits_the_model(self) -> TrainOptions:
-        self.trainer.check(hidden=self.hidden, dropout=0.0)
-        return self
-
-
-class InferOptions(BaseModel):
-    """How the newest batch is scored."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, naming it
-
-    chunk_rows: int = Field(50_000, ge=1, description="Rows per streamed chunk.")
-    workers: int | None = Field(
-        None, ge=1, description="Scoring workers (Dask); empty: one per CPU, at most one per chunk."
-    )
 
 
 @flow(name="end_to_end", log_prints=True, **STAGE_HOOKS)
@@ -152,9 +80,8 @@ def end_to_end(
         "model_name": model_name,
         "promote": promote,
         "refresh": refresh,
-        **{f"label.{k}": v for k, v in label.model_dump().items()},
-        **{f"training.{k}": v for k, v in training.model_dump(exclude={"trainer"}).items()},
-        **{f"training.{k}": v for k, v in training.trainer.params().items()},
+        **{f"label.{k}": v for k, v in label.params().items()},
+        **{f"training.{k}": v for k, v in training.params().items()},
         **{f"inference.{k}": v for k, v in inference.model_dump().items()},
     }
     with flow_run_tracking(settings, params=params) as run:
@@ -176,8 +103,7 @@ def end_to_end(
             raw_batch=raw,
             dataset=dataset,
             batch=batch,
-            lf_set=label.lf_set,
-            weighting=label.weighting,
+            label=label,
         )
         registered = stages.run(
             "train",
@@ -191,15 +117,7 @@ def end_to_end(
             still_valid=lambda out: _version_exists(settings, model_name, out["version"]),
             labeled_batch=labeled,
             dataset=dataset,
-            trainer=training.trainer,
-            epochs=training.epochs,
-            batch_size=training.batch_size,
-            lr=training.lr,
-            hidden=training.hidden,
-            n_features=training.n_features,
-            char_ngrams=_pair(training.char_ngrams),
-            seed=training.seed,
-            choose=training.choose,
+            training=training,
             model_name=model_name,
             promote=promote,
         )
@@ -279,11 +197,6 @@ def _summary(
         f"MLflow run: [{outcome['mlflow_run']}]({outcome['mlflow_run']})",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _pair(lengths: list[int] | None) -> tuple[int, int] | None:
-    """``[min, max]`` from the form as the tuple `train` takes; empty or None stays None."""
-    return (lengths[0], lengths[1]) if lengths else None
 
 
 def _version_exists(settings: Settings, model_name: str, version: str) -> bool:

@@ -8,12 +8,12 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.options import TrainOptions
 from mlsys.data.catalog import labeled_prefix
 from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
-from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
+from mlsys.models.text import pipeline_featurizer
 from mlsys.settings import Settings
-from mlsys.training.trainers import PlainTrainer, TrainerSpec
 from tasks.retry import tolerant
 from tasks.serving import reload_model_server
 from tasks.tracking import flow_run_tracking
@@ -31,22 +31,12 @@ from tasks.train import (
 def train(
     labeled_batch: str | None = None,
     dataset: str = "youtube-spam",
-    trainer: TrainerSpec = PlainTrainer(),  # noqa: B008 - a default the Prefect UI form shows
-    epochs: int = 8,
-    batch_size: int = 64,
-    lr: float = 0.01,
-    hidden: list[int] | None = None,
-    dropout: float = 0.0,
-    n_features: int = PIPELINE_N_FEATURES,
-    char_ngrams: tuple[int, int] | None = PIPELINE_CHAR_NGRAMS,
-    use_weights: bool = True,
-    seed: int = 123,
+    training: TrainOptions = TrainOptions(),  # noqa: B008 - a default the Prefect UI form shows
     model_name: str | None = None,
     alias: str = "challenger",
     resume_from_run: str | None = None,
     validation: Literal["fail", "quarantine"] = "fail",
     promote: bool = True,
-    choose: bool = False,
 ) -> dict[str, str]:
     """Train the dataset's text classifier on a labeled batch and register it as `alias`.
 
@@ -61,22 +51,11 @@ def train(
         labeled_batch: s3:// URI of a batch written by `weak_label`. Empty: the newest
             under labeled/<dataset>/.
         dataset: A dataset defined under datasets/: its classes, metric and suites.
-        trainer: {"kind": "plain"} (one process), {"kind": "gpipe", "stages": 2,
-            "microbatches": 4} (pipeline-parallel: a process per stage, each mini-batch cut
-            into micro-batches) or {"kind": "spill", "budget_mb": 32} (one shard at a time
-            within the budget, the others spilled to disk; hidden=[64] over 32768
-            features needs 96).
-        epochs: Passes over the training rows.
-        batch_size: Examples per optimizer step (gpipe: a multiple of `microbatches`).
-        lr: Adam learning rate.
-        hidden: Hidden layer widths. Empty (the default): none, a linear model (logistic
-            regression over the hashed features); gpipe needs at least one, e.g. [64].
-        dropout: Dropout after each hidden layer.
-        n_features: Hashed text features (a power of two).
-        char_ngrams: [min, max] lengths of character n-grams hashed beside the word
-            n-grams (they want many features: 32768 for [1, 4]). Empty: words only.
-        use_weights: Weigh each example by its label's quality (gold 1, weak < 1).
-        seed: Seed of initialization, shuffling and dropout.
+        training: The trainer ({"kind": "plain"}, {"kind": "gpipe", "stages": 2,
+            "microbatches": 4} or {"kind": "spill", "budget_mb": 32}), the model and the
+            optimization; with `choose` on (the default) the learning rate, widths,
+            epochs and class balancing are chosen on the gold dev rows by the dataset's
+            metric (dev rows stay out of training).
         model_name: Registered model name in MLflow. Empty: the dataset's
             (`model_name` in its definition, else `<dataset>-classifier`).
         alias: Alias set on the new model version.
@@ -86,12 +65,6 @@ def train(
             "quarantine": failing rows are left out (and written to quarantine/training/).
         promote: Also set alias `champion` on the new version when its test score by the
             dataset's metric beats the current champion's (or there is none yet).
-        choose: Choose `lr`, `hidden`, `epochs` and class balancing (and, for a binary
-            dataset scored by F1, the decision threshold) on the gold dev rows by the
-            dataset's metric, among candidates trained on the weak train rows' class
-            probabilities; then train the chosen configuration the same way with
-            `trainer` (dev rows stay out of training). The given `lr`, `hidden` and
-            `epochs` are then ignored.
 
     Returns:
         The registered model's name, version, alias, model URI, test accuracy, the
@@ -104,53 +77,41 @@ def train(
     uri = labeled_batch or latest_key(
         tolerant(settings.s3_client()), settings.bucket, labeled_prefix(dataset)
     )
-    hidden = list(hidden or [])
-    trainer.check(hidden=hidden, dropout=dropout)
-    featurizer = pipeline_featurizer(n_features, char_ngrams)
+    trainer = training.trainer
+    featurizer = pipeline_featurizer(training.n_features, training.char_range)
     params = {
         "labeled_batch": uri,
         "dataset": dataset,
         "classes": list(definition.classes),
         "metric": definition.metric,
-        **trainer.params(),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "hidden": hidden,
-        "dropout": dropout,
-        "n_features": n_features,
-        "char_ngrams": list(char_ngrams) if char_ngrams else None,
-        "use_weights": use_weights,
-        "seed": seed,
+        **training.params(),
         "model_name": model_name,
         "resume_from_run": resume_from_run,
         "validation": validation,
         "promote": promote,
-        "choose": choose,
     }
     with flow_run_tracking(settings, params=params) as run:
         df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
-        threshold, chosen = None, None
-        if choose:
+        chosen = None
+        if training.choose:
             chosen = choose_end_model(
-                run, df, definition, featurizer, use_weights=use_weights, seed=seed,
-                layered=trainer.layered,
+                run, df, definition, featurizer, use_weights=training.use_weights,
+                seed=training.seed, layered=trainer.layered,
             )  # fmt: skip
-            lr, hidden, epochs = chosen.config.lr, list(chosen.config.hidden), chosen.epochs
-            threshold = chosen.threshold
+        threshold = chosen.threshold if chosen else None
         result = fit_model(
             run,
             df,
             n_classes=definition.k,
             trainer=trainer,
             featurizer=featurizer,
-            hidden=hidden,
-            dropout=dropout,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            use_weights=use_weights,
+            hidden=list(chosen.config.hidden) if chosen else training.hidden,
+            dropout=training.dropout,
+            lr=chosen.config.lr if chosen else training.lr,
+            epochs=chosen.epochs if chosen else training.epochs,
+            batch_size=training.batch_size,
+            seed=training.seed,
+            use_weights=training.use_weights,
             resume_from_run=resume_from_run,
             chosen=chosen,
         )

@@ -9,8 +9,9 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.options import LabelOptions
 from mlsys.data.catalog import labeled_key, labeled_prefix, quarantine_key
-from mlsys.data.definition import DEFAULT_LF_SET, load_dataset
+from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import S3Uri
 from mlsys.labeling.analysis import plot_weights
 from mlsys.settings import Settings
@@ -35,11 +36,7 @@ def weak_label(
     raw_batch: str | None = None,
     dataset: str = "youtube-spam",
     batch: str | None = None,
-    lf_set: str = DEFAULT_LF_SET,
-    weighting: Literal["calibrated", "confidence", "per_source"] = "calibrated",
-    seed: int = 123,
-    lf_errors: Literal["raise", "abstain"] = "raise",
-    n_jobs: int | None = None,
+    label: LabelOptions = LabelOptions(),  # noqa: B008 - a default the Prefect UI form shows
     validation: Literal["quarantine", "fail"] = "quarantine",
     accept_schema_update: bool = False,
 ) -> str:
@@ -59,15 +56,9 @@ def weak_label(
         dataset: A dataset defined under datasets/: its LF module, classes, metric, gold
             policy and suites.
         batch: Id of the labeled batch. Empty: the raw batch's id.
-        lf_set: Name of an LF set in the dataset's LF module (LF_SETS); "default" unless
-            told (`mlsys dataset show NAME` lists them).
-        weighting: Weight of a weak label: "calibrated" (P(correct | confidence) fitted on
-            dev), "confidence" (the label model's own) or "per_source" (weak labels'
-            dev accuracy). Gold labels weigh 1.
-        seed: Seed of the label model fits (the split's seed is the gold policy's).
-        lf_errors: "raise": an LF that fails names the LF and the row and fails the run;
-            "abstain": its vote counts as abstain and failures are counted in MLflow.
-        n_jobs: Processes for row-by-row LFs. Empty: one per CPU.
+        label: The LF set (`default` unless told), how weak labels are weighted, the
+            label model's seed, what an LF that fails does, and the processes applying
+            row-by-row LFs.
         validation: "quarantine": rows failing a suite's row rules are set aside and the
             rest go on; "fail": any failed critical expectation stops the run.
         accept_schema_update: Let this batch widen the training suite when it drifts
@@ -78,21 +69,17 @@ def weak_label(
     """
     settings = Settings.load()
     definition = load_dataset(dataset)
-    definition.lf_set(lf_set)  # an unknown set or a bad LF fails here, before any work
+    definition.lf_set(label.lf_set)  # an unknown set or a bad LF fails here, before any work
     raw_uri = find_raw_batch(settings, dataset, raw_batch)
     batch = batch or PurePosixPath(S3Uri.parse(raw_uri).key).stem
     params = {
         "raw_batch": raw_uri,
         "dataset": dataset,
         "batch": batch,
-        "lf_set": lf_set,
-        "weighting": weighting,
+        **label.params(),
         "classes": list(definition.classes),
         "metric": definition.metric,
         "gold_policy": definition.gold.by,
-        "seed": seed,
-        "lf_errors": lf_errors,
-        "n_jobs": n_jobs,
         "validation": validation,
         "accept_schema_update": accept_schema_update,
     }
@@ -102,10 +89,12 @@ def weak_label(
             run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
         )
         df, quarantined = split_batch(checked.passed, definition)
-        result = apply_labeling_functions(df, definition, lf_set, lf_errors, n_jobs)
+        result = apply_labeling_functions(
+            df, definition, label.lf_set, label.lf_errors, label.n_jobs
+        )
         analyze_lfs(run, result, df)
-        tuning = tune_label_model(result, df, definition, seed)
-        merged = merge_gold_and_weak(df, result, tuning, weighting)
+        tuning = tune_label_model(result, df, definition, label.seed)
+        merged = merge_gold_and_weak(df, result, tuning, label.weighting)
         target = settings.s3_uri(labeled_key(dataset, batch))
         training = validate_batch(
             run,

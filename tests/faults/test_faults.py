@@ -53,7 +53,7 @@ def test_s3_back_within_the_tolerance_the_run_completes(fault_stack: Settings) -
     ("service", "deployment", "params", "name"),
     [
         ("seaweedfs", "weak_label/weak_label", {"batch": "s3-gone"}, "S3"),
-        ("mlflow", "train/train", {"epochs": 2}, "MLflow"),
+        ("mlflow", "train/train", {"training": {"epochs": 2, "choose": False}}, "MLflow"),
     ],
     ids=["seaweedfs-weak_label", "mlflow-train"],
 )
@@ -96,7 +96,7 @@ def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Setting
     client = MlflowClient(tracking_uri=fault_stack.tracking_uri)
     before = {(m.name, m.version) for m in client.search_model_versions()}
     kill(fault_stack, "mlflow")
-    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    run_id = start(fault_stack, "train/train", {"training": {"epochs": 2, "choose": False}})
     wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
     time.sleep(TOLERANCE_S / 3)
     up(fault_stack, timeout_s=180, say=lambda line: None)
@@ -109,7 +109,7 @@ def test_mlflow_back_within_the_tolerance_the_run_completes(fault_stack: Setting
 
 
 def test_prefect_server_killed_no_run_stays_running(fault_stack: Settings) -> None:
-    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    run_id = start(fault_stack, "train/train", {"training": {"epochs": 2, "choose": False}})
     wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
     time.sleep(2)
     kill(fault_stack, "prefect-server")
@@ -132,7 +132,7 @@ def test_run_dying_with_its_worker_is_crashed_by_the_server_without_up(
     labeled = trigger(fault_stack, "weak_label/weak_label", {"batch": "unresponsive"},
                       say=lambda _: None)  # fmt: skip
     assert labeled.state == "COMPLETED", labeled.message
-    run_id = start(fault_stack, "train/train", {"epochs": 2})
+    run_id = start(fault_stack, "train/train", {"training": {"epochs": 2, "choose": False}})
     wait_state(fault_stack, run_id, lambda r: r.state.is_running(), 300)
     time.sleep(5)  # its first heartbeat, sent as it starts, has reached the server
     kill(fault_stack, "prefect-worker")

@@ -115,7 +115,10 @@ def matrix_stack(fault_stack: Settings) -> Settings:
     trained = trigger(
         fault_stack,
         "train/train",
-        {"labeled_batch": fault_stack.s3_uri(labeled_key(DATASET, "base")), "epochs": 1},
+        {
+            "labeled_batch": fault_stack.s3_uri(labeled_key(DATASET, "base")),
+            "training": {"epochs": 1, "choose": False},
+        },
         say=lambda _: None,
     )
     assert trained.state == "COMPLETED", trained.message
@@ -131,7 +134,7 @@ def stage_params(settings: Settings, stage: str, case: str) -> dict[str, Any]:
     return {
         "ingest": {"batch": case},
         "weak_label": {"raw_batch": raw, "batch": case},
-        "train": {"labeled_batch": labeled, "epochs": 2},
+        "train": {"labeled_batch": labeled, "training": {"epochs": 2, "choose": False}},
         "batch_infer": {"source": raw, "batch": case},
         "end_to_end": {"batch": case, "training": {"epochs": 2, "choose": False}},
     }[stage]

@@ -5,6 +5,7 @@ checkpoint; the GPipe trainer; bad input."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.options import TrainOptions
 from infra.runs import mlflow_run_of, trigger
 from mlsys.data import write_parquet_bytes
 from mlsys.data.definition import load_dataset
@@ -42,11 +44,20 @@ def labeled(stack: Settings, youtube_dir: Path) -> tuple[str, pd.DataFrame]:
     return uri, frame
 
 
+def _plain(**options: Any) -> TrainOptions:
+    """These options without choosing on dev: the given epochs and widths are trained."""
+    return TrainOptions(choose=False, **options)
+
+
 def test_deployment_trains_registers_and_links_the_model(
     stack: Settings, labeled: tuple[str, pd.DataFrame]
 ) -> None:
     uri, frame = labeled
-    params = {"labeled_batch": uri, "epochs": 3, "model_name": "it-spam"}
+    params = {
+        "labeled_batch": uri,
+        "training": {"epochs": 3, "choose": False},
+        "model_name": "it-spam",
+    }
     outcome = trigger(stack, "train/train", params, timeout_s=400, say=lambda line: None)
     assert outcome.state == "COMPLETED", outcome.message
 
@@ -97,10 +108,15 @@ def test_resume_continues_from_the_last_checkpoint(
     from flows.train import train
 
     uri, _ = labeled
-    first = train(labeled_batch=uri, epochs=2, model_name="it-resume")
+    first = train(labeled_batch=uri, training=_plain(epochs=2), model_name="it-resume")
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)
     first_run = client.get_model_version("it-resume", first["version"]).run_id
-    second = train(labeled_batch=uri, epochs=3, model_name="it-resume", resume_from_run=first_run)
+    second = train(
+        labeled_batch=uri,
+        training=_plain(epochs=3),
+        model_name="it-resume",
+        resume_from_run=first_run,
+    )
     second_run = client.get_model_version("it-resume", second["version"]).run_id
     steps = [m.step for m in client.get_metric_history(second_run, "train_loss")]
     assert steps == [2]  # epochs 0 and 1 came from the checkpoint
@@ -117,10 +133,9 @@ def test_gpipe_trainer_trains_the_same_model_family(
     uri, _ = labeled
     registered = train(
         labeled_batch=uri,
-        trainer=GPipeTrainer(stages=2, microbatches=4),
-        epochs=2,
-        batch_size=64,
-        hidden=[64, 32],
+        training=_plain(
+            trainer=GPipeTrainer(stages=2, microbatches=4), epochs=2, batch_size=64, hidden=[64, 32]
+        ),
         model_name="it-gpipe",
     )
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)
@@ -144,7 +159,7 @@ def test_a_raw_batch_is_refused_naming_the_missing_columns(
     uri = stack_env.s3_uri("raw/youtube-spam/it-train-raw.parquet")
     put_bytes(stack_env.s3_client(), uri, write_parquet_bytes(raw))
     with pytest.raises(ValueError, match=r"not a labeled batch .* lacks gold_label, label_source"):
-        train(labeled_batch=uri, epochs=1, model_name="it-bad")
+        train(labeled_batch=uri, training=_plain(epochs=1), model_name="it-bad")
 
 
 def test_spill_trainer_trains_in_shards_within_the_budget(
@@ -155,9 +170,7 @@ def test_spill_trainer_trains_in_shards_within_the_budget(
     uri, _ = labeled
     registered = train(
         labeled_batch=uri,
-        trainer=SpillTrainer(budget_mb=96),
-        hidden=[64],
-        epochs=2,
+        training=_plain(trainer=SpillTrainer(budget_mb=96), hidden=[64], epochs=2),
         model_name="it-spill",
     )
     client = MlflowClient(tracking_uri=stack_env.tracking_uri)

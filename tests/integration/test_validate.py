@@ -194,6 +194,7 @@ def test_schema_update_refused_when_the_batch_drifts(
 def test_train_refuses_a_batch_that_fails_the_training_suite(
     stack_env: Settings, youtube_dir: Path
 ) -> None:
+    from flows.options import TrainOptions
     from flows.train import train
     from flows.weak_label import weak_label
 
@@ -207,7 +208,7 @@ def test_train_refuses_a_batch_that_fails_the_training_suite(
     bad_uri = stack_env.s3_uri("labeled/youtube-spam/it-val-train-bad.parquet")
     put_bytes(stack_env.s3_client(), bad_uri, write_parquet_bytes(labeled))
     with pytest.raises(ValidationFailed, match="confidence: expect_column_values_to_be_between"):
-        train(labeled_batch=bad_uri, epochs=1)
+        train(labeled_batch=bad_uri, training=TrainOptions(epochs=1, choose=False))
 
 
 def test_cli_validates_an_s3_batch(stack_env: Settings, youtube_dir: Path) -> None:

@@ -38,7 +38,7 @@ def test_deployment_labels_the_batch_and_tracks_it(stack: Settings, raw: pd.Data
     outcome = trigger(
         stack,
         "weak_label/weak_label",
-        {"raw_batch": raw_uri, "lf_set": "tutorial"},
+        {"raw_batch": raw_uri, "label": {"lf_set": "tutorial"}},
         timeout_s=300,
         say=lambda line: None,
     )
@@ -114,9 +114,11 @@ def test_flow_run_publishes_lf_summary_and_trials(stack_env: Settings, raw: pd.D
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    from flows.options import LabelOptions
     from flows.weak_label import weak_label
 
-    uri = weak_label(raw_batch=_put_raw(stack_env, raw, "it-wl-art"), lf_set="extended")
+    extended = LabelOptions(lf_set="extended")
+    uri = weak_label(raw_batch=_put_raw(stack_env, raw, "it-wl-art"), label=extended)
     assert uri.endswith("labeled/youtube-spam/it-wl-art.parquet")
     keys = ["lf-summary", "label-model-trials", "weak-label-summary", "lf-apply-progress"]
     with get_client(sync_client=True) as client:

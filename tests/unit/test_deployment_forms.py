@@ -73,4 +73,4 @@ def test_run_forms_offer_the_defined_datasets_and_lf_sets(
     assert form["definitions"]["LabelOptions"]["properties"]["lf_set"]["enum"] == lf_sets
     assert "enum" not in form["properties"]["batch"]
     weak_label = with_choices(_form("flows/weak_label.py:weak_label"), datasets, lf_sets)
-    assert weak_label["properties"]["lf_set"]["enum"] == lf_sets
+    assert weak_label["definitions"]["LabelOptions"]["properties"]["lf_set"]["enum"] == lf_sets

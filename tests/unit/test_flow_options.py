@@ -9,7 +9,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from flows.end_to_end import TrainOptions
+from flows.options import TrainOptions
 from mlsys.training.trainers import GPipeTrainer, PlainTrainer, SpillTrainer
 
 

@@ -73,7 +73,8 @@ def test_an_unknown_nested_field_is_refused_naming_it_and_the_known_ones(
     message = refusal(end_to_end, {"training": {"epoch": 3}})
     assert message == (
         "parameter training.epoch: unknown field; did you mean 'epochs'? (known: trainer, "
-        "epochs, batch_size, lr, hidden, n_features, char_ngrams, seed, choose)"
+        "epochs, batch_size, lr, hidden, dropout, n_features, char_ngrams, use_weights, seed, "
+        "choose)"
     )
     assert refusal(end_to_end, {"training": {"nonsense": 3}}).startswith(
         "parameter training.nonsense: unknown field (known: trainer, epochs,"
@@ -149,25 +150,30 @@ def test_several_problems_are_one_line_each(end_to_end: dict[str, Any]) -> None:
 
 def test_other_flows_are_checked_too() -> None:
     train = form("flows/train.py:train")
-    assert refusal(train, {"trainer": {"kind": "magic"}}, "train").startswith(
-        "parameter trainer.kind: 'magic' is not one of ['gpipe', 'plain', 'spill']"
+    assert refusal(train, {"training": {"trainer": {"kind": "magic"}}}, "train").startswith(
+        "parameter training.trainer.kind: 'magic' is not one of ['gpipe', 'plain', 'spill']"
     )
-    assert refusal(train, {"trainer": "gpipe"}, "train") == (
-        'parameter trainer: "gpipe" is not an object; give one like {"kind": "gpipe"} '
+    assert refusal(train, {"training": {"trainer": "gpipe"}}, "train") == (
+        'parameter training.trainer: "gpipe" is not an object; give one like {"kind": "gpipe"} '
         "(kind: one of ['gpipe', 'plain', 'spill'])"
     )
-    assert refusal(train, {"trainer": {"kind": "gpipe", "stage": 3}}, "train") == (
-        "parameter trainer.stage: unknown field; did you mean 'stages'? "
+    assert refusal(train, {"training": {"trainer": {"kind": "gpipe", "stage": 3}}}, "train") == (
+        "parameter training.trainer.stage: unknown field; did you mean 'stages'? "
         "(known: kind, stages, microbatches)"
     )
-    assert refusal(train, {"trainer": {"kind": "spill", "budget_mb": 0}}, "train") == (
-        "parameter trainer.budget_mb: 0 is less than the minimum of 1"
+    assert refusal(
+        train, {"training": {"trainer": {"kind": "spill", "budget_mb": 0}}}, "train"
+    ) == ("parameter training.trainer.budget_mb: 0 is less than the minimum of 1")
+    assert refusal(train, {"training": {"hiden": [64]}}, "train").startswith(
+        "parameter training.hiden: unknown field; did you mean 'hidden'?"
     )
-    assert refusal(train, {"hiden": [64]}, "train").startswith(
-        "parameter hiden: unknown parameter of train; did you mean 'hidden'?"
+    assert refusal(train, {"promot": False}, "train").startswith(
+        "parameter promot: unknown parameter of train; did you mean 'promote'?"
     )
     weak_label = form("flows/weak_label.py:weak_label")
-    assert refusal(weak_label, {"lf_set": "nope"}).startswith("parameter lf_set: 'nope' is not")
+    assert refusal(weak_label, {"label": {"lf_set": "nope"}}).startswith(
+        "parameter label.lf_set: 'nope' is not"
+    )
     batch_infer = form("flows/batch_infer.py:batch_infer")
     assert refusal(batch_infer, {"chunk_rows": "many"}).startswith(
         "parameter chunk_rows: 'many' is not of type 'integer'"
@@ -194,7 +200,8 @@ def test_a_value_written_as_a_number_stays_text_where_the_parameter_is_text(
 
 
 def test_the_flows_option_models_forbid_unknown_fields() -> None:
-    from flows.end_to_end import InferOptions, LabelOptions, TrainOptions, end_to_end
+    from flows.end_to_end import end_to_end
+    from flows.options import InferOptions, LabelOptions, TrainOptions
 
     for model, bad in ((TrainOptions, "epoch"), (LabelOptions, "lfset"), (InferOptions, "worker")):
         with pytest.raises(ValidationError, match=bad):
