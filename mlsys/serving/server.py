@@ -8,6 +8,7 @@ re-raise the signal and die by it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -16,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from socket import socket
+from typing import Any
 
 import uvicorn
 
@@ -35,6 +37,71 @@ _log = logging.getLogger("mlsys.serving")
 _GRACE_S = 10
 # How long a thread may hold the interpreter lock while another waits for it (seconds).
 _SWITCH_INTERVAL_S = 0.0005
+
+
+class _CorkedTransport:
+    """A transport that holds the head of a response until its body is written, and writes
+    both at once: one ``send`` per answer instead of two (uvicorn writes the status line and
+    headers, then the body, each straight to the socket; on loopback a send costs as much as
+    the rest of the event loop's work on a small request). The body follows the head in
+    the same step of the event loop; a head without one (a HEAD request, ``100 Continue``)
+    is written at the loop's next turn, and before a close."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:5] == b"HTTP/":
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():  # the peer went away meanwhile
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol writing each answer in one send, or uvicorn's ``auto``
+    choice where httptools is not installed."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class CorkedHttpTools(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            # Only the answers' writes go through it; flow control keeps the transport.
+            self.transport = _CorkedTransport(transport, self.loop)  # type: ignore[assignment]
+
+    return CorkedHttpTools
 
 
 class _Uvicorn(uvicorn.Server):
@@ -129,8 +196,11 @@ def serve(
             host=config.host,
             port=config.port,
             loop="auto",
-            http="auto",
+            http=_http_protocol(),
             lifespan="on",
+            # Bound to a local interface by default and never reading the client's address:
+            # X-Forwarded-* rewriting would only cost time per request.
+            proxy_headers=False,
             access_log=False,
             log_config=None,
             log_level="warning",

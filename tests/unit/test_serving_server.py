@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -124,3 +124,70 @@ def test_serve_answers_over_http_and_exits_0_on_sigterm(
     output.thread.join(timeout=10)
     assert "stopped: queue drained" in output.text()
     assert "Traceback" not in output.text()
+
+
+# --- one send per answer -----------------------------------------------------------------
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.soon.append(callback)
+
+    def run_soon(self) -> None:
+        callbacks, self.soon = self.soon, []
+        for callback in callbacks:
+            callback()
+
+
+def test_a_response_head_and_its_body_go_in_one_write() -> None:
+    from mlsys.serving.server import _CorkedTransport
+
+    transport, loop = _Transport(), _Loop()
+    corked = _CorkedTransport(transport, loop)  # type: ignore[arg-type]
+    corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.writes == []
+    corked.write(b"{}")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    loop.run_soon()  # the fallback finds nothing held
+    corked.write(b"more")  # not a head: straight through
+    assert transport.writes[1:] == [b"more"]
+    assert corked.get_extra_info("peername") == "info peername"
+
+
+def test_a_head_without_a_body_goes_at_the_next_turn_or_before_a_close() -> None:
+    from mlsys.serving.server import _CorkedTransport
+
+    transport, loop = _Transport(), _Loop()
+    corked = _CorkedTransport(transport, loop)  # type: ignore[arg-type]
+    corked.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    loop.run_soon()
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    corked.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    corked.close()
+    assert transport.writes[1:] == [b"HTTP/1.1 204 No Content\r\n\r\n"] and transport.closed
+    loop.run_soon()
+    assert len(transport.writes) == 2
+    corked.write(b"HTTP/1.1 200 OK\r\n\r\n")  # the peer went away before the next turn
+    loop.run_soon()
+    assert len(transport.writes) == 2
