@@ -25,6 +25,11 @@ Why these pieces, and how they fit together:
   (:class:`Overloaded`; the server answers 503 with ``Retry-After``) and never queued: a
   request that would miss the objective costs the server nothing, and the ones it accepts
   keep meeting it.
+- **The event loop's own lag.** Under a flood of requests the time goes outside the queue:
+  the event loop falls behind, and each step of an accepted request waits for its turn.
+  The server adds that wait (``wait_outside_ms``: the loop's measured lag, times the turns
+  a request still needs) to the estimate, so a loop that stays behind refuses new requests
+  until it has caught up.
 - **Draining.** :meth:`AdaptiveBatcher.close` stops admitting (:class:`Draining`), scores
   everything already queued, then returns.
 
@@ -209,6 +214,9 @@ class AdaptiveBatcher(Generic[T, R]):
         delay_ms: the batching delay (see the module docstring).
         name: names the worker thread and log lines.
         on_batch: called after each batch with its rows and scoring time (ms), for metrics.
+        wait_outside_ms: the time (ms) a request would now spend waiting outside the queue
+            (for the event loop: :class:`mlsys.serving.lag.LoopLag`), added to the queue's
+            estimate by admission control; None: nothing.
         clock: seconds, monotonic (tests pass a fake one).
     """
 
@@ -222,6 +230,7 @@ class AdaptiveBatcher(Generic[T, R]):
         delay_ms: float = 2.0,
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
+        wait_outside_ms: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if slo_ms <= 0 or not 0 <= delay_ms < slo_ms:
@@ -239,6 +248,7 @@ class AdaptiveBatcher(Generic[T, R]):
         self._score = score
         self._delay_s = delay_ms / 1000 if batching else 0.0
         self._on_batch = on_batch
+        self._wait_outside_ms = wait_outside_ms
         self._clock = clock
         self._queue: deque[_Pending[T, R]] = deque()
         self._busy = False
@@ -264,8 +274,9 @@ class AdaptiveBatcher(Generic[T, R]):
 
     def admit(self, rows: int) -> None:
         """Check, without queueing anything, that a request of ``rows`` rows would finish
-        within the objective. The server asks before it reads and parses a body, so that
-        under overload a refusal costs next to nothing.
+        within the objective (its wait in the queue, plus ``wait_outside_ms``). The server
+        asks before it reads and parses a body, so that under overload a refusal costs next
+        to nothing.
 
         Raises:
             Overloaded: it could not (counted in ``shed``).
@@ -274,6 +285,8 @@ class AdaptiveBatcher(Generic[T, R]):
         if self._closing or self._task is None:
             raise Draining(f"the {self.name} batcher is not admitting requests")
         estimate = self.estimate.finish_ms(self.queued_rows + rows, self.control.size, self._busy)
+        if self._wait_outside_ms is not None:
+            estimate += self._wait_outside_ms()
         if estimate > self.slo_ms:
             self.shed += 1
             raise Overloaded(estimate, self.slo_ms)
@@ -353,28 +366,27 @@ class AdaptiveBatcher(Generic[T, R]):
     async def _score_batch(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]], rows: int
     ) -> None:
+        """Score ``batch`` on the worker thread. Its requests are answered by the one
+        callback that hands the result back to the event loop (:meth:`_deliver`), not by
+        this task once it resumes: under load each turn of the loop is long, and a
+        request should wait for as few of them as it can."""
         items = [pending.item for pending in batch]
         self._busy = True
-        service_ms = 0.0
+        delivered: asyncio.Future[float] = loop.create_future()
+
+        def work() -> None:
+            outcome: Sequence[R | Exception] | BaseException
+            try:
+                outcome, service_ms = self._timed(items)
+            except BaseException as exc:  # handed to the loop, which fails the batch
+                outcome, service_ms = exc, 0.0
+            loop.call_soon_threadsafe(self._deliver, batch, outcome, service_ms, delivered)
+
         try:
-            results, service_ms = await loop.run_in_executor(self._executor, self._timed, items)
-            if len(results) != len(batch):
-                raise RuntimeError(
-                    f"the {self.name} scorer returned {len(results)} results for "
-                    f"{len(batch)} requests"
-                )
-        except Exception as exc:
-            _log.exception("batch of %d requests failed", len(batch))
-            results = [exc] * len(batch)
-        finally:
-            self._busy = False
-        for pending, result in zip(batch, results, strict=True):
-            if pending.future.done():
-                continue
-            if isinstance(result, Exception):
-                pending.future.set_exception(result)
-            else:
-                pending.future.set_result(result)
+            self._executor.submit(work)
+        except BaseException as exc:
+            self._deliver(batch, exc, 0.0, delivered)
+        service_ms = await delivered
         self.batches += 1
         self.control.observe(service_ms, rows)
         self.estimate.observe(rows, service_ms)
@@ -383,3 +395,35 @@ class AdaptiveBatcher(Generic[T, R]):
                 self._on_batch(rows, service_ms)
             except Exception:
                 _log.exception("on_batch callback failed")
+
+    def _deliver(
+        self,
+        batch: list[_Pending[T, R]],
+        outcome: Sequence[R | Exception] | BaseException,
+        service_ms: float,
+        delivered: asyncio.Future[float],
+    ) -> None:
+        """On the event loop: resolve each request's future with its result (or the
+        batch's failure), then let the batcher task go on."""
+        self._busy = False
+        results: Sequence[R | BaseException]
+        if isinstance(outcome, BaseException):
+            _log.error("batch of %d requests failed", len(batch), exc_info=outcome)
+            results = [outcome] * len(batch)
+        elif len(outcome) != len(batch):
+            error = RuntimeError(
+                f"the {self.name} scorer returned {len(outcome)} results for {len(batch)} requests"
+            )
+            _log.error("batch of %d requests failed: %s", len(batch), error)
+            results = [error] * len(batch)
+        else:
+            results = outcome
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        if not delivered.done():
+            delivered.set_result(service_ms)

@@ -47,6 +47,10 @@ class ServeConfig:
         log_flush_s, log_flush_rows: the log writes a part this often, or at this many rows.
         max_body_bytes: the largest request body; bigger ones get 413.
         agreement_log_s: seconds between writes of the shadow agreement to MLflow.
+        loop_lag_admission: admission control also counts the event loop's lag
+            (:mod:`mlsys.serving.lag`); False: only the batch queue (for a client that
+            runs on the server's own event loop, as in-process tests do, whose waits are
+            the loop's lag).
     """
 
     model_name: str
@@ -69,6 +73,7 @@ class ServeConfig:
     log_flush_rows: int = 10_000
     max_body_bytes: int = MIB
     agreement_log_s: float = 60.0
+    loop_lag_admission: bool = True
 
     def __post_init__(self) -> None:
         for name in ("model_name", "dataset", "alias", "host"):
@@ -88,8 +93,9 @@ class ServeConfig:
         _check_int("cache_entries", self.cache_entries, 0)
         _check_int("log_flush_rows", self.log_flush_rows, 1)
         _check_int("max_body_bytes", self.max_body_bytes, 1)
-        if not isinstance(self.batching, bool):
-            raise ValueError(f"batching must be a bool, got {self.batching!r}")
+        for name in ("batching", "loop_lag_admission"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         _check_number("slo_ms", self.slo_ms, positive=True)
         _check_number("batch_delay_ms", self.batch_delay_ms)
         if self.batch_delay_ms >= self.slo_ms:

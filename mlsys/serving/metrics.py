@@ -18,6 +18,9 @@ metric                                     type    what
 ``mlsys_serve_batch_seconds``              histo.  scoring time per batch
 ``mlsys_serve_queue_rows``                 gauge   rows waiting in the queue
 ``mlsys_serve_batch_limit_rows``           gauge   the batch size AIMD allows now
+``mlsys_serve_loop_lag_seconds``           gauge   how long a callback waits for the event
+                                                   loop now (admission control counts it)
+``mlsys_serve_loop_lag_worst_seconds``     gauge   the longest a probe has waited
 ``mlsys_serve_cache_hits_total``           counter  rows answered from the cache
 ``mlsys_serve_cache_misses_total``         counter  rows the cache did not have
 ``mlsys_serve_shed_total``                 counter  requests refused by admission control
@@ -135,6 +138,7 @@ class ServingMetrics:
         )
         self._readings = _Readings()
         self.registry.register(self._readings)
+        self._counted: dict[tuple[str, int], Counter] = {}
 
     def read(
         self, name: str, documentation: str, read: Callable[[], float], kind: str = "counter"
@@ -150,6 +154,14 @@ class ServingMetrics:
     def versions(self, read: Callable[[], Sequence[VersionInfo]]) -> None:
         """Expose the versions ``read()`` returns as ``mlsys_serve_model_version``."""
         self._readings.versions = read
+
+    def count(self, path: str, code: int) -> None:
+        """One more answer on ``path`` with status ``code`` (``requests_total``); the
+        labelled child is looked up once per pair, not per request."""
+        child = self._counted.get((path, code))
+        if child is None:
+            child = self._counted[path, code] = self.requests.labels(path=path, code=str(code))
+        child.inc()
 
     def observe_batch(self, rows: int, service_ms: float) -> None:
         self.batch_rows.observe(rows)

@@ -415,7 +415,10 @@ def test_a_promotion_swaps_versions_without_a_failed_request(registry: Registry)
     first = registry.register("swap", favour="spam")
     watcher = ModelWatcher(registry.uri, "swap", poll_s=0)
     watcher.start()
-    app = create_app(config("swap", registry, cache_entries=0), watcher, rules=suite_rules())
+    # The clients run on the server's own event loop: their waits are its lag, and a
+    # client answered without a pause never lets the lag probe run again.
+    settings = config("swap", registry, cache_entries=0, loop_lag_admission=False)
+    app = create_app(settings, watcher, rules=suite_rules())
     answers: Counter[tuple[int, str, str]] = Counter()
     stop = asyncio.Event()
     promoted: list[str] = []
@@ -564,3 +567,188 @@ def test_the_shadow_scores_a_sample_and_its_agreement_goes_to_mlflow(registry: R
     assert run_.info.run_name == f"shadow shadowed@champion v{served} vs @challenger v{challenger}"
     assert run_.data.metrics == {"shadow_agreement": 0.0, "shadow_rows": 2.0}
     assert run_.info.status == "FINISHED"
+
+
+# --- the fast path of POST /invocations --------------------------------------------------
+
+
+def _requests() -> list[tuple[str, dict[str, str], bytes]]:
+    """One request per input format and per refusal: (what, headers, body)."""
+    json_type = {"Content-Type": "application/json", "X-Request-Id": "same-id"}
+
+    def as_json(document: object) -> bytes:
+        return json.dumps(document).encode()
+
+    return [
+        ("dataframe_split", json_type, as_json(one_row("love this song"))),
+        ("dataframe_records", json_type, as_json({"dataframe_records": [{"text": "a"}]})),
+        ("inputs columns", json_type, as_json({"inputs": {"text": ["a", "b"]}})),
+        ("inputs list", json_type, as_json({"inputs": ["a", "b", "c"]})),
+        ("instances", json_type, as_json({"instances": [{"text": "a"}]})),
+        ("params", json_type, as_json({"inputs": ["a"], "params": {"k": 1}})),
+        ("no rows", json_type, as_json({"dataframe_split": {"columns": ["text"], "data": []}})),
+        (
+            "csv",
+            {"Content-Type": "text/csv; charset=utf-8", "X-Request-Id": "same-id"},
+            pd.DataFrame({"text": TEXTS}).to_csv(index=False).encode(),
+        ),
+        (
+            "parquet",
+            {"Content-Type": "application/vnd.apache.parquet", "X-Request-Id": "same-id"},
+            pd.DataFrame({"text": TEXTS}).to_parquet(),
+        ),
+        ("malformed JSON", json_type, b"{oops"),
+        ("no format", json_type, as_json({"rows": []})),
+        ("too large", json_type, b"x" * 5001),
+        ("content type", {"Content-Type": "a/b"}, b"x"),
+        ("no content type", {}, b"x"),
+        ("charset", {"Content-Type": "application/json; charset=latin-1"}, b"{}"),
+        ("rule", json_type, as_json(one_row(""))),
+        ("signature", json_type, as_json({"inputs": {"text": [1]}})),
+        ("missing column", json_type, as_json({"dataframe_records": [{"comment": "x"}]})),
+        ("bad length", {**json_type, "Content-Length": "12x"}, b"{}"),
+        ("no key", {**json_type, "Authorization": ""}, as_json(one_row("a"))),
+        ("wrong key", {**json_type, "Authorization": "Bearer nope"}, as_json(one_row("a"))),
+        ("lower-case scheme", {**json_type, "Authorization": f"bearer {KEY}"}, b'{"inputs":["a"]}'),
+    ]
+
+
+async def _answers(app: Starlette) -> list[tuple[str, int, list[tuple[bytes, bytes]], bytes]]:
+    async with serving(app) as client:
+        answers = []
+        for what, headers, body in _requests():
+            answer = await client.post("/invocations", content=body, headers=headers)
+            answers.append((what, answer.status_code, list(answer.headers.raw), answer.content))
+        answer = await client.get("/invocations")  # not a POST: the router's 405
+        answers.append(("GET", answer.status_code, list(answer.headers.raw), answer.content))
+        metrics_text = (await client.get("/metrics")).text
+    counts = [
+        (s.labels["path"], s.labels["code"], s.value)
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+        if s.name == "mlsys_serve_requests_total"
+    ]
+    answers.append(("counts", 0, [], json.dumps(sorted(counts)).encode()))
+    return answers
+
+
+def test_the_fast_path_answers_exactly_like_the_routed_path(
+    fake: tuple[FakeModel, ModelWatcher],
+) -> None:
+    """Status, headers (names, values, order) and body bytes of every format and refusal,
+    and the request counts in the metrics, are the same with and without the fast path."""
+    model, watcher = fake
+
+    def answers(fast_path: bool) -> list[tuple[str, int, list[tuple[bytes, bytes]], bytes]]:
+        app = create_app(
+            config("fake", max_body_bytes=5000, cache_entries=0),
+            watcher,
+            rules=suite_rules(),
+            fast_path=fast_path,
+        )
+        return asyncio.run(_answers(app))
+
+    fast, routed = answers(True), answers(False)
+    assert [a[0] for a in fast] == [a[0] for a in routed]
+    for got, expected in zip(fast, routed, strict=True):
+        assert got == expected, got[0]
+    statuses = {what: status for what, status, _, _ in fast}
+    assert statuses["dataframe_split"] == statuses["parquet"] == statuses["no rows"] == 200
+    assert (statuses["malformed JSON"], statuses["too large"], statuses["content type"]) == (
+        400,
+        413,
+        415,
+    )
+    assert (statuses["rule"], statuses["no key"], statuses["GET"]) == (422, 401, 405)
+    assert dict(fast[0][2])[b"x-request-id"] == b"same-id"
+    half = len(model.calls) // 2  # the same batches reached the model both times
+    assert half > 0 and model.calls[:half] == model.calls[half:]
+
+
+def test_the_fast_path_reads_a_body_in_chunks_and_refuses_one_over_the_limit(
+    fake: tuple[FakeModel, ModelWatcher],
+) -> None:
+    _, watcher = fake
+    app = create_app(config("fake", max_body_bytes=1000), watcher, rules=suite_rules())
+
+    async def chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            json_type = {"Content-Type": "application/json"}
+            body = json.dumps(one_row("x" * 300)).encode()
+            split = await client.post("/invocations", content=chunks(body, 7), headers=json_type)
+            assert split.status_code == 200 and len(split.json()["predictions"]) == 1
+            big = await client.post("/invocations", content=chunks(b"x" * 1200, 400),
+                                    headers=json_type)  # fmt: skip
+            assert big.status_code == 413 and "over the limit of 1000" in big.text
+
+    run(scenario)
+
+
+def test_new_request_ids_are_distinct_and_shaped_like_uuid4_hex(
+    fake: tuple[FakeModel, ModelWatcher],
+) -> None:
+    _, watcher = fake
+    app = create_app(config("fake"), watcher, rules=suite_rules())
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            ids = [
+                (await client.post("/invocations", json=one_row(f"t{i}"))).headers["x-request-id"]
+                for i in range(20)
+            ]
+            assert len(set(ids)) == 20
+            assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+    run(scenario)
+
+
+# --- admission by the event loop's lag ---------------------------------------------------
+
+
+def test_a_loop_that_stays_behind_refuses_requests_until_it_catches_up(
+    fake: tuple[FakeModel, ModelWatcher],
+) -> None:
+    model, watcher = fake
+    app = create_app(config("fake", slo_ms=50), watcher, rules=suite_rules())
+    server = app.state.serving
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            lag = server.loop_lag
+            lag.stop()  # the figures below are the test's, not the probe's
+            for _ in range(lag.window):
+                lag.observe(20.0)  # three turns of 20 ms: past the 50 ms objective
+            shed = await client.post("/invocations", json=one_row("hello"))
+            assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+            assert "50 ms objective" in shed.json()["message"]
+            lag.observe(1.0)  # one quick turn: the loop has caught up
+            answered = await client.post("/invocations", json=one_row("hello"))
+            assert answered.status_code == 200
+            text = (await client.get("/metrics")).text
+            assert metric(text, "mlsys_serve_shed_total") == 1
+            assert metric(text, "mlsys_serve_loop_lag_seconds") == pytest.approx(0.001)
+            assert metric(text, "mlsys_serve_loop_lag_worst_seconds") >= 0.02
+
+    run(scenario)
+    assert model.calls == [["hello"]]
+
+
+def test_one_late_turn_of_the_loop_refuses_nothing(fake: tuple[FakeModel, ModelWatcher]) -> None:
+    _, watcher = fake
+    app = create_app(config("fake", slo_ms=50), watcher, rules=suite_rules())
+    server = app.state.serving
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            lag = server.loop_lag
+            lag.stop()
+            for wait_ms in [0.5] * (lag.window - 1) + [500.0]:
+                lag.observe(wait_ms)
+            answer = await client.post("/invocations", json=one_row("hello"))
+            assert answer.status_code == 200
+
+    run(scenario)
