@@ -35,7 +35,9 @@ Lua ``delay``), which holds the offered rate while answers are fast. The answers
 into accepted (200) and shed (503); the server's own histograms (``/metrics``, scraped
 before and after) give the p99 of each from arrival to answer, as the upper bound of its
 bucket. wrk's own p99 mixes the two and includes the time a request waits in the socket
-before the server reads it.
+before the server reads it; the longest wait of the server's event-loop probe
+(``loop_lag_worst_ms_server``) shows how far behind the loop fell, a wait the server's
+own clock does not see.
 
 Hot swap: open-loop load at ``--swap-rate`` (1,000/s, at most half the sustainable rate)
 for ``--swap-duration`` s; a third of the way in the alias moves to version 2 (the server
@@ -486,9 +488,17 @@ def overload(
     delay_ms = connections * 1000.0 / rate
     load = wrk(server.url, bodies, script, key, connections, duration, delay_ms=delay_ms)
     after = scrape(server, key)
+    text = httpx.get(
+        f"{server.url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ).text
+    worst = re.search(r"^mlsys_serve_loop_lag_worst_seconds (\S+)$", text, re.MULTILINE)
     return {
         **load,
         "target_rate": rate,
+        # The longest a callback waited for the event loop (a request waits that long
+        # before the server's own clock starts, and at each turn after): what the
+        # server-side figures leave out.
+        "loop_lag_worst_ms_server": float(worst.group(1)) * 1000 if worst else None,
         "offered_per_s": load["requests"] / duration,
         "connections": connections,
         "answered_p99_ms_server": bucket_quantile(before["request"], after["request"], 0.99),
