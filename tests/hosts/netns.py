@@ -7,6 +7,12 @@ interfaces, and this machine's network is not touched. A process started on a ho
 (:meth:`Hosts.popen`) sees only that host's network; the file system is shared, as a
 shared checkout would be.
 
+A test that serves the hosts from this machine (an S3 store, a tracking server) asks for
+:meth:`Hosts.join_this_machine`: one more veth pair, from this machine's own namespace to
+the bridge, at ``10.213.0.254``. Services bound to that address alone are reached by the
+hosts and by this machine, and by nothing else; the interface (and with it its address
+and route) is removed on exit.
+
 Needs root and iproute2's ``ip``; :func:`unavailable` says why not where they are missing.
 """
 
@@ -24,6 +30,8 @@ from typing import Any
 SUBNET = "10.213.0"
 """The hosts' addresses: ``10.213.0.1``, ``10.213.0.2``, ... (/24), used only inside the
 namespaces."""
+THIS_MACHINE = f"{SUBNET}.254"
+"""This machine's address on the hosts' switch, once :meth:`Hosts.join_this_machine`."""
 
 
 def _ip(*args: str) -> None:
@@ -66,6 +74,7 @@ class Hosts:
         self.switch = f"{self.prefix}-sw"
         self.names = [f"{self.prefix}-h{i}" for i in range(count)]
         self._made: list[str] = []
+        self._links: list[str] = []
 
     def address(self, host: int) -> str:
         """The address of host ``host`` (0-based)."""
@@ -98,6 +107,18 @@ class Hosts:
         self._made.append(name)
         _ip("-n", name, "link", "set", "lo", "up")
 
+    def join_this_machine(self) -> str:
+        """Join this machine's own network namespace to the switch with an interface of
+        its own at :data:`THIS_MACHINE` (/24); that address. Removed by :meth:`close`."""
+        link = self.prefix  # "mlsys-" + 8 hex digits: a free name within 15 characters
+        _ip("link", "add", link, "type", "veth", "peer", "name", "root", "netns", self.switch)
+        self._links.append(link)
+        _ip("-n", self.switch, "link", "set", "root", "master", "br0")
+        _ip("-n", self.switch, "link", "set", "root", "up")
+        _ip("addr", "add", f"{THIS_MACHINE}/24", "dev", link)
+        _ip("link", "set", link, "up")
+        return THIS_MACHINE
+
     def command(self, host: int, argv: Sequence[str]) -> list[str]:
         """``argv`` as run on host ``host``."""
         return ["ip", "netns", "exec", self.names[host], *argv]
@@ -107,7 +128,11 @@ class Hosts:
         return subprocess.Popen(self.command(host, argv), **kwargs)
 
     def close(self) -> None:
-        """Kill what still runs on the hosts, then remove them and the switch."""
+        """Kill what still runs on the hosts, then remove them, the switch and this
+        machine's interface on it."""
+        for link in self._links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
+        self._links.clear()
         for name in reversed(self._made):
             pids = subprocess.run(
                 ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=30

@@ -1,0 +1,355 @@
+"""batch_infer on a Dask cluster of three hosts (network namespaces, see
+:mod:`tests.hosts.netns`): a scheduler on one host and a worker on each of two others,
+all over mutual TLS, reached through ``MLSYS_DASK_ADDRESS``. The predictions equal one
+machine's row for row, from an S3 input and from a local file (put in S3 for the
+workers); and a worker killed (SIGKILL) in the middle of the stage loses and duplicates
+no row.
+
+The test's own stack (SeaweedFS, MLflow, Prefect) serves the hosts from this machine,
+bound to this machine's private address on the hosts' switch only
+(:meth:`~tests.hosts.netns.Hosts.join_this_machine`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mlsys.data import read_parquet_bytes, write_parquet_bytes
+from mlsys.data.catalog import predictions_prefix, quarantine_prefix, staging_prefix
+from mlsys.data.s3 import get_bytes, list_keys, put_bytes
+from mlsys.memory import STREAMING_ENV
+from mlsys.settings import Settings
+from tests.conftest import read_youtube, stack_settings
+from tests.hosts.netns import Hosts, unavailable
+
+why_not = unavailable()
+pytestmark = [
+    pytest.mark.skipif(why_not is not None, reason=why_not or ""),
+    pytest.mark.timeout(3600),
+]
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+DASK = str(Path(sys.executable).with_name("dask"))
+SCHEDULER_PORT = 8786
+MODEL = "hosts-bi"
+DATASET = "youtube-spam"
+
+
+@dataclass
+class Cluster:
+    hosts: Hosts
+    stack: Settings
+    address: str
+    tls: dict[str, str]
+    workers: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def client(self) -> Any:
+        from distributed import Client
+
+        return Client(self.address, timeout="120s", set_as_default=False)
+
+
+def _tls_flags(pki: Any) -> list[str]:
+    leaf = pki.leaves["dask"]
+    return ["--tls-ca-file", str(pki.ca), "--tls-cert", str(leaf.cert), "--tls-key", str(leaf.key)]
+
+
+def _host_env(folder: Path) -> dict[str, str]:
+    """What a Dask process on a host is started with: the code and nothing of the stack.
+    The S3, MLflow and Prefect endpoints and credentials reach each task with it."""
+    home = folder / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        **STREAMING_ENV,
+    }
+
+
+def _register_model(stack: Settings, texts: list[str]) -> str:
+    """A text classifier (seeded weights) registered as MODEL@champion; its version."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from mlsys.models.pyfunc import log_text_classifier
+    from mlsys.models.text import build_text_classifier, pipeline_featurizer
+
+    torch.manual_seed(7)
+    tracking = MlflowClient(stack.tracking_uri)
+    experiment = tracking.get_experiment_by_name(stack.mlflow_experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else tracking.create_experiment(stack.mlflow_experiment)
+    )
+    run_id = tracking.create_run(experiment_id).info.run_id
+    featurizer = pipeline_featurizer()
+    info = log_text_classifier(
+        build_text_classifier(n_features=featurizer.n_features, hidden=[8]),
+        featurizer,
+        run_id=run_id,
+        tracking_uri=stack.tracking_uri,
+        registered_model_name=MODEL,
+        input_example_texts=texts[:3],
+        class_names=["ham", "spam"],
+    )
+    tracking.set_terminated(run_id)
+    version = str(info.registered_model_version)
+    tracking.set_registered_model_alias(MODEL, "champion", version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, youtube_dir: Path) -> Iterator[Cluster]:
+    """Hosts 0-2, this machine on their switch serving the test's stack, a scheduler on
+    host 0 and a worker on each of hosts 1 and 2 (one thread each, no nanny: a killed
+    worker stays dead)."""
+    import dask.config
+    import distributed  # noqa: F401  (its configuration defaults, before they are set)
+
+    from infra.stack import down, up
+    from infra.tls import ensure_pki
+
+    folder = tmp_path_factory.mktemp("dask-hosts")
+    with Hosts(3) as hosts:
+        here = hosts.join_this_machine()
+        stack = stack_settings(folder / "stack", host=here)
+        try:
+            stack = up(stack, timeout_s=300, say=lambda line: None)
+            pki = ensure_pki(
+                folder / "dask-tls", ["dask"], [hosts.address(i) for i in range(3)] + [here]
+            )
+            leaf = pki.leaves["dask"]
+            tls = {
+                "distributed.comm.tls.ca-file": str(pki.ca),
+                "distributed.comm.tls.client.cert": str(leaf.cert),
+                "distributed.comm.tls.client.key": str(leaf.key),
+            }
+            address = f"tls://{hosts.address(0)}:{SCHEDULER_PORT}"
+            found = Cluster(hosts, stack, address, tls)
+            env = _host_env(folder)
+            found.logs["scheduler"] = folder / "scheduler.log"
+            with found.logs["scheduler"].open("w") as log:
+                hosts.popen(
+                    0,
+                    [DASK, "scheduler", "--host", hosts.address(0), "--port",
+                     str(SCHEDULER_PORT), "--protocol", "tls", "--no-dashboard",
+                     *_tls_flags(pki)],
+                    env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            for host in (1, 2):
+                name = f"worker-{host}"
+                found.logs[hosts.address(host)] = folder / f"{name}.log"
+                with found.logs[hosts.address(host)].open("w") as log:
+                    found.workers[hosts.address(host)] = hosts.popen(
+                        host,
+                        [DASK, "worker", address, "--host", hosts.address(host),
+                         "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", name,
+                         "--local-directory", str(folder / name), *_tls_flags(pki)],
+                        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+                    )  # fmt: skip
+            with dask.config.set(tls):
+                with found.client() as client:
+                    client.wait_for_workers(2, timeout=600)
+                raw = read_youtube(youtube_dir)
+                with stack.mlflow_credentials():
+                    _register_model(stack, raw["text"].astype(str).tolist())
+                yield found
+        finally:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(key, None)
+            down(stack, say=lambda line: None)
+
+
+@pytest.fixture
+def flows_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """The test's stack for flows run in this process (see tests/conftest.py's stack_env),
+    with the cluster's TLS configuration; MLSYS_DASK_ADDRESS is set by each run."""
+    import dask.config
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    from infra.prefect_api import prefect_settings
+
+    for key, value in cluster.stack.shell_env().items():
+        monkeypatch.setenv(key, value)
+    with (
+        prefect_settings(cluster.stack),
+        temporary_settings(updates={PREFECT_UI_URL: cluster.stack.ui_url}),
+        dask.config.set(cluster.tls),
+    ):
+        yield cluster
+        APILogWorker.drain_all(timeout=10)
+
+
+def _score(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, source: str, batch: str, **options: Any
+) -> dict[str, Any]:
+    """batch_infer of ``source`` as ``batch``: on the cluster at ``address``, or (None)
+    on this machine; its manifest."""
+    from flows.batch_infer import batch_infer
+
+    if address is None:
+        monkeypatch.delenv("MLSYS_DASK_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("MLSYS_DASK_ADDRESS", address)
+    uri = batch_infer(source=source, dataset=DATASET, batch=batch, model_name=MODEL, **options)
+    settings = Settings.load()
+    return dict(json.loads(get_bytes(settings.s3_client(), uri)))
+
+
+def _parts(stack: Settings, prefix: str) -> pd.DataFrame:
+    client = stack.s3_client()
+    keys = sorted(k for _, k in list_keys(client, stack.bucket, prefix) if k.endswith(".parquet"))
+    frames = [read_parquet_bytes(get_bytes(client, stack.s3_uri(k))) for k in keys]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _counts(manifest: dict[str, Any]) -> tuple[int, int, int, int]:
+    return (
+        manifest["rows_in"],
+        manifest["rows_out"],
+        manifest["rows_quarantined"],
+        manifest["chunks"],
+    )
+
+
+def _input(youtube_dir: Path, copies: int) -> pd.DataFrame:
+    """The youtube comments (unique ids) ``copies`` times, each copy's ids its own; two
+    texts missing, for the serving suite to quarantine."""
+    raw = read_youtube(youtube_dir)
+    raw = raw[~raw["comment_id"].duplicated()].reset_index(drop=True)
+    frames = [raw.assign(comment_id=raw["comment_id"] + f"-{k}") for k in range(copies)]
+    frame = pd.concat(frames, ignore_index=True)
+    frame.loc[[5, 700], "text"] = pd.NA
+    return frame
+
+
+def test_three_hosts_score_exactly_as_one_machine_from_s3_and_from_a_local_file(
+    flows_env: Cluster, youtube_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster, stack = flows_env, flows_env.stack
+    frame = _input(youtube_dir, copies=1)
+    source = stack.s3_uri("serving/hosts-in.parquet")
+    put_bytes(stack.s3_client(), source, write_parquet_bytes(frame))
+    local = tmp_path / "hosts-in.parquet"
+    local.write_bytes(write_parquet_bytes(frame))
+
+    one = _score(monkeypatch, None, source, "one-machine", chunk_rows=100, workers=1)
+    hosts = _score(monkeypatch, cluster.address, source, "three-hosts", chunk_rows=100)
+    staged = _score(monkeypatch, cluster.address, str(local), "three-hosts-local", chunk_rows=100)
+
+    assert _counts(one) == (len(frame), len(frame) - 2, 2, -(-len(frame) // 100))
+    for manifest in (hosts, staged):
+        assert _counts(manifest) == _counts(one) and manifest["chunks_skipped"] == 0
+        assert manifest["model"] == one["model"]
+    expected = _parts(stack, predictions_prefix(DATASET, "one-machine"))
+    assert len(expected) == len(frame) - 2
+    assert expected["comment_id"].tolist() == frame.drop(index=[5, 700])["comment_id"].tolist()
+    held = _parts(stack, quarantine_prefix("serving", DATASET, "one-machine"))
+    for batch in ("three-hosts", "three-hosts-local"):
+        pd.testing.assert_frame_equal(_parts(stack, predictions_prefix(DATASET, batch)), expected)
+        pd.testing.assert_frame_equal(
+            _parts(stack, quarantine_prefix("serving", DATASET, batch)), held
+        )
+    # The local file went to S3 for the workers, and was removed once scored.
+    assert (
+        list_keys(stack.s3_client(), stack.bucket, staging_prefix(DATASET, "three-hosts-local"))
+        == []
+    )
+
+    # Both hosts' workers scored: each logged parts its score-partition tasks wrote.
+    for worker, log in cluster.logs.items():
+        if worker != "scheduler":
+            assert "score-partition" in log.read_text(), worker
+
+
+def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(
+    flows_env: Cluster, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster, stack = flows_env, flows_env.stack
+    frame = _input(youtube_dir, copies=3)
+    source = stack.s3_uri("serving/hosts-fault.parquet")
+    put_bytes(stack.s3_client(), source, write_parquet_bytes(frame))
+    chunk_rows = 50
+    chunks = -(-len(frame) // chunk_rows)
+    one = _score(monkeypatch, None, source, "fault-one", chunk_rows=chunk_rows, workers=1)
+
+    prefix = predictions_prefix(DATASET, "fault-hosts")
+    killed: dict[str, Any] = {}
+    stop = threading.Event()
+    # What each worker logs from here on: the parts its task scores in this run.
+    logged = {w: cluster.logs[w].stat().st_size for w in cluster.workers}
+
+    def scored_here(worker: str) -> int:
+        with cluster.logs[worker].open("rb") as log:
+            log.seek(logged[worker])
+            return log.read().count(b"predicted")
+
+    def kill_a_busy_worker() -> None:
+        """SIGKILL a worker while its score-partition task runs, once that task has
+        written a part and before the manifest: in the middle of the stage."""
+        s3 = stack.s3_client()
+        with cluster.client() as client:
+            while not stop.is_set():
+                names = [k for _, k in list_keys(s3, stack.bucket, prefix)]
+                done = any(k.endswith("_manifest.json") for k in names)
+                busy = [
+                    w.removeprefix("tls://").rsplit(":", 1)[0]
+                    for w, keys in client.processing().items()
+                    if keys
+                ]
+                ready = [w for w in busy if scored_here(w) >= 1]
+                if ready and not done:
+                    victim = ready[0]
+                    cluster.workers[victim].send_signal(signal.SIGKILL)
+                    killed.update(
+                        worker=victim,
+                        parts=sum(k.endswith(".parquet") for k in names),
+                        scored=scored_here(victim),
+                    )
+                    return
+                time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    try:
+        hosts = _score(
+            monkeypatch, cluster.address, source, "fault-hosts", chunk_rows=chunk_rows, workers=2
+        )
+    finally:
+        stop.set()
+        killer.join(timeout=120)
+
+    assert killed, "no worker was busy with parts written and no manifest: nothing was killed"
+    assert cluster.workers[killed["worker"]].wait(timeout=60) == -signal.SIGKILL
+    assert killed["parts"] < chunks  # the stage was under way
+    assert _counts(one) == (len(frame), len(frame) - 2, 2, chunks)
+    assert _counts(hosts) == _counts(one)
+    # The killed task ran again on the other host and kept the parts it had written.
+    assert hosts["chunks_skipped"] >= killed["scored"] >= 1, (hosts["chunks_skipped"], killed)
+    assert sorted(p["name"] for p in hosts["parts"]) == sorted(p["name"] for p in one["parts"])
+    scored = _parts(stack, prefix)
+    assert not scored["comment_id"].duplicated().any()
+    pd.testing.assert_frame_equal(scored, _parts(stack, predictions_prefix(DATASET, "fault-one")))
+    pd.testing.assert_frame_equal(
+        _parts(stack, quarantine_prefix("serving", DATASET, "fault-hosts")),
+        _parts(stack, quarantine_prefix("serving", DATASET, "fault-one")),
+    )
