@@ -31,6 +31,11 @@ against the batch size). If a promotion lands between the cache lookup and the b
 whole request is scored again by the new version, so an answer never mixes versions.
 After the response is sent, the request is appended to the prediction log and, for a
 sampled share, queued for the shadow model.
+
+Why one module: the routed Starlette application and the raw ASGI handler that answers
+``POST /invocations`` ahead of it are two doors to one ``_Server`` (the served version,
+cache, batcher, metrics, log and shadow) and must answer with the same bytes; kept
+together, one reading shows that they do and a change to one is made to both.
 """
 
 from __future__ import annotations
