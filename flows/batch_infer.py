@@ -13,6 +13,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.options import InferOptions
 from mlsys.data.catalog import predictions_prefix, quarantine_prefix, raw_prefix
 from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
@@ -115,9 +116,8 @@ def batch_infer(
     model_name: str | None = None,
     alias: str = "champion",
     model_version: str | None = None,
-    chunk_rows: int = 50_000,
+    inference: InferOptions = InferOptions(),  # noqa: B008 - a default the Prefect UI form shows
     id_column: str | None = None,
-    workers: int | None = None,
     validation: Literal["quarantine", "fail"] = "quarantine",
 ) -> str:
     """Score an input of a dataset with a registered model; write predictions to
@@ -146,15 +146,15 @@ def batch_infer(
             (its definition's model_name, else "<dataset>-classifier").
         alias: Alias of the version to use (ignored when model_version is given).
         model_version: A version number to pin instead of the alias.
-        chunk_rows: Rows read, checked and scored at a time; bounds memory.
-        id_column: Input column copied into the predictions to join them back. Empty:
-            the dataset's id column.
-        workers: Partitions scored in parallel, each by one task that reads its own
-            chunks: on the Dask cluster at MLSYS_DASK_ADDRESS when that is set (a local
-            input is first put in S3 under staging/), else on a Dask cluster on this
-            machine when > 1. Empty: one per CPU (per worker thread of the given
+        inference: `chunk_rows`, the rows read, checked and scored at a time (bounds
+            memory); `workers`, the partitions scored in parallel, each by one task that
+            reads its own chunks: on the Dask cluster at MLSYS_DASK_ADDRESS when that is
+            set (a local input is first put in S3 under staging/), else on a Dask cluster
+            on this machine when > 1; empty: one per CPU (per worker thread of the given
             cluster), at most one per chunk (so, without a cluster, a one-chunk input
             runs in this process).
+        id_column: Input column copied into the predictions to join them back. Empty:
+            the dataset's id column.
         validation: "quarantine": rows failing the serving suite are set aside; "fail":
             any failing row stops the run.
 
@@ -163,18 +163,15 @@ def batch_infer(
 
     Raises:
         ValueError: an unknown dataset (the defined ones are listed), a model, version
-            or alias that does not exist, a model trained on other classes, bad
-            `workers` or `chunk_rows` (each named), or a tls:// MLSYS_DASK_ADDRESS
+            or alias that does not exist, a model trained on other classes, or a tls://
+            MLSYS_DASK_ADDRESS
             without Dask's TLS configuration.
         FileNotFoundError: the dataset has no serving suite (the message says how to
             infer one).
         RuntimeError: the scheduler at MLSYS_DASK_ADDRESS cannot be reached.
     """
     settings = Settings.load()
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    chunk_rows, workers = inference.chunk_rows, inference.workers
     definition = load_dataset(dataset)
     model_name = model_name or definition.registered_model_name
     id_column = id_column or definition.id_column
@@ -192,9 +189,8 @@ def batch_infer(
         "model_name": model_name,
         "alias": alias,
         "model_version": model_version,
-        "chunk_rows": chunk_rows,
+        **inference.params(),
         "id_column": id_column,
-        "workers": workers,
         "validation": validation,
     }
     threads = _cluster_threads(settings.dask_address) if settings.dask_address else None

@@ -130,8 +130,7 @@ def end_to_end(
                 batch=batch,
                 model_name=model_name,
                 alias="champion",
-                chunk_rows=inference.chunk_rows,
-                workers=inference.workers,
+                inference=inference,
             )
         rows = stages.rows + [r for r in stage_metrics(run) if r["stage"] == "batch_infer"]
         promotion = registered["promotion"]

@@ -114,11 +114,22 @@ class TrainOptions(BaseModel):
 
 
 class InferOptions(BaseModel):
-    """How `end_to_end` scores the batch with the champion."""
+    """How `batch_infer` scores an input."""
 
     model_config = ConfigDict(extra="forbid")
 
-    chunk_rows: int = Field(50_000, ge=1, description="Rows per streamed chunk.")
-    workers: int | None = Field(
-        None, ge=1, description="Scoring workers (Dask); empty: one per CPU, at most one per chunk."
+    chunk_rows: int = Field(
+        50_000, ge=1, description="Rows read, checked and scored at a time; bounds memory."
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Partitions scored in parallel, each by one task that reads its own "
+        "chunks: on the Dask cluster at MLSYS_DASK_ADDRESS when that is set (a local input is "
+        "first put in S3 under staging/), else on a Dask cluster on this machine when > 1. "
+        "Empty: one per CPU (per worker thread of the given cluster), at most one per chunk.",
+    )
+
+    def params(self) -> dict[str, Any]:
+        """The flat MLflow parameters of these options."""
+        return self.model_dump()

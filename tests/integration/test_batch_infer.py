@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.options import InferOptions
 from infra.runs import mlflow_run_of, trigger
 from mlsys.data import DatasetError, read_parquet_bytes, write_parquet_bytes
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
@@ -72,7 +73,9 @@ def test_scores_in_parts_matching_the_pyfunc_and_resumes(
     bad = raw.copy()
     bad.loc[[5, 700], "text"] = pd.NA  # the serving suite quarantines these
     source = _put(settings, bad, "serving/it-bi-in.parquet")
-    manifest_uri = batch_infer(source=source, model_name=MODEL, batch="it-bi-a", chunk_rows=500)
+    manifest_uri = batch_infer(
+        source=source, model_name=MODEL, batch="it-bi-a", inference=InferOptions(chunk_rows=500)
+    )
 
     manifest = json.loads(get_bytes(settings.s3_client(), manifest_uri))
     assert manifest["model"]["version"] == champion
@@ -123,7 +126,9 @@ def test_scores_in_parts_matching_the_pyfunc_and_resumes(
         Bucket=settings.bucket, Key="predictions/youtube-spam/it-bi-a/part-0000-00002.parquet"
     )
     s3.delete_object(Bucket=settings.bucket, Key="predictions/youtube-spam/it-bi-a/_manifest.json")
-    again = batch_infer(source=source, model_name=MODEL, batch="it-bi-a", chunk_rows=500)
+    again = batch_infer(
+        source=source, model_name=MODEL, batch="it-bi-a", inference=InferOptions(chunk_rows=500)
+    )
     resumed = json.loads(get_bytes(s3, again))
     assert resumed["chunks_skipped"] == 3
     assert resumed["rows_out"] == manifest["rows_out"]
@@ -131,7 +136,9 @@ def test_scores_in_parts_matching_the_pyfunc_and_resumes(
 
     # The same batch id with other chunking is refused, not mixed in.
     with pytest.raises(ValueError, match="choose another batch id"):
-        batch_infer(source=source, model_name=MODEL, batch="it-bi-a", chunk_rows=400)
+        batch_infer(
+            source=source, model_name=MODEL, batch="it-bi-a", inference=InferOptions(chunk_rows=400)
+        )
 
 
 def test_dask_workers_give_the_same_predictions(
@@ -140,8 +147,15 @@ def test_dask_workers_give_the_same_predictions(
     from flows.batch_infer import batch_infer
 
     source = _put(stack_env, raw.iloc[:900], "serving/it-bi-dask.parquet")
-    batch_infer(source=source, model_name=MODEL, batch="it-bi-1w", chunk_rows=200)
-    batch_infer(source=source, model_name=MODEL, batch="it-bi-2w", chunk_rows=200, workers=2)
+    batch_infer(
+        source=source, model_name=MODEL, batch="it-bi-1w", inference=InferOptions(chunk_rows=200)
+    )
+    batch_infer(
+        source=source,
+        model_name=MODEL,
+        batch="it-bi-2w",
+        inference=InferOptions(chunk_rows=200, workers=2),
+    )
     one = _predictions(stack_env, "predictions/youtube-spam/it-bi-1w/")
     two = _predictions(stack_env, "predictions/youtube-spam/it-bi-2w/")
     pd.testing.assert_frame_equal(one, two)

@@ -175,8 +175,8 @@ def test_other_flows_are_checked_too() -> None:
         "parameter label.lf_set: 'nope' is not"
     )
     batch_infer = form("flows/batch_infer.py:batch_infer")
-    assert refusal(batch_infer, {"chunk_rows": "many"}).startswith(
-        "parameter chunk_rows: 'many' is not of type 'integer'"
+    assert refusal(batch_infer, {"inference": {"chunk_rows": "many"}}).startswith(
+        "parameter inference.chunk_rows: 'many' is not of type 'integer'"
     )
 
 
