@@ -128,6 +128,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, youtube_dir: Path) -> Iter
     from infra.tls import ensure_pki
 
     folder = tmp_path_factory.mktemp("dask-hosts")
+    # The session stack's MLflow credential, if another module started it, is put back
+    # at the end: later modules' clients read it from the environment.
+    credential_keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {key: os.environ.get(key) for key in credential_keys}
     with Hosts(3) as hosts:
         here = hosts.join_this_machine()
         stack = stack_settings(folder / "stack", host=here)
@@ -173,8 +177,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, youtube_dir: Path) -> Iter
                     _register_model(stack, raw["text"].astype(str).tolist())
                 yield found
         finally:
-            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                os.environ.pop(key, None)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
             down(stack, say=lambda line: None)
 
 
@@ -205,12 +212,16 @@ def _score(
     """batch_infer of ``source`` as ``batch``: on the cluster at ``address``, or (None)
     on this machine; its manifest."""
     from flows.batch_infer import batch_infer
+    from flows.options import InferOptions
 
     if address is None:
         monkeypatch.delenv("MLSYS_DASK_ADDRESS", raising=False)
     else:
         monkeypatch.setenv("MLSYS_DASK_ADDRESS", address)
-    uri = batch_infer(source=source, dataset=DATASET, batch=batch, model_name=MODEL, **options)
+    inference = InferOptions(**options)
+    uri = batch_infer(
+        source=source, dataset=DATASET, batch=batch, model_name=MODEL, inference=inference
+    )
     settings = Settings.load()
     return dict(json.loads(get_bytes(settings.s3_client(), uri)))
 
