@@ -68,8 +68,11 @@ test-faults: $(STAMP)
 
 # Every benchmark, then docs/benchmarks.md from their results (benchmarks/report.py), then
 # their figures to MLflow when MLFLOW_TRACKING_URI is set.
+# Every script with the settings docs/benchmarks.md quotes (its defaults), plus the
+# Spill runs with torch's default Adam that the page compares with the fused one.
 bench: $(STAMP)
 	for b in $$(ls benchmarks/*.py | grep -v -e log_results -e /report.py -e "/_"); do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/spill.py --adam default --output benchmarks/results/spill_adam_default.json
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/log_results.py
 

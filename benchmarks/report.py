@@ -182,30 +182,34 @@ def render_ingest(results: Results) -> str:
 
 
 def render_lf_apply(results: Results) -> str:
-    """Summary rows: applying the YouTube LFs against Snorkel's ``PandasLFApplier``."""
-    rep, uni = results["replicated"], results["unique"]
-
-    def checked(run: Results) -> str:
-        return (
-            "matrices checked identical" if run["matrices_identical"] else "matrices NOT identical"
+    """Summary rows: applying the YouTube LFs against Snorkel's parallel applier (the
+    same processes), with its single-process ``PandasLFApplier`` beside it."""
+    rows = []
+    machine = results["machine"]
+    start, end = machine["load_average_1min_at_start"], machine["load_average_1min_at_end"]
+    busy = max(start, end) >= machine["cpus"]
+    load = (
+        f"; the machine was busy (1-minute load average {fmt(start, 1)} at the start, "
+        f"{fmt(end, 1)} at the end), which slows every applier"
+        if busy
+        else ""
+    )
+    for name, what in (
+        ("replicated", "comments, replicated ({distinct} distinct)"),
+        ("unique", "unique comments (row number appended)"),
+    ):
+        run = results[name]
+        checked = "matrices checked identical" if run["matrices_identical"] else "NOT identical"
+        label = what.format(distinct=commas(run["unique_rows"]))
+        rows.append(
+            f"| `lf_apply.py`: YouTube LFs over {size_label(run['rows'])} {label} "
+            f"| Snorkel `PandasParallelLFApplier`, {run['processes']} processes, same LFs and "
+            f"rows, {checked} | **{times(run['ratio'], 2)}** "
+            f"({commas(run['apply_lfs_rows_per_s'])} vs "
+            f"{commas(run['parallel_lf_applier_rows_per_s'])} rows/s; against the "
+            f"single-process `PandasLFApplier` {times(run['ratio_single'], 1)}){load} |"
         )
-
-    second = (
-        "same"
-        if uni["matrices_identical"] == rep["matrices_identical"]
-        else f"same LFs and rows, {checked(uni)}"
-    )
-    return "\n".join(
-        [
-            f"| `lf_apply.py`: YouTube LFs over {size_label(rep['rows'])} comments, replicated "
-            f"({commas(rep['unique_rows'])} distinct) | Snorkel `PandasLFApplier`, same LFs and "
-            f"rows, {checked(rep)} | **{times(rep['ratio'], 1)}** ({fmt(rep['apply_lfs_s'])} s "
-            f"vs {fmt(rep['pandas_lf_applier_s'], 1)} s) |",
-            f"| `lf_apply.py`: {size_label(uni['rows'])} unique comments (row number appended) "
-            f"| {second} | **{times(uni['ratio'], 1)}** ({commas(uni['apply_lfs_rows_per_s'])} "
-            f"vs {commas(uni['pandas_lf_applier_rows_per_s'])} rows/s) |",
-        ]
-    )
+    return "\n".join(rows)
 
 
 def _labeler_name(name: str) -> str:
@@ -393,7 +397,7 @@ def render_gpipe(results: Results) -> str:
         "ratios taken within a round; per-stage timelines in "
         "`benchmarks/results/gpipe_schedule.png`):",
         "",
-        f"| run | examples/s | vs M=1 | vs {plain_key} | bubble measured | theory (K−1)/(M+K−1) "
+        f"| run | examples/s | vs {plain_key} | vs M=1 | bubble measured | theory (K−1)/(M+K−1) "
         "| ratio |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -401,8 +405,8 @@ def render_gpipe(results: Results) -> str:
         label = _gpipe_label(key, run)
         cells = [fmt(run["examples_per_s"], 0)]
         headline = key == head_key
-        cells.append(bold(times(run["vs_pipeline_m1"]), headline))
-        cells.append(times(run["vs_plain_2_threads"]))
+        cells.append(bold(times(run["vs_plain_2_threads"]), headline))
+        cells.append(times(run["vs_pipeline_m1"]))
         if "bubble_measured" in run:
             cells += [
                 fmt(run["bubble_measured"], 3),
@@ -519,14 +523,23 @@ def gpipe_row(results: Results) -> str:
     rounds = results["ceiling"]["rounds"]
     gap = math.ceil(max(abs(1 - r["measured"] / r["ceiling"]) for r in rounds) * 100)
     threads = results["threads_per_stage"]
+    plain = next(r for r in runs.values() if "threads" in r and r["vs_plain_2_threads"] == 1)
+    slower = (
+        " (slower: on one CPU the stages share the cores plain `fit` uses whole; a pipeline is "
+        "for a model that one device's memory cannot hold, or several devices or hosts)"
+        if head["vs_plain_2_threads"] < 1
+        else ""
+    )
     return (
         f"| `gpipe.py`: deep MLP ({model['depth']} × Linear {model['width']}), batch "
         f"{results['batch_size']}, K={results['stages']} stages, {threads} "
-        f"thread{'' if threads == 1 else 's'} each, {results['rounds']} interleaved rounds | the "
-        "same pipeline with M=1 (naive model parallelism) | "
-        f"M={head['microbatches']}: **{times(head['vs_pipeline_m1'])}** (rounds "
+        f"thread{'' if threads == 1 else 's'} each, {results['rounds']} interleaved rounds | "
+        f"plain `fit` of the same model with {plural(plain['threads'], 'thread')} (every core: "
+        "the strongest); and the same pipeline with M=1 (naive model parallelism) | "
+        f"M={head['microbatches']}: **{times(head['vs_plain_2_threads'])}** plain `fit`"
+        f"{slower}; {times(head['vs_pipeline_m1'])} the M=1 pipeline (rounds "
         f"{', '.join(times(r['measured']) for r in rounds)}), bubble "
-        f"**{times(head['bubble_ratio'])}** theory; each round within {gap} % of its ceiling "
+        f"{times(head['bubble_ratio'])} theory; each round within {gap} % of its ceiling "
         "from measured compute; see below |"
     )
 
@@ -1165,11 +1178,40 @@ def sharp_row(results: Results) -> str:
     all_met = all(r["lower_bound_met"] for _, r in grids)
     models = " and ".join(str(m) for m in config["models"])
     steps_text = " and ".join(str(s) for s in config["steps"])
+
+    def over(key: str) -> str:
+        shown_groups = []
+        for i, steps in enumerate(config["steps"]):
+            at = [(g, r) for g, r in grids if g["steps_per_model"] == steps]
+            shown = " / ".join(bold(times(r[key])) for _, r in at)
+            models_at = " / ".join(str(g["models"]) for g, _ in at)
+            shown_groups.append(
+                f"{shown} ({models_at} models, {steps} steps)"
+                if i == 0
+                else f"{shown} ({steps} steps)"
+            )
+        return ", ".join(shown_groups)
+
+    plain_text = over("speedup_2_workers_over_plain") + " plain `fit`"
+    if max(r["speedup_2_workers_over_plain"] for _, r in grids) < 1:
+        plain_text += (
+            " (slower: these models fit in memory, where plain training uses both threads on "
+            "one model at a time; SHARP is for models that do not fit, where plain training "
+            "cannot run)"
+        )
+    has_spill = all("speedup_2_workers_over_spill" in r for _, r in grids)
+    spill_text = (
+        over("speedup_2_workers_over_spill") + " Spill one model after another, same budget"
+        if has_spill
+        else "against Spill one model after another: not measured in this run"
+    )
     return (
         f"| `sharp.py`: {models} deep MLPs ({config['depth']} × Linear {config['width']}, every "
         f"other model narrower, {_adam(config)}), {steps_text} steps each, shards under "
-        f"{mib(config['budget'])} MiB, `train_many` on {plural(two, 'worker')} | the same on "
-        f"{plural(one, 'worker')}; and plain `fit` of one model after another with both threads | "
+        f"{mib(config['budget'])} MiB, `train_many` on {plural(two, 'worker')} | one model after "
+        "another with both threads: plain `fit` (models that fit in memory) and Spill under "
+        "the same budget (models that do not); and `train_many` on "
+        f"{plural(one, 'worker')} | {plain_text}; {spill_text}; "
         f"{plural(two, 'worker')} / {plural(one, 'worker')}: {', '.join(groups)}; makespan / "
         f"lower bound {ones} ({plural(one, 'worker')}), {bold(twos, all_met)} "
         f"({plural(two, 'worker')}); see below |"
@@ -1571,6 +1613,151 @@ def render_spill_limit(results: Results) -> str:
     return "\n".join(lines)
 
 
+_FEATURIZER_TASKS = ("youtube-spam", "wrench-semeval")
+_FEATURIZER_LABELS = {
+    "mlsys": "mlsys `pipeline_featurizer()`",
+    "sklearn (closest)": "scikit-learn, closest: word (1,2) + char_wb (1,4), summed, sublinear, L2",
+    "sklearn (union)": "scikit-learn, `make_union` of the two at 2^14 each, defaults",
+}
+FEATURIZER_NOISE_P = 0.05  # McNemar p-value under which an accuracy difference is not noise
+
+
+def _featurizer_fastest_library(results: Results) -> tuple[str, Results]:
+    """The scikit-learn set-up with the most rows/s on distinct texts: the strongest baseline."""
+    runs = results["speed"]["distinct"]
+    name = max((n for n in runs if n != "mlsys"), key=lambda n: runs[n]["median_rows_per_s"])
+    return name, runs[name]
+
+
+def _featurizer_equal_accuracy(results: Results, name: str) -> bool:
+    """True when no task's test accuracy differs from ours beyond noise (McNemar)."""
+    return all(
+        results["accuracy"][task]["featurizers"][name]["against_mlsys"]["p_value"]
+        >= FEATURIZER_NOISE_P
+        for task in _FEATURIZER_TASKS
+    )
+
+
+def _featurizer_accuracies(results: Results, name: str) -> str:
+    return ", ".join(
+        f"{task} {fmt(results['accuracy'][task]['featurizers'][name]['test_accuracy'], 3)}"
+        for task in _FEATURIZER_TASKS
+    )
+
+
+def featurizer_row(results: Results) -> str:
+    """Summary row: our hashing featurizer against scikit-learn's HashingVectorizer."""
+    name, library = _featurizer_fastest_library(results)
+    ours = results["speed"]["distinct"]["mlsys"]
+    repeated = results["speed"]["repeated"]
+    ratio = ours["median_rows_per_s"] / library["median_rows_per_s"]
+    repeated_ratio = repeated["mlsys"]["median_rows_per_s"] / repeated[name]["median_rows_per_s"]
+    equal = _featurizer_equal_accuracy(results, name)
+    keeps = library["over_mlsys"] <= 1 or library["over_mlsys_cpu"] <= 1 or not equal
+    return (
+        f"| `featurizer.py`: text featurizer, {size_label(results['rows'])} distinct texts "
+        f"(seeded generator over the YouTube comments' words), one process | scikit-learn "
+        f"`HashingVectorizer` ({_FEATURIZER_LABELS[name].split(', ', 1)[1]}) on the same texts "
+        f"| **{times(ratio)}** ({commas(ours['median_rows_per_s'])} vs "
+        f"{commas(library['median_rows_per_s'])} rows/s; {times(1 / library['over_mlsys_cpu'])} "
+        f"per CPU second); {times(repeated_ratio)} on the "
+        f"repeated comments; test accuracy {'equal within noise' if equal else 'differs'} "
+        f"(ours {_featurizer_accuracies(results, 'mlsys')}; theirs "
+        f"{_featurizer_accuracies(results, name)})"
+        f"; the pipeline {'keeps its own featurizer' if keeps else 'moves to scikit-learn'}; "
+        "see below |"
+    )
+
+
+def render_featurizer(results: Results) -> str:
+    """Section: the text featurizer against scikit-learn's HashingVectorizer."""
+    speed, accuracy = results["speed"], results["accuracy"]
+    distinct = speed["inputs"]["distinct"]
+    repeated = speed["inputs"]["repeated"]
+    loads = speed["load_average_1min_before_rounds"]
+    lines = [
+        f"Text featurizer against scikit-learn (`benchmarks/featurizer.py`; "
+        f"{commas(results['rows'])} texts per input,",
+        f"one process, chunks of {commas(results['chunk_rows'])} texts as scoring featurizes "
+        f"them, {power_of_two(results['n_features'])} features; median rows/s of",
+        f"{word(speed['rounds'])} interleaved rounds, wall clock and per CPU second of the "
+        "process (one thread each;",
+        f"the machine is shared: 1-minute load average {span(loads)} before the rounds); "
+        "test accuracy of",
+        "scikit-learn's `LogisticRegression` on each featurization, C chosen on dev/valid):",
+        "",
+        "| featurizer | distinct texts, rows/s | per CPU second | repeated texts, rows/s "
+        "| per CPU second | youtube-spam test | wrench-semeval test |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, run in speed["distinct"].items():
+        again = speed["repeated"][name]
+        cells = []
+        for task in _FEATURIZER_TASKS:
+            score = accuracy[task]["featurizers"][name]
+            cell = fmt(score["test_accuracy"], 3)
+            if "against_mlsys" in score:
+                cell += f" (p {fmt(score['against_mlsys']['p_value'], 2)})"
+            cells.append(cell)
+        speeds = []
+        for figures in (run, again):
+            for key, over in (("median_rows_per_s", "over_mlsys"),
+                              ("median_rows_per_cpu_s", "over_mlsys_cpu")):  # fmt: skip
+                ratio = "" if name == "mlsys" else f" ({times(figures[over])})"
+                speeds.append(f"{commas(figures[key])}{ratio}")
+        lines.append(
+            f"| {_FEATURIZER_LABELS.get(name, name)} | {' | '.join(speeds)} | {cells[0]} "
+            f"| {cells[1]} |"
+        )
+    youtube, semeval = accuracy["youtube-spam"], accuracy["wrench-semeval"]
+    lines += [
+        "",
+        f"Distinct texts: each round {commas(distinct['texts'])} new texts, all distinct, drawn "
+        "by a seeded word-bigram chain",
+        f"over the {commas(distinct['source_vocabulary'])} words of the 1,956 YouTube comments "
+        f"({fmt(distinct['mean_words'], 1)} words a text; the first round's hold",
+        f"{commas(distinct['distinct_words'])} distinct words and "
+        f"{commas(distinct['distinct_word_bigrams'])} word bigrams, "
+        f"{commas(distinct['word_bigrams_not_in_source'])} of them not in the comments). The "
+        "vocabulary",
+        "is smaller than a real stream's, which helps our featurizer's per-process caches. "
+        "Repeated texts: the",
+        f"comments cycled ({commas(repeated['distinct_texts'])} distinct of "
+        f"{commas(repeated['texts'])}), the earlier text benchmarks' input, where our caches "
+        "always hit.",
+        "",
+        f"Accuracy: youtube-spam trains on its {commas(youtube['rows']['train'])} train rows "
+        "with the source's labels (the pipeline",
+        "weakly labels them instead), chooses C on the "
+        f"{commas(youtube['rows']['dev'])} gold dev rows and scores the "
+        f"{commas(youtube['rows']['test'])} gold test rows;",
+        f"wrench-semeval trains on WRENCH train's {commas(semeval['rows']['train'])} gold "
+        f"labels, chooses C on valid ({commas(semeval['rows']['valid'])} rows) and scores test",
+        f"({commas(semeval['rows']['test'])} rows). p: McNemar's exact test against ours on the "
+        "same test rows.",
+        "",
+    ]
+    name, library = _featurizer_fastest_library(results)
+    equal = _featurizer_equal_accuracy(results, name)
+    share = f"{pct(library['over_mlsys'])} % (per CPU second {pct(library['over_mlsys_cpu'])} %)"
+    if library["over_mlsys"] > 1 and library["over_mlsys_cpu"] > 1 and equal:
+        lines.append(
+            f"scikit-learn ({name.split(' ', 1)[1].strip('()')}) featurizes {share} of our speed "
+            "at equal accuracy: the pipeline moves to it as a new featurizer version."
+        )
+    else:
+        reason = "at equal accuracy" if equal else "and its accuracy differs beyond noise"
+        if max(library["over_mlsys"], library["over_mlsys_cpu"]) > 1:
+            reason += " (wall clock and CPU time disagree on which is faster: no gain beyond noise)"
+        lines.append(
+            f"The fastest scikit-learn set-up featurizes distinct texts at {share} of our speed "
+            f"{reason}, so the pipeline\nkeeps its own featurizer. Both build each text's grams "
+            "in Python; ours keeps each word's character grams\nin a per-process cache, "
+            "scikit-learn's `char_wb` analyzer builds them anew for every word."
+        )
+    return "\n".join(lines)
+
+
 # --- the page ---------------------------------------------------------------------------------
 
 
@@ -1580,6 +1767,72 @@ def load_results(folder: Path = RESULTS) -> dict[str, Results]:
         path.stem: json.loads(path.read_text(encoding="utf-8"))
         for path in sorted(folder.glob("*.json"))
     }
+
+
+def render_defaults_study(results: Results) -> str:
+    """Section: the study behind the text classifier's defaults, ranked on dev only."""
+    metric = results["metric"]
+    config, data = results["config"], results["data"]
+    lines = [
+        f"Defaults of the text classifier (`benchmarks/defaults_study.py`, {config['dataset']}, "
+        f"LF set `{config['lf_set']}`; labeler",
+        f"{data['labeler']}; {commas(data['covered_train_rows'])} covered train rows). Each "
+        "candidate is ranked by",
+        f"{config['repeats']} x {config['folds']}-fold cross-validation over the "
+        f"{data['dev_rows']} gold dev rows: in each fold the pipeline's own",
+        "choice (learning rate and epoch, `train` with `choose` on) runs on the other folds "
+        "and the held-out fold",
+        f"scores it. Only the chosen candidate is scored on the {data['test_rows']} test rows, "
+        "after the choice:",
+        "",
+        f"| candidate | dev {metric}, cross-validated (sd) |",
+        "|---|---|",
+    ]
+    for row in results["candidates"]:
+        chosen = row["name"] == results["chosen"]
+        default = " (the pipeline's default)" if row["name"] == results["pipeline_default"] else ""
+        lines.append(
+            f"| {bold(row['name'] + default, chosen)} | {bold(fmt(row['cv_mean'], 4), chosen)} "
+            f"({fmt(row['cv_std'], 3)}) |"
+        )
+    test = results["test"]
+    best = max(row["cv_mean"] for row in results["candidates"])
+    tied = [row["name"] for row in results["candidates"] if row["cv_mean"] == best]
+    chosen = next(row for row in results["candidates"] if row["name"] == results["chosen"])
+    default = next(
+        row for row in results["candidates"] if row["name"] == results["pipeline_default"]
+    )
+    same_features = (chosen["n_features"], chosen["char_ngrams"]) == (
+        default["n_features"],
+        default["char_ngrams"],
+    )
+    verdict = (
+        "the pipeline's defaults exactly"
+        if results["default_is_chosen"]
+        else (
+            f"the pipeline's default featurizer ({power_of_two(default['n_features'])} "
+            "features) "
+            + ("with" if same_features else "NOT: the default featurizer differs; with")
+            + f" {'a hidden layer' if chosen['hidden'] else 'no hidden layer'}, where the "
+            "default model is "
+            + ("linear" if not default["hidden"] else f"MLP {default['hidden']}")
+            + ". With `choose` on (the default) the pipeline picks linear or MLP [128] on dev "
+            "in every run, so the model family is a per-run choice; only the featurizer is a "
+            "fixed default"
+        )
+    )
+    if len(tied) > 1:
+        verdict += (
+            f"; {len(tied)} candidates tie at {fmt(best, 4)} ({', '.join(tied)}) and the script "
+            "takes the first listed, so dev does not tell these apart"
+        )
+    lines += [
+        "",
+        f"Chosen on dev: {results['chosen']}: {verdict}. Its test {metric} over "
+        f"{len(test['seeds'])} seeds: {', '.join(fmt(t, 3) for t in test['seeds'])} (mean "
+        f"{fmt(test['mean'], 3)}).",
+    ]
+    return "\n".join(lines)
 
 
 RENDERED = {
@@ -1597,6 +1850,8 @@ RENDERED = {
     "spill_adam_default",
     "spill_limit",
     "sharp",
+    "defaults_study",
+    "featurizer",
 }
 
 
@@ -1629,6 +1884,7 @@ def render(results: dict[str, Results]) -> str:
             render_validate(r["validate"]),
             incremental_row(r["incremental"]),
             batch_infer_row(r["batch_infer"]),
+            featurizer_row(r["featurizer"]),
             serving_row(r["serving"]),
             spill_row(r["spill"], r["spill_adam_default"]),
             spill_limit_row(r["spill_limit"]),
@@ -1641,11 +1897,13 @@ def render(results: dict[str, Results]) -> str:
         render_wrench_one_vs_rest(r["wrench_one_vs_rest"]),
         render_gpipe(r["gpipe"]),
         render_batch_infer(r["batch_infer"]),
+        render_featurizer(r["featurizer"]),
         render_incremental(r["incremental"]),
         render_spill(r["spill"], r["spill_adam_default"]),
         render_spill_limit(r["spill_limit"]),
         render_sharp(r["sharp"]),
         render_serving(r["serving"]),
+        render_defaults_study(r["defaults_study"]),
     ]
     return "\n\n".join(sections) + "\n"
 

@@ -7,8 +7,10 @@ the throughput (optimizer steps of all models per second) and its ratio 2 worker
 worker, and compares each makespan with the lower bound any schedule of the measured unit
 times could reach (the longest model's chain, or all work spread evenly) and with a
 simulation of longest-remaining-time-first over those times with free transfers.
-Baseline measured in the same run: the same models trained one after another by
-``fit(strategy="plain")`` with both threads, what a user would otherwise do. Draws the
+Baselines measured in the same run, what a user would otherwise do: the same models
+trained one after another by ``fit(strategy="plain")`` with both threads (models that fit
+in memory), and by ``fit(strategy=Spill(budget))`` with both threads under SHARP's budget
+and offload (models that do not). Draws the
 2-worker timeline of the largest grid at the fewest steps to
 benchmarks/results/sharp_gantt.png.
 
@@ -37,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mlsys.training import Job, fit, train_many
+from mlsys.training import Job, Spill, fit, train_many
 from mlsys.training.sharp import lower_bound, plot_gantt, simulate_lrtf
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,20 +133,26 @@ def run_sharp(
 
 
 def run_sequential(
-    n: int, steps_each: int, args: argparse.Namespace, data: dict[int, Any]
+    n: int, steps_each: int, args: argparse.Namespace, data: dict[int, Any], *, spill: bool = False
 ) -> dict[str, Any]:
+    """The models one after another with ``args.threads`` threads: plain ``fit``, or
+    ``Spill`` under SHARP's budget and offload (``spill``)."""
     torch.set_num_threads(args.threads)
     jobs = jobs_for(n, args, data)
     started = time.perf_counter()
     for job in jobs:
-        fit(job.model, job.data, optimizer=job.optimizer, loss=job.loss,
+        strategy: Any = (
+            Spill(args.budget, offload="disk" if args.folder else "host", folder=args.folder)
+            if spill
+            else "plain"
+        )
+        fit(job.model, job.data, optimizer=job.optimizer, loss=job.loss, strategy=strategy,
             epochs=job.epochs, batch_size=job.batch_size, seed=job.seed)  # fmt: skip
     steps = n * steps_each
     seconds = time.perf_counter() - started
     print(
-        f"plain, one model after another, {args.threads} threads, {n} models x "
-        f"{steps_each} steps: "
-        f"{seconds:6.2f} s, {steps / seconds:.2f} steps/s",
+        f"{'Spill' if spill else 'plain'}, one model after another, {args.threads} threads, "
+        f"{n} models x {steps_each} steps: {seconds:6.2f} s, {steps / seconds:.2f} steps/s",
         flush=True,
     )
     return {"models": n, "steps_per_model": steps_each, "threads": args.threads,
@@ -162,22 +170,25 @@ def run_grid(
     """``args.rounds`` interleaved rounds of 1 worker, 2 workers and the plain baseline on
     ``n`` models of ``steps`` steps; their medians and ratios go into ``figures``. Returns
     the median 2-worker run with its timeline."""
-    ones, twos, bases = [], [], []
+    ones, twos, bases, spills = [], [], [], []
     for _ in range(args.rounds):  # interleaved, so that a noisy spell hits every config
         ones.append(run_sharp(n, 1, steps, args, data))
         twos.append(run_sharp(n, 2, steps, args, data))
         bases.append(run_sequential(n, steps, args, data))
-    one, two, base = (median_row(rows, key) for rows, key in
-                      ((ones, "makespan_seconds"), (twos, "makespan_seconds"),
-                       (bases, "seconds")))  # fmt: skip
+        spills.append(run_sequential(n, steps, args, data, spill=True))
+    one, two, base, spilled = (median_row(rows, key) for rows, key in
+                               ((ones, "makespan_seconds"), (twos, "makespan_seconds"),
+                                (bases, "seconds"), (spills, "seconds")))  # fmt: skip
     speedup = two["steps_per_second"] / one["steps_per_second"]
     over_plain = two["steps_per_second"] / base["steps_per_second"]
+    over_spill = two["steps_per_second"] / spilled["steps_per_second"]
     print(
         f"  {n} models x {steps} steps, median of {args.rounds}: 2 workers / 1 worker = "
         f"{speedup:.2f}x (target >= {TARGET_SPEEDUP}), makespan / lower bound "
         f"{one['makespan_over_lower_bound']:.3f} (1 worker), "
         f"{two['makespan_over_lower_bound']:.3f} (2 workers) (target <= "
-        f"{TARGET_LOWER_BOUND}); 2 workers / plain one after another = {over_plain:.2f}x",
+        f"{TARGET_LOWER_BOUND}); 2 workers / plain one after another = {over_plain:.2f}x, "
+        f"/ Spill one after another = {over_spill:.2f}x",
         flush=True,
     )
     name = f"{n}_models_x_{steps}_steps"  # the label of these figures' metrics in MLflow
@@ -192,6 +203,9 @@ def run_grid(
     figures["sequential_plain"].append(
         {"name": name, "models": n, "steps_per_model": steps, "median": base, "rounds": bases}
     )
+    figures["sequential_spill"].append(
+        {"name": name, "models": n, "steps_per_model": steps, "median": spilled, "rounds": spills}
+    )
     worst = max(one["makespan_over_lower_bound"], two["makespan_over_lower_bound"])
     figures.setdefault("ratios", []).append(
         {
@@ -200,6 +214,7 @@ def run_grid(
             "steps_per_model": steps,
             "speedup_2_over_1_workers": speedup,
             "speedup_2_workers_over_plain": over_plain,
+            "speedup_2_workers_over_spill": over_spill,
             "makespan_over_lower_bound_1_worker": one["makespan_over_lower_bound"],
             "makespan_over_lower_bound_2_workers": two["makespan_over_lower_bound"],
             "speedup_met": speedup >= TARGET_SPEEDUP,
@@ -258,6 +273,7 @@ def main() -> None:
         },
         "sharp": [],
         "sequential_plain": [],
+        "sequential_spill": [],
         "targets": {
             "speedup_2_over_1": TARGET_SPEEDUP,
             "makespan_over_lower_bound": TARGET_LOWER_BOUND,

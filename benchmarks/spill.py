@@ -329,7 +329,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="mini-batches per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="times each run is repeated, interleaved"
+        "--rounds", type=int, default=3, help="times each run is repeated, interleaved"
     )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run"
