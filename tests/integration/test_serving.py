@@ -116,7 +116,11 @@ def champion(served: Served, labeled_uri: str) -> str:
     outcome = trigger(
         served.settings,
         "train/train",
-        {"labeled_batch": labeled_uri, "training": {"epochs": 2, "choose": False}, "model_name": MODEL},
+        {
+            "labeled_batch": labeled_uri,
+            "training": {"epochs": 2, "choose": False},
+            "model_name": MODEL,
+        },
         timeout_s=600,
         say=lambda line: None,
     )
