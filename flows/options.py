@@ -21,10 +21,16 @@ from mlsys.training.trainers import PlainTrainer, TrainerSpec
 __all__ = ["InferOptions", "LabelOptions", "TrainOptions"]
 
 
-class LabelOptions(BaseModel):
-    """How `weak_label` labels a raw batch (gold rows come from the dataset's gold policy)."""
-
+class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    def params(self) -> dict[str, Any]:
+        """The flat MLflow parameters of these options."""
+        return self.model_dump()
+
+
+class LabelOptions(_Options):
+    """How `weak_label` labels a raw batch (gold rows come from the dataset's gold policy)."""
 
     lf_set: str = Field(
         DEFAULT_LF_SET,
@@ -48,15 +54,9 @@ class LabelOptions(BaseModel):
         None, ge=1, description="Processes for row-by-row LFs. Empty: one per CPU."
     )
 
-    def params(self) -> dict[str, Any]:
-        """The flat MLflow parameters of these options."""
-        return self.model_dump()
 
-
-class TrainOptions(BaseModel):
+class TrainOptions(_Options):
     """How the dataset's text classifier is trained."""
-
-    model_config = ConfigDict(extra="forbid")
 
     trainer: TrainerSpec = Field(
         default_factory=PlainTrainer,
@@ -113,10 +113,8 @@ class TrainOptions(BaseModel):
         return {**self.trainer.params(), **self.model_dump(exclude={"trainer"})}
 
 
-class InferOptions(BaseModel):
+class InferOptions(_Options):
     """How `batch_infer` scores an input."""
-
-    model_config = ConfigDict(extra="forbid")
 
     chunk_rows: int = Field(
         50_000, ge=1, description="Rows read, checked and scored at a time; bounds memory."
@@ -129,7 +127,3 @@ class InferOptions(BaseModel):
         "first put in S3 under staging/), else on a Dask cluster on this machine when > 1. "
         "Empty: one per CPU (per worker thread of the given cluster), at most one per chunk.",
     )
-
-    def params(self) -> dict[str, Any]:
-        """The flat MLflow parameters of these options."""
-        return self.model_dump()
