@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mlsys.settings import Settings
+from infra.config import StackSettings
 
 stack_app = typer.Typer(
     help="Run the local stack: SeaweedFS S3, MLflow, Prefect server and worker.",
@@ -26,8 +26,8 @@ StackDir = Annotated[
 ]
 
 
-def _settings(stack_dir: Path | None) -> Settings:
-    return Settings.load(**({"stack_dir": stack_dir} if stack_dir else {}))
+def _settings(stack_dir: Path | None) -> StackSettings:
+    return StackSettings.load(**({"stack_dir": stack_dir} if stack_dir else {}))
 
 
 @stack_app.command("up")

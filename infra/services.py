@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from infra.config import StackSettings
 from mlsys.atomic import write_text_atomic
-from mlsys.settings import CREDENTIALS_FILE, Settings
+from mlsys.settings import CREDENTIALS_FILE
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
@@ -28,7 +29,7 @@ def _bin(name: str) -> str:
     return str(path)
 
 
-def base_env(settings: Settings) -> dict[str, str]:
+def base_env(settings: StackSettings) -> dict[str, str]:
     """The caller's environment with the stack's settings on top.
 
     Settings of another Prefect or MLflow (from the user's shell) are dropped so a
@@ -54,7 +55,7 @@ def write_private(path: Path, text: str) -> None:
     write_text_atomic(path, text, permissions=0o600)
 
 
-def stack_secret(settings: Settings, key: str) -> str:
+def stack_secret(settings: StackSettings, key: str) -> str:
     """A secret `stack up` generated into ``<stack_dir>/credentials.json``."""
     path = settings.stack_dir / CREDENTIALS_FILE
     value = json.loads(path.read_text()).get(key) if path.is_file() else None
@@ -74,7 +75,7 @@ class Service(ABC):
 
     name: str
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
 
     @abstractmethod

@@ -21,6 +21,7 @@ import psycopg2
 from psycopg2 import sql
 
 from infra import process
+from infra.config import StackSettings, redact_url
 from infra.forms import offer_dataset_choices
 from infra.seaweed import SeaweedFS
 from infra.services import (
@@ -35,7 +36,7 @@ from infra.services import (
     base_env,
     write_private,
 )
-from mlsys.settings import CREDENTIALS_FILE, Settings, redact_url
+from mlsys.settings import CREDENTIALS_FILE
 
 Say = Callable[[str], None]
 
@@ -55,7 +56,7 @@ class ServiceStatus:
     foreign: list[str] = field(default_factory=list)
 
 
-def services(settings: Settings) -> list[Service]:
+def services(settings: StackSettings) -> list[Service]:
     """The services this stack runs locally, in start order.
 
     A service pointed elsewhere by settings (a remote S3, MLflow or Prefect) is not
@@ -78,7 +79,7 @@ ALL_SERVICES = ("seaweedfs", "mlflow", "prefect-server", "prefect-worker", "serv
 
 
 # ---- credentials -----------------------------------------------------------------
-def ensure_credentials(settings: Settings) -> Settings:
+def ensure_credentials(settings: StackSettings) -> StackSettings:
     """Generate the credentials of every service this stack runs, on first start.
 
     Kept in ``<stack_dir>/credentials.json`` (mode 0600, in a 0700 folder); a credential
@@ -145,7 +146,7 @@ def _wait(check: Callable[[], bool], timeout_s: float, alive: Callable[[], bool]
     return check()
 
 
-def _prepare_database(settings: Settings) -> None:
+def _prepare_database(settings: StackSettings) -> None:
     """Create MLflow's schemas in PostgreSQL, its tracking store's and its users' (Prefect
     migrates its own tables)."""
     if settings.database_url is None:
@@ -197,7 +198,7 @@ def start_service(service: Service, timeout_s: float, say: Say) -> None:
 
 
 def stop_leftovers(
-    settings: Settings, name: str, record: process.ProcessRecord | None, say: Say
+    settings: StackSettings, name: str, record: process.ProcessRecord | None, say: Say
 ) -> None:
     """Stop what a crashed run of service ``name`` left: the rest of its recorded process
     group (a server's workers outlive a leader killed with SIGKILL) and any process
@@ -225,14 +226,14 @@ def port_holder(host: str, port: int) -> str:
     return f", held by pid {proc.pid}: {command}"
 
 
-def ensure_bucket(settings: Settings) -> None:
+def ensure_bucket(settings: StackSettings) -> None:
     client = settings.s3_client()
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if settings.bucket not in existing:
         client.create_bucket(Bucket=settings.bucket)
 
 
-def _prefect(settings: Settings, *args: str, timeout_s: float = 300) -> None:
+def _prefect(settings: StackSettings, *args: str, timeout_s: float = 300) -> None:
     result = subprocess.run(
         [_bin("prefect"), *args],
         env=base_env(settings),
@@ -248,7 +249,7 @@ def _prefect(settings: Settings, *args: str, timeout_s: float = 300) -> None:
         )
 
 
-def ensure_work_pool(settings: Settings, say: Say = print) -> None:
+def ensure_work_pool(settings: StackSettings, say: Say = print) -> None:
     """The stack's process pool, with its concurrency limit: runs beyond it wait in the
     queue (Late, then picked up) instead of starving each other of the machine's cores.
 
@@ -295,7 +296,7 @@ UNRESPONSIVE_AUTOMATION = "mlsys: crash unresponsive runs"
 """Name of the automation `up` keeps on the Prefect server (one per server)."""
 
 
-def ensure_unresponsive_runs_crash(settings: Settings) -> None:
+def ensure_unresponsive_runs_crash(settings: StackSettings) -> None:
     """Prefect's zombie detection: an automation that marks CRASHED a flow run whose
     heartbeats stop for ``unresponsive_after_s`` without it reaching a final state.
 
@@ -352,12 +353,12 @@ def ensure_unresponsive_runs_crash(settings: Settings) -> None:
         client.create_automation(automation)
 
 
-def deploy(settings: Settings) -> None:
+def deploy(settings: StackSettings) -> None:
     """Register every deployment of prefect.yaml (idempotent: updates in place)."""
     _prefect(settings, "--no-prompt", "deploy", "--all")
 
 
-def write_env_file(settings: Settings) -> Path:
+def write_env_file(settings: StackSettings) -> Path:
     path = settings.stack_dir / "env"
     lines = [f"export {k}={_shell_quote(v)}" for k, v in sorted(settings.shell_env().items())]
     write_private(
@@ -370,7 +371,7 @@ def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
-def up(settings: Settings, *, timeout_s: float = 120, say: Say = print) -> Settings:
+def up(settings: StackSettings, *, timeout_s: float = 120, say: Say = print) -> StackSettings:
     """Start whatever is not running yet, wait until healthy, deploy; idempotent.
 
     Files it and the services write are their owner's only (umask 077).
@@ -382,7 +383,7 @@ def up(settings: Settings, *, timeout_s: float = 120, say: Say = print) -> Setti
         os.umask(previous)
 
 
-def _up(settings: Settings, *, timeout_s: float, say: Say) -> Settings:
+def _up(settings: StackSettings, *, timeout_s: float, say: Say) -> StackSettings:
     settings = ensure_credentials(settings)
     _prepare_database(settings)
     say(f"mlsys stack in {settings.stack_dir.resolve()}")
@@ -412,7 +413,7 @@ def _up(settings: Settings, *, timeout_s: float, say: Say) -> Settings:
 
 
 # ---- down, status, logs -----------------------------------------------------------
-def down(settings: Settings, *, say: Say = print) -> list[str]:
+def down(settings: StackSettings, *, say: Say = print) -> list[str]:
     """Stop the processes this stack started (their process groups, and any process
     started for this stack folder that outlived its record), worker first."""
     stopped: list[str] = []
@@ -430,7 +431,7 @@ def down(settings: Settings, *, say: Say = print) -> list[str]:
     return stopped
 
 
-def status(settings: Settings) -> list[ServiceStatus]:
+def status(settings: StackSettings) -> list[ServiceStatus]:
     settings = settings.with_stack_credentials()
     result = []
     local = {s.name: s for s in services(settings)}
@@ -457,7 +458,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
     return result
 
 
-def _as_started(settings: Settings, record: process.ProcessRecord | None) -> Settings:
+def _as_started(settings: StackSettings, record: process.ProcessRecord | None) -> StackSettings:
     """``settings`` with the port a running model server listens on: `up --serve` may
     have started it with another MLSYS_SERVE_PORT than the one asking now."""
     if record is None or not record.alive():
@@ -493,7 +494,7 @@ def _foreign_ports(service: Service, record: process.ProcessRecord | None) -> li
 
 
 # ---- runs left behind -------------------------------------------------------------
-def mark_crashed_runs(settings: Settings) -> list[str]:
+def mark_crashed_runs(settings: StackSettings) -> list[str]:
     """Mark CRASHED the flow runs a stopped process left RUNNING; their names.
 
     A run the worker started records its process id (``infrastructure_pid``); if no
@@ -551,7 +552,7 @@ def _crash(client: Any, run: Any, why: str, crashed: list[Any], note: str = "") 
     crashed.append(run)
 
 
-def _close_mlflow_runs(settings: Settings, flow_run_ids: list[str]) -> None:
+def _close_mlflow_runs(settings: StackSettings, flow_run_ids: list[str]) -> None:
     """Mark KILLED the MLflow runs of crashed flow runs (tag ``prefect.flow_run_id``) still
     RUNNING: the process that would have ended them is gone. Best effort: where MLflow
     cannot be reached they stay as they are, and `up` goes on."""

@@ -1,4 +1,20 @@
-"""One typed settings object for every endpoint and credential (env prefix ``MLSYS_``)."""
+"""How the engine, tasks and flows reach the services: one typed settings object for
+every endpoint and credential (env prefix ``MLSYS_``).
+
+Running the local stack is not the engine's business. Its ports, processes, databases and
+work pool are ``infra.config.StackSettings``, a subclass of :class:`Settings` that the
+``mlsys stack`` commands read from the same ``MLSYS_*`` variables. The engine knows the
+stack only by what the stack publishes:
+
+- its address, :class:`LocalStack`: ``MLSYS_HOST`` and ``MLSYS_S3_PORT``,
+  ``MLSYS_MLFLOW_PORT``, ``MLSYS_PREFECT_PORT``, ``MLSYS_SERVE_PORT``, the variables the
+  stack is started from (and writes to ``<stack_dir>/env``). An endpoint left unset is
+  the local stack's service at that address;
+- the credentials it generated, ``<stack_dir>/credentials.json``: a credential left unset
+  for a service of the local stack is read from there (:meth:`Settings.load`).
+
+Nothing under ``mlsys/`` imports ``infra`` (tests/unit/test_layering.py).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +24,52 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CREDENTIALS_FILE = "credentials.json"
+
+
+class LocalStack(BaseSettings):
+    """Where the local stack (``mlsys stack up``) serves: its interface and the ports of
+    the services it publishes, from ``MLSYS_HOST`` and ``MLSYS_<SERVICE>_PORT``.
+
+    The engine uses it only for the endpoints :class:`Settings` leaves unset.
+    ``infra.config.StackSettings`` inherits these fields, so the stack binds where the
+    engine looks.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLSYS_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Interface the local stack binds to.")
+    s3_port: int = Field(default=8333, description="SeaweedFS S3 gateway port.")
+    mlflow_port: int = Field(default=5000, description="MLflow tracking server port.")
+    prefect_port: int = Field(default=4200, description="Prefect server port.")
+    serve_port: int = Field(default=8080, description="Port of the stack's model server.")
+
+    @model_validator(mode="after")
+    def _check_published_ports(self) -> Self:
+        for name in ("s3_port", "mlflow_port", "prefect_port", "serve_port"):
+            value = getattr(self, name)
+            if not 0 < value < 65536:
+                raise ValueError(f"{name}={value} is not a usable TCP port")
+        return self
+
+    def url(self, port: int) -> str:
+        """``http://<host>:<port>``."""
+        return f"http://{self.host}:{port}"
 
 
 class Settings(BaseSettings):
     """Where the services are and how to reach them.
 
     Every field can be set from the environment as ``MLSYS_<FIELD>`` (for example
-    ``MLSYS_S3_ENDPOINT_URL``). Left unset, the endpoints point at the local stack
-    that ``mlsys stack up`` runs on ``host``. Read it once, explicitly, with
-    :meth:`Settings.load`, and pass it down; nothing reads settings at import time.
+    ``MLSYS_S3_ENDPOINT_URL``). Left unset, the endpoints point at the local stack that
+    ``mlsys stack up`` runs (:meth:`local_stack`, read from the environment when the
+    settings are made). Read it once, explicitly, with :meth:`Settings.load`, and pass
+    it down; nothing reads settings at import time.
 
     Usage::
 
@@ -34,9 +80,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLSYS_", extra="ignore")
 
     stack_dir: Path = Field(
-        default=Path(".stack"), description="State of the local stack: data, logs, pids, keys."
+        default=Path(".stack"),
+        description="State of the local stack: data, logs, pids, keys. The engine reads the "
+        "credentials `stack up` generated there, and keeps its download cache there.",
     )
-    host: str = Field(default="127.0.0.1", description="Interface the local stack binds to.")
 
     # S3: SeaweedFS locally, AWS S3 or any S3-compatible store elsewhere.
     s3_endpoint_url: str | None = Field(
@@ -47,16 +94,6 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
     s3_region: str = Field(default="us-east-1", description="S3 region name.")
     bucket: str = Field(default="mlsys", description="Bucket for data, artifacts and results.")
-
-    # Ports of the local stack. gRPC ports of SeaweedFS are the HTTP port + offset.
-    s3_port: int = Field(default=8333, description="SeaweedFS S3 gateway port.")
-    weed_master_port: int = Field(default=9333, description="SeaweedFS master port.")
-    weed_volume_port: int = Field(default=9340, description="SeaweedFS volume server port.")
-    weed_filer_port: int = Field(default=8888, description="SeaweedFS filer port.")
-    weed_admin_port: int = Field(default=23646, description="SeaweedFS admin server port.")
-    weed_grpc_offset: int = Field(default=10000, description="SeaweedFS gRPC port offset.")
-    mlflow_port: int = Field(default=5000, description="MLflow tracking server port.")
-    prefect_port: int = Field(default=4200, description="Prefect server port.")
 
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking server; unset means the local one."
@@ -78,15 +115,6 @@ class Settings(BaseSettings):
     mlflow_password: SecretStr | None = Field(
         default=None, description="MLflow password; unset means the generated one."
     )
-    serve: bool = Field(
-        default=False,
-        description="`stack up` also starts `mlsys serve` (the champion of serve_dataset "
-        "over HTTP) as a service of the stack.",
-    )
-    serve_port: int = Field(default=8080, description="Port of the stack's model server.")
-    serve_dataset: str = Field(
-        default="youtube-spam", description="Dataset whose champion the stack's server answers for."
-    )
     serve_url: str | None = Field(
         default=None,
         description="A model server elsewhere that flows tell of promotions; unset means "
@@ -99,13 +127,6 @@ class Settings(BaseSettings):
     )
     prefect_ui_url: str | None = Field(
         default=None, description="Prefect UI base URL used in links; derived from the API URL."
-    )
-    work_pool: str = Field(default="mlsys", description="Prefect process work pool name.")
-    pool_concurrency: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
-        ge=1,
-        description="Flow runs the work pool runs at once (default: the machine's cores); "
-        "more wait in the queue.",
     )
     datasets_dir: str | None = Field(
         default=None,
@@ -134,42 +155,15 @@ class Settings(BaseSettings):
         ),
     )
 
-    unresponsive_after_s: float = Field(
-        default=180.0,
-        ge=60,
-        description=(
-            "A flow run whose heartbeats (every 30 s) stop for this long is marked CRASHED "
-            "by the stack's Prefect automation, even if no one runs `up` (seconds)."
-        ),
-    )
+    _local: LocalStack = PrivateAttr(default_factory=LocalStack)
 
-    database_url: SecretStr | None = Field(
-        default=None,
-        description=(
-            "PostgreSQL URL (postgresql://user:pass@host:5432/db) for the MLflow and Prefect "
-            "servers of the local stack; unset means SQLite files under stack_dir."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _check_ports(self) -> Settings:
-        for name in (
-            "s3_port",
-            "weed_master_port",
-            "weed_volume_port",
-            "weed_filer_port",
-            "weed_admin_port",
-            "mlflow_port",
-            "prefect_port",
-            "serve_port",
-        ):
-            value = getattr(self, name)
-            if not 0 < value < 65536 - (self.weed_grpc_offset if name.startswith("weed") else 0):
-                raise ValueError(f"{name}={value} is not a usable TCP port")
-        return self
+    def local_stack(self) -> LocalStack:
+        """Where the local stack serves, for the endpoints left unset (read from
+        ``MLSYS_HOST`` and ``MLSYS_*_PORT`` when these settings were made)."""
+        return self._local
 
     @classmethod
-    def load(cls, **overrides: Any) -> Settings:
+    def load(cls, **overrides: Any) -> Self:
         """Read the environment (``overrides`` win), then add the stack's credentials.
 
         MLflow's client reads its credential from the environment on every request, so
@@ -203,7 +197,7 @@ class Settings(BaseSettings):
         if auth is not None and "MLFLOW_TRACKING_USERNAME" not in os.environ:
             os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = auth
 
-    def with_stack_credentials(self) -> Settings:
+    def with_stack_credentials(self) -> Self:
         """Fill missing credentials from those ``stack up`` generated.
 
         Credentials given explicitly or in the environment win; otherwise the generated
@@ -235,21 +229,27 @@ class Settings(BaseSettings):
     def s3_endpoint(self) -> str | None:
         """The S3 endpoint URL, or None for AWS's own endpoints."""
         if self.s3_endpoint_url is None:
-            return f"http://{self.host}:{self.s3_port}"
+            local = self.local_stack()
+            return local.url(local.s3_port)
         return self.s3_endpoint_url or None
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        local = self.local_stack()
+        return local.url(local.mlflow_port)
 
     @property
     def serving_url(self) -> str:
         """The model server flows tell of promotions: serve_url, else the stack's own."""
-        return (self.serve_url or f"http://{self.host}:{self.serve_port}").rstrip("/")
+        local = self.local_stack()
+        return (self.serve_url or local.url(local.serve_port)).rstrip("/")
 
     @property
     def api_url(self) -> str:
-        return (self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api").rstrip("/")
+        local = self.local_stack()
+        return (self.prefect_api_url or local.url(local.prefect_port) + "/api").rstrip("/")
 
     @property
     def ui_url(self) -> str:
@@ -285,50 +285,21 @@ class Settings(BaseSettings):
             ),
         )
 
-    # ---- database URLs for the servers -------------------------------------------
-    def mlflow_backend_uri(self) -> str:
-        """SQLAlchemy URL of MLflow's backend store.
-
-        On PostgreSQL, MLflow's tables live in their own schema ``mlflow`` so that
-        they never collide with Prefect's (both use an ``alembic_version`` table).
-        """
-        return self._mlflow_db_uri("mlflow.db", "mlflow")
-
-    def mlflow_auth_db_uri(self) -> str:
-        """SQLAlchemy URL of the users and permissions of MLflow's basic-auth app (schema
-        ``mlflow_auth`` on PostgreSQL)."""
-        return self._mlflow_db_uri("basic_auth.db", "mlflow_auth")
-
-    def _mlflow_db_uri(self, sqlite_file: str, schema: str) -> str:
-        if self.database_url is None:
-            # timeout: seconds a writer waits for SQLite's lock before "database is locked".
-            return f"sqlite:///{(self.stack_dir / 'mlflow' / sqlite_file).resolve()}?timeout=60"
-        url = _with_driver(self.database_url.get_secret_value(), "postgresql+psycopg2")
-        sep = "&" if "?" in url else "?"
-        return f"{url}{sep}options={quote('-csearch_path=' + schema)}"
-
-    def prefect_database_uri(self) -> str:
-        """SQLAlchemy URL of the Prefect server's database."""
-        if self.database_url is None:
-            path = (self.stack_dir / "prefect" / "prefect.db").resolve()
-            return f"sqlite+aiosqlite:///{path}"
-        return _with_driver(self.database_url.get_secret_value(), "postgresql+asyncpg")
-
     def shell_env(self) -> dict[str, str]:
         """Environment for processes that use the stack (workers, shells, flows).
 
         Holds the credentials: write it only to files of mode 0600, never to logs.
         """
+        local = self.local_stack()
         env: dict[str, str] = {
             "MLSYS_STACK_DIR": str(self.stack_dir.resolve()),
-            "MLSYS_HOST": self.host,
+            "MLSYS_HOST": local.host,
             "MLSYS_BUCKET": self.bucket,
             "MLSYS_S3_REGION": self.s3_region,
             "MLSYS_MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLSYS_MLFLOW_EXPERIMENT": self.mlflow_experiment,
             "MLSYS_PREFECT_API_URL": self.api_url,
             "MLSYS_PREFECT_UI_URL": self.ui_url,
-            "MLSYS_WORK_POOL": self.work_pool,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "PREFECT_API_URL": self.api_url,
             "PREFECT_UI_URL": self.ui_url,
@@ -369,8 +340,7 @@ class Settings(BaseSettings):
             env["MLSYS_MLFLOW_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
         if self.serve_key is not None:
             env["MLSYS_SERVE_KEY"] = self.serve_key.get_secret_value()
-        env["MLSYS_SERVE_PORT"] = str(self.serve_port)
-        env["MLSYS_SERVE_DATASET"] = self.serve_dataset
+        env["MLSYS_SERVE_PORT"] = str(local.serve_port)
         if self.serve_url:
             env["MLSYS_SERVE_URL"] = self.serve_url
         return env
@@ -391,22 +361,3 @@ class Settings(BaseSettings):
 
 def _reveal(secret: SecretStr | None) -> str | None:
     return None if secret is None else secret.get_secret_value()
-
-
-def _with_driver(url: str, scheme: str) -> str:
-    """Replace the scheme of a PostgreSQL URL (``postgres://`` … ``postgresql+x://``)."""
-    parts = urlsplit(url)
-    if not parts.scheme.startswith("postgres"):
-        raise ValueError(
-            f"MLSYS_DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}"
-        )
-    return urlunsplit((scheme, *parts[1:]))
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit((parts.scheme, netloc, *parts[2:]))

@@ -23,6 +23,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
+from infra.config import StackSettings  # noqa: E402
 from mlsys.settings import Settings  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -112,12 +113,12 @@ def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
     return chosen
 
 
-def stack_settings(stack_dir: Path, **extra: object) -> Settings:
+def stack_settings(stack_dir: Path, **extra: object) -> StackSettings:
     """Settings of a private stack, from arguments only (never from MLSYS_* variables,
     which may point at the session's stack)."""
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLSYS_")}
     try:
-        return Settings(
+        return StackSettings(
             stack_dir=stack_dir, weed_grpc_offset=GRPC_OFFSET, **free_stack_ports(), **extra
         )  # type: ignore[arg-type]
     finally:
@@ -187,7 +188,7 @@ def fresh_postgres_database(
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackSettings]:
     """A private stack on free ports (SeaweedFS, MLflow, Prefect server, worker), shared
     by the session and stopped at its end."""
     from infra.stack import down, up
@@ -208,7 +209,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def serving_stack(stack: Settings) -> Settings:
+def serving_stack(stack: StackSettings) -> StackSettings:
     """The session stack with its model server as a stack service (`stack up --serve`),
     on a port of its own (the stack's serve_port stays free for a test's own server)."""
     from infra.stack import up
@@ -219,7 +220,7 @@ def serving_stack(stack: Settings) -> Settings:
 
 
 @pytest.fixture
-def stack_env(stack: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def stack_env(stack: StackSettings, monkeypatch: pytest.MonkeyPatch) -> Iterator[StackSettings]:
     """The session stack's settings for flows run in this process.
 
     Prefect reads its settings once, when first imported, so the API URL is also set

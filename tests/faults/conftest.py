@@ -6,15 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from infra.config import StackSettings
 from infra.runs import trigger
 from infra.stack import down, up
-from mlsys.settings import Settings
 from tests.conftest import stack_settings
 from tests.faults.helpers import TOLERANCE_S, UNRESPONSIVE_S
 
 
 @pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackSettings]:
     """A stack of its own (its services get killed), with a short outage tolerance and
     unresponsive-run limit, and
     one raw batch ingested (``raw/youtube-spam/base.parquet``)."""

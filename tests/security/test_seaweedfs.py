@@ -32,10 +32,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from infra import process
+from infra.config import StackSettings
 from infra.seaweed import CERT_NAME, JWT_SECTIONS, SeaweedFS
 from infra.stack import down, ensure_bucket, ensure_credentials, start_service
 from infra.tls import CertKey, ensure_pki
-from mlsys.settings import Settings
 from tests.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ GRPC_PROBES = (
 
 @dataclass
 class Weed:
-    settings: Settings
+    settings: StackSettings
     service: SeaweedFS
     key: str  # a small object (one chunk) with its bytes
     data: bytes

@@ -1,10 +1,14 @@
 """The layering holds: packages depend one way (flows -> tasks -> mlsys; infra -> mlsys),
 no engine module imports Prefect, and no two modules import each other in a cycle, even
-through imports inside functions; and a module over 600 lines says why it is one."""
+through imports inside functions; the engine (mlsys/) imports none of the local stack
+(infra/), the tasks or the flows, not even by a module name in a string or at run time;
+and a module over 600 lines says why it is one."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +114,51 @@ def test_no_engine_imports_prefect() -> None:
         m for m, p in engines.items() if any(n.split(".")[0] == "prefect" for n in imported(p))
     )
     assert found == []
+
+
+NOT_FOR_THE_ENGINE = ("infra", "flows", "tasks")
+"""Packages no module under mlsys/ may import: the engine reaches services through
+mlsys.settings alone (infra.config.StackSettings builds on it, not the other way)."""
+
+
+def named_modules(path: Path) -> set[str]:
+    """String constants of ``path`` that name a module of the project's packages by its
+    dotted name (``importlib.import_module`` and the lazy attribute maps of the engine's
+    packages take module names as strings; a lone word such as "tasks" is not one)."""
+    return {
+        node.value
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and "." in node.value
+        and node.value.split(".")[0] in PACKAGES
+        and all(part.isidentifier() for part in node.value.split("."))
+    }
+
+
+def test_engine_imports_no_infra_flows_or_tasks() -> None:
+    engines = {m: p for m, p in modules().items() if m.split(".")[0] == "mlsys"}
+    found = sorted(
+        f"{module} imports {name}"
+        for module, path in engines.items()
+        for name in imported(path) | named_modules(path)
+        if name.split(".")[0] in NOT_FOR_THE_ENGINE
+    )
+    assert found == []
+
+
+def test_engine_settings_and_clis_load_no_infra_flows_or_tasks() -> None:
+    """The modules that read the settings, imported in a fresh interpreter, load none of
+    those packages (an import the source does not spell out counts too)."""
+    code = (
+        "import sys\n"
+        "import mlsys.settings, mlsys.data.cli, mlsys.validation.cli, mlsys.serving.cli\n"
+        f"print(sorted({{m for m in sys.modules if m.split('.')[0] in {NOT_FOR_THE_ENGINE!r}}}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_cycle_finder_finds_one() -> None:

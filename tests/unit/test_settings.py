@@ -1,4 +1,5 @@
-"""Settings: env prefix, derived endpoints, credentials file, database URLs."""
+"""Settings (the engine's) and StackSettings (the local stack's): env prefix, derived
+endpoints, credentials file, ports, database URLs."""
 
 from __future__ import annotations
 
@@ -8,20 +9,46 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mlsys.settings import Settings, redact_url
+from infra.config import StackSettings, redact_url
+from mlsys.settings import LocalStack, Settings
 
 
 def test_env_prefix_sets_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSYS_MLFLOW_PORT", "5123")
     monkeypatch.setenv("MLSYS_BUCKET", "other")
     settings = Settings()
-    assert settings.mlflow_port == 5123
+    assert settings.local_stack().mlflow_port == 5123
     assert settings.tracking_uri == "http://127.0.0.1:5123"
     assert settings.s3_uri("raw/x.parquet") == "s3://other/raw/x.parquet"
+    assert StackSettings().mlflow_port == 5123
+
+
+def test_engine_and_stack_agree_on_the_local_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint the engine leaves unset is where the stack serves it, from the same
+    variables; the stack's own fields win over the environment for itself."""
+    for env in (
+        {},
+        {"MLSYS_HOST": "10.1.2.3", "MLSYS_S3_PORT": "18333", "MLSYS_SERVE_PORT": "18080"},
+    ):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        engine, stack = Settings(), StackSettings()
+        for attr in ("s3_endpoint", "tracking_uri", "api_url", "ui_url", "serving_url"):
+            assert getattr(engine, attr) == getattr(stack, attr), attr
+        assert engine.local_stack() == LocalStack()
+    moved = StackSettings(prefect_port=14200).model_copy(update={"serve_port": 14280})
+    assert moved.api_url == "http://10.1.2.3:14200/api"
+    assert moved.serving_url == "http://10.1.2.3:14280"
+
+
+def test_the_engine_has_no_stack_only_field() -> None:
+    stack_only = {"weed_grpc_offset", "work_pool", "database_url", "serve", "pool_concurrency"}
+    assert not stack_only & set(Settings.model_fields)
+    assert stack_only < set(StackSettings.model_fields)
 
 
 def test_local_endpoints_follow_ports() -> None:
-    settings = Settings(s3_port=18333, prefect_port=14200)
+    settings = StackSettings(s3_port=18333, prefect_port=14200)
     assert settings.s3_endpoint == "http://127.0.0.1:18333"
     assert settings.api_url == "http://127.0.0.1:14200/api"
     assert settings.ui_url == "http://127.0.0.1:14200"
@@ -41,7 +68,9 @@ def test_remote_endpoints_win() -> None:
 
 def test_bad_port_is_named() -> None:
     with pytest.raises(ValidationError, match="mlflow_port=70000"):
-        Settings(mlflow_port=70000)
+        StackSettings(mlflow_port=70000)
+    with pytest.raises(ValidationError, match="weed_filer_port=60000"):
+        StackSettings(weed_filer_port=60000)  # its gRPC port would be 70000
 
 
 def test_load_reads_generated_keys(tmp_path: Path) -> None:
@@ -66,13 +95,13 @@ def test_env_keys_beat_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_secrets_hidden_in_repr() -> None:
-    settings = Settings(s3_secret_key="very-secret", database_url="postgresql://u:pw@h/db")
+    settings = StackSettings(s3_secret_key="very-secret", database_url="postgresql://u:pw@h/db")
     assert "very-secret" not in repr(settings)
     assert "pw@" not in repr(settings)
 
 
 def test_sqlite_by_default(tmp_path: Path) -> None:
-    settings = Settings(stack_dir=tmp_path)
+    settings = StackSettings(stack_dir=tmp_path)
     mlflow_db = f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db?timeout=60"
     assert settings.mlflow_backend_uri() == mlflow_db
     assert settings.mlflow_auth_db_uri().endswith("/mlflow/basic_auth.db?timeout=60")
@@ -80,7 +109,7 @@ def test_sqlite_by_default(tmp_path: Path) -> None:
 
 
 def test_postgres_urls_get_drivers_and_mlflow_schema() -> None:
-    settings = Settings(database_url="postgres://u:pw@db.local:5432/mlsys")
+    settings = StackSettings(database_url="postgres://u:pw@db.local:5432/mlsys")
     assert settings.prefect_database_uri() == "postgresql+asyncpg://u:pw@db.local:5432/mlsys"
     assert settings.mlflow_backend_uri() == (
         "postgresql+psycopg2://u:pw@db.local:5432/mlsys?options=-csearch_path%3Dmlflow"
@@ -89,7 +118,7 @@ def test_postgres_urls_get_drivers_and_mlflow_schema() -> None:
 
 
 def test_non_postgres_database_url_is_named() -> None:
-    settings = Settings(database_url="mysql://u@h/db")
+    settings = StackSettings(database_url="mysql://u@h/db")
     with pytest.raises(ValueError, match="'mysql'"):
         settings.prefect_database_uri()
 
@@ -99,24 +128,33 @@ def test_redact_url_hides_password() -> None:
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
-def test_shell_env_carries_keys_and_endpoints() -> None:
-    settings = Settings(s3_access_key="AK", s3_secret_key="SK", s3_port=18333)
+def test_shell_env_carries_keys_and_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = StackSettings(
+        s3_access_key="AK", s3_secret_key="SK", s3_port=18333, serve_port=18080
+    )
     env = settings.shell_env()
     assert env["AWS_ACCESS_KEY_ID"] == "AK"
     assert env["MLSYS_S3_SECRET_KEY"] == "SK"
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:18333"
     assert env["PREFECT_API_URL"] == settings.api_url
+    assert env["MLSYS_WORK_POOL"] == "mlsys"
+    # A process given this environment (a worker, a sourced shell) reaches the same services.
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    engine = Settings()
+    for attr in ("s3_endpoint", "tracking_uri", "api_url", "ui_url", "serving_url"):
+        assert getattr(engine, attr) == getattr(settings, attr), attr
 
 
 def test_stack_credentials_are_generated_once_per_local_service(tmp_path: Path) -> None:
     from infra.stack import ensure_credentials
 
-    local = ensure_credentials(Settings(stack_dir=tmp_path / "a"))
+    local = ensure_credentials(StackSettings(stack_dir=tmp_path / "a"))
     assert local.prefect_auth_string is not None and local.mlflow_password is not None
     assert local.s3_access_key is not None
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "a" / "credentials.json").stat().st_mode & 0o777 == 0o600
-    again = ensure_credentials(Settings(stack_dir=tmp_path / "a"))
+    again = ensure_credentials(StackSettings(stack_dir=tmp_path / "a"))
     assert again.prefect_auth_string == local.prefect_auth_string, "a restart kept its keys"
     env = again.shell_env()
     assert env["PREFECT_API_AUTH_STRING"] == local.prefect_auth_string.get_secret_value()
@@ -124,7 +162,7 @@ def test_stack_credentials_are_generated_once_per_local_service(tmp_path: Path) 
     assert again.prefect_headers()["Authorization"].startswith("Basic ")
     # Remote services keep their own credentials; none is generated for them.
     remote = ensure_credentials(
-        Settings(
+        StackSettings(
             stack_dir=tmp_path / "b",
             prefect_api_url="http://prefect.example/api",
             mlflow_tracking_uri="http://mlflow.example",

@@ -1,0 +1,150 @@
+"""The local stack's settings: what ``mlsys stack up`` needs to run the services, on top
+of what everyone needs to reach them (env prefix ``MLSYS_``, like the engine's).
+
+:class:`StackSettings` is the engine's :class:`mlsys.settings.Settings` (endpoints,
+credentials, bucket...) and its :class:`mlsys.settings.LocalStack` (the interface and the
+published ports of the S3 gateway, MLflow, Prefect and the model server), plus what only
+the stack uses: SeaweedFS's internal ports, the model server as a service of the stack,
+the work pool's size, the crash detection, and the servers' databases. Both classes read
+the same ``MLSYS_*`` variables, so a variable means the same to ``mlsys stack`` and to a
+flow, and an endpoint the engine leaves unset is where the stack serves it. The stack
+then writes every endpoint explicitly to the environment of its workers (and to
+``<stack_dir>/env``), and its generated credentials to ``<stack_dir>/credentials.json``,
+which :meth:`mlsys.settings.Settings.load` reads.
+
+Usage::
+
+    settings = StackSettings.load()
+    up(settings)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Self
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, model_validator
+
+from mlsys.settings import LocalStack, Settings
+
+
+class StackSettings(Settings, LocalStack):
+    """Where and how the local stack runs its services (``host`` and the ``*_port``
+    fields come from :class:`LocalStack`). Every field is ``MLSYS_<FIELD>``."""
+
+    # SeaweedFS's own ports (the S3 gateway's is LocalStack.s3_port). gRPC ports of
+    # SeaweedFS are the HTTP port + offset.
+    weed_master_port: int = Field(default=9333, description="SeaweedFS master port.")
+    weed_volume_port: int = Field(default=9340, description="SeaweedFS volume server port.")
+    weed_filer_port: int = Field(default=8888, description="SeaweedFS filer port.")
+    weed_admin_port: int = Field(default=23646, description="SeaweedFS admin server port.")
+    weed_grpc_offset: int = Field(default=10000, description="SeaweedFS gRPC port offset.")
+
+    serve: bool = Field(
+        default=False,
+        description="`stack up` also starts `mlsys serve` (the champion of serve_dataset "
+        "over HTTP) as a service of the stack.",
+    )
+    serve_dataset: str = Field(
+        default="youtube-spam", description="Dataset whose champion the stack's server answers for."
+    )
+    work_pool: str = Field(default="mlsys", description="Prefect process work pool name.")
+    pool_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Flow runs the work pool runs at once (default: the machine's cores); "
+        "more wait in the queue.",
+    )
+    unresponsive_after_s: float = Field(
+        default=180.0,
+        ge=60,
+        description=(
+            "A flow run whose heartbeats (every 30 s) stop for this long is marked CRASHED "
+            "by the stack's Prefect automation, even if no one runs `up` (seconds)."
+        ),
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL URL (postgresql://user:pass@host:5432/db) for the MLflow and Prefect "
+            "servers of the local stack; unset means SQLite files under stack_dir."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Self:
+        for name in (
+            "s3_port",
+            "weed_master_port",
+            "weed_volume_port",
+            "weed_filer_port",
+            "weed_admin_port",
+            "mlflow_port",
+            "prefect_port",
+            "serve_port",
+        ):
+            value = getattr(self, name)
+            if not 0 < value < 65536 - (self.weed_grpc_offset if name.startswith("weed") else 0):
+                raise ValueError(f"{name}={value} is not a usable TCP port")
+        return self
+
+    def local_stack(self) -> LocalStack:
+        """This stack's own address (its fields, not the environment's)."""
+        return self
+
+    def shell_env(self) -> dict[str, str]:
+        """The engine's environment (:meth:`Settings.shell_env`) and the stack's work pool
+        and served dataset. Holds the credentials: files of mode 0600 only, no logs."""
+        env = super().shell_env()
+        env["MLSYS_WORK_POOL"] = self.work_pool
+        env["MLSYS_SERVE_DATASET"] = self.serve_dataset
+        return env
+
+    # ---- database URLs for the servers -------------------------------------------
+    def mlflow_backend_uri(self) -> str:
+        """SQLAlchemy URL of MLflow's backend store.
+
+        On PostgreSQL, MLflow's tables live in their own schema ``mlflow`` so that
+        they never collide with Prefect's (both use an ``alembic_version`` table).
+        """
+        return self._mlflow_db_uri("mlflow.db", "mlflow")
+
+    def mlflow_auth_db_uri(self) -> str:
+        """SQLAlchemy URL of the users and permissions of MLflow's basic-auth app (schema
+        ``mlflow_auth`` on PostgreSQL)."""
+        return self._mlflow_db_uri("basic_auth.db", "mlflow_auth")
+
+    def _mlflow_db_uri(self, sqlite_file: str, schema: str) -> str:
+        if self.database_url is None:
+            # timeout: seconds a writer waits for SQLite's lock before "database is locked".
+            return f"sqlite:///{(self.stack_dir / 'mlflow' / sqlite_file).resolve()}?timeout=60"
+        url = _with_driver(self.database_url.get_secret_value(), "postgresql+psycopg2")
+        sep = "&" if "?" in url else "?"
+        return f"{url}{sep}options={quote('-csearch_path=' + schema)}"
+
+    def prefect_database_uri(self) -> str:
+        """SQLAlchemy URL of the Prefect server's database."""
+        if self.database_url is None:
+            path = (self.stack_dir / "prefect" / "prefect.db").resolve()
+            return f"sqlite+aiosqlite:///{path}"
+        return _with_driver(self.database_url.get_secret_value(), "postgresql+asyncpg")
+
+
+def _with_driver(url: str, scheme: str) -> str:
+    """Replace the scheme of a PostgreSQL URL (``postgres://`` … ``postgresql+x://``)."""
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("postgres"):
+        raise ValueError(
+            f"MLSYS_DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}"
+        )
+    return urlunsplit((scheme, *parts[1:]))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit((parts.scheme, netloc, *parts[2:]))
