@@ -55,10 +55,10 @@ def test_gpipe_depth_counts_every_layer(
         GPipeTrainer(stages=stages).check(hidden=hidden, dropout=dropout)
 
 
-def _arrow_pool() -> str:
-    import pyarrow as pa
-
-    return str(pa.default_memory_pool().backend_name)
+# What the worker runs travels pickled: a module-level function by reference, so the worker
+# would have to import this test module (it can under `python -m pytest`, whose working
+# directory is on sys.path, not under the bare `pytest` script); a lambda travels by value.
+_arrow_pool = lambda: str(__import__("pyarrow").default_memory_pool().backend_name)  # noqa: E731
 
 
 def test_batch_infer_dask_workers_start_with_arrows_pool_as_the_system_allocator() -> None:
