@@ -11,11 +11,9 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from flows.options import InferOptions
 from mlsys.data.catalog import predictions_prefix, quarantine_prefix, raw_prefix
-from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.data.sources import normalized_names
 from mlsys.inference.inputs import is_s3
@@ -35,7 +33,7 @@ from tasks.batch_infer import (
     write_manifest,
 )
 from tasks.retry import tolerant
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.validate import validate_batch
 
 
@@ -170,9 +168,10 @@ def batch_infer(
             infer one).
         RuntimeError: the scheduler at MLSYS_DASK_ADDRESS cannot be reached.
     """
-    settings = Settings.load()
+    tracked = TrackedFlow("batch-infer-summary", dataset)
+    settings = tracked.settings
     chunk_rows, workers = inference.chunk_rows, inference.workers
-    definition = load_dataset(dataset)
+    definition = tracked.definition
     model_name = model_name or definition.registered_model_name
     id_column = id_column or definition.id_column
     suite = serving_suite(definition)
@@ -195,7 +194,7 @@ def batch_infer(
     }
     threads = _cluster_threads(settings.dask_address) if settings.dask_address else None
     ref = resolve_model(settings, model_name, alias, model_version, definition.classes)
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         client = run.client()
         client.set_tag(run.run_id, "mlsys.model_uri", ref.uri)
         inputs = list_input(settings, source)
@@ -246,9 +245,8 @@ def batch_infer(
         for key, value in metrics.items():
             client.log_metric(run.run_id, key, float(value))
         client.set_tag(run.run_id, "mlsys.predictions", settings.s3_uri(prefix))
-        create_markdown_artifact(
-            key="batch-infer-summary",
-            markdown=(
+        tracked.summarize(
+            (
                 f"# Batch inference {dataset}/{batch}\n\n"
                 f"| rows in | predicted | quarantined | chunks | skipped (done before) | rows/s |\n"
                 f"|---|---|---|---|---|---|\n"

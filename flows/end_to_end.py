@@ -7,14 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from flows.batch_infer import batch_infer
 from flows.ingest import ingest
 from flows.options import InferOptions, LabelOptions, TrainOptions
 from flows.train import train
 from flows.weak_label import weak_label
-from mlsys.data.definition import load_dataset
 from mlsys.links import mlflow_model_link
 from mlsys.settings import Settings
 from tasks.hooks import STAGE_HOOKS
@@ -26,7 +24,7 @@ from tasks.stages import (
     s3_fingerprint,
     s3_object_exists,
 )
-from tasks.tracking import flow_run_tracking, stage_metrics
+from tasks.tracking import TrackedFlow, stage_metrics
 
 
 @flow(name="end_to_end", log_prints=True, **STAGE_HOOKS)
@@ -68,8 +66,8 @@ def end_to_end(
         dataset's metric and its test accuracy, the promotion decision and its reason,
         and the predictions' manifest.
     """
-    settings = Settings.load()
-    definition = load_dataset(dataset)
+    tracked = TrackedFlow("end-to-end-summary", dataset)
+    settings, definition = tracked.settings, tracked.definition
     definition.lf_set(label.lf_set)  # an unknown LF set fails before any stage runs
     model_name = model_name or definition.registered_model_name
     batch = batch or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -84,7 +82,7 @@ def end_to_end(
         **{f"training.{k}": v for k, v in training.params().items()},
         **{f"inference.{k}": v for k, v in inference.model_dump().items()},
     }
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         stages = Stages(settings, refresh=refresh)
         raw = stages.run(
             "ingest",
@@ -160,9 +158,8 @@ def end_to_end(
             "predictions_manifest": manifest,
             "mlflow_run": run.url,
         }
-        create_markdown_artifact(
-            key="end-to-end-summary",
-            markdown=_summary(outcome, rows, model_name, settings),
+        tracked.summarize(
+            _summary(outcome, rows, model_name, settings),
             description=f"End-to-end run on {dataset}/{batch}",
         )
     return outcome

@@ -6,12 +6,10 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from mlsys.data.catalog import raw_key, raw_prefix
-from mlsys.settings import Settings
 from tasks.ingest import read_source_task, resolve_source, track_ingest, write_raw_batch
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.validate import previous_batch, validate_batch
 
 
@@ -46,7 +44,8 @@ def ingest(
     Returns:
         The s3:// URI of the written batch.
     """
-    settings = Settings.load()
+    tracked = TrackedFlow("ingest-summary", dataset)
+    settings = tracked.settings
     batch = batch or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     resolved = resolve_source(source, dataset)
     params = {
@@ -56,7 +55,7 @@ def ingest(
         "validation": validation,
         "accept_schema_update": accept_schema_update,
     }
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         df = read_source_task(resolved, dataset, settings)
         target = settings.s3_uri(raw_key(dataset, batch))
         report = validate_batch(
@@ -73,9 +72,8 @@ def ingest(
         )
         uri = write_raw_batch(report.passed, settings, dataset, batch)
         metrics = track_ingest(run, report.passed, uri, dataset, batch, rows_in=len(df))
-        create_markdown_artifact(
-            key="ingest-summary",
-            markdown=(
+        tracked.summarize(
+            (
                 f"# Ingest {dataset}/{batch}\n\n"
                 f"| rows in | rows out | quarantined | labeled | files |\n|---|---|---|---|---|\n"
                 f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_quarantined']} "

@@ -7,19 +7,17 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from mlsys.data.catalog import labeled_prefix
-from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.labeling.batch import selection_rows
 from mlsys.models.text import PIPELINE_CHAR_NGRAMS, PIPELINE_N_FEATURES, pipeline_featurizer
-from mlsys.settings import Settings
 from mlsys.training.selection import expand_grid, rank
 from tasks.retry import tolerant
 from tasks.select import log_candidates, train_grid
 from tasks.serving import reload_model_server
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.train import load_validated_batch, promote_if_better, register_model
 
 
@@ -83,8 +81,8 @@ def select_models(
         The registered model's name, version, alias, model URI, the chosen grid point and
         "champion" ("yes" when promoted).
     """
-    settings = Settings.load()
-    definition = load_dataset(dataset)
+    tracked = TrackedFlow("selection-summary", dataset)
+    settings, definition = tracked.settings, tracked.definition
     model_name = model_name or definition.registered_model_name
     ranked_by = f"dev_{definition.metric}"
     points = expand_grid(lrs or [0.003, 0.01, 0.03], widths or [32, 128], depths or [0, 1])
@@ -112,7 +110,7 @@ def select_models(
         "model_name": model_name,
         "ranked_by": ranked_by,
     }
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
         rows = selection_rows(df, use_weights)
         result = train_grid(
@@ -175,11 +173,8 @@ def select_models(
             reload_model_server(settings, model_name)
         registered["promotion"] = reason
         registered["model"] = best["model"]
-        create_markdown_artifact(
-            key="selection-summary",
-            markdown=_summary(
-                ranked, registered, result.makespan, workers, uri, run.url, definition.metric
-            ),
+        tracked.summarize(
+            _summary(ranked, registered, result.makespan, workers, uri, run.url, definition.metric),
             description=f"Model selection of {model_name} on {uri}",
         )
     return registered

@@ -7,15 +7,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from mlsys.data.catalog import online_predictions_prefix
-from mlsys.data.definition import load_dataset
 from mlsys.serving.predlog import summarize
-from mlsys.settings import Settings
 from tasks.batch_infer import resolve_model
 from tasks.serving import read_prediction_log
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.validate import validate_batch
 
 
@@ -46,13 +43,14 @@ def serving_report(
         ValueError: ``day`` is not a date, or the dataset or model is unknown (named).
         FileNotFoundError: nothing was logged for that day (the prefix is named).
     """
-    settings = Settings.load()
+    tracked = TrackedFlow("serving-report", dataset)
+    settings = tracked.settings
     day = _day(day)
-    definition = load_dataset(dataset)
+    definition = tracked.definition
     model_name = model_name or definition.registered_model_name
     params = {"dataset": dataset, "day": day, "model_name": model_name, "alias": alias}
     ref = resolve_model(settings, model_name, alias, None, definition.classes)
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         frame, parts = read_prediction_log(settings, dataset, day)
         report = validate_batch(
             run,
@@ -87,9 +85,8 @@ def serving_report(
             if "latency_p50_ms" in metrics
             else "n/a"
         )
-        create_markdown_artifact(
-            key="serving-report",
-            markdown=(
+        tracked.summarize(
+            (
                 f"# Serving report {dataset} {day}\n\n"
                 f"| rows | parts | failing a row rule | latency p50 / p99 ms | versions | suite |\n"
                 f"|---|---|---|---|---|---|\n"

@@ -6,17 +6,14 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from flows.options import TrainOptions
 from mlsys.data.catalog import labeled_prefix
-from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import latest_key
 from mlsys.models.text import pipeline_featurizer
-from mlsys.settings import Settings
 from tasks.retry import tolerant
 from tasks.serving import reload_model_server
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.train import (
     choose_end_model,
     evaluate_model,
@@ -71,8 +68,8 @@ def train(
         dataset's metric and its test score, "champion" ("yes" when promoted) and
         "promotion" (what was decided and why).
     """
-    settings = Settings.load()
-    definition = load_dataset(dataset)
+    tracked = TrackedFlow("train-summary", dataset)
+    settings, definition = tracked.settings, tracked.definition
     model_name = model_name or definition.registered_model_name
     uri = labeled_batch or latest_key(
         tolerant(settings.s3_client()), settings.bucket, labeled_prefix(dataset)
@@ -90,7 +87,7 @@ def train(
         "validation": validation,
         "promote": promote,
     }
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         df = load_validated_batch(run, settings, uri, dataset=dataset, validation=validation)
         chosen = None
         if training.choose:
@@ -141,9 +138,8 @@ def train(
         registered["test_accuracy"] = f"{metrics['test_accuracy']:.4f}"
         registered["metric"] = definition.metric
         registered[metric] = f"{metrics[metric]:.4f}"
-        create_markdown_artifact(
-            key="train-summary",
-            markdown=(
+        tracked.summarize(
+            (
                 f"# Train {dataset} ({trainer.kind})\n\n"
                 f"| test {definition.metric} | test accuracy | test macro F1 | test rows "
                 f"| epochs | final loss |\n"

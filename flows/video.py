@@ -4,11 +4,9 @@ Krypton-style incremental inference over such a video."""
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from mlsys.data.video import digit_training_set, moving_digits
-from mlsys.settings import Settings
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.video import infer_video, load_cnn, register_digit_cnn, track_video, train_digit_cnn
 
 
@@ -40,7 +38,7 @@ def train_digits(
     Returns:
         The registered version.
     """
-    settings = Settings.load()
+    tracked = TrackedFlow("train-digits-summary")
     channels = channels or [16, 32, 64]
     params = {
         "n_images": n_images,
@@ -51,7 +49,7 @@ def train_digits(
         "seed": seed,
         "model_name": model_name,
     }
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         trained = train_digit_cnn(
             run,
             n_images=n_images,
@@ -63,9 +61,8 @@ def train_digits(
         )
         example = digit_training_set(n=2, seed=seed + 2).images
         version = register_digit_cnn(run, trained, name=model_name, alias=alias, example=example)
-        create_markdown_artifact(
-            key="train-digits-summary",
-            markdown=(
+        tracked.summarize(
+            (
                 f"# Digit CNN\n\nTest accuracy {trained.test_accuracy:.3f} on 500 unseen digit "
                 f"images.  \nModel: `{model_name}` version {version} (@{alias})  \n"
                 f"MLflow run: [{run.run_id}]({run.url})\n"
@@ -114,7 +111,8 @@ def video_infer(
     Returns:
         The s3:// URI of the predictions.
     """
-    settings = Settings.load()
+    tracked = TrackedFlow("video-infer-summary")
+    settings = tracked.settings
     video = video or f"digits{digits}-seed{seed}"
     params = {
         "model_name": model_name,
@@ -129,7 +127,7 @@ def video_infer(
     }
     model, version = load_cnn(settings, model_name, alias)
     clip = moving_digits(n_frames=n_frames, digits=digits, max_speed=max_speed, seed=seed)
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         run.client().set_tag(run.run_id, "mlsys.model_uri", f"models:/{model_name}/{version}")
         result = infer_video(
             model,
@@ -141,9 +139,8 @@ def video_infer(
         uri = track_video(run, settings, result, f"predictions/video/{video}.parquet", clip)
         m = result.metrics
         speed = f"| {m['speedup']:.2f}x |" if "speedup" in m else "| – |"
-        create_markdown_artifact(
-            key="video-infer-summary",
-            markdown=(
+        tracked.summarize(
+            (
                 f"# Incremental inference: {video}\n\n"
                 f"| frames | incremental | full | unchanged | work saved | speed-up |\n"
                 f"|---|---|---|---|---|---|\n"

@@ -7,15 +7,12 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from flows.options import LabelOptions
 from mlsys.data.catalog import labeled_key, labeled_prefix, quarantine_key
-from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import S3Uri
 from mlsys.labeling.analysis import plot_weights
-from mlsys.settings import Settings
-from tasks.tracking import flow_run_tracking
+from tasks.tracking import TrackedFlow
 from tasks.validate import previous_batch, validate_batch
 from tasks.weak_label import (
     analyze_lfs,
@@ -67,8 +64,8 @@ def weak_label(
     Returns:
         The s3:// URI of the labeled batch.
     """
-    settings = Settings.load()
-    definition = load_dataset(dataset)
+    tracked = TrackedFlow("weak-label-summary", dataset)
+    settings, definition = tracked.settings, tracked.definition
     definition.lf_set(label.lf_set)  # an unknown set or a bad LF fails here, before any work
     raw_uri = find_raw_batch(settings, dataset, raw_batch)
     batch = batch or PurePosixPath(S3Uri.parse(raw_uri).key).stem
@@ -83,7 +80,7 @@ def weak_label(
         "validation": validation,
         "accept_schema_update": accept_schema_update,
     }
-    with flow_run_tracking(settings, params=params) as run:
+    with tracked.track(params) as run:
         raw = load_raw_batch(settings, raw_uri)
         checked = validate_batch(
             run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
@@ -137,9 +134,8 @@ def weak_label(
         run.client().log_figure(
             run.run_id, plot_weights(merged.frame, merged.weight_model), "weak_label/weights.png"
         )
-        create_markdown_artifact(
-            key="weak-label-summary",
-            markdown=summary_markdown(
+        tracked.summarize(
+            summary_markdown(
                 definition=definition, metrics=metrics, tuning=tuning, uris=uris, run=run
             ),
             description=f"Weak labeling of {raw_uri}",

@@ -1,5 +1,8 @@
 """Tracking glue: one MLflow parent run per Prefect flow run, linked both ways.
 
+``TrackedFlow`` is the opening and closing every flow shares: settings, dataset
+definition, this run, and the flow's summary artifact.
+
 MLflow's "active run" is per thread and Prefect runs tasks on other threads, so
 nothing here relies on it: every call names its run id explicitly. Every client made here
 rides out an MLflow outage call by call (``tasks.retry.tolerant``): a task that loses
@@ -15,14 +18,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import runtime
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from mlsys.data.definition import DatasetDefinition, load_dataset
 from mlsys.links import mlflow_run_link
 from mlsys.settings import Settings
 from tasks.retry import ride_out, run_logger, tolerant
@@ -139,6 +144,53 @@ def flow_run_tracking(
         _CURRENT_RUN.reset(token)
     stop_system_metrics(monitor)
     client.set_terminated(tracked.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+class TrackedFlow:
+    """The opening and closing every flow in ``flows/`` shares, so that its body is its
+    steps::
+
+        tracked = TrackedFlow("ingest-summary", dataset)  # Settings.load()
+        settings, definition = tracked.settings, tracked.definition
+        params = {...}
+        with tracked.track(params) as run:  # flow_run_tracking
+            ...  # the steps, given run and settings
+            tracked.summarize(markdown, description=...)  # the markdown artifact
+
+    The settings are read once, here; the dataset's definition when first asked for
+    (an unknown dataset fails there, before any work). ``track`` opens the flow run's
+    MLflow run with the parameters to log and closes it FINISHED, or FAILED on an
+    exception or when the steps ended without ``summarize``.
+    """
+
+    def __init__(self, summary: str, dataset: str | None = None) -> None:
+        self.summary_key = summary
+        self.dataset = dataset
+        self.settings = Settings.load()
+        self._summarized = False
+
+    @cached_property
+    def definition(self) -> DatasetDefinition:
+        """The dataset's definition (``load_dataset``), loaded on first use."""
+        if self.dataset is None:
+            raise ValueError("this flow was opened without a dataset")
+        return load_dataset(self.dataset)
+
+    @contextmanager
+    def track(self, params: Mapping[str, Any]) -> Iterator[TrackedRun]:
+        """The flow run's MLflow run (``flow_run_tracking``) with ``params`` logged."""
+        with flow_run_tracking(self.settings, params=params) as run:
+            yield run
+            if not self._summarized:
+                raise RuntimeError(
+                    f"the flow's steps ended without its summary artifact {self.summary_key!r}"
+                )
+
+    def summarize(self, markdown: str, *, description: str) -> None:
+        """Publish the flow run's summary: the Prefect markdown artifact named at the
+        opening."""
+        create_markdown_artifact(key=self.summary_key, markdown=markdown, description=description)
+        self._summarized = True
 
 
 def create_run_once(
