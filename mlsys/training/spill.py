@@ -68,15 +68,12 @@ clipping would need every shard's gradient before any shard steps (a second back
 
 The planner (layer footprints, where to cut) and the tiers the images live in are in
 :mod:`mlsys.training.shards`. This module keeps the strategy, resuming from checkpoints and
-the trainer. It runs past 600 lines because the trainer (about half of it) is one class
-whose loading, writing back and stepping share one state (the shards' attached images,
-the I/O thread's queue, the pool) and keep one ordering (the table above); split, that
-ordering would span modules.
+the trainer.
 
-Why one module: the strategy and its trainer (the step, what it hands the I/O thread and in
-which order, resuming) are one state machine, whose order the table above documents and a
-test checks; what Spill shares with SHARP (shard planning and storage) is in
-:mod:`mlsys.training.shards`.
+Why one module (past 600 lines): the trainer, about half of it, is one class whose loading,
+writing back and stepping share one state (the shards' attached images, the I/O thread's
+queue, the pool) and keep one order (the table above, which a test checks); split, that
+order would span modules.
 """
 
 from __future__ import annotations
