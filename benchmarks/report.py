@@ -614,6 +614,103 @@ def batch_infer_row(results: Results) -> str:
     )
 
 
+def _flow_loads(results: Results) -> list[float]:
+    return [
+        load
+        for kind in results["inputs"].values()
+        for entry in kind["sizes"].values()
+        for side in ("baseline", "flow")
+        for load in entry[side]["load_average_1min_before"]
+    ]
+
+
+def batch_infer_flow_row(results: Results) -> str:
+    head = results["headline"]
+    value = head["ratio_vs_baseline"]
+    return (
+        f"| `batch_infer_flow.py`: the batch_infer flow's path (its Dask cluster, start-up and "
+        f"model load included) over {size_label(head['rows'])} {head['inputs']} texts | "
+        "a fresh process: `load_model`, `read_parquet`, `predict`, `to_parquet` | "
+        f"{bold(times(value), value >= 1)} ({times(head['steady_ratio_vs_baseline'])} steady "
+        "state); see below |"
+    )
+
+
+def render_batch_infer_flow(results: Results) -> str:
+    """Section: the flow's scoring path against a user's script, start-up included."""
+    head, method = results["headline"], results["method"]
+    value = head["ratio_vs_baseline"]
+    faster = "faster than" if value >= 1 else "slower than"
+    loads = _flow_loads(results)
+    lines = [
+        f"**Batch inference through the flow's path: {times(value)} the baseline** at "
+        f"{commas(head['rows'])} {head['inputs']} rows, start-up and model load included "
+        f"({times(head['steady_ratio_vs_baseline'])} in the steady state): the flow is "
+        f"{faster} a user's script here. Target {head['target']}: "
+        + ("met." if head["met"] else "NOT met.")
+        + (f" ({head['note']}.)" if head.get("note") else ""),
+        "",
+        "`benchmarks/batch_infer_flow.py`: each side is a fresh process, timed from its start "
+        "to its exit. Baseline: `mlflow.pyfunc.load_model`, `pd.read_parquet`, "
+        "`model.predict` on the whole DataFrame, `to_parquet` of the predictions. Flow: "
+        "`resolve_model`, `list_input`, `chunk_count`, then the Dask cluster the flow builds "
+        "(`_dask_runner`) with one `score_partition` per worker (the serving suite checked on "
+        "every chunk, one part per chunk); Prefect's orchestration and the flow's MLflow run, "
+        "first-chunk checkpoint and manifest are not timed, and the parts go to a local folder "
+        "instead of S3. Ratio: baseline seconds over flow seconds. Steady state: after the "
+        f"model is loaded. {size_label(method['chunk_rows'])}-row chunks; load average "
+        f"{span(loads, lambda v: fmt(v, 1))}.",
+        "",
+        "| input | rows | flow vs baseline | steady state | baseline s (steady) | "
+        "flow s (steady) | flow workers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, entry in results["inputs"].items():
+        for n, size in entry["sizes"].items():
+            base, flow = size["baseline"], size["flow"]
+            ratio = size["ratio_vs_baseline"]
+            lines.append(
+                f"| {kind} | {commas(int(n))} | {bold(times(ratio), ratio >= 1)} | "
+                f"{times(size['steady_ratio_vs_baseline'])} | {fmt(base['seconds'])} "
+                f"({fmt(base['steady_s'])}) | {fmt(flow['seconds'])} ({fmt(flow['steady_s'])}) "
+                f"| {flow['workers']} |"
+            )
+    labels = "; ".join(f"{kind}: {entry['label']}" for kind, entry in results["inputs"].items())
+    lines += ["", f"Inputs: {labels}."]
+    top = results["inputs"][head["inputs"]]["sizes"][str(head["rows"])]
+    base, flow = top["baseline"], top["flow"]
+    if "model_load_s" in flow:
+        lines += [
+            "",
+            f"Where the start-up goes at {commas(head['rows'])} {head['inputs']} rows: flow, "
+            f"process start and imports {fmt(flow['start_and_imports_s'], 1)} s, model "
+            f"resolution and input listing {fmt(flow['resolve_s'], 1)} s, Dask cluster start "
+            f"{fmt(flow['cluster_start_s'], 1)} s, model load "
+            f"{span(flow['model_load_s'], lambda v: fmt(v, 1))} s per worker, cluster close "
+            f"{fmt(flow['cluster_close_s'], 1)} s; baseline, process start and imports "
+            f"{fmt(base['start_and_imports_s'], 1)} s, model load {fmt(base['load_model_s'], 1)} "
+            f"s. Peak RSS: baseline {mib(base['peak_rss_bytes'])} MiB, flow workers "
+            f"{span(flow['peak_rss_bytes'], mib, ' MiB')} each.",
+        ]
+        chunks, workers = flow.get("chunk_seconds", []), flow["workers"]
+        if len(chunks) > workers:  # part order: each worker's first chunk comes first
+            lines[-1] += (
+                f" Each worker's first chunk took {span(chunks[:workers], lambda v: fmt(v, 1))} "
+                f"s, the later ones {fmt(statistics.median(chunks[workers:]), 1)} s (median): "
+                "the first pays the serving check's set-up and cold caches."
+            )
+    if value < 1:
+        lines += [
+            "",
+            "Where the flow is slower, it is still the tool for inputs that do not fit in "
+            "memory (it holds one chunk per worker, where `predict` on the whole DataFrame "
+            "holds all of it), for runs that must resume after a failure, validate every "
+            "chunk or record what scored what, and for scoring on a Dask cluster of other "
+            "hosts.",
+        ]
+    return "\n".join(lines)
+
+
 def render_batch_infer(results: Results) -> str:
     """Section: streaming batch inference against the whole-DataFrame pyfunc."""
     sizes = results["sizes"]
@@ -1861,6 +1958,8 @@ def render(results: dict[str, Results]) -> str:
     if missing:
         raise KeyError(f"results files missing: {', '.join(m + '.json' for m in missing)}")
     r = results
+    # Rendered once its results file exists (a full run writes it; nothing published yet).
+    flow = r.get("batch_infer_flow")
     n_cpus = cpus(*r.values())
     intro = "\n".join(
         [
@@ -1884,6 +1983,7 @@ def render(results: dict[str, Results]) -> str:
             render_validate(r["validate"]),
             incremental_row(r["incremental"]),
             batch_infer_row(r["batch_infer"]),
+            *([batch_infer_flow_row(flow)] if flow else []),
             featurizer_row(r["featurizer"]),
             serving_row(r["serving"]),
             spill_row(r["spill"], r["spill_adam_default"]),
@@ -1897,6 +1997,7 @@ def render(results: dict[str, Results]) -> str:
         render_wrench_one_vs_rest(r["wrench_one_vs_rest"]),
         render_gpipe(r["gpipe"]),
         render_batch_infer(r["batch_infer"]),
+        *([render_batch_infer_flow(flow)] if flow else []),
         render_featurizer(r["featurizer"]),
         render_incremental(r["incremental"]),
         render_spill(r["spill"], r["spill_adam_default"]),

@@ -1,0 +1,141 @@
+"""benchmarks/batch_infer_flow.py measures what it says: its distinct inputs are distinct,
+seeded and of a real vocabulary, the repeated input is the comments cycled, the ratio reads
+"above 1: the flow is faster", and its results render with the ratio first."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(
+    not (DATA / "youtube-spam").is_dir() or not (DATA / "semeval-raw").is_dir(),
+    reason=f"youtube-spam and semeval-raw not found under {DATA}",
+)
+CORPUS = [
+    "check out my channel for free gift cards",
+    "love this song so much",
+    "The phalanx of umbrellas follows the crowd into the square .",
+    "subscribe to my channel please",
+    "so much love from brazil",
+]
+
+
+def _load(name: str, file: str) -> ModuleType:
+    """A benchmarks/ script, imported by path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load("benchmarks_batch_infer_flow", "batch_infer_flow.py")
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return _load("benchmarks_report_flow", "report.py")
+
+
+def test_distinct_texts_are_distinct_seeded_and_of_the_corpus_words(bench: ModuleType) -> None:
+    texts = bench.distinct_texts(300, seed=3, source=CORPUS)
+    assert len(texts) == len(set(texts)) == 300
+    assert texts == bench.distinct_texts(300, seed=3, source=CORPUS)
+    assert texts != bench.distinct_texts(300, seed=4, source=CORPUS)
+    # The benchmark generates once, at its largest size, and gives each size a prefix.
+    assert bench.distinct_texts(100, seed=3, source=CORPUS) == texts[:100]
+    vocabulary = {word for text in CORPUS for word in text.split()}
+    assert {word for text in texts for word in text.split()} <= vocabulary
+
+
+@needs_data
+def test_the_corpus_holds_both_sources(bench: ModuleType) -> None:
+    source = bench.corpus()
+    assert len(source) > 1_956  # the comments, then the SemEval sentences
+    assert any("Subscribe" in text or "subscribe" in text for text in source[:1_956])
+    assert " ." in source[-1]  # SemEval's sentences are tokenized, a space before the stop
+
+
+@needs_data
+def test_input_frames_distinct_and_repeated(bench: ModuleType) -> None:
+    texts = bench.distinct_texts(2_500, seed=0, source=CORPUS)
+    distinct = bench.input_frame(2_000, texts)
+    assert distinct["text"].tolist() == texts[:2_000]
+    assert distinct["comment_id"].is_unique
+    assert str(distinct["text"].dtype) == "string"
+    repeated = bench.input_frame(2_000, None)
+    # 1,956 comments cycled: row 1,956 is row 0's text again, under another id.
+    assert repeated["text"].iloc[1_956] == repeated["text"].iloc[0]
+    assert repeated["comment_id"].iloc[1_956] != repeated["comment_id"].iloc[0]
+    with pytest.raises(ValueError, match="texts for"):
+        bench.input_frame(3_000, texts)
+
+
+def test_the_ratio_is_baseline_over_flow(bench: ModuleType) -> None:
+    assert bench.ratio(10.0, 5.0) == 2.0  # the flow twice as fast
+    assert bench.ratio(5.0, 10.0) == 0.5
+
+
+def _results(ratio: float, met: bool) -> dict[str, Any]:
+    side = {"seconds": 10.0, "steady_s": 8.0, "load_average_1min_before": [1.2]}
+    base = side | {"start_and_imports_s": 1.5, "load_model_s": 2.0, "peak_rss_bytes": 3 << 30}
+    flow = side | {
+        "workers": 2,
+        "start_and_imports_s": 3.0,
+        "resolve_s": 0.8,
+        "cluster_start_s": 1.5,
+        "model_load_s": [2.5, 2.75],
+        "cluster_close_s": 4.0,
+        "peak_rss_bytes": [800 << 20, 810 << 20],
+        "chunk_seconds": [7.0, 7.5, 1.5, 1.75, 1.0],
+    }
+    return {
+        "headline": {
+            "ratio_vs_baseline": ratio,
+            "steady_ratio_vs_baseline": 1.4,
+            "inputs": "distinct",
+            "rows": 1_000_000,
+            "target": ">= 1.0x at 1,000,000 rows, start-up included",
+            "met": met,
+        },
+        "inputs": {
+            "distinct": {
+                "label": "distinct texts",
+                "sizes": {
+                    "1000000": {
+                        "ratio_vs_baseline": ratio,
+                        "steady_ratio_vs_baseline": 1.4,
+                        "baseline": base,
+                        "flow": flow,
+                    }
+                },
+            }
+        },
+        "method": {"chunk_rows": 50_000},
+        "machine": {"cpus": 2},
+    }
+
+
+def test_the_section_leads_with_the_ratio_and_says_when_slower(report: ModuleType) -> None:
+    slower = report.render_batch_infer_flow(_results(0.8, met=False))
+    assert slower.startswith("**Batch inference through the flow's path: 0.80x the baseline**")
+    assert "slower than a user's script" in slower and "NOT met." in slower
+    assert "still the tool for inputs that do not fit in memory" in slower
+    faster = report.render_batch_infer_flow(_results(1.25, met=True))
+    assert "1.25x the baseline" in faster and "faster than" in faster and "met." in faster
+    assert "still the tool" not in faster
+    assert "| distinct | 1,000,000 | **1.25x** | 1.40x |" in faster
+    assert "**1.25x**" in report.batch_infer_flow_row(_results(1.25, met=True))
+    assert "Dask cluster start 1.5 s, model load 2.5–2.8 s per worker" in faster
+    assert "Peak RSS: baseline 3,072 MiB, flow workers 800–810 MiB each." in faster
+    assert "first chunk took 7.0–7.5 s, the later ones 1.5 s (median)" in faster
