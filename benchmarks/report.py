@@ -1942,6 +1942,7 @@ RENDERED = {
     "validate",
     "incremental",
     "batch_infer",
+    "batch_infer_flow",
     "serving",
     "spill",
     "spill_adam_default",
