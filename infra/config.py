@@ -28,6 +28,18 @@ from pydantic import Field, SecretStr, model_validator
 
 from mlsys.settings import LocalStack, Settings
 
+# Every port the local stack binds (the SeaweedFS ones also need port + gRPC offset free).
+PORT_FIELDS: tuple[str, ...] = (
+    "s3_port",
+    "weed_master_port",
+    "weed_volume_port",
+    "weed_filer_port",
+    "weed_admin_port",
+    "mlflow_port",
+    "prefect_port",
+    "serve_port",
+)
+
 
 class StackSettings(Settings, LocalStack):
     """Where and how the local stack runs its services (``host`` and the ``*_port``
@@ -74,16 +86,7 @@ class StackSettings(Settings, LocalStack):
 
     @model_validator(mode="after")
     def _check_ports(self) -> Self:
-        for name in (
-            "s3_port",
-            "weed_master_port",
-            "weed_volume_port",
-            "weed_filer_port",
-            "weed_admin_port",
-            "mlflow_port",
-            "prefect_port",
-            "serve_port",
-        ):
+        for name in PORT_FIELDS:
             value = getattr(self, name)
             if not 0 < value < 65536 - (self.weed_grpc_offset if name.startswith("weed") else 0):
                 raise ValueError(f"{name}={value} is not a usable TCP port")

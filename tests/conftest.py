@@ -23,7 +23,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
-from infra.config import StackSettings  # noqa: E402
+from infra.config import PORT_FIELDS, StackSettings  # noqa: E402
 from mlsys.settings import Settings  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -89,16 +89,7 @@ def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
     taken = set() if taken is None else taken
     rng = random.Random()
     chosen: dict[str, int] = {}
-    names = [
-        "s3_port",
-        "weed_master_port",
-        "weed_volume_port",
-        "weed_filer_port",
-        "weed_admin_port",
-        "mlflow_port",
-        "prefect_port",
-        "serve_port",
-    ]
+    names = list(PORT_FIELDS)
     for name in names:
         for _ in range(1000):
             port = rng.randint(20000, 29999)
