@@ -596,15 +596,14 @@ def batch_infer_row(results: Results) -> str:
         value = growth[config]["growth"]
         return bold(times(value), value <= BATCH_INFER_RSS_GROWTH_TARGET)
 
-    speed = " / ".join(
-        bold(times(sizes[n][two]["throughput_vs_baseline"]),
-             sizes[n][two]["throughput_vs_baseline"] >= 1)
-        for n in multi
-    )  # fmt: skip
+    # Not the batch headline (batch_infer_flow.py is: start-up included, distinct texts),
+    # so not in bold: the clock starts after the workers loaded the model.
+    speed = " / ".join(times(sizes[n][two]["throughput_vs_baseline"]) for n in multi)
     checked = " / ".join(times(sizes[n][one]["throughput_vs_baseline"]) for n in multi)
     return (
-        f"| `batch_infer.py`: the spam pyfunc (default model) over "
-        f"{' / '.join(size_label(n) for n in sizes)} comments, {size_label(chunk)}-row chunks | "
+        f"| `batch_infer.py`: the streaming scorer alone (workers load the model before the "
+        f"clock starts), the spam pyfunc over {' / '.join(size_label(n) for n in sizes)} "
+        f"repeated comments, {size_label(chunk)}-row chunks; its headline is memory | "
         "`mlflow.pyfunc.load_model(...).predict(whole DataFrame)` | "
         f"{plural(_workers(two), 'worker')} {speed} at {' / '.join(size_label(n) for n in multi)};"
         f" {plural(_workers(one), 'worker')} {checked} checked; peak RSS {small} → {large}, "
@@ -1983,8 +1982,8 @@ def render(results: dict[str, Results]) -> str:
             gpipe_row(r["gpipe"]),
             render_validate(r["validate"]),
             incremental_row(r["incremental"]),
-            batch_infer_row(r["batch_infer"]),
             *([batch_infer_flow_row(flow)] if flow else []),
+            batch_infer_row(r["batch_infer"]),
             featurizer_row(r["featurizer"]),
             serving_row(r["serving"]),
             spill_row(r["spill"], r["spill_adam_default"]),
