@@ -70,10 +70,10 @@ The planner (layer footprints, where to cut) and the tiers the images live in ar
 :mod:`mlsys.training.shards`. This module keeps the strategy, resuming from checkpoints and
 the trainer.
 
-Why one module (past 600 lines): the trainer, about half of it, is one class whose loading,
-writing back and stepping share one state (the shards' attached images, the I/O thread's
-queue, the pool) and keep one order (the table above, which a test checks); split, that
-order would span modules.
+Why one module: the trainer, about half of it, is one class whose loading, writing back
+and stepping share one state (the shards' attached images, the I/O thread's queue, the
+pool) and keep one order (the table above, which a test checks); split, that order would
+span modules.
 """
 
 from __future__ import annotations
