@@ -676,6 +676,24 @@ def render_batch_infer_flow(results: Results) -> str:
             )
     labels = "; ".join(f"{kind}: {entry['label']}" for kind, entry in results["inputs"].items())
     lines += ["", f"Inputs: {labels}."]
+    slower = sorted(
+        {
+            int(n)
+            for entry in results["inputs"].values()
+            for n, size in entry["sizes"].items()
+            if size["ratio_vs_baseline"] < 1
+        }
+    )
+    if slower:
+        lines[-1] += (
+            f" At {' and '.join(commas(n) for n in slower)} rows the flow is slower than the "
+            "script: its start-up (imports, the cluster, the model loaded in each worker, the "
+            "cluster closed) costs more than the second worker gains on so little. It is "
+            "still the tool there when the batch must be checked and its bad rows "
+            "quarantined, written as parts a failed run resumes from, bounded in memory, or "
+            "scored on a cluster's workers; for a one-off score of a small file, `predict` "
+            "is quicker."
+        )
     top = results["inputs"][head["inputs"]]["sizes"][str(head["rows"])]
     base, flow = top["baseline"], top["flow"]
     if "model_load_s" in flow:
