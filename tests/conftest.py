@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -229,3 +232,24 @@ def stack_env(stack: StackSettings, monkeypatch: pytest.MonkeyPatch) -> Iterator
         yield stack
         # Send buffered flow-run logs while the server is still up.
         APILogWorker.drain_all(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Imports a script of benchmarks/ by its file name (benchmarks/ is not a package), as
+    module ``benchmarks_<stem>``, once per session: ``benchmark_script("report.py")``."""
+
+    def load(file: str) -> ModuleType:
+        name = f"benchmarks_{Path(file).stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().parents[1] / "benchmarks" / file
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -4,8 +4,7 @@ seeded and of a real vocabulary, the repeated input is the comments cycled, the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,24 +26,14 @@ CORPUS = [
 ]
 
 
-def _load(name: str, file: str) -> ModuleType:
-    """A benchmarks/ script, imported by path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("batch_infer_flow.py")
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return _load("benchmarks_batch_infer_flow", "batch_infer_flow.py")
-
-
-@pytest.fixture(scope="module")
-def report() -> ModuleType:
-    return _load("benchmarks_report_flow", "report.py")
+def report(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("report.py")
 
 
 def test_distinct_texts_are_distinct_seeded_and_of_the_corpus_words(bench: ModuleType) -> None:

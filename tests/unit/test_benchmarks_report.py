@@ -5,8 +5,7 @@ really come from the results files."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,16 +16,8 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 
 
 @pytest.fixture(scope="module")
-def report() -> ModuleType:
-    """benchmarks/report.py, imported by path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks_report", ROOT / "benchmarks" / "report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def report(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("report.py")
 
 
 @pytest.fixture(scope="module")

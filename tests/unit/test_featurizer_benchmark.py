@@ -4,8 +4,7 @@ the same width and scale."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -27,16 +26,8 @@ TEXTS = ["Love this song!!", "check out my channel http://x.y", "", "a a a b"]
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    """benchmarks/featurizer.py, imported by path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks_featurizer", ROOT / "benchmarks" / "featurizer.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("featurizer.py")
 
 
 def test_generated_texts_are_distinct_seeded_and_of_the_corpus_words(bench: ModuleType) -> None:
