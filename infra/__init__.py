@@ -1,1 +1,2 @@
-"""The local stack: SeaweedFS S3, MLflow server, Prefect server, work pool and worker."""
+"""The local stack (SeaweedFS S3, MLflow server, Prefect server, work pool and worker) and
+the `mlsys` command line (cli/)."""

@@ -5,7 +5,7 @@ objective with admission control (batching.py), a prediction cache (cache.py), t
 serving suite's row rules compiled to plain checks (rules.py), versions that follow an
 alias without a dropped request (model.py), a shadow model's agreement (shadow.py), and
 a prediction log in S3 for validation (predlog.py). app.py wires them into a Starlette
-app, server.py runs it on uvicorn, cli.py is the command.
+app, server.py runs it on uvicorn; `mlsys serve` (infra/cli/serve.py) is the command.
 
 Usage::
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
+from infra.cli.data import app
 from mlsys.data import write_parquet_bytes
-from mlsys.data.cli import app
 
 
 def test_show_prints_counts_and_head(tmp_path: Path) -> None:

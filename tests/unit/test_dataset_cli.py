@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.cli import app
-from mlsys.data.dataset_cli import stored_source
 from mlsys.data.definition import PROJECT_DIR, DatasetDefinition, load_dataset
+from mlsys.data.propose import stored_source
 from mlsys.data.sources import read_dataset
 from mlsys.validation.checkpoint import run_checkpoint
 from mlsys.validation.infer import infer_dataset_suites

@@ -11,7 +11,7 @@ import pytest
 from snorkel.labeling.model import MajorityLabelVoter
 from typer.testing import CliRunner
 
-from mlsys.labeling.cli import app
+from infra.cli.label import app
 from mlsys.labeling.label_model import LabelModelConfig
 from mlsys.labeling.wrench import WrenchError, evaluate_wrench, load_wrench
 

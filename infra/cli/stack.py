@@ -1,5 +1,4 @@
-"""The `mlsys` command (`app`, `main`), and its `stack` and `run` commands: the local stack
-and deployment runs from the shell."""
+"""`mlsys stack …` and `mlsys run`: the local stack and deployment runs from the shell."""
 
 from __future__ import annotations
 
@@ -150,38 +149,3 @@ def run_cmd(
         raise typer.Exit(1) from exc
     if wait and outcome.state != "COMPLETED":
         raise typer.Exit(1)
-
-
-# ---- the `mlsys` command: one typed CLI with a group per concern --------------------------
-# It lives here, above the engines, so that the engine package never imports infra/: the
-# stack and deployment runs are infra's (they drive Prefect); engines' commands live with
-# their engines.
-app = typer.Typer(
-    help="mlsys: a workflow-orchestrated ML platform on Prefect, MLflow and S3.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-
-
-def _register() -> None:
-    from mlsys.data.cli import app as data_app
-    from mlsys.data.dataset_cli import app as dataset_app
-    from mlsys.labeling.cli import app as label_app
-    from mlsys.serving.cli import serve_cmd
-    from mlsys.validation.cli import app as validate_app
-
-    app.add_typer(stack_app, name="stack")
-    app.command("run")(run_cmd)
-    app.add_typer(data_app, name="data")
-    app.add_typer(dataset_app, name="dataset")
-    app.add_typer(label_app, name="label")
-    app.add_typer(validate_app, name="validate")
-    app.command("serve")(serve_cmd)
-
-
-_register()
-
-
-def main() -> None:
-    """The `mlsys` console script."""
-    app()
