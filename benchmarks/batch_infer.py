@@ -67,6 +67,11 @@ Targets (from the spec): streaming throughput >= the whole-DataFrame pyfunc base
 the streaming scorer's peak RSS flat within 20% from 100k to 1M rows where the baseline's
 grows.
 
+Why one module: the script is both the parent that compares the configurations and each
+measured process (``measure`` runs this file again with ``--worker``), so what a worker does
+and how its figures are read stay side by side; this docstring, the method, is about 75
+lines of the length.
+
     .venv/bin/python benchmarks/batch_infer.py [--sizes 10000,100000,1000000] [--repeat 3]
 """
 

@@ -49,6 +49,10 @@ Targets (issue 24): throughput at p99 <= 50 ms >= 5x `mlflow models serve`; zero
 requests of >= 10,000 across a promotion; under overload the accepted requests' p99 within
 the objective and the shed ones answered in under 5 ms.
 
+Why one module: one benchmark run, its set-up, servers, load and figures, in the order the
+method above describes; this docstring and wrk's Lua script (a string here) are about 100
+lines of the length. Its tables are rendered by ``benchmarks/pages/serving.py``.
+
     .venv/bin/python benchmarks/serving.py [--duration 10] [--slo-ms 50]
 """
 
@@ -511,14 +515,13 @@ def overload(
 
 def markdown(figures: dict[str, Any]) -> str:
     """The docs' tables, from a results file (``--table``): the same code that writes them
-    into docs/benchmarks.md (``benchmarks/report.py``), so the two agree to the digit."""
-    import importlib.util
+    into docs/benchmarks.md (``benchmarks/pages/serving.py``), so the two agree to the digit."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # benchmarks/ is not installed; pages/ is imported from it
+        sys.path.insert(0, here)
+    from pages.serving import serving_tables
 
-    spec = importlib.util.spec_from_file_location("report", Path(__file__).with_name("report.py"))
-    assert spec is not None and spec.loader is not None
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    return "\n".join(report.serving_tables(figures))
+    return "\n".join(serving_tables(figures))
 
 
 # --- main ----------------------------------------------------------------------------------
