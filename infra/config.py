@@ -21,7 +21,10 @@ Usage::
 from __future__ import annotations
 
 import os
-from typing import Self
+import random
+import socket
+from pathlib import Path
+from typing import Any, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -39,6 +42,40 @@ PORT_FIELDS: tuple[str, ...] = (
     "prefect_port",
     "serve_port",
 )
+
+
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_stack_ports(taken: set[int] | None = None, grpc_offset: int = 10000) -> dict[str, int]:
+    """A free port for each of :data:`PORT_FIELDS`, drawn from 20000-29999 (the SeaweedFS
+    ones with port + ``grpc_offset`` free too), none in ``taken``, which grows by them: for
+    a private stack beside any other (tests, benchmarks).
+
+    Raises:
+        RuntimeError: no free port found in the range.
+    """
+    taken = set() if taken is None else taken
+    rng = random.Random()
+    chosen: dict[str, int] = {}
+    for name in PORT_FIELDS:
+        for _ in range(1000):
+            port = rng.randint(20000, 29999)
+            pair = {port, port + grpc_offset}
+            if pair & taken or not all(_bindable(p) for p in pair):
+                continue
+            taken |= pair
+            chosen[name] = port
+            break
+        else:
+            raise RuntimeError("no free ports in 20000-29999")
+    return chosen
 
 
 class StackSettings(Settings, LocalStack):
@@ -151,3 +188,21 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit((parts.scheme, netloc, *parts[2:]))
+
+
+def private_stack_settings(stack_dir: Path, **extra: Any) -> StackSettings:
+    """Settings of a stack of its own in ``stack_dir`` on free ports, from the arguments
+    only: ``MLSYS_*`` variables (which may point at another stack) are set aside while it
+    is built."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLSYS_")}
+    try:
+        offset = int(extra.pop("weed_grpc_offset", 10000))
+        fields: dict[str, Any] = {
+            "stack_dir": stack_dir,
+            "weed_grpc_offset": offset,
+            **free_stack_ports(grpc_offset=offset),
+            **extra,
+        }
+        return StackSettings(**fields)
+    finally:
+        os.environ.update(saved)

@@ -26,7 +26,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
-from infra.config import PORT_FIELDS, StackSettings  # noqa: E402
+from infra.config import StackSettings, free_stack_ports, private_stack_settings  # noqa: E402
 from mlsys.settings import Settings  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -78,45 +78,10 @@ def put_labeled_youtube(settings: Settings, comments: pd.DataFrame, name: str) -
     return uri
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def free_stack_ports(taken: set[int] | None = None) -> dict[str, int]:
-    """Ports for a private stack; SeaweedFS ports also need port + gRPC offset free."""
-    taken = set() if taken is None else taken
-    rng = random.Random()
-    chosen: dict[str, int] = {}
-    names = list(PORT_FIELDS)
-    for name in names:
-        for _ in range(1000):
-            port = rng.randint(20000, 29999)
-            pair = {port, port + GRPC_OFFSET}
-            if pair & taken or not all(_free(p) for p in pair):
-                continue
-            taken |= pair
-            chosen[name] = port
-            break
-        else:
-            raise RuntimeError("no free ports in 20000-29999")
-    return chosen
-
-
 def stack_settings(stack_dir: Path, **extra: object) -> StackSettings:
     """Settings of a private stack, from arguments only (never from MLSYS_* variables,
     which may point at the session's stack)."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLSYS_")}
-    try:
-        return StackSettings(
-            stack_dir=stack_dir, weed_grpc_offset=GRPC_OFFSET, **free_stack_ports(), **extra
-        )  # type: ignore[arg-type]
-    finally:
-        os.environ.update(saved)
+    return private_stack_settings(stack_dir, weed_grpc_offset=GRPC_OFFSET, **extra)
 
 
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -131,3 +131,31 @@ def test_the_section_leads_with_the_ratio_and_says_when_slower(page: ModuleType)
     assert "Dask cluster start 1.5 s, model load 2.5–2.8 s per worker" in faster
     assert "Peak RSS: baseline 3,072 MiB, flow workers 800–810 MiB each." in faster
     assert "first chunk took 7.0–7.5 s, the later ones 1.5 s (median)" in faster
+
+
+def _with_flow_run(run_ratio: float, path_ratio: float) -> dict[str, Any]:
+    results = _results(path_ratio, met=run_ratio >= 1)
+    results["headline"] |= {
+        "ratio_vs_baseline": run_ratio,
+        "measured": "flow_run",
+        "flow_path_ratio_vs_baseline": path_ratio,
+    }
+    size = results["inputs"]["distinct"]["sizes"]["1000000"]
+    size["flow_run"] = {"seconds": 12.5, "steady_s": None, "load_average_1min_before": [1.3]}
+    size["flow_run_ratio_vs_baseline"] = run_ratio
+    return results
+
+
+def test_the_flow_run_leads_when_it_was_measured(page: ModuleType) -> None:
+    """With the flow run itself measured, its ratio is the headline (bold where >= 1) and the
+    scoring path's comes beside it; slower is said of the flow run, not of the path."""
+    slower = page.render_batch_infer_flow(_with_flow_run(0.8, 1.25))
+    assert slower.startswith("**Batch inference through the batch_infer flow: 0.80x the baseline**")
+    assert "is slower than a user's script" in slower and "NOT met." in slower
+    assert "Its scoring path alone (no Prefect, MLflow or S3): 1.25x, 1.40x in the steady" in slower
+    assert "| distinct | 1,000,000 | 0.80x | 1.25x | 1.40x | 10.00 (8.00) | 12.50 |" in slower
+    assert "At 1,000,000 rows the flow is slower than the script" in slower
+    row = page.batch_infer_flow_row(_with_flow_run(0.8, 1.25))
+    assert "flow run on the stack" in row and "**" not in row.split("|")[3]
+    faster = page.render_batch_infer_flow(_with_flow_run(1.1, 1.25))
+    assert "| **1.10x** | 1.25x |" in faster and "At 1,000,000 rows" not in faster
