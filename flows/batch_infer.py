@@ -17,7 +17,6 @@ from mlsys.data.catalog import predictions_prefix, quarantine_prefix, raw_prefix
 from mlsys.data.s3 import latest_key
 from mlsys.data.sources import normalized_names
 from mlsys.inference.inputs import is_s3
-from mlsys.memory import STREAMING_ENV
 from mlsys.settings import Settings
 from tasks.batch_infer import (
     ModelRef,
@@ -32,6 +31,7 @@ from tasks.batch_infer import (
     stage_input,
     write_manifest,
 )
+from tasks.cluster import cluster_threads, dask_runner
 from tasks.retry import tolerant
 from tasks.tracking import TrackedFlow
 from tasks.validate import validate_batch
@@ -52,58 +52,6 @@ def score_partitions(
         for i in range(workers)
     ]
     return [row for future in futures for row in future.result()]
-
-
-def _dask_runner(workers: int, address: str | None = None) -> Any:
-    """The cluster at ``address`` (``MLSYS_DASK_ADDRESS``, with Dask's own TLS
-    configuration), else a cluster of ``workers`` processes on this machine, made for
-    this run."""
-    from prefect_dask.task_runners import DaskTaskRunner
-
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": None,
-            # Mutual TLS with a certificate made for this cluster: another process on
-            # the host cannot connect to the scheduler and run code as this user.
-            "security": True,
-            # Set in each worker process before it imports pyarrow (see STREAMING_ENV).
-            "env": dict(STREAMING_ENV),
-        }
-    )
-
-
-def _cluster_threads(address: str) -> int:
-    """Worker threads of the Dask cluster at ``address`` (at least 1), asked of its
-    scheduler with Dask's own security configuration.
-
-    Raises:
-        ValueError: a ``tls://`` address without Dask's TLS configuration.
-        RuntimeError: the scheduler cannot be reached; the message names the setting.
-    """
-    import dask.config
-    from distributed import Client
-
-    connect: Any = Client  # untyped
-    if address.startswith("tls://") and not dask.config.get("distributed.comm.tls.ca-file"):
-        raise ValueError(
-            f"MLSYS_DASK_ADDRESS={address} needs Dask's TLS configuration: "
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
-            "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (or the same keys in a Dask "
-            "configuration file)"
-        )
-    try:
-        with connect(address, timeout="60s", set_as_default=False) as cluster:
-            return max(1, int(sum(cluster.nthreads().values())))
-    except (OSError, TimeoutError) as exc:
-        raise RuntimeError(
-            f"cannot reach the Dask scheduler at MLSYS_DASK_ADDRESS={address}: {exc}"
-        ) from exc
 
 
 @flow(name="batch_infer", log_prints=True)
@@ -192,7 +140,7 @@ def batch_infer(
         "id_column": id_column,
         "validation": validation,
     }
-    threads = _cluster_threads(settings.dask_address) if settings.dask_address else None
+    threads = cluster_threads(settings.dask_address) if settings.dask_address else None
     ref = resolve_model(settings, model_name, alias, model_version, definition.classes)
     with tracked.track(params) as run:
         client = run.client()
@@ -234,7 +182,7 @@ def batch_infer(
             results = score_partition(settings, ref, inputs, **options)
         else:
             results = score_partitions.with_options(
-                task_runner=_dask_runner(workers, settings.dask_address)
+                task_runner=dask_runner(workers, settings.dask_address)
             )(settings, ref, inputs, workers, options)
         seconds = time.perf_counter() - began
         manifest, counts = write_manifest(settings, prefix, ref, source, results)

@@ -51,7 +51,18 @@ class LabelOptions(_Options):
         '"abstain": its vote counts as abstain and failures are counted in MLflow.',
     )
     n_jobs: int | None = Field(
-        None, ge=1, description="Processes for row-by-row LFs. Empty: one per CPU."
+        None,
+        ge=1,
+        description="Processes for row-by-row LFs when they run in the flow's process (a "
+        "batch of one partition, no MLSYS_DASK_ADDRESS). Empty: one per CPU.",
+    )
+    partition_rows: int = Field(
+        50_000,
+        ge=1,
+        description="Rows per partition: a larger batch has its LFs applied by one task per "
+        "partition on a Dask cluster (made on this machine, or the one at "
+        "MLSYS_DASK_ADDRESS, used for every batch), each reading its rows from S3 and "
+        "writing its votes there.",
     )
 
 

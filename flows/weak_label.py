@@ -1,31 +1,85 @@
-"""Flow `weak_label`: a raw batch in S3 -> labeled Parquet batch in S3, tracked in MLflow."""
+"""Flow `weak_label`: a raw batch in S3 -> labeled Parquet batch in S3, tracked in MLflow.
+The LFs run in this process for a batch of one partition, else one task per row partition on
+a Dask cluster made on this machine, or on the cluster at `MLSYS_DASK_ADDRESS` (always)."""
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from dataclasses import asdict
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
+import pandas as pd
 from prefect import flow
 
 from flows.options import LabelOptions
 from mlsys.data.catalog import labeled_key, labeled_prefix, quarantine_key
+from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import S3Uri
+from mlsys.labeling import LFApplyResult
 from mlsys.labeling.analysis import plot_weights
+from mlsys.settings import Settings
+from tasks.cluster import cluster_threads, dask_runner
 from tasks.tracking import TrackedFlow
 from tasks.validate import previous_batch, validate_batch
 from tasks.weak_label import (
     analyze_lfs,
     apply_labeling_functions,
+    apply_lfs_partition,
     find_raw_batch,
+    gather_lf_votes,
     load_raw_batch,
     merge_gold_and_weak,
     split_batch,
+    stage_lf_partitions,
     summary_markdown,
     track_weak_label,
     tune_label_model,
     write_batch,
 )
+
+
+@flow(name="apply-lfs-partitions")
+def apply_lfs_partitions(
+    settings: Settings, dataset: str, lf_set: str, errors: str, partitions: list[str]
+) -> list[dict[str, Any]]:
+    """One `apply-lfs-partition` task per row partition, each reading its rows from S3 and
+    writing its votes there; only locations and counts pass through Dask."""
+    futures = [
+        apply_lfs_partition.submit(settings, dataset, lf_set, errors, uri) for uri in partitions
+    ]
+    return [future.result() for future in futures]
+
+
+def label_matrix(
+    settings: Settings,
+    df: pd.DataFrame,
+    definition: DatasetDefinition,
+    batch: str,
+    label: LabelOptions,
+) -> LFApplyResult:
+    """The LF set's votes on every row of ``df``: in this process when the batch is one
+    partition and no cluster is set, else per row partition on the Dask cluster (the one
+    at MLSYS_DASK_ADDRESS, or one made here with a worker per CPU, at most one per
+    partition). Both give PandasLFApplier's label matrix."""
+    partitions = math.ceil(len(df) / label.partition_rows)
+    address = settings.dask_address
+    if partitions <= 1 and not address:
+        return apply_labeling_functions(df, definition, label.lf_set, label.lf_errors, label.n_jobs)
+    threads = cluster_threads(address) if address else os.cpu_count() or 1
+    workers = min(threads, partitions)
+    began = time.perf_counter()
+    uris = stage_lf_partitions(settings, df, definition, batch, label.partition_rows)
+    where = f"the cluster at {address}" if address else f"{workers} worker(s) on this machine"
+    print(f"LFs over {len(uris)} partitions of up to {label.partition_rows} rows on {where}")
+    parts = apply_lfs_partitions.with_options(task_runner=dask_runner(workers, address))(
+        settings, definition.name, label.lf_set, label.lf_errors, uris
+    )
+    return gather_lf_votes(
+        settings, parts, len(df), definition.name, batch, time.perf_counter() - began
+    )
 
 
 @flow(name="weak_label", log_prints=True)
@@ -86,9 +140,7 @@ def weak_label(
             run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
         )
         df, quarantined = split_batch(checked.passed, definition)
-        result = apply_labeling_functions(
-            df, definition, label.lf_set, label.lf_errors, label.n_jobs
-        )
+        result = label_matrix(settings, df, definition, batch, label)
         analyze_lfs(run, result, df)
         tuning = tune_label_model(result, df, definition, label.seed)
         merged = merge_gold_and_weak(df, result, tuning, label.weighting)

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlsys.data.catalog import staged_input_key, staging_prefix
 from mlsys.data.definition import DatasetDefinition
-from mlsys.data.s3 import S3Error, S3Uri, get_bytes, list_keys, put_bytes
+from mlsys.data.s3 import S3Error, S3Uri, delete_prefix, get_bytes, list_keys, put_bytes
 from mlsys.inference.batch import ChunkResult, count_chunks, iter_chunks, score_chunks
 from mlsys.inference.inputs import InputFile, is_s3, resolve_inputs
 from mlsys.memory import bound_streaming_memory
@@ -195,14 +195,7 @@ def stage_input(settings: Settings, inputs: list[str], dataset: str, batch: str)
 @outage_tolerant
 def drop_staged_input(settings: Settings, dataset: str, batch: str) -> int:
     """Remove what :func:`stage_input` put in S3 for ``batch``; how many objects."""
-    client = settings.s3_client()
-    keys = [k for _, k in list_keys(client, settings.bucket, staging_prefix(dataset, batch))]
-    for key in keys:
-        try:
-            client.delete_object(Bucket=settings.bucket, Key=key)
-        except Exception as exc:
-            raise S3Error(f"cannot delete {settings.s3_uri(key)}: {exc}") from exc
-    return len(keys)
+    return delete_prefix(settings.s3_client(), settings.bucket, staging_prefix(dataset, batch))
 
 
 def input_files(settings: Settings, inputs: Sequence[str]) -> list[InputFile]:

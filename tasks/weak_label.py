@@ -20,9 +20,9 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from mlsys.data import read_parquet_bytes, write_parquet_bytes
-from mlsys.data.catalog import raw_prefix
-from mlsys.data.definition import DatasetDefinition
-from mlsys.data.s3 import S3Uri, get_bytes, latest_key, put_bytes
+from mlsys.data.catalog import lf_partition_key, lf_partitions_prefix, raw_prefix
+from mlsys.data.definition import DatasetDefinition, load_dataset
+from mlsys.data.s3 import S3Uri, delete_prefix, get_bytes, latest_key, put_bytes
 from mlsys.labeling import (
     LFApplyResult,
     MergeResult,
@@ -124,6 +124,116 @@ def apply_labeling_functions(
         result.unique_rows,
         result.seconds,
         result.errors or "none",
+    )
+    return result
+
+
+@task(name="stage-lf-partitions", cache_policy=NO_CACHE)
+@outage_tolerant
+def stage_lf_partitions(
+    settings: Settings,
+    df: pd.DataFrame,
+    definition: DatasetDefinition,
+    batch: str,
+    partition_rows: int,
+) -> list[str]:
+    """What the LFs see of the batch (text, kept columns, id), cut into row partitions of
+    ``partition_rows`` in order, each PUT to S3 for the task that labels it; their URIs."""
+    view, _ = lf_view(df, definition.lf_columns, definition.id_column)
+    client = settings.s3_client()
+    uris = []
+    for part, start in enumerate(range(0, len(view), partition_rows)):
+        rows = view.iloc[start : start + partition_rows]
+        uri = settings.s3_uri(lf_partition_key(definition.name, batch, part, "rows"))
+        put_bytes(client, uri, write_parquet_bytes(rows), PARQUET)
+        uris.append(uri)
+    get_run_logger().info(
+        "%d rows in %d partitions of up to %d for the LFs, under %s",
+        len(view),
+        len(uris),
+        partition_rows,
+        settings.s3_uri(lf_partitions_prefix(definition.name, batch)),
+    )
+    return uris
+
+
+@task(name="apply-lfs-partition", cache_policy=NO_CACHE)
+@outage_tolerant
+def apply_lfs_partition(
+    settings: Settings, dataset: str, lf_set: str, errors: str, rows_uri: str
+) -> dict[str, Any]:
+    """On a Dask worker: the dataset's LF set (loaded there by name, so the LF module need
+    not travel) over one row partition read from S3; its votes PUT back beside it. Returns
+    the votes' URI and the partition's counts; only these pass through the scheduler."""
+    began = time.perf_counter()
+    definition = load_dataset(dataset, search=settings.datasets_dir)
+    client = settings.s3_client()
+    view = read_parquet_bytes(get_bytes(client, rows_uri))
+    fields = ["text", *definition.lf_columns]
+    result = apply_lfs(
+        view,
+        definition.lf_set(lf_set),
+        fields=fields,
+        errors=errors,  # type: ignore[arg-type]
+        n_jobs=1,
+        id_column=definition.id_column,
+    )
+    votes_uri = rows_uri.removesuffix(".rows.parquet") + ".votes.parquet"
+    votes = pd.DataFrame(result.matrix, columns=pd.Index(result.lf_names))
+    put_bytes(client, votes_uri, write_parquet_bytes(votes), PARQUET)
+    return {
+        "rows": rows_uri,
+        "votes": votes_uri,
+        "n_rows": len(view),
+        "errors": result.errors,
+        "unique_rows": result.unique_rows,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+@task(name="gather-lf-votes", cache_policy=NO_CACHE)
+@outage_tolerant
+def gather_lf_votes(
+    settings: Settings,
+    parts: list[dict[str, Any]],
+    n_rows: int,
+    dataset: str,
+    batch: str,
+    seconds: float,
+) -> LFApplyResult:
+    """The label matrix of the whole batch from the partitions' votes, in row order, checked
+    against the batch's row count; the partitions' objects removed from S3."""
+    client = settings.s3_client()
+    frames = [read_parquet_bytes(get_bytes(client, part["votes"])) for part in parts]
+    for part, frame in zip(parts, frames, strict=True):
+        if len(frame) != part["n_rows"]:
+            raise RuntimeError(
+                f"{part['votes']} holds {len(frame)} rows of votes for {part['n_rows']} rows"
+            )
+    matrix = np.concatenate([f.to_numpy(dtype=np.int64) for f in frames], axis=0)
+    if len(matrix) != n_rows:
+        raise RuntimeError(f"the partitions' votes cover {len(matrix)} of {n_rows} rows")
+    errors: dict[str, int] = {}
+    for part in parts:
+        for name, count in part["errors"].items():
+            errors[name] = errors.get(name, 0) + int(count)
+    delete_prefix(client, settings.bucket, lf_partitions_prefix(dataset, batch))
+    result = LFApplyResult(
+        matrix=matrix,
+        lf_names=[str(c) for c in frames[0].columns],
+        errors=errors,
+        unique_rows=sum(int(p["unique_rows"]) for p in parts),
+        seconds=seconds,
+    )
+    get_run_logger().info(
+        "applied %d LFs to %d rows in %d partitions on the cluster in %.2f s "
+        "(%d distinct within partitions); LF errors counted as abstain: %s",
+        len(result.lf_names),
+        n_rows,
+        len(parts),
+        seconds,
+        result.unique_rows,
+        errors or "none",
     )
     return result
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 __all__ = [
     "labeled_key",
     "labeled_prefix",
+    "lf_partition_key",
+    "lf_partitions_prefix",
     "online_predictions_prefix",
     "predictions_prefix",
     "quarantine_key",
@@ -50,6 +52,18 @@ def quarantine_prefix(stage: str, dataset: str, batch: str) -> str:
 def predictions_prefix(dataset: str, batch: str) -> str:
     """Folder of one scored batch's parts and manifest (written by ``batch_infer``)."""
     return f"predictions/{dataset}/{batch}/"
+
+
+def lf_partitions_prefix(dataset: str, batch: str) -> str:
+    """Folder of a batch's row partitions while ``weak_label`` applies its LFs on a Dask
+    cluster: ``work/lf/<dataset>/<batch>/``, removed once the label matrix is gathered."""
+    return f"work/lf/{dataset}/{batch}/"
+
+
+def lf_partition_key(dataset: str, batch: str, part: int, what: str) -> str:
+    """Row partition ``part`` of a batch, as the LFs read it (``what="rows"``: text and kept
+    columns) or their votes on it (``"votes"``): ``.../<part:05d>.<what>.parquet``."""
+    return f"{lf_partitions_prefix(dataset, batch)}{part:05d}.{what}.parquet"
 
 
 def staging_prefix(dataset: str, batch: str) -> str:

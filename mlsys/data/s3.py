@@ -122,6 +122,21 @@ def list_keys(client: Any, bucket: str, prefix: str, suffix: str = "") -> list[t
     return sorted(found, reverse=True)
 
 
+def delete_prefix(client: Any, bucket: str, prefix: str) -> int:
+    """Delete every object under ``prefix``; how many there were.
+
+    Raises:
+        S3Error: an object could not be listed or deleted (named).
+    """
+    keys = [key for _, key in list_keys(client, bucket, prefix)]
+    for key in keys:
+        try:
+            client.delete_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise S3Error(f"cannot delete s3://{bucket}/{key}: {exc}") from exc
+    return len(keys)
+
+
 def latest_key(client: Any, bucket: str, prefix: str, suffix: str = ".parquet") -> str:
     """The s3:// URI of the newest object under ``prefix`` (by last-modified time)."""
     keys = list_keys(client, bucket, prefix, suffix)

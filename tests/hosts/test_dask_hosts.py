@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -290,6 +291,38 @@ def test_three_hosts_score_exactly_as_one_machine_from_s3_and_from_a_local_file(
     for worker, log in cluster.logs.items():
         if worker != "scheduler":
             assert "score-partition" in log.read_text(), worker
+
+
+def test_three_hosts_apply_lfs_as_snorkel_does_on_one_machine(
+    flows_env: Cluster, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """weak_label's LF application with MLSYS_DASK_ADDRESS set: one task per row partition
+    on the hosts' workers (each loading the LF module itself and reading and writing its
+    partition in S3) gives PandasLFApplier's label matrix of the whole batch."""
+    from snorkel.labeling import PandasLFApplier
+
+    from flows.options import LabelOptions
+    from flows.weak_label import label_matrix
+    from mlsys.data.definition import load_dataset
+    from mlsys.labeling.batch import lf_view
+    from mlsys.labeling.split import gold_split
+
+    cluster = flows_env
+    monkeypatch.setenv("MLSYS_DASK_ADDRESS", cluster.address)
+    youtube = load_dataset(DATASET)
+    df = gold_split(read_youtube(youtube_dir), youtube.gold)
+    logged = {w: cluster.logs[w].stat().st_size for w in cluster.workers}
+    label = LabelOptions(lf_set="tutorial", partition_rows=250)
+    result = label_matrix(Settings.load(), df, youtube, "hosts-lfs", label)
+
+    view, _ = lf_view(df, youtube.lf_columns, youtube.id_column)
+    expected = PandasLFApplier(youtube.lf_set("tutorial")).apply(view, progress_bar=False)
+    np.testing.assert_array_equal(result.matrix, expected)
+    for worker, log in cluster.logs.items():  # both hosts' workers labeled partitions
+        if worker in logged:
+            with log.open("rb") as text:
+                text.seek(logged[worker])
+                assert b"apply-lfs-partition" in text.read(), worker
 
 
 def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(

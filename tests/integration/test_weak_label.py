@@ -172,3 +172,36 @@ def test_missing_raw_batch_names_the_uri(stack_env: Settings) -> None:
     missing = stack_env.s3_uri("raw/youtube-spam/no-such-batch.parquet")
     with pytest.raises(S3Error, match=r"no-such-batch\.parquet"):
         weak_label(raw_batch=missing)
+
+
+def test_lfs_on_a_dask_cluster_give_snorkels_label_matrix(
+    stack_env: Settings, raw: pd.DataFrame
+) -> None:
+    """A batch of several partitions has its LFs applied on a Dask cluster made for the run
+    (two workers), one task per partition reading its rows from S3 and writing its votes
+    there: the label matrix equals Snorkel's PandasLFApplier on the whole batch for every LF
+    kind (keywords and a regex, vectorized; row-by-row LFs, two sharing a memoized
+    preprocessor), and the partitions' objects are removed afterwards."""
+    from snorkel.labeling import PandasLFApplier
+
+    from flows.options import LabelOptions
+    from flows.weak_label import label_matrix
+    from mlsys.data.catalog import lf_partitions_prefix
+    from mlsys.data.s3 import list_keys
+
+    youtube = load_dataset("youtube-spam")
+    df = gold_split(raw, youtube.gold)
+    lfs = youtube.lf_set("tutorial")
+    names = [lf.name for lf in lfs]
+    assert {"keyword_my", "regex_check_out", "short_comment", "textblob_polarity"} <= set(names)
+    label = LabelOptions(lf_set="tutorial", partition_rows=500)
+    result = label_matrix(stack_env, df, youtube, "it-wl-dask", label)
+
+    view, _ = lf_view(df, youtube.lf_columns, youtube.id_column)
+    expected = PandasLFApplier(lfs).apply(view, progress_bar=False)
+    assert result.lf_names == names
+    assert result.matrix.shape == (len(df), len(lfs)) == expected.shape
+    np.testing.assert_array_equal(result.matrix, expected)
+    assert (result.matrix != -1).any(axis=0).all()  # every LF voted somewhere
+    prefix = lf_partitions_prefix("youtube-spam", "it-wl-dask")
+    assert list_keys(stack_env.s3_client(), stack_env.bucket, prefix) == []

@@ -193,10 +193,10 @@ def test_a_tls_scheduler_without_dask_tls_configuration_is_refused_by_name() -> 
     import dask.config
     import distributed  # noqa: F401  (its configuration defaults, before they are set)
 
-    from flows.batch_infer import _cluster_threads
+    from tasks.cluster import cluster_threads
 
     with (
         dask.config.set({"distributed.comm.tls.ca-file": None}),
         pytest.raises(ValueError, match="DASK_DISTRIBUTED__COMM__TLS__CA_FILE"),
     ):
-        _cluster_threads("tls://10.0.0.5:8786")
+        cluster_threads("tls://10.0.0.5:8786")

@@ -66,9 +66,9 @@ def test_batch_infer_dask_workers_start_with_arrows_pool_as_the_system_allocator
     is imported there: Arrow's own pool in the worker is the system allocator."""
     from distributed import Client, LocalCluster
 
-    from flows.batch_infer import _dask_runner
+    from tasks.cluster import dask_runner
 
-    kwargs = dict(_dask_runner(2).cluster_kwargs) | {"n_workers": 1}
+    kwargs = dict(dask_runner(2).cluster_kwargs) | {"n_workers": 1}
     # Dask's nanny writes its pre-spawn variables (MALLOC_TRIM_THRESHOLD_,
     # OMP_NUM_THREADS) into this process's environment; later tests' subprocesses must
     # not inherit them.
