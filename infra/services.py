@@ -250,9 +250,17 @@ def _sqlite_wal(path: Path) -> None:
 
 
 class PrefectWorker(Service):
-    """A process worker on the stack's work pool; flow runs inherit its environment."""
+    """A process worker on the stack's work pool; flow runs inherit its environment.
+
+    ``worker_name`` names it in the Prefect UI (default ``<pool>-worker``, the stack's own);
+    a worker on another host (`mlsys stack worker`) gives its host's name.
+    """
 
     name = "prefect-worker"
+
+    def __init__(self, settings: StackSettings, worker_name: str | None = None) -> None:
+        super().__init__(settings)
+        self.worker_name = worker_name or f"{settings.work_pool}-worker"
 
     def ports(self) -> dict[str, int]:
         return {}
@@ -267,7 +275,7 @@ class PrefectWorker(Service):
             "--type",
             "process",
             "--name",
-            f"{self.settings.work_pool}-worker",
+            self.worker_name,
         ]
 
     def env(self) -> dict[str, str]:
@@ -280,12 +288,16 @@ class PrefectWorker(Service):
         return env
 
     def healthy(self) -> bool:
+        """Whether this worker (by name) is ONLINE in the pool."""
         url = f"{self.settings.api_url}/work_pools/{self.settings.work_pool}/workers/filter"
         try:
             response = httpx.post(url, json={}, headers=self.settings.prefect_headers(), timeout=2)
             if response.status_code != 200:
                 return False
-            return any(w.get("status") == "ONLINE" for w in response.json())
+            return any(
+                w.get("status") == "ONLINE" and w.get("name") == self.worker_name
+                for w in response.json()
+            )
         except httpx.HTTPError:
             return False
 

@@ -57,6 +57,32 @@ def up_cmd(
         raise typer.Exit(1) from exc
 
 
+@stack_app.command("worker")
+def worker_cmd(
+    name: Annotated[
+        str | None,
+        typer.Option(help="The worker's name in the Prefect UI (default: <pool>-<this host>)."),
+    ] = None,
+    stack_dir: StackDir = None,
+) -> None:
+    """Run a Prefect worker of the stack's work pool on this host, in the foreground: it
+    takes runs from the same pool as the stack's own worker and starts them in this
+    checkout. For a stack served from another host, first `source` a copy of that host's
+    .stack/env (it holds the credentials: copy it privately), and start that stack with
+    MLSYS_HOST set to an address this host reaches."""
+    from infra.stack import StackError
+    from infra.worker import run_worker
+
+    try:
+        code = run_worker(_settings(stack_dir), name=name)
+    except StackError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
 @stack_app.command("down")
 def down_cmd(stack_dir: StackDir = None) -> None:
     """Stop exactly the processes `up` started (recorded pids), and nothing else."""
