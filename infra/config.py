@@ -41,6 +41,7 @@ PORT_FIELDS: tuple[str, ...] = (
     "mlflow_port",
     "prefect_port",
     "serve_port",
+    "dask_port",
 )
 
 
@@ -98,6 +99,18 @@ class StackSettings(Settings, LocalStack):
     serve_dataset: str = Field(
         default="youtube-spam", description="Dataset whose champion the stack's server answers for."
     )
+    dask: bool = Field(
+        default=False,
+        description="`stack up` also runs a Dask scheduler and workers on this machine "
+        "(mutual TLS with the stack's own CA) and points flows at them (MLSYS_DASK_ADDRESS), "
+        "so a run starts no cluster of its own.",
+    )
+    dask_port: int = Field(default=8786, description="Port of the stack's Dask scheduler.")
+    dask_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Worker processes (one thread each) of the stack's Dask cluster.",
+    )
     work_pool: str = Field(default="mlsys", description="Prefect process work pool name.")
     pool_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -129,6 +142,31 @@ class StackSettings(Settings, LocalStack):
                 raise ValueError(f"{name}={value} is not a usable TCP port")
         return self
 
+    @model_validator(mode="after")
+    def _dask_address(self) -> Self:
+        """With the stack's own Dask cluster, flows are pointed at it."""
+        if not self.dask:
+            return self
+        own = self.stack_dask_address
+        if self.dask_address and self.dask_address != own:
+            raise ValueError(
+                f"MLSYS_DASK=true runs a Dask cluster at {own}, but MLSYS_DASK_ADDRESS="
+                f"{self.dask_address} names another: set one of them"
+            )
+        self.dask_address = own
+        return self
+
+    @property
+    def stack_dask_address(self) -> str:
+        """Where the stack's own Dask scheduler listens (``dask`` on)."""
+        return f"tls://{self.host}:{self.dask_port}"
+
+    @property
+    def dask_tls_dir(self) -> Path:
+        """The stack's Dask CA and the certificate its scheduler, workers and clients use
+        (``ca.crt``, ``dask.crt``, ``dask.key``; mode 0600, in a 0700 folder)."""
+        return self.stack_dir / "dask-tls"
+
     def local_stack(self) -> LocalStack:
         """This stack's own address (its fields, not the environment's)."""
         return self
@@ -139,6 +177,12 @@ class StackSettings(Settings, LocalStack):
         env = super().shell_env()
         env["MLSYS_WORK_POOL"] = self.work_pool
         env["MLSYS_SERVE_DATASET"] = self.serve_dataset
+        if self.dask:
+            # Dask's own settings: the client certificate for the stack's cluster.
+            tls = self.dask_tls_dir.resolve()
+            env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = str(tls / "ca.crt")
+            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] = str(tls / "dask.crt")
+            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] = str(tls / "dask.key")
         return env
 
     # ---- database URLs for the servers -------------------------------------------

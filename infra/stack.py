@@ -22,6 +22,7 @@ from psycopg2 import sql
 
 from infra import process
 from infra.config import StackSettings, redact_url
+from infra.dask_cluster import DaskScheduler, DaskWorkers
 from infra.forms import offer_dataset_choices
 from infra.seaweed import SeaweedFS
 from infra.services import (
@@ -69,13 +70,17 @@ def services(settings: StackSettings) -> list[Service]:
         chosen.append(MLflowServer(settings))
     if settings.prefect_api_url is None:
         chosen.append(PrefectServer(settings))
+    if settings.dask:
+        chosen += [DaskScheduler(settings), DaskWorkers(settings)]
     chosen.append(PrefectWorker(settings))
     if settings.serve and settings.serve_url is None:
         chosen.append(ModelServer(settings))
     return chosen
 
 
-ALL_SERVICES = ("seaweedfs", "mlflow", "prefect-server", "prefect-worker", "serve")
+# Every service a stack may run, in start order (`down` stops them in reverse).
+ALL_SERVICES = ("seaweedfs", "mlflow", "prefect-server", "dask-scheduler", "dask-workers",
+                "prefect-worker", "serve")  # fmt: skip
 
 
 # ---- credentials -----------------------------------------------------------------
@@ -439,6 +444,10 @@ def status(settings: StackSettings) -> list[ServiceStatus]:
         record = process.read_record(settings.stack_dir, name)
         running = record is not None and record.alive()
         service = local.get(name)
+        if name in (DaskScheduler.name, DaskWorkers.name) and service is None:
+            if record is None:
+                continue  # the stack runs no Dask cluster (`up --dask` starts one)
+            service = {s.name: s for s in (DaskScheduler(settings), DaskWorkers(settings))}[name]
         if name == ModelServer.name and service is None:
             if record is None and settings.serve_url is None:
                 continue  # the stack runs no model server (`up --serve` starts one)

@@ -43,6 +43,15 @@ def up_cmd(
             "(default youtube-spam) on MLSYS_SERVE_PORT (8080). Default: MLSYS_SERVE.",
         ),
     ] = None,
+    dask: Annotated[
+        bool | None,
+        typer.Option(
+            "--dask/--no-dask",
+            help="Also run a Dask scheduler and MLSYS_DASK_WORKERS workers (default: one "
+            "per CPU) on MLSYS_DASK_PORT (8786), over mutual TLS, for the flows' "
+            "partitioned stages (no cluster started per run). Default: MLSYS_DASK.",
+        ),
+    ] = None,
 ) -> None:
     """Start every service not yet running, wait until healthy, deploy flows, print URLs."""
     from infra.stack import StackError, up
@@ -50,6 +59,16 @@ def up_cmd(
     settings = _settings(stack_dir)
     if serve is not None:
         settings = settings.model_copy(update={"serve": serve})
+    if dask is not None and dask != settings.dask:
+        # Validated again, so that the flows' MLSYS_DASK_ADDRESS follows.
+        own = settings.dask_address == settings.stack_dask_address
+        settings = type(settings).model_validate(
+            {
+                **settings.model_dump(),
+                "dask": dask,
+                "dask_address": None if own else settings.dask_address,
+            }
+        )
     try:
         up(settings, timeout_s=timeout)
     except StackError as exc:

@@ -173,3 +173,22 @@ def test_stack_credentials_are_generated_once_per_local_service(tmp_path: Path) 
     assert remote.prefect_auth_string is None
     assert remote.mlflow_auth() == ("me", "theirs")
     assert "prefect_auth_string" not in (tmp_path / "b" / "credentials.json").read_text()
+
+
+def test_the_stacks_dask_cluster_is_where_flows_are_pointed(tmp_path: Path) -> None:
+    """With MLSYS_DASK on, flows get the stack's scheduler and Dask's TLS variables for
+    its certificate; an MLSYS_DASK_ADDRESS naming another cluster is refused, naming both."""
+    off = StackSettings(stack_dir=tmp_path)
+    assert off.dask_address is None
+    assert "MLSYS_DASK_ADDRESS" not in off.shell_env()
+    on = StackSettings(stack_dir=tmp_path, dask=True, dask_port=8799, host="10.0.0.5")
+    assert on.dask_address == "tls://10.0.0.5:8799"
+    env = on.shell_env()
+    assert env["MLSYS_DASK_ADDRESS"] == "tls://10.0.0.5:8799"
+    tls = (tmp_path / "dask-tls").resolve()
+    assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == str(tls / "ca.crt")
+    assert env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] == str(tls / "dask.key")
+    same = StackSettings(stack_dir=tmp_path, dask=True, dask_address="tls://127.0.0.1:8786")
+    assert same.dask_address == "tls://127.0.0.1:8786"
+    with pytest.raises(ValidationError, match=r"tls://127\.0\.0\.1:8786.*tls://10\.1\.1\.1:8786"):
+        StackSettings(stack_dir=tmp_path, dask=True, dask_address="tls://10.1.1.1:8786")
