@@ -39,6 +39,7 @@ from pages.incremental import incremental_row, render_incremental  # noqa: E402
 from pages.ingest import render_ingest  # noqa: E402
 from pages.label_model import label_model_row, render_label_model  # noqa: E402
 from pages.lf_apply import render_lf_apply  # noqa: E402
+from pages.lf_cluster import lf_cluster_row  # noqa: E402
 from pages.serving import render_serving, serving_row  # noqa: E402
 from pages.sharp import render_sharp, sharp_row  # noqa: E402
 from pages.spill import render_spill, spill_row  # noqa: E402
@@ -64,6 +65,7 @@ def load_results(folder: Path = RESULTS) -> dict[str, Results]:
 RENDERED = {
     "ingest",
     "lf_apply",
+    "lf_cluster",
     "label_model",
     "wrench",
     "wrench_one_vs_rest",
@@ -107,6 +109,7 @@ def render(results: dict[str, Results]) -> str:
             "|---|---|---|",
             render_ingest(r["ingest"]),
             render_lf_apply(r["lf_apply"]),
+            lf_cluster_row(r["lf_cluster"]),
             label_model_row(r["label_model"]),
             render_wrench(r["wrench"]),
             gpipe_row(r["gpipe"]),

@@ -64,6 +64,13 @@ class LabelOptions(_Options):
         "MLSYS_DASK_ADDRESS, used for every batch), each reading its rows from S3 and "
         "writing its votes there.",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Worker processes of the Dask cluster made on this machine for the "
+        "LFs. Empty: one per CPU, at most one per partition (a cluster at "
+        "MLSYS_DASK_ADDRESS runs the partitions on all of its workers).",
+    )
 
 
 class TrainOptions(_Options):

@@ -63,13 +63,13 @@ def label_matrix(
     """The LF set's votes on every row of ``df``: in this process when the batch is one
     partition and no cluster is set, else per row partition on the Dask cluster (the one
     at MLSYS_DASK_ADDRESS, or one made here with a worker per CPU, at most one per
-    partition). Both give PandasLFApplier's label matrix."""
+    partition; ``label.workers`` caps them). Both give PandasLFApplier's label matrix."""
     partitions = math.ceil(len(df) / label.partition_rows)
     address = settings.dask_address
     if partitions <= 1 and not address:
         return apply_labeling_functions(df, definition, label.lf_set, label.lf_errors, label.n_jobs)
     threads = cluster_threads(address) if address else os.cpu_count() or 1
-    workers = min(threads, partitions)
+    workers = min(label.workers or threads, partitions)
     began = time.perf_counter()
     uris = stage_lf_partitions(settings, df, definition, batch, label.partition_rows)
     where = f"the cluster at {address}" if address else f"{workers} worker(s) on this machine"

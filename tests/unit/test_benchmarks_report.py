@@ -65,3 +65,29 @@ def test_check_fails_on_a_stale_page(report: ModuleType, tmp_path: Path) -> None
     assert report.main(["--check", "--output", str(stale)]) == 1
     stale.write_text(PAGE.read_text(encoding="utf-8"))
     assert report.main(["--check", "--output", str(stale)]) == 0
+
+
+def test_the_lf_cluster_row_says_both_targets(report: ModuleType) -> None:
+    """The cluster's ratio to the in-process applier is bold only where its target is met,
+    and a missed scaling target is said."""
+    page = importlib.import_module("pages.lf_cluster")
+    figures = {
+        "headline": {
+            "cluster_vs_in_process": 0.92,
+            "workers_vs_one": 1.6,
+            "workers": 2,
+            "targets": {
+                "cluster_vs_in_process": {"value": 0.92, "target": ">= 0.8", "met": True},
+                "workers_vs_one": {"value": 1.6, "target": ">= 1.7", "met": False},
+            },
+        },
+        "rows_per_s": {"cluster_2": 4600.0, "in_process_2": 5000.0},
+        "rows": 200_000,
+        "partitions": 8,
+        "lfs": 25,
+    }
+    row = page.lf_cluster_row(figures)
+    assert "| **0.92x** (4,600 vs 5,000 rows/s; target >= 0.8x); 2 workers 1.60x one" in row
+    assert "(target >= 1.7x, NOT met) |" in row
+    figures["headline"]["targets"]["cluster_vs_in_process"]["met"] = False
+    assert "| 0.92x (4,600" in page.lf_cluster_row(figures)
