@@ -28,6 +28,7 @@ from tasks.weak_label import (
     analyze_lfs,
     apply_labeling_functions,
     apply_lfs_partition,
+    drop_lf_partitions,
     find_raw_batch,
     gather_lf_votes,
     load_raw_batch,
@@ -74,9 +75,13 @@ def label_matrix(
     uris = stage_lf_partitions(settings, df, definition, batch, label.partition_rows)
     where = f"the cluster at {address}" if address else f"{workers} worker(s) on this machine"
     print(f"LFs over {len(uris)} partitions of up to {label.partition_rows} rows on {where}")
-    parts = apply_lfs_partitions.with_options(task_runner=dask_runner(workers, address))(
-        settings, definition.name, label.lf_set, label.lf_errors, uris
-    )
+    try:
+        parts = apply_lfs_partitions.with_options(task_runner=dask_runner(workers, address))(
+            settings, definition.name, label.lf_set, label.lf_errors, uris
+        )
+    except BaseException:
+        drop_lf_partitions(settings, definition.name, batch)  # a failed run leaves none
+        raise
     return gather_lf_votes(
         settings, parts, len(df), definition.name, batch, time.perf_counter() - began
     )

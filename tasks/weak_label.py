@@ -191,6 +191,15 @@ def apply_lfs_partition(
     }
 
 
+@task(name="drop-lf-partitions", cache_policy=NO_CACHE)
+@outage_tolerant
+def drop_lf_partitions(settings: Settings, dataset: str, batch: str) -> int:
+    """Remove a batch's LF partitions (rows and votes) from S3; how many objects."""
+    return delete_prefix(
+        settings.s3_client(), settings.bucket, lf_partitions_prefix(dataset, batch)
+    )
+
+
 @task(name="gather-lf-votes", cache_policy=NO_CACHE)
 @outage_tolerant
 def gather_lf_votes(
@@ -217,7 +226,7 @@ def gather_lf_votes(
     for part in parts:
         for name, count in part["errors"].items():
             errors[name] = errors.get(name, 0) + int(count)
-    delete_prefix(client, settings.bucket, lf_partitions_prefix(dataset, batch))
+    drop_lf_partitions.fn(settings, dataset, batch)
     result = LFApplyResult(
         matrix=matrix,
         lf_names=[str(c) for c in frames[0].columns],

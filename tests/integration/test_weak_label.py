@@ -205,3 +205,55 @@ def test_lfs_on_a_dask_cluster_give_snorkels_label_matrix(
     assert (result.matrix != -1).any(axis=0).all()  # every LF voted somewhere
     prefix = lf_partitions_prefix("youtube-spam", "it-wl-dask")
     assert list_keys(stack_env.s3_client(), stack_env.bucket, prefix) == []
+
+
+FAILING_LFS = """
+from mlsys.labeling.lf import ABSTAIN, keyword_lf, labeling_function
+
+
+@labeling_function()
+def breaks_on_subscribe(x):
+    if "subscribe" in x.text.lower():
+        raise RuntimeError("this LF cannot read the row")
+    return ABSTAIN
+
+
+LF_SETS = {
+    "default": [
+        keyword_lf(["my"], "spam"),
+        keyword_lf(["song"], "ham"),
+        keyword_lf(["http"], "spam"),
+        breaks_on_subscribe,
+    ]
+}
+"""
+
+
+def test_an_lf_failing_on_the_cluster_names_itself_and_leaves_no_partition(
+    stack_env: Settings, raw: pd.DataFrame
+) -> None:
+    """An LF that raises in a partition's task fails the LF application naming the LF, and
+    the batch's partitions in S3 are removed all the same."""
+    import shutil
+
+    from flows.options import LabelOptions
+    from flows.weak_label import label_matrix
+    from mlsys.data.catalog import lf_partitions_prefix
+    from mlsys.data.s3 import list_keys
+
+    assert stack_env.datasets_dir is not None
+    folder = Path(stack_env.datasets_dir) / "it-failing-lf"
+    shutil.copytree(load_dataset("youtube-spam").path(), folder)
+    yaml_file = folder / "dataset.yaml"
+    text = yaml_file.read_text(encoding="utf-8").replace(
+        "name: youtube-spam", "name: it-failing-lf"
+    )
+    yaml_file.write_text(text, encoding="utf-8")
+    (folder / "lfs.py").write_text(FAILING_LFS, encoding="utf-8")
+    definition = load_dataset("it-failing-lf")
+    df = gold_split(raw, definition.gold)
+
+    with pytest.raises(Exception, match="breaks_on_subscribe"):
+        label_matrix(stack_env, df, definition, "it-wl-fail", LabelOptions(partition_rows=500))
+    prefix = lf_partitions_prefix("it-failing-lf", "it-wl-fail")
+    assert list_keys(stack_env.s3_client(), stack_env.bucket, prefix) == []
