@@ -85,6 +85,7 @@ def fetch_parts(settings: Any, batch: str, out: Path) -> None:
     """The run's prediction and quarantine parts, from S3 into ``out/predictions`` and
     ``out/quarantine`` (the layout ``batch_infer.verify`` reads)."""
     from mlsys.data.catalog import predictions_prefix, quarantine_prefix
+    from mlsys.data.s3 import list_keys
 
     s3 = settings.s3_client()
     for folder, prefix in (
@@ -92,11 +93,7 @@ def fetch_parts(settings: Any, batch: str, out: Path) -> None:
         ("quarantine", quarantine_prefix("serving", DATASET, batch)),
     ):
         (out / folder).mkdir(parents=True, exist_ok=True)
-        pages = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=settings.bucket, Prefix=prefix.rstrip("/") + "/"
-        )
-        for page in pages:
-            for item in page.get("Contents", []):
-                name = item["Key"].rsplit("/", 1)[-1]
-                if name.startswith("part-") and name.endswith(".parquet"):
-                    s3.download_file(settings.bucket, item["Key"], str(out / folder / name))
+        for _, key in list_keys(s3, settings.bucket, prefix, suffix=".parquet"):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith("part-"):
+                s3.download_file(settings.bucket, key, str(out / folder / name))

@@ -5,7 +5,6 @@ cluster at `MLSYS_DASK_ADDRESS` (the same tasks in each case)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from tasks.batch_infer import (
     stage_input,
     write_manifest,
 )
-from tasks.cluster import cluster_threads, dask_runner
+from tasks.cluster import cluster_threads, dask_runner, default_workers
 from tasks.retry import tolerant
 from tasks.tracking import TrackedFlow
 from tasks.validate import validate_batch
@@ -159,7 +158,7 @@ def batch_infer(
             write_quarantine=False,
         )
         chunks = chunk_count(settings, inputs, chunk_rows)
-        workers = workers or max(1, min(threads or os.cpu_count() or 1, chunks))
+        workers = workers or default_workers(chunks, threads)
         where = f"the cluster at {settings.dask_address}" if threads is not None else "this machine"
         print(f"{chunks} chunks of up to {chunk_rows} rows; {workers} worker(s) on {where}")
         client.log_param(run.run_id, "workers_used", workers)

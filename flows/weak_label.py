@@ -5,7 +5,6 @@ a Dask cluster made on this machine, or on the cluster at `MLSYS_DASK_ADDRESS` (
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import PurePosixPath
@@ -21,7 +20,7 @@ from mlsys.data.s3 import S3Uri
 from mlsys.labeling import LFApplyResult
 from mlsys.labeling.analysis import plot_weights
 from mlsys.settings import Settings
-from tasks.cluster import cluster_threads, dask_runner
+from tasks.cluster import cluster_threads, dask_runner, default_workers
 from tasks.tracking import TrackedFlow
 from tasks.validate import previous_batch, validate_batch
 from tasks.weak_label import (
@@ -69,8 +68,10 @@ def label_matrix(
     address = settings.dask_address
     if partitions <= 1 and not address:
         return apply_labeling_functions(df, definition, label.lf_set, label.lf_errors, label.n_jobs)
-    threads = cluster_threads(address) if address else os.cpu_count() or 1
-    workers = min(label.workers or threads, partitions)
+    threads = cluster_threads(address) if address else None
+    workers = (
+        min(label.workers, partitions) if label.workers else default_workers(partitions, threads)
+    )
     began = time.perf_counter()
     uris = stage_lf_partitions(settings, df, definition, batch, label.partition_rows)
     where = f"the cluster at {address}" if address else f"{workers} worker(s) on this machine"

@@ -31,6 +31,9 @@ from pydantic import Field, SecretStr, model_validator
 
 from mlsys.settings import LocalStack, Settings
 
+# The certificate the stack's Dask scheduler, workers and clients share (infra/dask_cluster.py).
+DASK_CERT = "dask"
+
 # Every port the local stack binds (the SeaweedFS ones also need port + gRPC offset free).
 PORT_FIELDS: tuple[str, ...] = (
     "s3_port",
@@ -181,8 +184,8 @@ class StackSettings(Settings, LocalStack):
             # Dask's own settings: the client certificate for the stack's cluster.
             tls = self.dask_tls_dir.resolve()
             env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = str(tls / "ca.crt")
-            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] = str(tls / "dask.crt")
-            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] = str(tls / "dask.key")
+            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] = str(tls / f"{DASK_CERT}.crt")
+            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] = str(tls / f"{DASK_CERT}.key")
         return env
 
     # ---- database URLs for the servers -------------------------------------------

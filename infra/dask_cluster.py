@@ -6,27 +6,34 @@ join the cluster or run code on it), which the stack's flows use through
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
+from infra.config import DASK_CERT
 from infra.services import Endpoint, Service, _bin, base_env
 from infra.tls import Pki, ensure_pki
 from mlsys.memory import STREAMING_ENV
 
-CERT_NAME = "dask"
+
+class _DaskService(Service):
+    """A process of the stack's Dask cluster, with the cluster's certificates."""
+
+    @functools.cached_property
+    def pki(self) -> Pki:
+        """The stack's Dask CA and the one certificate its scheduler, workers and clients
+        use (made or renewed once per service object, not on every health check)."""
+        return ensure_pki(self.settings.dask_tls_dir, [DASK_CERT], [self.settings.host])
+
+    def prepare(self) -> None:
+        self.pki  # noqa: B018 - made before the process starts
+
+    def tls_flags(self) -> list[str]:
+        leaf = self.pki.leaves[DASK_CERT]
+        ca = str(self.pki.ca)
+        return ["--tls-ca-file", ca, "--tls-cert", str(leaf.cert), "--tls-key", str(leaf.key)]
 
 
-def dask_pki(service: Service) -> Pki:
-    """The stack's Dask CA and the one certificate its scheduler, workers and clients use."""
-    settings = service.settings
-    return ensure_pki(settings.dask_tls_dir, [CERT_NAME], [settings.host])
-
-
-def _tls_flags(pki: Pki) -> list[str]:
-    leaf = pki.leaves[CERT_NAME]
-    return ["--tls-ca-file", str(pki.ca), "--tls-cert", str(leaf.cert), "--tls-key", str(leaf.key)]
-
-
-class DaskScheduler(Service):
+class DaskScheduler(_DaskService):
     """``dask scheduler`` on the stack's interface, TLS only, no dashboard."""
 
     name = "dask-scheduler"
@@ -34,15 +41,12 @@ class DaskScheduler(Service):
     def ports(self) -> dict[str, int]:
         return {"scheduler": self.settings.dask_port}
 
-    def prepare(self) -> None:
-        dask_pki(self)
-
     def argv(self) -> list[str]:
         return [
             _bin("dask"), "scheduler",
             "--host", self.settings.host, "--port", str(self.settings.dask_port),
             "--protocol", "tls", "--no-dashboard",
-            *_tls_flags(dask_pki(self)),
+            *self.tls_flags(),
         ]  # fmt: skip
 
     def healthy(self) -> bool:
@@ -52,7 +56,7 @@ class DaskScheduler(Service):
         return [Endpoint("Dask", self.settings.stack_dask_address)]
 
 
-class DaskWorkers(Service):
+class DaskWorkers(_DaskService):
     """``dask worker``: ``dask_workers`` processes of one thread each (text scoring and
     LFs hold the GIL), Arrow on the system allocator, with the stack's environment."""
 
@@ -68,7 +72,7 @@ class DaskWorkers(Service):
             "--host", s.host, "--nworkers", str(s.dask_workers), "--nthreads", "1",
             "--no-dashboard", "--local-directory", str((s.stack_dir / "dask").resolve()),
             "--name", "mlsys",
-            *_tls_flags(dask_pki(self)),
+            *self.tls_flags(),
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -81,13 +85,13 @@ class DaskWorkers(Service):
         return found is not None and found >= self.settings.dask_workers
 
 
-def _workers(service: Service) -> int | None:
+def _workers(service: _DaskService) -> int | None:
     """Workers connected to the stack's scheduler, or None when it does not answer."""
     from distributed import Client
     from distributed.security import Security
 
-    pki = dask_pki(service)
-    leaf = pki.leaves[CERT_NAME]
+    pki = service.pki
+    leaf = pki.leaves[DASK_CERT]
     secure: Any = Security  # untyped
     security = secure(
         tls_ca_file=str(pki.ca),

@@ -140,7 +140,9 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
-def _wait(check: Callable[[], bool], timeout_s: float, alive: Callable[[], bool]) -> bool:
+def wait_for(check: Callable[[], bool], timeout_s: float, alive: Callable[[], bool]) -> bool:
+    """Whether ``check`` holds within ``timeout_s`` (polled every 0.5 s); False at once
+    when ``alive`` stops holding."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -171,7 +173,7 @@ def start_service(service: Service, timeout_s: float, say: Say) -> None:
     stack = service.settings.stack_dir
     record = process.read_record(stack, service.name)
     if record is not None and record.alive():
-        if _wait(service.healthy, timeout_s, record.alive):
+        if wait_for(service.healthy, timeout_s, record.alive):
             say(f"  {service.name:<15} already running (pid {record.pid})")
             return
         raise StackError(
@@ -193,7 +195,7 @@ def start_service(service: Service, timeout_s: float, say: Say) -> None:
     service.prepare()
     started = time.monotonic()
     record = process.spawn(stack, service.name, service.argv(), service.env(), cwd=PROJECT_DIR)
-    if not _wait(service.healthy, timeout_s, record.alive):
+    if not wait_for(service.healthy, timeout_s, record.alive):
         log = process.tail(process.log_path(stack, service.name), 30)
         state = "exited" if not record.alive() else f"not healthy after {timeout_s:.0f} s"
         process.stop(record)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 
 import httpx
 
 from infra.config import StackSettings
 from infra.services import PROJECT_DIR, PrefectWorker
-from infra.stack import Say, StackError
+from infra.stack import Say, StackError, wait_for
 
 __all__ = ["run_worker"]
 
@@ -43,16 +42,13 @@ def run_worker(
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(worker.argv(), env=worker.env(), cwd=PROJECT_DIR)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not worker.healthy():
+        if not wait_for(worker.healthy, timeout_s, lambda: proc.poll() is None):
             if proc.poll() is not None:
                 return proc.returncode
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"worker {worker.worker_name} is not ONLINE in pool {settings.work_pool} "
-                    f"after {timeout_s:.0f} s"
-                )
-            time.sleep(0.5)
+            raise StackError(
+                f"worker {worker.worker_name} is not ONLINE in pool {settings.work_pool} "
+                f"after {timeout_s:.0f} s"
+            )
         say(
             f"worker {worker.worker_name} takes runs of pool {settings.work_pool} from "
             f"{settings.api_url}; flow runs start in {PROJECT_DIR}"

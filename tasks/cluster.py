@@ -5,11 +5,18 @@ scheduler, each task reading and writing its own partition in S3."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mlsys.memory import STREAMING_ENV
 
-__all__ = ["cluster_threads", "dask_runner"]
+__all__ = ["cluster_threads", "dask_runner", "default_workers"]
+
+
+def default_workers(parts: int, threads: int | None = None) -> int:
+    """Workers for ``parts`` partitions when none are asked for: one per worker thread of
+    the cluster (``threads``), else one per CPU here, at most one per partition."""
+    return max(1, min(threads or os.cpu_count() or 1, parts))
 
 
 def dask_runner(workers: int, address: str | None = None) -> Any:

@@ -37,7 +37,7 @@ from mlsys.labeling import (
     plot_lf_summary,
     split_counts,
 )
-from mlsys.labeling.batch import jsonable, lf_view, split_unlabelable
+from mlsys.labeling.batch import jsonable, lf_fields, lf_view, split_unlabelable
 from mlsys.labeling.split import gold_split
 from mlsys.settings import Settings
 from tasks.retry import outage_tolerant
@@ -169,11 +169,10 @@ def apply_lfs_partition(
     definition = load_dataset(dataset, search=settings.datasets_dir)
     client = settings.s3_client()
     view = read_parquet_bytes(get_bytes(client, rows_uri))
-    fields = ["text", *definition.lf_columns]
     result = apply_lfs(
         view,
         definition.lf_set(lf_set),
-        fields=fields,
+        fields=list(lf_fields(definition.lf_columns)),
         errors=errors,  # type: ignore[arg-type]
         n_jobs=1,
         id_column=definition.id_column,

@@ -39,13 +39,18 @@ def split_unlabelable(
     return df[~bad], quarantined
 
 
+def lf_fields(kept: Sequence[str]) -> tuple[str, ...]:
+    """The fields labeling functions may read: ``text`` and the dataset's ``kept`` columns."""
+    return ("text", *kept)
+
+
 def lf_view(
     df: pd.DataFrame, kept: Sequence[str], id_column: str | None = None
 ) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """What labeling functions see of a batch, and the fields they may read: ``text`` and
     the dataset's ``kept`` columns (a missing kept value as ""; text must be present, see
     :func:`split_unlabelable`), plus the id column for error messages."""
-    fields = ("text", *kept)
+    fields = lf_fields(kept)
     view = df[list(fields)].copy()
     for column in kept:
         view[column] = view[column].astype("string").fillna("")
