@@ -30,13 +30,13 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mlsys.validation.drift import DriftKind, FeatureDrift, compare
+from mlsys.validation.drift import DriftKind, compare
 from mlsys.validation.suites import (
     SUITE_NAMES,
     drift_specs,
@@ -46,21 +46,47 @@ from mlsys.validation.suites import (
     suite_version,
     validate_suite,
 )
+from mlsys.validation.verdict import (
+    MAX_VALUES,
+    MODES,
+    Failure,
+    Mode,
+    ValidationFailed,
+    Verdict,
+    examples,
+    plain,
+    reason,
+)
+
+__all__ = [
+    "MODES",
+    "REASON_COLUMN",
+    "CheckpointReport",
+    "Failure",
+    "Mode",
+    "ValidationFailed",
+    "Verdict",
+    "ensure_project",
+    "exception_message",
+    "gx_dir",
+    "load_shipped_suite",
+    "read_failure",
+    "run_checkpoint",
+    "run_suite",
+    "split_rows",
+    "suite_path",
+]
 
 if TYPE_CHECKING:
     from great_expectations.data_context.data_context.file_data_context import (
         FileDataContext,
     )
 
-Mode = Literal["fail", "quarantine"]
-MODES: tuple[str, ...] = ("fail", "quarantine")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATASOURCE = "mlsys"
 BATCH_DEFINITION = "whole-batch"
 REASON_COLUMN = "quarantine_reason"
-MAX_EXAMPLES = 5
-MAX_EXAMPLE_CHARS = 80
 GC_MIN_ROWS = 20_000
 
 # GX reads these when it is imported: no usage statistics, no progress bars in logs.
@@ -176,59 +202,12 @@ def _scratch_project(project_root: Path, suite: Mapping[str, Any]) -> Iterator[P
         yield Path(tmp)
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One expectation that did not hold.
+@dataclass(kw_only=True)
+class CheckpointReport(Verdict):
+    """The verdict on one batch checked in one pass, with its rows split in two."""
 
-    ``observed`` is GX's observed value for batch rules, or up to five offending values
-    (most common first, long ones cut) for row rules; ``count`` is the number of
-    offending rows where GX counts them. ``row_rule`` failures quarantine their rows.
-    """
-
-    expectation: str
-    column: str | None
-    severity: str
-    observed: Any
-    count: int | None
-    row_rule: bool
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        where = f"{self.column}: " if self.column else ""
-        rows = f" on {self.count} rows" if self.count is not None else ""
-        bound = {k: v for k, v in self.kwargs.items() if k not in ("column", "batch_id")}
-        return (
-            f"{where}{self.expectation} failed{rows} ({self.severity}); "
-            f"observed {self.observed!r}; expected {bound}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "expectation": self.expectation,
-            "column": self.column,
-            "severity": self.severity,
-            "observed": self.observed,
-            "count": self.count,
-            "row_rule": self.row_rule,
-            "kwargs": {k: v for k, v in self.kwargs.items() if k != "batch_id"},
-        }
-
-
-@dataclass
-class CheckpointReport:
-    """The verdict on one batch: counts, failures, drift, and the rows split in two."""
-
-    suite: str
-    version: int
-    mode: Mode
-    rows_in: int
     passed: pd.DataFrame
     quarantined: pd.DataFrame
-    failures: list[Failure]
-    warnings: list[Failure]
-    drift: list[FeatureDrift]
-    rows_failing: int = 0
-    docs_dir: Path | None = None
 
     @property
     def rows_passed(self) -> int:
@@ -237,62 +216,6 @@ class CheckpointReport:
     @property
     def rows_quarantined(self) -> int:
         return len(self.quarantined)
-
-    @property
-    def batch_failures(self) -> list[Failure]:
-        """Critical failures that judge the whole batch (no row to blame)."""
-        return [f for f in self.failures if not f.row_rule]
-
-    @property
-    def critical_drift(self) -> list[FeatureDrift]:
-        return [d for d in self.drift if d.drifted and d.severity == "critical"]
-
-    @property
-    def ok(self) -> bool:
-        """Whether the run may go on: in ``fail`` mode only with no critical failure at
-        all; in ``quarantine`` mode when every critical failure is a row failure (its
-        rows are set aside). Critical drift stops both."""
-        if self.critical_drift or self.batch_failures:
-            return False
-        return self.mode == "quarantine" or not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        """The shape ``mlsys validate run --json`` prints."""
-        return {
-            "suite": self.suite,
-            "version": self.version,
-            "mode": self.mode,
-            "success": self.ok,
-            "rows_in": self.rows_in,
-            "rows_passed": self.rows_passed,
-            "rows_quarantined": self.rows_quarantined,
-            "rows_failing": self.rows_failing,
-            "failed": [f.to_dict() for f in self.failures],
-            "warnings": [f.to_dict() for f in self.warnings],
-            "drift": [d.to_dict() for d in self.drift],
-        }
-
-    def summary(self) -> str:
-        """One line per failed expectation and drifted feature, for errors and logs."""
-        head = (
-            f"suite {self.suite} v{self.version} ({self.mode} mode): {self.rows_in} rows in, "
-            f"{self.rows_passed} passed, {self.rows_quarantined} quarantined"
-        )
-        if self.mode == "fail" and self.rows_failing:
-            head += f"; {self.rows_failing} rows break row rules"
-        lines = [head]
-        lines += [f"  FAILED {f}" for f in self.failures]
-        lines += [f"  DRIFT {d} ({d.severity})" for d in self.drift if d.drifted]
-        lines += [f"  {f.severity.upper()} {f}" for f in self.warnings]
-        return "\n".join(lines)
-
-
-class ValidationFailed(RuntimeError):
-    """A batch failed its checkpoint; the message lists each failed expectation."""
-
-    def __init__(self, report: CheckpointReport) -> None:
-        super().__init__(report.summary())
-        self.report = report
 
 
 def run_checkpoint(
@@ -328,6 +251,62 @@ def run_checkpoint(
     if df.empty:
         raise ValueError(f"the batch has no rows: nothing to validate with suite {name!r}")
     frame = df.reset_index(drop=True)
+    results = run_suite(frame, suite, project_root=project_root, docs_dir=docs_dir)
+    failures, warnings_, bad_rows = _read_results(results, frame, suite)
+    drift = []
+    if reference is not None:
+        # A column missing or empty on either side is reported by the expectations
+        # (column set, nulls); drift is measured on the columns both batches have.
+        comparable = [
+            spec
+            for spec in drift_specs(suite)
+            if all(
+                spec.column in f.columns and f[spec.column].notna().any()
+                for f in (reference, frame)
+            )
+        ]
+        drift = compare(reference, frame, comparable, kind=drift_kind)
+    quarantine = mode == "quarantine" and not [f for f in failures if not f.row_rule]
+    passed, quarantined = split_rows(frame, bad_rows if quarantine else {})
+    return CheckpointReport(
+        suite=name,
+        version=suite_version(suite),
+        mode=mode,
+        rows_in=len(frame),
+        passed=passed,
+        quarantined=quarantined,
+        failures=failures,
+        warnings=warnings_,
+        drift=drift,
+        rows_failing=len(bad_rows),
+        docs_dir=docs_dir,
+    )
+
+
+def split_rows(
+    frame: pd.DataFrame, bad_rows: Mapping[int, Iterable[str]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``frame`` (rows numbered 0..n-1) without the ``bad_rows``, and those rows with their
+    reasons joined in :data:`REASON_COLUMN`."""
+    if not bad_rows:
+        empty = frame.iloc[:0].assign(**{REASON_COLUMN: pd.array([], dtype="string")})
+        return frame, empty
+    index = pd.Index(sorted(bad_rows))
+    quarantined = frame.loc[index].copy()
+    quarantined[REASON_COLUMN] = pd.array(["; ".join(bad_rows[i]) for i in index], dtype="string")
+    return frame.drop(index=index), quarantined
+
+
+def run_suite(
+    frame: pd.DataFrame,
+    suite: Mapping[str, Any],
+    *,
+    project_root: Path = PROJECT_ROOT,
+    docs_dir: Path | None = None,
+) -> list[Any]:
+    """GX's result for each expectation of ``suite`` on ``frame`` (rows numbered 0..n-1),
+    every failing row's index included; the Data Docs go to ``docs_dir`` when given."""
+    name = str(suite["name"])
     with _scratch_project(project_root, suite) as scratch:
         ctx = _context(scratch)
         checkpoint = ctx.checkpoints.get(name)
@@ -348,7 +327,7 @@ def run_checkpoint(
                 shutil.rmtree(docs_dir)
             shutil.copytree(site, docs_dir)
     (validation,) = result.run_results.values()
-    failures, warnings_, bad_rows = _read_results(validation.results, frame, suite)
+    results = list(validation.results)
     # GX keeps the context it made last as its module-wide current project, and through
     # it the data source's engine and its cache of the batch just validated: the whole
     # frame would stay alive until the next checkpoint made another context, so a stream
@@ -361,43 +340,7 @@ def run_checkpoint(
     del validation, result, checkpoint, ctx
     if len(frame) >= GC_MIN_ROWS:
         gc.collect()
-    drift = []
-    if reference is not None:
-        # A column missing or empty on either side is reported by the expectations
-        # (column set, nulls); drift is measured on the columns both batches have.
-        comparable = [
-            spec
-            for spec in drift_specs(suite)
-            if all(
-                spec.column in f.columns and f[spec.column].notna().any()
-                for f in (reference, frame)
-            )
-        ]
-        drift = compare(reference, frame, comparable, kind=drift_kind)
-    quarantine = mode == "quarantine" and not [f for f in failures if not f.row_rule]
-    if quarantine and bad_rows:
-        index = pd.Index(sorted(bad_rows))
-        quarantined = frame.loc[index].copy()
-        quarantined[REASON_COLUMN] = pd.array(
-            ["; ".join(bad_rows[i]) for i in index], dtype="string"
-        )
-        passed = frame.drop(index=index)
-    else:
-        quarantined = frame.iloc[:0].assign(**{REASON_COLUMN: pd.array([], dtype="string")})
-        passed = frame
-    return CheckpointReport(
-        suite=name,
-        version=suite_version(suite),
-        mode=mode,
-        rows_in=len(frame),
-        passed=passed,
-        quarantined=quarantined,
-        failures=failures,
-        warnings=warnings_,
-        drift=drift,
-        rows_failing=len(bad_rows),
-        docs_dir=docs_dir,
-    )
+    return results
 
 
 def _forget_context(ctx: FileDataContext) -> None:
@@ -446,54 +389,65 @@ def _quiet_gx() -> Iterator[None]:
 def _read_results(
     results: Iterable[Any], frame: pd.DataFrame, suite: Mapping[str, Any]
 ) -> tuple[list[Failure], list[Failure], dict[int, list[str]]]:
-    """Failures (critical), warnings (warning/info) and, per failing row, its reasons."""
+    """Failures (critical), warnings (warning/info) and, per failing row, its reasons,
+    each in the suite's order (GX groups its results by column)."""
     by_id = {e.get("id"): e for e in suite["expectations"]}
+    position = {key: i for i, key in enumerate(by_id)}
     failures: list[Failure] = []
     notes: list[Failure] = []
     bad_rows: dict[int, list[str]] = {}
-    for r in results:
+    ordered = sorted(results, key=lambda r: position.get(r.expectation_config.id, len(position)))
+    for r in ordered:
         if r.success:
             continue
-        config = r.expectation_config
-        declared = by_id.get(config.id) or {
-            "type": config.type,
-            "kwargs": dict(config.kwargs),
-            "severity": config.severity.value,
-        }
-        kwargs = dict(config.kwargs)
-        column = kwargs.get("column")
-        severity = str(getattr(config.severity, "value", config.severity))
-        error = _exception_message(r.exception_info)
-        result = r.result or {}
-        indices = result.get("unexpected_index_list")
-        row_rule = is_row_rule(declared) and error is None and indices is not None
-        if column is not None and column not in frame.columns:
-            observed: Any = f"column {column!r} is missing"
-        elif error is not None:
-            observed = error
-        elif "observed_value" in result:
-            observed = _plain(result["observed_value"])
-        elif indices and column in frame.columns:
-            observed = _examples(frame.loc[[int(i) for i in indices[:1000]], column].tolist())
-        else:
-            observed = _examples(result.get("partial_unexpected_list") or [])
-        count = result.get("unexpected_count")
-        failure = Failure(
-            expectation=config.type,
-            column=column,
-            severity=severity,
-            observed=observed,
-            count=None if count is None else int(count),
-            row_rule=row_rule,
-            kwargs=_plain(kwargs),
-        )
-        (failures if severity == "critical" else notes).append(failure)
-        if row_rule and indices is not None:
-            rows = _rows_to_quarantine(config.type, column, indices, frame)
-            reason = f"{column}: {config.type}"
+        failure, indices = read_failure(r, by_id.get(r.expectation_config.id), frame)
+        (failures if failure.severity == "critical" else notes).append(failure)
+        if failure.row_rule and indices is not None:
+            rows = _rows_to_quarantine(failure.expectation, failure.column, indices, frame)
             for i in rows:
-                bad_rows.setdefault(int(i), []).append(reason)
+                bad_rows.setdefault(int(i), []).append(reason(failure))
     return failures, notes, bad_rows
+
+
+def read_failure(
+    r: Any, declared: Mapping[str, Any] | None, frame: pd.DataFrame
+) -> tuple[Failure, list[Any] | None]:
+    """One failed GX result as a :class:`Failure`, with the failing rows' indices where GX
+    lists them; ``declared`` is the expectation as the suite states it."""
+    config = r.expectation_config
+    declared = declared or {
+        "type": config.type,
+        "kwargs": dict(config.kwargs),
+        "severity": config.severity.value,
+    }
+    kwargs = dict(config.kwargs)
+    column = kwargs.get("column")
+    severity = str(getattr(config.severity, "value", config.severity))
+    error = exception_message(r.exception_info)
+    result = r.result or {}
+    indices = result.get("unexpected_index_list")
+    row_rule = is_row_rule(declared) and error is None and indices is not None
+    if column is not None and column not in frame.columns:
+        observed: Any = f"column {column!r} is missing"
+    elif error is not None:
+        observed = error
+    elif "observed_value" in result:
+        observed = plain(result["observed_value"])
+    elif indices and column in frame.columns:
+        observed = examples(frame.loc[[int(i) for i in indices[:MAX_VALUES]], column].tolist())
+    else:
+        observed = examples(result.get("partial_unexpected_list") or [])
+    count = result.get("unexpected_count")
+    failure = Failure(
+        expectation=config.type,
+        column=column,
+        severity=severity,
+        observed=observed,
+        count=None if count is None else int(count),
+        row_rule=row_rule,
+        kwargs=plain(kwargs),
+    )
+    return failure, indices
 
 
 def _rows_to_quarantine(
@@ -507,7 +461,7 @@ def _rows_to_quarantine(
     return rows
 
 
-def _exception_message(info: Any) -> str | None:
+def exception_message(info: Any) -> str | None:
     """GX's exception info is either one dict or a dict of dicts keyed by metric."""
     if not info:
         return None
@@ -517,35 +471,6 @@ def _exception_message(info: Any) -> str | None:
             message = str(item.get("exception_message") or "error")
             return message.splitlines()[0][:300]
     return None
-
-
-def _examples(values: list[Any]) -> list[Any]:
-    counts = pd.Series(values, dtype=object).value_counts(dropna=False)
-    return [_plain(v) for v in counts.index[:MAX_EXAMPLES]]
-
-
-def _cut(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_EXAMPLE_CHARS:
-        return f"{value[:MAX_EXAMPLE_CHARS]}... ({len(value)} chars)"
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """GX results hold numpy scalars and pandas NA; make them JSON-ready."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_plain(v) for v in value]
-    if value is pd.NA or value is None:
-        return None
-    if hasattr(value, "item") and not isinstance(value, str):
-        with contextlib.suppress(ValueError, TypeError):
-            return value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, str | int | float | bool):
-        return _cut(value)
-    return str(value)
 
 
 def load_shipped_suite(name: str, project_root: Path = PROJECT_ROOT) -> dict[str, Any]:

@@ -236,8 +236,16 @@ def linf_distance(reference: npt.ArrayLike, current: npt.ArrayLike) -> float:
     """L-infinity distance of two categorical samples: the largest absolute difference in
     a category's frequency, over the union of categories, missing values counting as one
     category of their own (a rising null rate is drift too)."""
-    ref = _frequencies(reference, "reference")
-    cur = _frequencies(current, "current")
+    return _linf(
+        _category_counts(pd.Series(reference), "reference"),
+        _category_counts(pd.Series(current), "current"),
+    )
+
+
+def _linf(reference: pd.Series[float], current: pd.Series[float]) -> float:
+    """L-infinity distance of two samples given as counts per category."""
+    ref = reference / reference.sum()
+    cur = current / current.sum()
     categories = ref.index.union(cur.index, sort=False)
     diff = ref.reindex(categories, fill_value=0.0) - cur.reindex(categories, fill_value=0.0)
     return float(diff.abs().max())
@@ -259,6 +267,10 @@ def compare(
     by expectations) and kept as a category for L-infinity. Pass training data as
     reference and serving data as current with ``kind="skew"`` for a training/serving
     skew check.
+
+    The same numbers come out of the reference's :class:`ReferenceProfile`, the current
+    batch's :func:`feature_counts` summed over any split of its rows, and
+    :func:`drift_from_counts`; this function is that path on one whole batch.
     """
     if kind not in ("drift", "skew"):
         raise ValueError(f"kind must be 'drift' or 'skew', got {kind!r}")
@@ -270,27 +282,90 @@ def compare(
                 raise ValueError(f"feature {name!r} is missing from the {label} batch")
             if df[name].notna().sum() == 0:
                 raise ValueError(f"feature {name!r} has no values in the {label} batch")
-        if spec.statistic == "linf":
-            value = linf_distance(reference_df[name], current_df[name])
-        else:
-            value = js_divergence(
-                _numbers(reference_df[name], spec.on),
-                _numbers(current_df[name], spec.on),
-                bins=bins,
-            )
-        results.append(
-            FeatureDrift(
-                feature=name,
-                kind=kind,
-                statistic=spec.statistic,
-                on=spec.on,
-                value=value,
-                threshold=spec.threshold,
-                drifted=value > spec.threshold,
-                severity=spec.severity,
-            )
-        )
+        profile = reference_profile(reference_df, spec, bins=bins)
+        results.append(drift_from_counts(profile, feature_counts(current_df, profile), kind))
     return results
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """What the current batch is counted against for one feature: the reference's bins
+    (quantile cuts, for JS) and counts per bin, or its counts per category (L-infinity).
+    Counts of the current batch add up over any split of its rows, so a batch validated in
+    partitions gets the drift of one pass over it."""
+
+    spec: DriftSpec
+    counts: pd.Series[float]  # per bin (JS: 0..len(cuts)) or per category (L-infinity)
+    cuts: FloatArray | None = None
+
+
+def reference_profile(
+    reference_df: pd.DataFrame, spec: DriftSpec, *, bins: int = 10
+) -> ReferenceProfile:
+    """The reference batch's bins and counts for ``spec`` (see :func:`histograms`)."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    column = reference_df[spec.column]
+    if spec.statistic == "linf":
+        return ReferenceProfile(spec, _category_counts(column, "reference"))
+    ref = _sample(_numbers(column, spec.on), "reference")
+    cuts = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
+    return ReferenceProfile(spec, pd.Series(_quantile_counts(ref, cuts)), cuts)
+
+
+def feature_counts(df: pd.DataFrame, profile: ReferenceProfile) -> pd.Series[float]:
+    """``df``'s counts on ``profile``'s bins or categories (empty when the feature has no
+    values here); add the counts of a batch's parts with :func:`add_counts`."""
+    column = df[profile.spec.column]
+    if profile.cuts is None:
+        return _category_counts(column, None)
+    values = _numbers(column, profile.spec.on)
+    if values.size == 0:
+        return pd.Series(np.zeros(len(profile.counts)))
+    return pd.Series(_quantile_counts(_sample(values, "current"), profile.cuts))
+
+
+def add_counts(parts: Iterable[pd.Series[float]]) -> pd.Series[float]:
+    """The counts of a batch from the counts of its parts."""
+    frames = [p for p in parts if not p.empty]
+    if not frames:
+        return pd.Series(dtype=np.float64)
+    total = pd.concat(frames)
+    return total.groupby(level=0, sort=False).sum().astype(np.float64)
+
+
+def drift_from_counts(
+    profile: ReferenceProfile, current: pd.Series[float], kind: DriftKind = "drift"
+) -> FeatureDrift:
+    """How far the current batch (its counts on ``profile``) moved from the reference."""
+    spec = profile.spec
+    if not current.sum() > 0:
+        raise ValueError(f"feature {spec.column!r} has no values in the current batch")
+    if profile.cuts is None:
+        value = _linf(profile.counts, current)
+    else:
+        value = jensen_shannon(profile.counts.to_numpy(), current.to_numpy())
+    return FeatureDrift(
+        feature=spec.column,
+        kind=kind,
+        statistic=spec.statistic,
+        on=spec.on,
+        value=value,
+        threshold=spec.threshold,
+        drifted=value > spec.threshold,
+        severity=spec.severity,
+    )
+
+
+def _category_counts(values: pd.Series[Any], label: str | None) -> pd.Series[float]:
+    """Counts per category, missing values counting as one category of their own."""
+    series = values.astype(object)
+    if series.empty:
+        if label is not None:
+            raise ValueError(f"the {label} sample is empty")
+        return pd.Series(dtype=np.float64)
+    series = series.where(series.notna(), MISSING)
+    return series.value_counts(dropna=False, sort=False).astype(np.float64)
 
 
 def _numbers(series: pd.Series[Any], on: On) -> FloatArray:
@@ -308,11 +383,3 @@ def _sample(values: npt.ArrayLike, label: str) -> FloatArray:
     if nan:
         raise ValueError(f"the {label} sample has {nan} NaN values; drop them first")
     return array
-
-
-def _frequencies(values: npt.ArrayLike, label: str) -> pd.Series[float]:
-    series = pd.Series(values).astype(object)
-    if series.empty:
-        raise ValueError(f"the {label} sample is empty")
-    series = series.where(series.notna(), MISSING)
-    return series.value_counts(normalize=True, dropna=False)

@@ -1,0 +1,166 @@
+"""A suite checked in partitions and merged gives one pass's verdict: the same failures
+with the same counts and examples, the same drift, the same rows quarantined for the same
+reasons (against run_checkpoint on the whole batch, real GX both ways)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlsys.validation.checkpoint import (
+    REASON_COLUMN,
+    CheckpointReport,
+    load_shipped_suite,
+    run_checkpoint,
+    split_rows,
+)
+from mlsys.validation.partitioned import (
+    Merge,
+    PartitionedVerdict,
+    check_partition,
+    drift_profiles,
+    key_values,
+    unmergeable,
+)
+from tests.conftest import read_youtube
+
+UNIQUE = "expect_column_values_to_be_unique"
+
+
+def damaged(youtube: pd.DataFrame) -> pd.DataFrame:
+    """The comments with what the raw suite quarantines, spread over the batch: empty
+    and HTML texts, a label that is no class, and ids repeated across partitions."""
+    df = youtube.copy().reset_index(drop=True)
+    df.loc[[3, 700, 1500], "text"] = pd.NA
+    df.loc[[10, 1200], "text"] = "<b>buy now</b>"
+    df.loc[[20, 1800], "label"] = 7
+    df.loc[[900, 1700], "comment_id"] = df.loc[[5, 6], "comment_id"].to_numpy()
+    df.at[1701, "comment_id"] = df.at[901, "comment_id"]
+    return df
+
+
+def in_partitions(
+    df: pd.DataFrame,
+    suite: dict[str, Any],
+    cuts: list[int],
+    *,
+    mode: str,
+    reference: pd.DataFrame | None = None,
+) -> tuple[PartitionedVerdict, list[pd.DataFrame]]:
+    bounds = [0, *cuts, len(df)]
+    parts = [df.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(bounds)]
+    profiles = drift_profiles(reference, suite)
+    merge = Merge(suite, [check_partition(p, suite, profiles=profiles) for p in parts])
+    values = {
+        (p, i): key_values(parts[p], merge.key_column(i), rows)
+        for (p, i), rows in merge.repeated_keys().items()
+    }
+    verdict = merge.verdict(mode=mode, key_values=values, profiles=profiles)  # type: ignore[arg-type]
+    return verdict, parts
+
+
+def same_rows(
+    report: CheckpointReport, verdict: PartitionedVerdict, parts: list[pd.DataFrame]
+) -> None:
+    splits = [split_rows(p, d) for p, d in zip(parts, verdict.drops, strict=True)]
+    passed = pd.concat([s[0] for s in splits], ignore_index=True)
+    quarantined = pd.concat([s[1] for s in splits], ignore_index=True)
+    pd.testing.assert_frame_equal(passed, report.passed.reset_index(drop=True))
+    pd.testing.assert_frame_equal(quarantined, report.quarantined.reset_index(drop=True))
+
+
+@pytest.fixture(scope="module")
+def youtube(youtube_dir: Path) -> pd.DataFrame:
+    return read_youtube(youtube_dir)
+
+
+@pytest.fixture(scope="module")
+def raw_suite() -> dict[str, Any]:
+    return load_shipped_suite("raw")
+
+
+def test_raw_suite_in_partitions_quarantines_what_one_pass_does(
+    youtube: pd.DataFrame, raw_suite: dict[str, Any]
+) -> None:
+    df = damaged(youtube)
+    reference = youtube.iloc[:400]  # one video's comments: text lengths and labels moved
+    one = run_checkpoint(df, raw_suite, mode="quarantine", reference=reference)
+    verdict, parts = in_partitions(
+        df, raw_suite, [600, 1000, 1650], mode="quarantine", reference=reference
+    )
+    assert unmergeable(raw_suite) == []
+    assert verdict.to_dict() == one.to_dict()
+    assert one.rows_quarantined >= 9 and one.drift  # the damage was seen, drift measured
+    unique = [f for f in one.failures if f.expectation == UNIQUE]
+    ids = df["comment_id"]
+    assert unique and unique[0].count == ids.duplicated(keep=False).sum() >= 6  # every copy
+    same_rows(one, verdict, parts)
+    reasons = pd.concat([split_rows(p, d)[1] for p, d in zip(parts, verdict.drops, strict=True)])
+    later = reasons[REASON_COLUMN].str.contains("comment_id: " + UNIQUE).sum()
+    assert later == ids.duplicated(keep="first").sum()  # the later copies go
+
+
+def test_batch_rules_warnings_and_fail_mode_merge_as_one_pass(
+    youtube: pd.DataFrame, raw_suite: dict[str, Any]
+) -> None:
+    """Class balance (a mean), a null fraction (mostly), a warning and a missing column:
+    judged on the whole batch, not per partition."""
+    suite = copy.deepcopy(raw_suite)
+    extra: list[dict[str, Any]] = [
+        {"type": "expect_column_mean_to_be_between", "column": "label", "min_value": 0.6},
+        {"type": "expect_column_values_to_not_be_null", "column": "text", "mostly": 0.9995},
+        {"type": "expect_column_value_lengths_to_be_between", "column": "author",
+         "max_value": 12, "severity": "warning"},
+        {"type": UNIQUE, "column": "author", "severity": "warning"},
+        {"type": "expect_column_values_to_not_be_null", "column": "nowhere"},
+    ]  # fmt: skip
+    for n, spec in enumerate(extra):
+        kwargs = {k: v for k, v in spec.items() if k not in ("type", "severity")}
+        suite["expectations"].append(
+            {"type": spec["type"], "kwargs": kwargs, "meta": {},
+             "severity": spec.get("severity", "critical"), "id": f"{n:08d}-0000-4000-8000-{n:012d}"}
+        )  # fmt: skip
+    df = damaged(youtube)
+    one = run_checkpoint(df, suite, mode="fail")
+    verdict, parts = in_partitions(df, suite, [100, 1234], mode="fail")
+    assert verdict.to_dict() == one.to_dict()
+    assert not one.ok
+    assert {(f.expectation, f.column) for f in one.warnings} >= {
+        ("expect_column_value_lengths_to_be_between", "author"),
+        (UNIQUE, "author"),
+    }
+    failed = {f.expectation for f in one.failures if not f.row_rule}
+    assert {"expect_column_mean_to_be_between", "expect_column_values_to_not_be_null"} <= failed
+    same_rows(one, verdict, parts)  # fail mode: nothing set aside
+
+
+def test_uniqueness_is_decided_on_values_when_hashes_collide(
+    youtube: pd.DataFrame, raw_suite: dict[str, Any]
+) -> None:
+    df = youtube.iloc[:300].reset_index(drop=True)
+    parts = [df.iloc[:150].reset_index(drop=True), df.iloc[150:].reset_index(drop=True)]
+    checks = [check_partition(p, raw_suite) for p in parts]
+    i = next(n for n, e in enumerate(raw_suite["expectations"]) if e["type"] == UNIQUE)
+    for check in checks:  # every id's hash made the same: only values can tell them apart
+        hashes, rows = check.keys[i]
+        check.keys[i] = (np.zeros_like(hashes), rows)
+    merge = Merge(raw_suite, checks)
+    wanted = merge.repeated_keys()
+    assert sum(len(rows) for rows in wanted.values()) == 300
+    with pytest.raises(ValueError, match="comment_id"):
+        merge.verdict(mode="quarantine")  # the values are needed, and said so
+    values = {(p, n): key_values(parts[p], "comment_id", rows) for (p, n), rows in wanted.items()}
+    verdict = merge.verdict(mode="quarantine", key_values=values)
+    one = run_checkpoint(df, raw_suite, mode="quarantine")
+    assert verdict.to_dict() == one.to_dict()
+
+
+def test_a_suite_with_an_expectation_that_does_not_merge_is_named() -> None:
+    suite = {"expectations": [{"type": "expect_table_row_count_to_be_between", "kwargs": {}}]}
+    assert unmergeable(suite) == ["expect_table_row_count_to_be_between"]
