@@ -79,11 +79,17 @@ class StageError(RuntimeError):
 
     def __init__(self, stage: int, stages: int, summary: str, child_traceback: str = "") -> None:
         self.stage = stage
+        self.stages = stages
+        self.summary = summary
         self.child_traceback = child_traceback
         message = f"GPipe stage {stage} of {stages} failed: {summary}"
         if child_traceback:
             message += f"\n\nTraceback in the stage process:\n{child_traceback}"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised on another host, it reaches the trainer pickled (e.g. by Dask).
+        return StageError, (self.stage, self.stages, self.summary, self.child_traceback)
 
 
 @dataclass(frozen=True)
@@ -194,13 +200,7 @@ class GPipe:
         if _under_torchrun():
             return self._run_under_torchrun(model, data, spec)
         plan = self._plan(model, data, spec)
-        try:
-            jobs = [pickle.dumps(job, protocol=5) for job in self._jobs(model, data, spec, plan)]
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(
-                f"GPipe sends the model, data, optimizer and loss to its stage processes, "
-                f"so they must be picklable (no lambdas or local classes): {exc}"
-            ) from exc
+        jobs = _pickled(self._jobs(model, data, spec, plan))
         workers = self.workers or GPipeWorkers(self.stages, devices=self.devices)
         try:
             state, history = workers.run(jobs, spec)
@@ -324,6 +324,17 @@ class GPipe:
         state, history = outcome
         model.load_state_dict(state)
         return FitResult(model=model.cpu(), history=history)
+
+
+def _pickled(jobs: list[_Job]) -> list[bytes]:
+    """The stages' jobs as they travel to the stage processes."""
+    try:
+        return [pickle.dumps(job, protocol=5) for job in jobs]
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(
+            f"GPipe sends the model, data, optimizer and loss to its stage processes, "
+            f"so they must be picklable (no lambdas or local classes): {exc}"
+        ) from exc
 
 
 @dataclass

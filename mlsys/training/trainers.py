@@ -8,7 +8,9 @@ trainer is adding a class here and to :data:`TrainerSpec`.
 
 In JSON (a run form, ``mlsys run --param``, prefect.yaml) a trainer is an object named by
 ``kind``: ``{"kind": "plain"}``, ``{"kind": "gpipe", "stages": 2, "microbatches": 4}``,
-``{"kind": "spill", "budget_mb": 96}``; in Python the class, or the same dict.
+``{"kind": "spill", "budget_mb": 96}``; in Python the class, or the same dict. A GPipe
+trainer with ``hosts`` runs its stages on those hosts:
+``{"kind": "gpipe", "stages": 2, "microbatches": 4, "hosts": ["10.0.0.1", "10.0.0.2"]}``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlsys.models.text import text_classifier_layers
 from mlsys.training.gpipe import GPipe
+from mlsys.training.gpipe_hosts import RENDEZVOUS_PORT, GPipeHosts, StageLauncher, check_hosts
 from mlsys.training.spill import Spill
 
 __all__ = ["GPipeTrainer", "PlainTrainer", "SpillTrainer", "TrainerSpec"]
@@ -62,15 +65,39 @@ class PlainTrainer(_Trainer):
 
 class GPipeTrainer(_Trainer):
     """Pipeline-parallel: the model cut into ``stages`` processes, each mini-batch into
-    ``microbatches`` (:class:`~mlsys.training.GPipe`)."""
+    ``microbatches`` (:class:`~mlsys.training.GPipe`); with ``hosts``, stage ``s`` runs on
+    ``hosts[s]`` (:class:`~mlsys.training.gpipe_hosts.GPipeHosts`)."""
 
     model_config = ConfigDict(title="gpipe")
     kind: Literal["gpipe"] = "gpipe"
     stages: int = Field(2, ge=2, description="Pipeline stages, one process each.")
     microbatches: int = Field(4, ge=1, description="Micro-batches per mini-batch.")
+    hosts: list[str] | None = Field(
+        None,
+        description="One host per stage (names or IPv4 addresses, all different), e.g. "
+        '["10.0.0.1", "10.0.0.2"]: each stage runs there under torchrun, the hosts meeting '
+        "through torchrun's c10d rendezvous, over gloo on CPU; needs a Dask worker on each "
+        "host of the cluster at MLSYS_DASK_ADDRESS. Empty: every stage on this machine.",
+    )
+    rendezvous: str | None = Field(
+        None,
+        description=f'With hosts: "host:port" of the c10d rendezvous, on one of the hosts. '
+        f"Empty: the first host, port {RENDEZVOUS_PORT}.",
+    )
 
     drop_last: ClassVar[bool] = True
     layered: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _hosts_fit_the_stages(self) -> GPipeTrainer:
+        if self.hosts is not None:
+            check_hosts(self.hosts, self.stages, self.rendezvous)
+        elif self.rendezvous is not None:
+            raise ValueError(
+                f"rendezvous={self.rendezvous!r} is for stages on several hosts: give hosts "
+                f"too, one per stage"
+            )
+        return self
 
     def check(self, *, hidden: list[int], dropout: float) -> None:
         layers = text_classifier_layers(hidden, dropout)
@@ -85,10 +112,24 @@ class GPipeTrainer(_Trainer):
                 )
             )
 
-    def strategy(self, work_dir: Path) -> GPipe:
-        return GPipe(
-            stages=self.stages, microbatches=self.microbatches, trace_dir=work_dir / "trace"
-        )
+    def params(self) -> dict[str, Any]:
+        """The trainer's MLflow parameters; ``hosts`` and ``rendezvous`` when given."""
+        return {"trainer": self.kind, **self.model_dump(exclude={"kind"}, exclude_none=True)}
+
+    def strategy(self, work_dir: Path, launch: StageLauncher | None = None) -> GPipe | GPipeHosts:
+        """The local :class:`GPipe`, or with ``hosts`` the stages on those hosts, started
+        there by ``launch``."""
+        if self.hosts is None:
+            return GPipe(
+                stages=self.stages, microbatches=self.microbatches, trace_dir=work_dir / "trace"
+            )
+        if launch is None:
+            raise ValueError(
+                f"trainer 'gpipe' with hosts={self.hosts} needs a launcher that starts each "
+                f"stage on its host"
+            )
+        gpipe = GPipe(stages=self.stages, microbatches=self.microbatches)
+        return GPipeHosts(gpipe, list(self.hosts), launch, rendezvous=self.rendezvous)
 
 
 class SpillTrainer(_Trainer):

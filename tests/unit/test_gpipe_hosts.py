@@ -1,0 +1,191 @@
+"""GPipe across hosts (mlsys.training.gpipe_hosts, tasks.gpipe_hosts): the trainer's hosts
+and rendezvous checked before any work, each error naming the value; two torchrun nodes on
+this machine's loopback addresses train as plain training does; a stage that fails names
+its stage and host and leaves no process behind."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from flows.options import TrainOptions
+from mlsys.training import Callback, StageError, fit
+from mlsys.training.gpipe import GPipe
+from mlsys.training.gpipe_hosts import (
+    GPipeHosts,
+    HostStage,
+    StageOutput,
+    check_hosts,
+    parse_endpoint,
+    run_stage,
+)
+from mlsys.training.trainers import GPipeTrainer
+from tasks.gpipe_hosts import _worker_on, hosts_strategy
+
+HOSTS = ["10.0.0.1", "10.0.0.2"]
+
+
+def gpipe(**fields: Any) -> GPipeTrainer:
+    return GPipeTrainer.model_validate({"kind": "gpipe", "stages": 2, **fields})
+
+
+def test_hosts_and_rendezvous_are_trainer_options_with_the_first_host_as_default() -> None:
+    trainer = gpipe(hosts=HOSTS)
+    assert trainer.hosts == HOSTS and trainer.rendezvous is None
+    assert check_hosts(HOSTS, 2) == "10.0.0.1:29400"
+    assert check_hosts(HOSTS, 2, "10.0.0.2:1234") == "10.0.0.2:1234"
+    assert trainer.params() == {"trainer": "gpipe", "stages": 2, "microbatches": 4,
+                                "hosts": HOSTS}  # fmt: skip
+    assert gpipe().params() == {"trainer": "gpipe", "stages": 2, "microbatches": 4}
+    options = TrainOptions.model_validate(
+        {"trainer": {"kind": "gpipe", "hosts": HOSTS, "rendezvous": "10.0.0.2:29500"},
+         "hidden": [64]}
+    )  # fmt: skip
+    assert options.trainer == gpipe(hosts=HOSTS, rendezvous="10.0.0.2:29500")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"hosts": ["10.0.0.1"]}, r"one host per stage \(2 stages\), got \['10.0.0.1'\]"),
+        ({"hosts": HOSTS, "stages": 3}, r"one host per stage \(3 stages\)"),
+        ({"hosts": ["10.0.0.1", "10.0.0.1"]}, r"give '10.0.0.1' to stages 0 and 1"),
+        ({"hosts": ["10.0.0.1", "10.0.0.2:22"]}, r"without a port, got '10.0.0.2:22'"),
+        ({"hosts": ["10.0.0.1", ""]}, r"without a port, got ''"),
+        ({"hosts": HOSTS, "rendezvous": "10.0.0.1"}, r"\"host:port\".*got '10.0.0.1'"),
+        ({"hosts": HOSTS, "rendezvous": "10.0.0.1:http"}, r"got '10.0.0.1:http'"),
+        ({"hosts": HOSTS, "rendezvous": "10.0.0.1:70000"}, r"got '10.0.0.1:70000'"),
+        ({"hosts": HOSTS, "rendezvous": "10.0.0.9:29400"}, r"'10.0.0.9', which is none of"),
+        ({"rendezvous": "10.0.0.1:29400"}, r"rendezvous='10.0.0.1:29400' is for stages on sev"),
+    ],
+)
+def test_bad_hosts_or_rendezvous_are_refused_naming_the_value(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        gpipe(**fields)
+
+
+def test_parse_endpoint_splits_host_and_port() -> None:
+    assert parse_endpoint("node-1.example:29400") == ("node-1.example", 29400)
+    with pytest.raises(ValueError, match="got ':29400'"):
+        parse_endpoint(":29400")
+
+
+def test_the_train_task_needs_a_cluster_and_the_strategy_a_launcher(tmp_path: Path) -> None:
+    trainer = gpipe(hosts=HOSTS)
+    with pytest.raises(ValueError, match=r"hosts=\['10.0.0.1', '10.0.0.2'\] needs a launcher"):
+        trainer.strategy(tmp_path)
+    with pytest.raises(ValueError, match="set MLSYS_DASK_ADDRESS"):
+        hosts_strategy(trainer, tmp_path, None)
+    strategy = hosts_strategy(trainer, tmp_path, "tcp://10.0.0.9:8786")
+    assert isinstance(strategy, GPipeHosts)
+    assert strategy.hosts == HOSTS and strategy.endpoint == "10.0.0.1:29400"
+    assert strategy.gpipe.trace_dir is None
+    assert isinstance(gpipe().strategy(tmp_path), GPipe)
+
+
+def test_a_stage_goes_to_a_worker_of_its_host_or_the_error_names_the_hosts_there_are() -> None:
+    workers = {
+        "tcp://10.0.0.2:4001": {"host": "10.0.0.2"},
+        "tcp://10.0.0.1:4002": {"host": "10.0.0.1"},
+        "tcp://10.0.0.1:4000": {"host": "10.0.0.1"},
+    }
+    stage = HostStage(0, 2, "10.0.0.1", "10.0.0.1:29400", "run", b"")
+    assert _worker_on(stage, workers, "tcp://sched:8786") == "tcp://10.0.0.1:4000"
+    lonely = HostStage(1, 2, "10.0.0.7", "10.0.0.1:29400", "run", b"")
+    with pytest.raises(ValueError, match=r"host '10.0.0.7'.*on \['10.0.0.1', '10.0.0.2'\]"):
+        _worker_on(lonely, workers, "tcp://sched:8786")
+
+
+def test_a_stage_error_survives_pickling_as_dask_sends_it() -> None:
+    error = StageError(1, 2, "on host h1: RuntimeError: boom", "Traceback ...")
+    back = pickle.loads(pickle.dumps(error))
+    assert (back.stage, back.stages, back.summary, back.child_traceback) == (
+        1, 2, "on host h1: RuntimeError: boom", "Traceback ...",
+    )  # fmt: skip
+    assert str(back) == str(error)
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def dataset(labels: torch.Tensor | None = None) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 6, generator=g)
+    y = torch.randint(0, 3, (48,), generator=g)
+    return TensorDataset(x, y if labels is None else labels, torch.rand(48, generator=g) + 0.1)
+
+
+ARGS: dict[str, Any] = dict(
+    optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+    loss=nn.CrossEntropyLoss(reduction="none"),
+    epochs=2,
+    batch_size=16,
+)
+LOOPBACK = ["127.0.0.1", "127.0.0.2"]
+"""Two addresses of this machine's loopback: two torchrun nodes, each with its address."""
+
+
+class Seen(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_step_end(self, *, epoch: int, step: int, loss: float) -> None:
+        self.events.append(("step", epoch, step))
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        self.events.append(("checkpoint", path, path.is_file()))
+
+
+class Threads:
+    """A launcher that runs every stage here, each from a thread, and raises the errors
+    of all the stages that failed (once all have ended)."""
+
+    def __call__(self, stages: Any) -> list[StageOutput]:
+        with ThreadPoolExecutor(len(stages)) as pool:
+            futures = [pool.submit(run_stage, stage) for stage in stages]
+            errors = [f.exception(timeout=300) for f in futures]
+        if any(errors):
+            raise ExceptionGroup("stages failed", [e for e in errors if isinstance(e, Exception)])
+        return [f.result() for f in futures]
+
+
+def test_two_torchrun_nodes_train_as_plain_training_and_the_callbacks_see_it(
+    tmp_path: Path,
+) -> None:
+    strategy = GPipeHosts(GPipe(2, 4), LOOPBACK, Threads(), rendezvous="127.0.0.1:29471")
+    seen = Seen()
+    piped = fit(mlp(), dataset(), strategy=strategy, checkpoint_dir=tmp_path, callbacks=[seen],
+                **ARGS)  # fmt: skip
+    plain = fit(mlp(), dataset(), **ARGS)
+    pairs = zip(piped.model.parameters(), plain.model.parameters(), strict=True)
+    assert max((a - b).abs().max().item() for a, b in pairs) < 1e-5
+    assert [r["epoch"] for r in piped.history] == [0, 1]
+    steps = [("step", e, s) for e in (0, 1) for s in range(3)]
+    checkpoints = [("checkpoint", tmp_path / f"epoch-{e:04d}.pt", True) for e in (0, 1)]
+    assert seen.events == steps[:3] + checkpoints[:1] + steps[3:] + checkpoints[1:]
+
+
+def test_a_failing_stage_names_its_stage_and_host_and_leaves_no_process() -> None:
+    labels = dataset().tensors[1].clone()
+    labels[40] = 7  # out of range for 3 classes: the last stage's loss fails in batch 3
+    strategy = GPipeHosts(GPipe(2, 4), LOOPBACK, Threads(), rendezvous="127.0.0.1:29472")
+    with pytest.raises(ExceptionGroup) as failed:
+        fit(mlp(), dataset(labels), strategy=strategy, **ARGS)
+    errors = {e.stage: e for e in failed.value.exceptions if isinstance(e, StageError)}
+    assert "stage 1 of 2 failed: on host 127.0.0.2: IndexError" in str(errors[1])
+    assert "out of bounds" in str(errors[1])
+    assert psutil.Process().children(recursive=True) == []
