@@ -80,7 +80,9 @@ class TrainOptions(_Options):
         default_factory=PlainTrainer,
         description='{"kind": "plain"}: one process; {"kind": "gpipe", "stages": 2, '
         '"microbatches": 4}: pipeline-parallel, a process per stage, each mini-batch cut '
-        'into micro-batches (needs hidden layers); {"kind": "spill", "budget_mb": 32}: one '
+        'into micro-batches (needs hidden layers); with "hosts": ["10.0.0.1", "10.0.0.2"] '
+        "(one per stage) each stage runs on its host under torchrun, started by a worker of "
+        'the Dask cluster at MLSYS_DASK_ADDRESS; {"kind": "spill", "budget_mb": 32}: one '
         "shard at a time within a memory budget, the others spilled to disk.",
     )
     epochs: int = Field(8, ge=1, description="Passes over the training rows.")

@@ -49,7 +49,9 @@ def train(
             under labeled/<dataset>/.
         dataset: A dataset defined under datasets/: its classes, metric and suites.
         training: The trainer ({"kind": "plain"}, {"kind": "gpipe", "stages": 2,
-            "microbatches": 4} or {"kind": "spill", "budget_mb": 32}), the model and the
+            "microbatches": 4} or {"kind": "spill", "budget_mb": 32}; a gpipe trainer with
+            "hosts": ["10.0.0.1", "10.0.0.2"] runs each stage on its host under torchrun,
+            started by the workers of the Dask cluster at MLSYS_DASK_ADDRESS), the model and the
             optimization; with `choose` on (the default) the learning rate, widths,
             epochs and class balancing are chosen on the gold dev rows by the dataset's
             metric (dev rows stay out of training).
@@ -111,6 +113,7 @@ def train(
             use_weights=training.use_weights,
             resume_from_run=resume_from_run,
             chosen=chosen,
+            dask_address=settings.dask_address,
         )
         metrics = evaluate_model(run, result, df, featurizer, definition, threshold=threshold)
         examples = df.loc[df["split"] == "test", "text"].head(3).tolist()

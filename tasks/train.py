@@ -45,6 +45,7 @@ from mlsys.training.evaluate import (
     plot_history,
 )
 from mlsys.training.fit import latest_checkpoint
+from mlsys.training.gpipe_hosts import GPipeHosts
 from mlsys.training.schedule import (
     load_trace,
     measured_bubble,
@@ -54,6 +55,7 @@ from mlsys.training.schedule import (
 from mlsys.training.spill import Spill
 from mlsys.training.trainers import GPipeTrainer, TrainerSpec
 from mlsys.validation.checkpoint import CheckpointReport
+from tasks.gpipe_hosts import DaskStageLauncher, hosts_strategy
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun, mark_model_version
 from tasks.validate import validate_batch
@@ -164,13 +166,18 @@ def fit_model(
     use_weights: bool,
     resume_from_run: str | None,
     chosen: EndModelChoice | None = None,
+    dask_address: str | None = None,
 ) -> FitResult:
     """Train the text classifier with the chosen strategy; checkpoints go to the MLflow run.
 
     Without ``chosen``: the train and dev rows with a label (weak on train, gold on dev),
     each weighted by its label's quality unless ``use_weights`` is off. With ``chosen`` (an
     end model chosen on dev): its configuration, trained as it was chosen, on the weak
-    train rows' class probabilities only, so that dev stays out of training."""
+    train rows' class probabilities only, so that dev stays out of training.
+
+    A GPipe trainer with ``hosts`` runs its stages there, started by the workers of the
+    Dask cluster at ``dask_address`` (``MLSYS_DASK_ADDRESS``); the callbacks see the
+    stages' events once the run has finished."""
     if chosen is None:
         rows = training_rows(df, use_weights)
         data: Any = TextDataset.from_frame(rows, featurizer, n_classes=n_classes)
@@ -199,7 +206,10 @@ def fit_model(
         checkpoints = Path(folder)
         if resume_from_run:
             _download_latest_checkpoint(client, resume_from_run, checkpoints)
-        strategy = trainer.strategy(checkpoints)
+        if isinstance(trainer, GPipeTrainer) and trainer.hosts:
+            strategy: Any = hosts_strategy(trainer, checkpoints, dask_address)
+        else:
+            strategy = trainer.strategy(checkpoints)
         if isinstance(strategy, Spill):
             plan = strategy.plan(model, data[0][0].unsqueeze(0), adam, batch_size)
             get_run_logger().info("spilling in %d shards:\n%s", len(plan.counts), plan.describe())
@@ -220,7 +230,9 @@ def fit_model(
             resume=bool(resume_from_run),
             callbacks=[TrackingCallback(run, label=trainer.kind)],
         )
-        if isinstance(trainer, GPipeTrainer):
+        if isinstance(strategy, GPipeHosts):
+            _log_placements(strategy)
+        elif isinstance(trainer, GPipeTrainer):
             _log_pipeline_schedule(run, checkpoints / "trace", trainer.stages, trainer.microbatches)
         return result
 
@@ -273,6 +285,20 @@ def choose_end_model(
                        ("epochs", choice.epochs), ("balance", config.balance)):  # fmt: skip
         client.log_param(run.run_id, f"chosen.{key}", str(value))
     return choice
+
+
+def _log_placements(strategy: GPipeHosts) -> None:
+    """Where each stage ran (a run across hosts keeps no timeline: its hosts share no
+    clock)."""
+    if isinstance(strategy.launch, DaskStageLauncher):
+        for placed in strategy.launch.placements:
+            get_run_logger().info(
+                "stage %d ran on host %s (address %s, Dask worker %s)",
+                placed.stage,
+                placed.host,
+                placed.address,
+                placed.worker,
+            )
 
 
 def _log_pipeline_schedule(run: TrackedRun, trace: Path, stages: int, microbatches: int) -> None:

@@ -75,13 +75,17 @@ _LAST_WORDS_S = 1.0  # how long a failure waits for the other stages' reports
 
 
 class StageError(RuntimeError):
-    """A stage process failed; the message carries its traceback."""
+    """A stage process failed; the message carries its traceback. ``peer``: it failed
+    because its connection to another stage closed (that stage is the likelier cause)."""
 
-    def __init__(self, stage: int, stages: int, summary: str, child_traceback: str = "") -> None:
+    def __init__(
+        self, stage: int, stages: int, summary: str, child_traceback: str = "", peer: bool = False
+    ) -> None:
         self.stage = stage
         self.stages = stages
         self.summary = summary
         self.child_traceback = child_traceback
+        self.peer = peer
         message = f"GPipe stage {stage} of {stages} failed: {summary}"
         if child_traceback:
             message += f"\n\nTraceback in the stage process:\n{child_traceback}"
@@ -89,7 +93,8 @@ class StageError(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Raised on another host, it reaches the trainer pickled (e.g. by Dask).
-        return StageError, (self.stage, self.stages, self.summary, self.child_traceback)
+        args = (self.stage, self.stages, self.summary, self.child_traceback, self.peer)
+        return StageError, args
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ process writes the files where ``fit`` was asked to and replays the events, in o
 callbacks, so they see what a local run shows them, once the run has finished.
 
 A stage that fails (an exception, a killed process, a rendezvous that times out) fails the
-run with :class:`~mlsys.training.gpipe.StageError` naming the stage and its host. torchrun
+run with :class:`~mlsys.training.gpipe.StageError` naming the stage and its host; its
+neighbours then fail too, their connections to it closed, and say so (``peer``), so that
+the launcher can name the cause. torchrun
 and the stage process die with the process that called :func:`run_stage`
 (``PR_SET_PDEATHSIG``) and are killed when it stops waiting for them.
 """
@@ -85,6 +87,8 @@ _ERROR = "error.json"
 _LOG = "torchrun.log"
 _CHECKPOINTS = "checkpoints"
 _STOP_GRACE_S = 10.0
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+"""What gloo says when the stage at the other end of a connection has gone."""
 
 
 @dataclass(frozen=True)
@@ -377,9 +381,8 @@ def _failure(stage: HostStage, folder: Path, code: int) -> StageError:
     report = folder / _ERROR
     if report.exists():
         error = json.loads(report.read_text())
-        return StageError(
-            stage.stage, stage.stages, f"{where}: {error['summary']}", error["traceback"]
-        )
+        summary = f"{where}: {error['summary']}"
+        return StageError(stage.stage, stage.stages, summary, error["traceback"], error["peer"])
     log = (folder / _LOG).read_text(errors="replace").strip().splitlines()
     last = "\n".join(log[-30:])
     return StageError(
@@ -435,10 +438,12 @@ def _stage_main(folder: Path) -> None:
         partial.replace(folder / _RESULT)
         dist.destroy_process_group()
     except BaseException as exc:
-        summary = f"{type(exc).__name__}: {exc}"
-        (folder / _ERROR).write_text(
-            json.dumps({"summary": summary, "traceback": traceback.format_exc()})
-        )
+        report = {
+            "summary": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+            "peer": any(words in str(exc) for words in _PEER_GONE),
+        }
+        (folder / _ERROR).write_text(json.dumps(report))
         raise SystemExit(1) from None
 
 

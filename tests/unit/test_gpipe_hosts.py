@@ -109,17 +109,19 @@ def test_a_stage_goes_to_a_worker_of_its_host_or_the_error_names_the_hosts_there
 
 
 def test_a_stage_error_survives_pickling_as_dask_sends_it() -> None:
-    error = StageError(1, 2, "on host h1: RuntimeError: boom", "Traceback ...")
+    error = StageError(1, 2, "on host h1: RuntimeError: boom", "Traceback ...", peer=True)
     back = pickle.loads(pickle.dumps(error))
-    assert (back.stage, back.stages, back.summary, back.child_traceback) == (
-        1, 2, "on host h1: RuntimeError: boom", "Traceback ...",
+    assert (back.stage, back.stages, back.summary, back.child_traceback, back.peer) == (
+        1, 2, "on host h1: RuntimeError: boom", "Traceback ...", True,
     )  # fmt: skip
     assert str(back) == str(error)
 
 
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+    )
 
 
 def dataset(labels: torch.Tensor | None = None) -> TensorDataset:
@@ -187,5 +189,7 @@ def test_a_failing_stage_names_its_stage_and_host_and_leaves_no_process() -> Non
         fit(mlp(), dataset(labels), strategy=strategy, **ARGS)
     errors = {e.stage: e for e in failed.value.exceptions if isinstance(e, StageError)}
     assert "stage 1 of 2 failed: on host 127.0.0.2: IndexError" in str(errors[1])
-    assert "out of bounds" in str(errors[1])
+    assert "out of bounds" in str(errors[1]) and not errors[1].peer
+    # Stage 0 failed too, its connection to stage 1 closed, and says so.
+    assert errors[0].peer and "on host 127.0.0.1" in str(errors[0])
     assert psutil.Process().children(recursive=True) == []
