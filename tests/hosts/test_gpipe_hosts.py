@@ -5,7 +5,9 @@ rendezvous on the first host; the trained parameters equal plain training's.
 Then the same through the train task's entry point: a Dask scheduler and a worker on each
 of the two hosts, the gpipe trainer with ``hosts``, and
 :func:`tasks.gpipe_hosts.hosts_strategy` (what ``fit_model`` calls when the trainer has
-hosts) handed to ``fit`` as the task does; each stage reports the address it ran from. The
+hosts) handed to ``fit`` as the task does; each stage reports the address it ran from. A
+stage that fails, and a worker killed mid-run, fail the run naming the stage and its host,
+and leave only the scheduler and the live workers on the hosts. The
 flow around it (S3, MLflow, Prefect) is the one tested on one machine; this test is about
 the stages' placement and the parameters."""
 
@@ -265,3 +267,38 @@ def test_a_failing_stage_fails_the_run_naming_its_stage_and_host_and_leaves_no_p
     while on_hosts(cluster) != set(cluster.daemons) and time.monotonic() < deadline:
         time.sleep(1)
     assert on_hosts(cluster) == set(cluster.daemons)
+
+
+def test_a_worker_lost_mid_run_fails_the_run_naming_the_stage_and_leaves_no_process(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Runs last: it kills host 1's worker (SIGKILL), and torchrun with it."""
+    import signal
+    import threading
+
+    scheduler, worker_0, worker_1 = cluster.daemons
+    killed: list[int] = []
+
+    def kill_worker_1_once_its_stage_runs() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            running = on_hosts(cluster) - set(cluster.daemons)
+            if len(running) >= 4:  # torchrun and a stage process on each host
+                time.sleep(2)  # into training
+                os.kill(worker_1, signal.SIGKILL)
+                killed.append(worker_1)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_worker_1_once_its_stage_runs, daemon=True)
+    killer.start()
+    with pytest.raises(StageError) as failed:
+        train_on_hosts(cluster, dataset(), tmp_path, **{**ARGS, "epochs": 2000})
+    killer.join(timeout=60)
+    assert killed == [worker_1]
+    assert str(failed.value).startswith("GPipe stage 1 of 2 failed: on host 10.213.0.2: its Dask")
+    assert "left the cluster" in str(failed.value)
+    deadline = time.monotonic() + 120
+    while on_hosts(cluster) != {scheduler, worker_0} and time.monotonic() < deadline:
+        time.sleep(1)
+    assert on_hosts(cluster) == {scheduler, worker_0}
