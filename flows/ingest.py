@@ -1,16 +1,149 @@
-"""Flow `ingest`: a source (CSV folder, Parquet, s3://, https://) -> raw Parquet batch in S3."""
+"""Flow `ingest`: a source (CSV folder, Parquet, s3://, https://) -> raw Parquet batch in S3.
+A source of several files may be read and validated file by file on a Dask cluster (the one
+at `MLSYS_DASK_ADDRESS`, or one made here): each file's rows go to S3 as a part, each part
+is checked where it was read, the checks merge into one pass's verdict, and one task streams
+the parts into the batch; only counts and locations pass through the flow."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from mlsys.data.catalog import raw_key, raw_prefix
-from tasks.ingest import read_source_task, resolve_source, track_ingest, write_raw_batch
-from tasks.tracking import TrackedFlow
-from tasks.validate import previous_batch, validate_batch
+from mlsys.data.catalog import ingest_parts_prefix, raw_key, raw_prefix
+from mlsys.data.definition import DatasetDefinition
+from mlsys.data.s3 import delete_prefix
+from mlsys.data.sources import source_files
+from mlsys.data.summary import summarize_batch
+from mlsys.settings import Settings
+from mlsys.validation.checkpoint import Mode
+from mlsys.validation.partitioned import Merge, PartitionedVerdict, unmergeable
+from tasks.cluster import dask_runner, default_workers
+from tasks.ingest import (
+    CheckedPart,
+    WrittenBatch,
+    part_key_values,
+    profile_reference,
+    read_check_part,
+    read_source_task,
+    resolve_source,
+    track_ingest,
+    write_raw_batch,
+    write_raw_parts,
+)
+from tasks.retry import tolerant
+from tasks.tracking import TrackedFlow, TrackedRun
+from tasks.validate import active_suite, previous_batch, record_verdict, validate_batch
+
+
+@flow(name="ingest-parts")
+def ingest_parts(
+    settings: Settings,
+    dataset: str,
+    batch: str,
+    files: list[str],
+    suite: dict[str, Any],
+    reference_uri: str | None,
+    mode: Mode,
+) -> tuple[PartitionedVerdict, WrittenBatch | None, list[str]]:
+    """One `read-check-part` task per source file, the checks merged into the verdict, and
+    the parts streamed into the batch by `write-raw-parts` when the verdict allows it."""
+    profiles = profile_reference.submit(settings, suite, reference_uri) if reference_uri else None
+    futures = [  # each waits for the reference's profile: Prefect resolves the future
+        read_check_part.submit(settings, dataset, suite, source, n, batch, profiles)  # type: ignore[arg-type]
+        for n, source in enumerate(files)
+    ]
+    parts: list[CheckedPart] = [f.result() for f in futures]
+    merge = Merge(suite, [p.check for p in parts])
+    asked = {
+        key: part_key_values.submit(settings, parts[key[0]].uri, merge.key_column(key[1]), rows)
+        for key, rows in merge.repeated_keys().items()
+    }
+    verdict = merge.verdict(
+        mode=mode,
+        key_values={key: future.result() for key, future in asked.items()},
+        profiles=profiles.result() if profiles is not None else None,
+    )
+    written = None
+    if verdict.ok or verdict.rows_quarantined:
+        written = write_raw_parts.submit(
+            settings, dataset, batch, [p.uri for p in parts], verdict.drops, write_passed=verdict.ok
+        ).result()
+    return verdict, written, [u for p in parts for u in p.unknown_labels]
+
+
+def in_parts(
+    files: list[str],
+    definition: DatasetDefinition,
+    suite: dict[str, Any],
+    *,
+    partitioned: bool | None,
+    accept_schema_update: bool,
+    address: str | None,
+) -> bool:
+    """Whether to read and validate the source file by file on the cluster: as asked, else
+    when a cluster is set (MLSYS_DASK_ADDRESS) and the source has several files. A batch
+    that cannot be merged from parts is read in one pass, or refused when parts were asked
+    for."""
+    wanted = partitioned if partitioned is not None else bool(address) and len(files) > 1
+    if not wanted:
+        return False
+    blockers = []
+    if definition.columns.id is None:
+        blockers.append(
+            f"dataset {definition.name!r} has no id column: generated ids count a row's "
+            "identical rows across files"
+        )
+    if accept_schema_update:
+        blockers.append("accept_schema_update widens the suite from the whole batch")
+    if odd := unmergeable(suite):
+        blockers.append(f"the raw suite's {', '.join(odd)} do not merge from parts")
+    if not blockers:
+        return True
+    if partitioned:
+        raise ValueError(f"partitioned=True cannot be met: {'; '.join(blockers)}")
+    print(f"reading the source in one pass: {'; '.join(blockers)}")
+    return False
+
+
+def ingest_in_parts(
+    run: TrackedRun,
+    settings: Settings,
+    files: list[str],
+    dataset: str,
+    batch: str,
+    *,
+    mode: Mode,
+    workers: int | None,
+) -> tuple[str, dict[str, int]]:
+    """The source read and validated file by file on the cluster; the batch's URI and the
+    ingest metrics."""
+    suite, origin = active_suite(settings, dataset, "raw")
+    address = settings.dask_address
+    count = workers or default_workers(len(files))
+    where = f"the cluster at {address}" if address else f"{count} worker(s) on this machine"
+    print(f"reading {len(files)} file(s) one task each on {where}")
+    reference = previous_batch(
+        settings, raw_prefix(dataset), settings.s3_uri(raw_key(dataset, batch))
+    )
+    try:
+        verdict, written, unknown = ingest_parts.with_options(
+            task_runner=dask_runner(count, address)
+        )(settings, dataset, batch, files, suite, reference, mode)
+    finally:
+        delete_prefix(
+            tolerant(settings.s3_client()), settings.bucket, ingest_parts_prefix(dataset, batch)
+        )
+    logger = get_run_logger()
+    for problem in unknown:
+        logger.warning("%s: their rows failed the raw suite", problem)
+    record_verdict(run, verdict, origin, written.quarantine_uri if written else None)
+    assert written is not None and written.uri is not None  # the verdict allowed the batch
+    metrics = track_ingest(
+        run, written.summary, written.head, written.uri, dataset, batch, rows_in=verdict.rows_in
+    )
+    return written.uri, metrics
 
 
 @flow(name="ingest", log_prints=True)
@@ -20,6 +153,8 @@ def ingest(
     batch: str | None = None,
     validation: Literal["quarantine", "fail"] = "quarantine",
     accept_schema_update: bool = False,
+    partitioned: bool | None = None,
+    workers: int | None = None,
 ) -> str:
     """Read a data source, validate it with the `raw` suite, and write the rows that pass
     to s3://<bucket>/raw/<dataset>/<batch>.parquet.
@@ -40,6 +175,13 @@ def ingest(
         accept_schema_update: Let this batch widen the raw suite (bounds, value sets,
             null fractions) when it drifts within the suite's thresholds; the new suite
             version is stored in s3://<bucket>/schemas/raw/ and linked from MLflow.
+        partitioned: Read and validate the source one task per file on the Dask cluster
+            (MLSYS_DASK_ADDRESS, else one made on this machine), the checks merged into
+            one verdict. Empty: when MLSYS_DASK_ADDRESS is set and the source (a folder,
+            local or s3://.../) has several files. Needs an id column in the dataset and
+            a suite whose expectations merge; false: one pass in this process.
+        workers: Workers of the cluster made on this machine for a partitioned read.
+            Empty: one per CPU, at most one per file.
 
     Returns:
         The s3:// URI of the written batch.
@@ -56,6 +198,25 @@ def ingest(
         "accept_schema_update": accept_schema_update,
     }
     with tracked.track(params) as run:
+        client = tolerant(settings.s3_client()) if resolved.startswith("s3://") else None
+        files = source_files(tracked.definition, resolved, s3_client=client)
+        suite, _ = active_suite(settings, dataset, "raw")
+        if in_parts(
+            files,
+            tracked.definition,
+            suite,
+            partitioned=partitioned,
+            accept_schema_update=accept_schema_update,
+            address=settings.dask_address,
+        ):
+            uri, metrics = ingest_in_parts(
+                run, settings, files, dataset, batch, mode=validation, workers=workers
+            )
+            tracked.summarize(
+                _summary(dataset, batch, metrics, uri, resolved, run),
+                description=f"Rows ingested into {uri}",
+            )
+            return uri
         df = read_source_task(resolved, dataset, settings)
         target = settings.s3_uri(raw_key(dataset, batch))
         report = validate_batch(
@@ -71,18 +232,26 @@ def ingest(
             source=resolved,
         )
         uri = write_raw_batch(report.passed, settings, dataset, batch)
-        metrics = track_ingest(run, report.passed, uri, dataset, batch, rows_in=len(df))
+        metrics = track_ingest(
+            run, summarize_batch(report.passed), report.passed, uri, dataset, batch, rows_in=len(df)
+        )
         tracked.summarize(
-            (
-                f"# Ingest {dataset}/{batch}\n\n"
-                f"| rows in | rows out | quarantined | labeled | files |\n|---|---|---|---|---|\n"
-                f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_quarantined']} "
-                f"| {metrics['rows_labeled']} | {metrics['source_files']} |\n\n"
-                f"Batch: `{uri}`  \nSource: `{resolved}`  \nMLflow run: [{run.run_id}]({run.url})\n"
-            ),
+            _summary(dataset, batch, metrics, uri, resolved, run),
             description=f"Rows ingested into {uri}",
         )
     return uri
+
+
+def _summary(
+    dataset: str, batch: str, metrics: dict[str, int], uri: str, source: str, run: TrackedRun
+) -> str:
+    return (
+        f"# Ingest {dataset}/{batch}\n\n"
+        f"| rows in | rows out | quarantined | labeled | files |\n|---|---|---|---|---|\n"
+        f"| {metrics['rows_in']} | {metrics['rows_out']} | {metrics['rows_quarantined']} "
+        f"| {metrics['rows_labeled']} | {metrics['source_files']} |\n\n"
+        f"Batch: `{uri}`  \nSource: `{source}`  \nMLflow run: [{run.run_id}]({run.url})\n"
+    )
 
 
 if __name__ == "__main__":

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import mlflow.data
 import pandas as pd
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mlsys.data import read_dataset, write_parquet_bytes
-from mlsys.data.catalog import raw_key
+from mlsys.data import read_dataset, read_parquet_bytes, write_parquet_bytes
+from mlsys.data.catalog import ingest_part_key, quarantine_key, raw_key
 from mlsys.data.definition import load_dataset
-from mlsys.data.s3 import put_bytes
-from mlsys.data.summary import plot_batch_summary, summarize_batch
+from mlsys.data.s3 import get_bytes, put_bytes, put_file
+from mlsys.data.stream import ParquetStream
+from mlsys.data.summary import BatchSummary, add_summaries, plot_batch_summary, summarize_batch
 from mlsys.settings import Settings
+from mlsys.validation.checkpoint import split_rows
+from mlsys.validation.drift import ReferenceProfile
+from mlsys.validation.partitioned import PartitionCheck, check_partition, drift_profiles, key_values
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
+from tasks.validate import PARQUET
+
+HEAD_ROWS = 1000
+"""Rows of a batch written in parts that MLflow's dataset entry is made from (schema)."""
 
 
 def resolve_source(source: str | None, dataset: str) -> str:
@@ -61,12 +74,20 @@ def write_raw_batch(df: pd.DataFrame, settings: Settings, dataset: str, batch: s
 @task(name="track-ingest", cache_policy=NO_CACHE)
 @outage_tolerant
 def track_ingest(
-    run: TrackedRun, df: pd.DataFrame, uri: str, dataset: str, batch: str, *, rows_in: int
+    run: TrackedRun,
+    summary: BatchSummary,
+    df: pd.DataFrame,
+    uri: str,
+    dataset: str,
+    batch: str,
+    *,
+    rows_in: int,
 ) -> dict[str, int]:
     """Log row counts (in = out + quarantined), the written batch as a dataset input, a
-    summary and a chart to MLflow."""
+    summary and a chart to MLflow. ``df`` is the batch, or its first rows when it was
+    written in parts (the dataset entry's schema and digest are then those rows', its
+    profile the batch's counts)."""
     client = run.client()
-    summary = summarize_batch(df)
     metrics = {
         "rows_in": rows_in,
         "rows_out": summary.rows,
@@ -87,13 +108,137 @@ def track_ingest(
             name=f"{dataset}/{batch}",
             targets="label" if "label" in df.columns and df["label"].notna().any() else None,
         )
+        entity = ds._to_mlflow_entity()
+        if len(df) < summary.rows:
+            profile = {"num_rows": summary.rows, "num_elements": summary.rows * df.shape[1]}
+            entity = Dataset(
+                name=entity.name,
+                digest=entity.digest,
+                source_type=entity.source_type,
+                source=entity.source,
+                schema=entity.schema,
+                profile=json.dumps(profile),
+            )
         client.log_inputs(
             run.run_id,
-            datasets=[
-                DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "raw")])
-            ],
+            datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "raw")])],
         )
     client.log_dict(run.run_id, {"uri": uri, **summary.to_dict()}, "ingest/summary.json")
     fig = plot_batch_summary(summary, title=f"{dataset}/{batch}")
     client.log_figure(run.run_id, fig, "ingest/rows_per_file.png")
     return metrics
+
+
+# --- a source read and checked file by file on a Dask cluster -----------------------------
+
+
+@dataclass(frozen=True)
+class CheckedPart:
+    """One source file read and checked on a worker: where its rows are and its share of
+    the validation (counts, hashes; never the rows)."""
+
+    uri: str
+    check: PartitionCheck
+    unknown_labels: list[str]
+
+
+@task(name="profile-reference", cache_policy=NO_CACHE)
+@outage_tolerant
+def profile_reference(
+    settings: Settings, suite: dict[str, Any], reference_uri: str
+) -> list[ReferenceProfile] | None:
+    """On a worker: the reference batch's bins and counts for the suite's drift features."""
+    reference = read_parquet_bytes(get_bytes(settings.s3_client(), reference_uri))
+    return drift_profiles(reference, suite)
+
+
+@task(name="read-check-part", cache_policy=NO_CACHE)
+@outage_tolerant
+def read_check_part(
+    settings: Settings,
+    dataset: str,
+    suite: dict[str, Any],
+    source: str,
+    part: int,
+    batch: str,
+    profiles: list[ReferenceProfile] | None,
+) -> CheckedPart:
+    """On a worker: one file of the source read as the dataset defines it, PUT to S3 as
+    part ``part`` of the batch, and checked with the suite (row rules per row, the batch's
+    statistics for the merge)."""
+    definition = load_dataset(dataset, search=settings.datasets_dir)
+    client = settings.s3_client()
+    df = read_dataset(
+        definition,
+        source,
+        s3_client=client if source.startswith("s3://") else None,
+        cache_dir=settings.stack_dir / "cache",
+        unknown_labels="keep",
+    )
+    uri = settings.s3_uri(ingest_part_key(dataset, batch, part))
+    put_bytes(client, uri, write_parquet_bytes(df), PARQUET)
+    check = check_partition(df, suite, profiles=profiles)
+    get_run_logger().info("part %d: %d rows of %s checked", part, len(df), source)
+    return CheckedPart(uri, check, list(df.attrs.get("unknown_labels", [])))
+
+
+@task(name="part-key-values", cache_policy=NO_CACHE)
+@outage_tolerant
+def part_key_values(settings: Settings, uri: str, column: str, rows: list[int]) -> list[Any]:
+    """On a worker: the values of ``column`` at ``rows`` of one part (uniqueness is
+    decided on values where their hashes repeat)."""
+    return key_values(read_parquet_bytes(get_bytes(settings.s3_client(), uri)), column, rows)
+
+
+@dataclass(frozen=True)
+class WrittenBatch:
+    """What ``write-raw-parts`` wrote: the batch (None when it was not to be written), the
+    quarantine (None: no row set aside), the batch's summary and its first rows."""
+
+    uri: str | None
+    quarantine_uri: str | None
+    summary: BatchSummary
+    head: pd.DataFrame
+
+
+@task(name="write-raw-parts", cache_policy=NO_CACHE)
+@outage_tolerant
+def write_raw_parts(
+    settings: Settings,
+    dataset: str,
+    batch: str,
+    parts: list[str],
+    drops: list[dict[int, list[str]]],
+    *,
+    write_passed: bool,
+) -> WrittenBatch:
+    """On a worker: the parts, in order and one at a time, less their quarantined rows,
+    streamed into the raw batch s3://<bucket>/raw/<dataset>/<batch>.parquet (one row group
+    per part), and those rows with their reasons into the quarantine object."""
+    client = settings.s3_client()
+    summaries: list[BatchSummary] = []
+    head = pd.DataFrame()
+    with tempfile.TemporaryDirectory(prefix="mlsys-ingest-") as tmp:
+        passed_path, quarantined_path = Path(tmp, "passed.parquet"), Path(tmp, "q.parquet")
+        with ParquetStream(passed_path) as passed, ParquetStream(quarantined_path) as aside:
+            for uri, drop in zip(parts, drops, strict=True):
+                frame = read_parquet_bytes(get_bytes(client, uri))
+                kept, quarantined = split_rows(frame, drop)
+                if write_passed:
+                    passed.write(kept)
+                if len(quarantined):
+                    aside.write(quarantined)
+                summaries.append(summarize_batch(kept))
+                if len(head) < HEAD_ROWS:
+                    head = pd.concat([head, kept.head(HEAD_ROWS - len(head))], ignore_index=True)
+        target = None
+        if write_passed:
+            target = settings.s3_uri(raw_key(dataset, batch))
+            put_file(client, target, str(passed_path), PARQUET)
+        quarantine_uri = None
+        if aside.rows:
+            quarantine_uri = settings.s3_uri(quarantine_key("raw", dataset, batch))
+            put_file(client, quarantine_uri, str(quarantined_path), PARQUET)
+    summary = add_summaries(summaries)
+    get_run_logger().info("wrote %d rows to %s, %d set aside", summary.rows, target, aside.rows)
+    return WrittenBatch(target, quarantine_uri, summary, head)

@@ -32,6 +32,7 @@ from mlsys.validation.checkpoint import (
     CheckpointReport,
     Mode,
     ValidationFailed,
+    Verdict,
     run_checkpoint,
 )
 from mlsys.validation.drift import DriftKind
@@ -172,6 +173,26 @@ def validate_batch(
     return report
 
 
+@task(name="record-verdict", cache_policy=NO_CACHE)
+@outage_tolerant
+def record_verdict(
+    run: TrackedRun, verdict: Verdict, origin: str, quarantine_uri: str | None = None
+) -> Verdict:
+    """Log a verdict reached without one GX run over the batch (a batch checked in
+    partitions: no Data Docs) as :func:`validate_batch` logs its own; raise
+    :class:`ValidationFailed` when the run may not go on."""
+    if verdict.rows_passed + verdict.rows_quarantined != verdict.rows_in:
+        raise RuntimeError(f"row count mismatch in suite {verdict.suite}: {verdict.summary()}")
+    _log(run, verdict, origin, None)
+    if quarantine_uri is not None:
+        run.client().set_tag(run.run_id, f"mlsys.quarantine.{verdict.suite}", quarantine_uri)
+    get_run_logger().info("%s", verdict.summary())
+    _artifacts(run, verdict, origin, quarantine_uri)
+    if not verdict.ok:
+        raise ValidationFailed(verdict)
+    return verdict
+
+
 def _accept_update(
     settings: Settings,
     run: TrackedRun,
@@ -203,7 +224,7 @@ def _accept_update(
     return updated, uri
 
 
-def _log(run: TrackedRun, report: CheckpointReport, origin: str, docs: Path) -> None:
+def _log(run: TrackedRun, report: Verdict, origin: str, docs: Path | None) -> None:
     client = run.client()
     prefix = f"validate.{report.suite}"
     metrics: dict[str, float] = {
@@ -218,21 +239,21 @@ def _log(run: TrackedRun, report: CheckpointReport, origin: str, docs: Path) -> 
         client.log_metric(run.run_id, key, value)
     client.set_tag(run.run_id, f"mlsys.suite.{report.suite}", f"v{report.version} {origin}")
     client.log_dict(run.run_id, report.to_dict(), f"validation/{report.suite}/report.json")
-    if docs.is_dir():
+    if docs is not None and docs.is_dir():
         client.log_artifacts(run.run_id, str(docs), f"validation/{report.suite}/data_docs")
 
 
-def _artifacts(
-    run: TrackedRun, report: CheckpointReport, origin: str, quarantine_uri: str | None
-) -> None:
+def _artifacts(run: TrackedRun, report: Verdict, origin: str, quarantine_uri: str | None) -> None:
     key = f"validation-{report.suite}"
     docs_url = f"{run.url}/artifacts/validation/{report.suite}/data_docs/index.html"
-    create_link_artifact(
-        key=f"{key}-docs",
-        link=docs_url,
-        link_text=f"Data Docs: suite {report.suite} v{report.version}",
-        description=f"Great Expectations Data Docs of this run's {report.suite} checkpoint",
-    )
+    docs = isinstance(report, CheckpointReport) and report.docs_dir is not None
+    if docs:
+        create_link_artifact(
+            key=f"{key}-docs",
+            link=docs_url,
+            link_text=f"Data Docs: suite {report.suite} v{report.version}",
+            description=f"Great Expectations Data Docs of this run's {report.suite} checkpoint",
+        )
     rows = [
         f"| {f.severity} | {f.column or '(table)'} | {f.expectation} | {f.count or ''} | "
         f"{_cell(f.observed)} |"
@@ -250,7 +271,7 @@ def _artifacts(
         f"| {report.rows_in} | {report.rows_passed} | {report.rows_quarantined} |\n\n"
         f"Suite: `{origin}`  \n"
         + (f"Quarantine: `{quarantine_uri}`  \n" if quarantine_uri else "")
-        + f"[Data Docs]({docs_url})\n\n"
+        + (f"[Data Docs]({docs_url})\n\n" if docs else "Checked in partitions: no Data Docs.\n\n")
         + (
             "## Expectations not met\n\n| severity | column | expectation | rows | observed |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "ingest_part_key",
+    "ingest_parts_prefix",
     "labeled_key",
     "labeled_prefix",
     "lf_partition_key",
@@ -64,6 +66,18 @@ def lf_partition_key(dataset: str, batch: str, part: int, what: str) -> str:
     """Row partition ``part`` of a batch, as the LFs read it (``what="rows"``: text and kept
     columns) or their votes on it (``"votes"``): ``.../<part:05d>.<what>.parquet``."""
     return f"{lf_partitions_prefix(dataset, batch)}{part:05d}.{what}.parquet"
+
+
+def ingest_parts_prefix(dataset: str, batch: str) -> str:
+    """Folder of a batch's parts while ``ingest`` reads and checks its source's files on a
+    Dask cluster: ``work/ingest/<dataset>/<batch>/``, removed once the batch is written."""
+    return f"work/ingest/{dataset}/{batch}/"
+
+
+def ingest_part_key(dataset: str, batch: str, part: int) -> str:
+    """Part ``part`` (the source file's place in the source's order), as read:
+    ``.../<part:05d>.parquet``."""
+    return f"{ingest_parts_prefix(dataset, batch)}{part:05d}.parquet"
 
 
 def staging_prefix(dataset: str, batch: str) -> str:

@@ -74,6 +74,17 @@ def put_bytes(client: Any, uri: str, data: bytes, content_type: str | None = Non
     return target
 
 
+def put_file(client: Any, uri: str, path: str, content_type: str | None = None) -> S3Uri:
+    """Upload the local file ``path`` to ``uri`` (in parts when large), overwriting."""
+    target = S3Uri.parse(uri)
+    extra = {"ContentType": content_type} if content_type else {}
+    try:
+        client.upload_file(path, target.bucket, target.key, ExtraArgs=extra)
+    except Exception as exc:
+        raise S3Error(f"cannot write {target}: {exc}") from exc
+    return target
+
+
 def object_etag(client: Any, uri: str) -> str | None:
     """The ETag of the object at ``uri`` (it changes when the content does), or None when
     there is no such object."""

@@ -44,6 +44,7 @@ from pandas.api.types import is_bool_dtype, is_float_dtype, is_object_dtype
 
 from mlsys.atomic import atomic_write
 from mlsys.data.definition import ColumnRoles, DatasetDefinition, DatasetError, kept_name
+from mlsys.data.s3 import S3Error, list_keys
 
 __all__ = [
     "PROVENANCE_COLUMNS",
@@ -169,6 +170,26 @@ def read_dataset(
     out = _enforce_dtypes(combined[names], definition)
     out.attrs["unknown_labels"] = unknown
     return out
+
+
+def source_files(
+    definition: DatasetDefinition,
+    source: str | os.PathLike[str] | None = None,
+    *,
+    s3_client: Any | None = None,
+) -> list[str]:
+    """The files :func:`read_dataset` reads ``source`` from, in its order, each a source
+    of its own: one per file of a local folder or an S3 folder (``s3://bucket/prefix/``);
+    ``[source]`` for one file, an archive or a download, which are read whole. Reading each
+    and concatenating gives the batch read at once, but for generated ids (a row's
+    occurrence among identical rows counts across files)."""
+    text = os.fspath(source) if source is not None else definition.resolved_source()
+    scheme = _SCHEME_RE.match(text)
+    if scheme is None and Path(text).is_dir():
+        return [f.location for f in _local_files(Path(text), definition.format)]
+    if scheme is not None and scheme.group(1).lower() == "s3" and text.endswith("/"):
+        return _s3_folder(text, s3_client, definition.format)
+    return [text]
 
 
 def read_table(
@@ -381,11 +402,32 @@ def _zip_members(data: bytes, location: str, wanted: str | None) -> list[_RawFil
     return files
 
 
+def _s3_folder(uri: str, s3_client: Any | None, wanted: str | None) -> list[str]:
+    """The objects directly under an S3 "folder" (a URI ending in ``/``) that
+    :func:`read_dataset` reads, sorted by name, as URIs."""
+    parsed = urllib.parse.urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    if s3_client is None:
+        raise SourceError(f"an S3 client is needed to list {uri}; pass s3_client=")
+    try:
+        keys = [key for _, key in list_keys(s3_client, bucket, prefix)]
+    except S3Error as exc:
+        raise SourceError(str(exc)) from exc
+    names = [key[len(prefix) :] for key in keys if "/" not in key[len(prefix) :]]
+    return [f"s3://{bucket}/{prefix}{name}" for name, _ in _pick(names, wanted, f"folder {uri}")]
+
+
 def _s3_files(uri: str, s3_client: Any | None, wanted: str | None) -> list[_RawFile]:
     parsed = urllib.parse.urlparse(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     if not bucket or not key:
         raise SourceError(f"S3 URI needs a bucket and a key: {uri}")
+    if key.endswith("/"):
+        return [
+            f
+            for part in _s3_folder(uri, s3_client, wanted)
+            for f in _s3_files(part, s3_client, wanted)
+        ]
     kind = _file_kind(key, wanted)
     if kind is None:
         raise SourceError(

@@ -40,6 +40,24 @@ def summarize_batch(df: pd.DataFrame, label_column: str | None = "label") -> Bat
     )
 
 
+def add_summaries(parts: list[BatchSummary]) -> BatchSummary:
+    """The summary of a batch from the summaries of its parts (counts add up)."""
+
+    def add(dicts: list[dict[str, int]]) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for d in dicts:
+            for key, n in d.items():
+                total[key] = total.get(key, 0) + n
+        return total
+
+    return BatchSummary(
+        rows=sum(p.rows for p in parts),
+        files=dict(sorted(add([p.files for p in parts]).items())),
+        labels=add([p.labels for p in parts]),
+        missing=add([p.missing for p in parts]),
+    )
+
+
 def _label_name(value: object) -> str:
     return "missing" if value is None or value is pd.NA or value != value else str(value)
 

@@ -1,9 +1,10 @@
-"""batch_infer on a Dask cluster of three hosts (network namespaces, see
-:mod:`tests.hosts.netns`): a scheduler on one host and a worker on each of two others,
-all over mutual TLS, reached through ``MLSYS_DASK_ADDRESS``. The predictions equal one
-machine's row for row, from an S3 input and from a local file (put in S3 for the
-workers); and a worker killed (SIGKILL) in the middle of the stage loses and duplicates
-no row.
+"""batch_infer, weak_label's LFs and ingest on a Dask cluster of three hosts (network
+namespaces, see :mod:`tests.hosts.netns`): a scheduler on one host and a worker on each of
+two others, all over mutual TLS, reached through ``MLSYS_DASK_ADDRESS``. The predictions
+equal one machine's row for row, from an S3 input and from a local file (put in S3 for the
+workers); the LFs give Snorkel's label matrix; ingest read file by file gives one pass's
+batch and quarantine; and a worker killed (SIGKILL) in the middle of a stage loses and
+duplicates no row.
 
 The test's own stack (SeaweedFS, MLflow, Prefect) serves the hosts from this machine,
 bound to this machine's private address on the hosts' switch only
@@ -28,7 +29,12 @@ import pandas as pd
 import pytest
 
 from mlsys.data import read_parquet_bytes, write_parquet_bytes
-from mlsys.data.catalog import predictions_prefix, quarantine_prefix, staging_prefix
+from mlsys.data.catalog import (
+    predictions_prefix,
+    quarantine_key,
+    quarantine_prefix,
+    staging_prefix,
+)
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
 from mlsys.memory import STREAMING_ENV
 from mlsys.settings import Settings
@@ -323,6 +329,49 @@ def test_three_hosts_apply_lfs_as_snorkel_does_on_one_machine(
             with log.open("rb") as text:
                 text.seek(logged[worker])
                 assert b"apply-lfs-partition" in text.read(), worker
+
+
+def test_three_hosts_ingest_file_by_file_as_one_pass(
+    flows_env: Cluster, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ingest of an S3 folder with MLSYS_DASK_ADDRESS set: one task per file on the hosts'
+    workers reads and checks it, and the batch, the quarantine and the counts equal a
+    one-pass ingest's on this machine."""
+    from flows.ingest import ingest
+
+    cluster, stack = flows_env, flows_env.stack
+    client = stack.s3_client()
+    extra = (
+        "COMMENT_ID,AUTHOR,DATE,CONTENT,CLASS\n"
+        "x-empty,Ann,2014-01-01,,1\nx-label,Bo,2014-01-01,hi,7\n"
+    )
+    files = {p.name: p.read_bytes() for p in sorted(youtube_dir.glob("*.csv"))}
+    files["Youtube06-extra.csv"] = extra.encode()
+    for name, data in files.items():
+        put_bytes(client, stack.s3_uri(f"incoming/hosts-ingest/{name}"), data)
+    source = stack.s3_uri("incoming/hosts-ingest/")
+    logged = {w: cluster.logs[w].stat().st_size for w in cluster.workers}
+
+    monkeypatch.setenv("MLSYS_DASK_ADDRESS", cluster.address)
+    hosts = ingest(source=source, dataset=DATASET, batch="hosts-parts")
+    monkeypatch.delenv("MLSYS_DASK_ADDRESS")
+    one = ingest(source=source, dataset=DATASET, batch="hosts-one")
+
+    batch = read_parquet_bytes(get_bytes(client, one))
+    pd.testing.assert_frame_equal(read_parquet_bytes(get_bytes(client, hosts)), batch)
+    assert len(batch) == 1956 + 2 - 5  # 3 repeated ids, an empty text, a label no class
+    held = [
+        read_parquet_bytes(get_bytes(client, stack.s3_uri(quarantine_key("raw", DATASET, b))))
+        for b in ("hosts-parts", "hosts-one")
+    ]
+    pd.testing.assert_frame_equal(held[0], held[1])
+    assert {"x-empty", "x-label"} <= set(held[0]["comment_id"])
+    assert list_keys(client, stack.bucket, "work/ingest/") == []
+    for worker, log in cluster.logs.items():  # both hosts' workers read files
+        if worker in logged:
+            with log.open("rb") as text:
+                text.seek(logged[worker])
+                assert b"read-check-part" in text.read(), worker
 
 
 def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(
