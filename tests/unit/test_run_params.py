@@ -159,7 +159,7 @@ def test_other_flows_are_checked_too() -> None:
     )
     assert refusal(train, {"training": {"trainer": {"kind": "gpipe", "stage": 3}}}, "train") == (
         "parameter training.trainer.stage: unknown field; did you mean 'stages'? "
-        "(known: kind, stages, microbatches)"
+        "(known: kind, stages, microbatches, hosts, rendezvous)"
     )
     assert refusal(
         train, {"training": {"trainer": {"kind": "spill", "budget_mb": 0}}}, "train"
