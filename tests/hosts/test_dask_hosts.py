@@ -38,7 +38,7 @@ from mlsys.data.catalog import (
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
 from mlsys.memory import STREAMING_ENV
 from mlsys.settings import Settings
-from tests.conftest import read_youtube, stack_settings
+from tests.conftest import put_labeled_youtube, read_youtube, stack_settings
 from tests.hosts.netns import Hosts, unavailable
 
 why_not = unavailable()
@@ -372,6 +372,71 @@ def test_three_hosts_ingest_file_by_file_as_one_pass(
             with log.open("rb") as text:
                 text.seek(logged[worker])
                 assert b"read-check-part" in text.read(), worker
+
+
+def test_the_train_flow_runs_gpipe_stages_on_two_hosts_as_on_this_machine(
+    flows_env: Cluster, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The train flow with a gpipe trainer given hosts 1 and 2 (the cluster's workers
+    start a torchrun node each, meeting through its c10d rendezvous on host 1) registers a
+    model predicting what the same trainer gives with its stages on this machine."""
+    import mlflow
+
+    from flows.options import TrainOptions
+    from flows.train import train
+    from mlsys.training.trainers import GPipeTrainer
+
+    cluster, stack = flows_env, flows_env.stack
+    comments = read_youtube(youtube_dir)
+    comments = comments[~comments["comment_id"].duplicated()]
+    uri = put_labeled_youtube(stack, comments, "hosts-train")
+    options = {"choose": False, "epochs": 2, "batch_size": 64, "hidden": [64, 32]}
+    hosts = [cluster.hosts.address(1), cluster.hosts.address(2)]
+
+    monkeypatch.delenv("MLSYS_DASK_ADDRESS", raising=False)
+    here = train(
+        labeled_batch=uri,
+        training=TrainOptions(trainer=GPipeTrainer(stages=2, microbatches=4), **options),
+        model_name="hosts-gpipe-here",
+        promote=False,
+    )
+    monkeypatch.setenv("MLSYS_DASK_ADDRESS", cluster.address)
+    there = train(
+        labeled_batch=uri,
+        training=TrainOptions(
+            trainer=GPipeTrainer(stages=2, microbatches=4, hosts=hosts), **options
+        ),
+        model_name="hosts-gpipe",
+        promote=False,
+    )
+
+    texts = pd.DataFrame({"text": comments["text"].astype(str).tolist()[:300]})
+    with stack.mlflow_credentials():
+        predicted = [
+            mlflow.pyfunc.load_model(f"models:/{name}/{registered['version']}").predict(texts)
+            for name, registered in (("hosts-gpipe-here", here), ("hosts-gpipe", there))
+        ]
+    columns = [c for c in predicted[0].columns if str(c).startswith("proba")]
+    assert columns
+    np.testing.assert_allclose(predicted[1][columns], predicted[0][columns], atol=1e-5)
+    # Where each stage ran, as the train task logged it to the flow run.
+    from mlflow.tracking import MlflowClient
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    from infra.prefect_api import prefect_client
+
+    APILogWorker.drain_all(timeout=30)
+
+    tracking = MlflowClient(stack.tracking_uri)
+    with stack.mlflow_credentials():
+        run_id = tracking.get_model_version("hosts-gpipe", there["version"]).run_id
+        flow_run = tracking.get_run(run_id).data.tags["prefect.flow_run_id"]
+    with prefect_client(stack) as prefect:
+        logs = prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run])))
+    placed = "\n".join(log.message for log in logs)
+    assert f"stage 0 ran on host {hosts[0]}" in placed, placed
+    assert f"stage 1 ran on host {hosts[1]}" in placed, placed
 
 
 def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(
