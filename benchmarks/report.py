@@ -40,6 +40,7 @@ from pages.ingest import render_ingest  # noqa: E402
 from pages.label_model import label_model_row, render_label_model  # noqa: E402
 from pages.lf_apply import render_lf_apply  # noqa: E402
 from pages.lf_cluster import lf_cluster_row  # noqa: E402
+from pages.scale import render_scale, scale_row  # noqa: E402
 from pages.serving import render_serving, serving_row  # noqa: E402
 from pages.sharp import render_sharp, sharp_row  # noqa: E402
 from pages.spill import render_spill, spill_row  # noqa: E402
@@ -81,6 +82,7 @@ RENDERED = {
     "sharp",
     "defaults_study",
     "featurizer",
+    "scale",
 }
 
 
@@ -122,6 +124,7 @@ def render(results: dict[str, Results]) -> str:
             spill_row(r["spill"], r["spill_adam_default"]),
             spill_limit_row(r["spill_limit"]),
             sharp_row(r["sharp"]),
+            scale_row(r["scale"]),
         ]
     )
     sections = [
@@ -138,6 +141,7 @@ def render(results: dict[str, Results]) -> str:
         render_sharp(r["sharp"]),
         render_serving(r["serving"]),
         render_defaults_study(r["defaults_study"]),
+        render_scale(r["scale"]),
     ]
     return "\n\n".join(sections) + "\n"
 
