@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -637,9 +638,7 @@ class _SparseInput:
         first = model[0]
         if not isinstance(first, nn.Linear) or first.in_features != n_features:
             return None
-        # (n_features, out) rows, one per bucket, as embedding_bag wants them; made once
-        # per call, so the model may keep training between calls.
-        return cls(first.weight.detach().t().contiguous(), first.bias, model[1:])
+        return cls(_transposed(first), first.bias, model[1:])
 
     def __call__(self, rows: _Csr) -> torch.Tensor:
         hidden = nn.functional.embedding_bag(
@@ -653,6 +652,25 @@ class _SparseInput:
             hidden = hidden + self.bias
         out: torch.Tensor = self.rest(hidden)
         return out
+
+
+_TRANSPOSED: weakref.WeakKeyDictionary[nn.Linear, tuple[torch.Tensor, int, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _transposed(layer: nn.Linear) -> torch.Tensor:
+    """The layer's weights as (n_features, out) rows, one per bucket, as embedding_bag
+    wants them: copied once per version of the weights (torch counts each in-place change,
+    so a model still training gets a fresh copy after every step; a served one reuses its
+    copy)."""
+    weight = layer.weight
+    cached = _TRANSPOSED.get(layer)
+    if cached is not None and cached[0] is weight and cached[1] == weight._version:
+        return cached[2]
+    rows = weight.detach().t().contiguous()
+    _TRANSPOSED[layer] = (weight, weight._version, rows)
+    return rows
 
 
 def score_texts(

@@ -421,6 +421,34 @@ def test_predict_texts_on_sparse_rows_equals_the_dense_model(model: nn.Sequentia
     np.testing.assert_allclose(proba, expected.numpy(), rtol=0, atol=1e-6)
 
 
+def test_predict_texts_follows_weights_that_change_between_calls() -> None:
+    """The sparse layer's copy of the weights is reused while they stay as they are, and
+    made again after an optimizer step or an in-place change."""
+    featurizer = HashingFeaturizer(n_features=256)
+    model = nn.Sequential(nn.Linear(256, 2))
+    texts = TRICKY * 2
+
+    def dense() -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(model(featurizer.transform(texts)), dim=1).double().numpy()
+
+    def sparse() -> np.ndarray:
+        return predict_texts(model, featurizer, texts)[["proba_0", "proba_1"]].to_numpy()
+
+    first = sparse()
+    np.testing.assert_allclose(first, dense(), atol=1e-6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    nn.functional.cross_entropy(
+        model(featurizer.transform(texts)), torch.ones(len(texts)).long()
+    ).backward()
+    optimizer.step()
+    np.testing.assert_allclose(sparse(), dense(), atol=1e-6)
+    with torch.no_grad():
+        model[0].weight.mul_(-1.0)
+    np.testing.assert_allclose(sparse(), dense(), atol=1e-6)
+    assert not np.allclose(sparse(), first, atol=1e-3)
+
+
 def test_predict_texts_runs_other_models_on_dense_rows() -> None:
     class Scaled(nn.Module):
         def __init__(self) -> None:
