@@ -139,7 +139,8 @@ def ingest_in_parts(
     for problem in unknown:
         logger.warning("%s: their rows failed the raw suite", problem)
     record_verdict(run, verdict, origin, written.quarantine_uri if written else None)
-    assert written is not None and written.uri is not None  # the verdict allowed the batch
+    if written is None or written.uri is None:  # record_verdict raised unless it may go on
+        raise RuntimeError(f"the raw batch was not written: {verdict.summary()}")
     metrics = track_ingest(
         run, written.summary, written.head, written.uri, dataset, batch, rows_in=verdict.rows_in
     )

@@ -28,7 +28,8 @@ Usage (each call of ``check_partition`` and ``key_values`` runs where its partit
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,7 @@ def check_partition(
     suite: Mapping[str, Any],
     *,
     profiles: Sequence[ReferenceProfile] | None = None,
-    project_root: Any = PROJECT_ROOT,
+    project_root: Path = PROJECT_ROOT,
 ) -> PartitionCheck:
     """Check one partition (its index is not used: rows are numbered 0..n-1 within it)."""
     part = frame.reset_index(drop=True)
@@ -330,7 +331,7 @@ class Merge:
         if considered == 0 or (considered - unexpected) / considered >= mostly:
             return None
         failure = self._declared_failure(i, e, observed=examples(values), count=unexpected)
-        return Failure(**{**failure.__dict__, "row_rule": row_rule})
+        return replace(failure, row_rule=row_rule)
 
     def _declared_failure(
         self, i: int, e: Mapping[str, Any], *, observed: Any, count: int | None

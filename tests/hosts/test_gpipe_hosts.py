@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 from mlsys.training import Callback, StageError, fit
 from mlsys.training.trainers import GPipeTrainer
 from tests.hosts.netns import Hosts, unavailable
+from tests.unit.test_gpipe_hosts import dataset, mlp
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpipe_torchrun.py"
 RENDEZVOUS_PORT = 29400
@@ -184,20 +185,6 @@ class Seen(Callback):
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         self.checkpoints.append(path)
-
-
-def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
-    )
-
-
-def dataset(labels: torch.Tensor | None = None) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(48, 6, generator=g)
-    y = torch.randint(0, 3, (48,), generator=g)
-    return TensorDataset(x, y if labels is None else labels, torch.rand(48, generator=g) + 0.1)
 
 
 def train_on_hosts(cluster: Cluster, data: TensorDataset, folder: Path, **kwargs: Any) -> Any:
