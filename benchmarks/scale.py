@@ -17,7 +17,8 @@ The question (issue 27): do 10M comments go through the stages with no process a
   seeded random classifier registered there (benchmarks/batch_infer.py).
 - each stage is its real flow, called in a fresh process with the stack's environment,
   timed from that process's start to the flow's return (interpreter, imports included):
-  ``ingest``: ``flows.ingest.ingest(source=FOLDER, partitioned=True, workers=W)``, one
+  ``ingest``: ``flows.ingest.ingest(source=FOLDER, partitioned=True, workers=W,
+  part_mb=1e-6)``, one
   read-check-part task per file on a Dask cluster (read, PUT, the raw suite's checks),
   the checks merged into one verdict, the parts streamed into the raw batch;
   ``label``: ``flows.weak_label.weak_label(raw_batch=URI, label=LabelOptions(
@@ -323,7 +324,7 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
 
             state = ingest(
                 source=spec["source"], dataset=DATASET, batch=spec["batch"], partitioned=True,
-                workers=workers, return_state=True,
+                workers=workers, part_mb=1e-6, return_state=True,  # a task per file
             )  # fmt: skip
         elif stage == "label":
             from flows.weak_label import weak_label

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from mlsys.data.catalog import ingest_parts_prefix, raw_key, raw_prefix
 from mlsys.data.definition import DatasetDefinition
 from mlsys.data.s3 import delete_prefix
-from mlsys.data.sources import source_files
+from mlsys.data.sources import SourceFile, group_files, source_files
 from mlsys.data.summary import summarize_batch
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode
@@ -42,17 +42,18 @@ def ingest_parts(
     settings: Settings,
     dataset: str,
     batch: str,
-    files: list[str],
+    groups: list[list[str]],
     suite: dict[str, Any],
     reference_uri: str | None,
     mode: Mode,
 ) -> tuple[PartitionedVerdict, WrittenBatch | None, list[str]]:
-    """One `read-check-part` task per source file, the checks merged into the verdict, and
-    the parts streamed into the batch by `write-raw-parts` when the verdict allows it."""
+    """One `read-check-part` task per group of source files, the checks merged into the
+    verdict, and the parts streamed into the batch by `write-raw-parts` when the verdict
+    allows it."""
     profiles = profile_reference.submit(settings, suite, reference_uri) if reference_uri else None
     futures = [  # each waits for the reference's profile: Prefect resolves the future
-        read_check_part.submit(settings, dataset, suite, source, n, batch, profiles)  # type: ignore[arg-type]
-        for n, source in enumerate(files)
+        read_check_part.submit(settings, dataset, suite, group, n, batch, profiles)  # type: ignore[arg-type]
+        for n, group in enumerate(groups)
     ]
     parts: list[CheckedPart] = [f.result() for f in futures]
     merge = Merge(suite, [p.check for p in parts])
@@ -74,7 +75,7 @@ def ingest_parts(
 
 
 def in_parts(
-    files: list[str],
+    files: list[SourceFile],
     definition: DatasetDefinition,
     suite: dict[str, Any],
     *,
@@ -110,27 +111,31 @@ def in_parts(
 def ingest_in_parts(
     run: TrackedRun,
     settings: Settings,
-    files: list[str],
+    files: list[SourceFile],
     dataset: str,
     batch: str,
     *,
     mode: Mode,
     workers: int | None,
+    part_mb: float,
 ) -> tuple[str, dict[str, int]]:
-    """The source read and validated file by file on the cluster; the batch's URI and the
-    ingest metrics."""
+    """The source read and validated in groups of files on the cluster; the batch's URI
+    and the ingest metrics."""
     suite, origin = active_suite(settings, dataset, "raw")
     address = settings.dask_address
-    count = workers or default_workers(len(files))
+    groups = group_files(files, max(1, round(part_mb * 2**20)))
+    count = workers or default_workers(len(groups))
     where = f"the cluster at {address}" if address else f"{count} worker(s) on this machine"
-    print(f"reading {len(files)} file(s) one task each on {where}")
+    print(
+        f"reading {len(files)} file(s) in {len(groups)} task(s) of about {part_mb:g} MB on {where}"
+    )
     reference = previous_batch(
         settings, raw_prefix(dataset), settings.s3_uri(raw_key(dataset, batch))
     )
     try:
         verdict, written, unknown = ingest_parts.with_options(
             task_runner=dask_runner(count, address)
-        )(settings, dataset, batch, files, suite, reference, mode)
+        )(settings, dataset, batch, groups, suite, reference, mode)
     finally:
         delete_prefix(
             tolerant(settings.s3_client()), settings.bucket, ingest_parts_prefix(dataset, batch)
@@ -156,6 +161,7 @@ def ingest(
     accept_schema_update: bool = False,
     partitioned: bool | None = None,
     workers: int | None = None,
+    part_mb: float = 64.0,
 ) -> str:
     """Read a data source, validate it with the `raw` suite, and write the rows that pass
     to s3://<bucket>/raw/<dataset>/<batch>.parquet.
@@ -182,11 +188,15 @@ def ingest(
             local or s3://.../) has several files. Needs an id column in the dataset and
             a suite whose expectations merge; false: one pass in this process.
         workers: Workers of the cluster made on this machine for a partitioned read.
-            Empty: one per CPU, at most one per file.
+            Empty: one per CPU, at most one per task.
+        part_mb: For a partitioned read, the source's files are grouped in order into
+            tasks of about this many MB each (a larger file is a task of its own).
 
     Returns:
         The s3:// URI of the written batch.
     """
+    if not part_mb > 0:
+        raise ValueError(f"part_mb must be a positive number of MB, got {part_mb!r}")
     tracked = TrackedFlow("ingest-summary", dataset)
     settings = tracked.settings
     batch = batch or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -211,8 +221,9 @@ def ingest(
             address=settings.dask_address,
         ):
             uri, metrics = ingest_in_parts(
-                run, settings, files, dataset, batch, mode=validation, workers=workers
-            )
+                run, settings, files, dataset, batch, mode=validation, workers=workers,
+                part_mb=part_mb,
+            )  # fmt: skip
             tracked.summarize(
                 _summary(dataset, batch, metrics, uri, resolved, run),
                 description=f"Rows ingested into {uri}",

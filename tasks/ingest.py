@@ -158,28 +158,36 @@ def read_check_part(
     settings: Settings,
     dataset: str,
     suite: dict[str, Any],
-    source: str,
+    sources: list[str],
     part: int,
     batch: str,
     profiles: list[ReferenceProfile] | None,
 ) -> CheckedPart:
-    """On a worker: one file of the source read as the dataset defines it, PUT to S3 as
-    part ``part`` of the batch, and checked with the suite (row rules per row, the batch's
-    statistics for the merge)."""
+    """On a worker: a group of the source's files read in order as the dataset defines
+    them, PUT to S3 as part ``part`` of the batch, and checked with the suite (row rules
+    per row, the batch's statistics for the merge)."""
     definition = load_dataset(dataset, search=settings.datasets_dir)
     client = settings.s3_client()
-    df = read_dataset(
-        definition,
-        source,
-        s3_client=client if source.startswith("s3://") else None,
-        cache_dir=settings.stack_dir / "cache",
-        unknown_labels="keep",
-    )
+    frames = [
+        read_dataset(
+            definition,
+            source,
+            s3_client=client if source.startswith("s3://") else None,
+            cache_dir=settings.stack_dir / "cache",
+            unknown_labels="keep",
+        )
+        for source in sources
+    ]
+    unknown = [u for frame in frames for u in frame.attrs.get("unknown_labels", [])]
+    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    del frames
     uri = settings.s3_uri(ingest_part_key(dataset, batch, part))
     put_bytes(client, uri, write_parquet_bytes(df), PARQUET)
     check = check_partition(df, suite, profiles=profiles)
-    get_run_logger().info("part %d: %d rows of %s checked", part, len(df), source)
-    return CheckedPart(uri, check, list(df.attrs.get("unknown_labels", [])))
+    get_run_logger().info(
+        "part %d: %d rows of %d file(s) from %s checked", part, len(df), len(sources), sources[0]
+    )
+    return CheckedPart(uri, check, unknown)
 
 
 @task(name="part-key-values", cache_policy=NO_CACHE)

@@ -114,7 +114,22 @@ def get_bytes(client: Any, uri: str) -> bytes:
 def list_keys(client: Any, bucket: str, prefix: str, suffix: str = "") -> list[tuple[Any, str]]:
     """``(last_modified, key)`` of every object under ``prefix`` ending in ``suffix``,
     newest first."""
-    found: list[tuple[Any, str]] = []
+    found = [
+        (obj["LastModified"], obj["Key"])
+        for obj in _objects(client, bucket, prefix)
+        if obj["Key"].endswith(suffix)
+    ]
+    return sorted(found, reverse=True)
+
+
+def object_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
+    """The size in bytes of every object under ``prefix``, by key."""
+    return {obj["Key"]: int(obj["Size"]) for obj in _objects(client, bucket, prefix)}
+
+
+def _objects(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under ``prefix`` as S3 lists it, page after page."""
+    found: list[dict[str, Any]] = []
     token: str | None = None
     while True:
         kwargs = {"Bucket": bucket, "Prefix": prefix}
@@ -124,13 +139,10 @@ def list_keys(client: Any, bucket: str, prefix: str, suffix: str = "") -> list[t
             page = client.list_objects_v2(**kwargs)
         except Exception as exc:
             raise S3Error(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(suffix):
-                found.append((obj["LastModified"], obj["Key"]))
+        found.extend(page.get("Contents", []))
         token = page.get("NextContinuationToken")
         if not token:
-            break
-    return sorted(found, reverse=True)
+            return found
 
 
 def delete_prefix(client: Any, bucket: str, prefix: str) -> int:

@@ -44,7 +44,7 @@ from pandas.api.types import is_bool_dtype, is_float_dtype, is_object_dtype
 
 from mlsys.atomic import atomic_write
 from mlsys.data.definition import ColumnRoles, DatasetDefinition, DatasetError, kept_name
-from mlsys.data.s3 import S3Error, list_keys
+from mlsys.data.s3 import S3Error, list_keys, object_sizes
 
 __all__ = [
     "PROVENANCE_COLUMNS",
@@ -172,24 +172,61 @@ def read_dataset(
     return out
 
 
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source: where it is, and its size in bytes (None: not known before
+    reading, e.g. a download)."""
+
+    location: str
+    size: int | None = None
+
+
 def source_files(
     definition: DatasetDefinition,
     source: str | os.PathLike[str] | None = None,
     *,
     s3_client: Any | None = None,
-) -> list[str]:
+) -> list[SourceFile]:
     """The files :func:`read_dataset` reads ``source`` from, in its order, each a source
     of its own: one per file of a local folder or an S3 folder (``s3://bucket/prefix/``);
-    ``[source]`` for one file, an archive or a download, which are read whole. Reading each
-    and concatenating gives the batch read at once, but for generated ids (a row's
-    occurrence among identical rows counts across files)."""
+    the source itself for one file, an archive or a download, which are read whole.
+    Reading each and concatenating gives the batch read at once, but for generated ids (a
+    row's occurrence among identical rows counts across files)."""
     text = os.fspath(source) if source is not None else definition.resolved_source()
     scheme = _SCHEME_RE.match(text)
     if scheme is None and Path(text).is_dir():
-        return [f.location for f in _local_files(Path(text), definition.format)]
+        return [
+            SourceFile(f.location, f.path.stat().st_size if f.path else None)
+            for f in _local_files(Path(text), definition.format)
+        ]
     if scheme is not None and scheme.group(1).lower() == "s3" and text.endswith("/"):
-        return _s3_folder(text, s3_client, definition.format)
-    return [text]
+        parsed = urllib.parse.urlparse(text)
+        sizes = object_sizes(s3_client, parsed.netloc, parsed.path.lstrip("/")) if s3_client else {}
+        return [
+            SourceFile(uri, sizes.get(urllib.parse.urlparse(uri).path.lstrip("/")))
+            for uri in _s3_folder(text, s3_client, definition.format)
+        ]
+    return [SourceFile(text)]
+
+
+def group_files(files: Sequence[SourceFile], target_bytes: int) -> list[list[str]]:
+    """``files`` in order, cut into groups of about ``target_bytes`` (a group closes once
+    it reaches that size; a larger file is a group of its own; a file of unknown size
+    closes its group): one task's worth of reading each."""
+    if target_bytes < 1:
+        raise ValueError(f"target_bytes must be at least 1, got {target_bytes}")
+    groups: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for f in files:
+        current.append(f.location)
+        size += f.size if f.size is not None else target_bytes
+        if size >= target_bytes:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
 
 
 def read_table(

@@ -353,7 +353,7 @@ def test_three_hosts_ingest_file_by_file_as_one_pass(
     logged = {w: cluster.logs[w].stat().st_size for w in cluster.workers}
 
     monkeypatch.setenv("MLSYS_DASK_ADDRESS", cluster.address)
-    hosts = ingest(source=source, dataset=DATASET, batch="hosts-parts")
+    hosts = ingest(source=source, dataset=DATASET, batch="hosts-parts", part_mb=0.0001)
     monkeypatch.delenv("MLSYS_DASK_ADDRESS")
     one = ingest(source=source, dataset=DATASET, batch="hosts-one")
 

@@ -4,12 +4,14 @@ the quarantine, the counts, the drift and the validation report equal a one-pass
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from mlsys.data import read_parquet_bytes
@@ -70,10 +72,13 @@ def test_ingest_in_parts_equals_one_pass(
     # Drift is measured against the newest earlier batch: the parts' run against the
     # first one-pass batch, the second one-pass run against the parts' batch (equal).
     ingest(source=source, batch="it-parts-ref", partitioned=False)
-    parts_uri = ingest(source=source, batch="it-parts", partitioned=True, workers=2)
+    # Six files of 57-82 kB in tasks of about 150 kB: two groups of three files.
+    parts_uri = ingest(source=source, batch="it-parts", partitioned=True, workers=2, part_mb=0.15)
     one_uri = ingest(source=source, batch="it-parts-one", partitioned=False)
 
-    parts = read_parquet_bytes(get_bytes(s3, parts_uri))
+    written = get_bytes(s3, parts_uri)
+    assert pq.ParquetFile(io.BytesIO(written)).num_row_groups == 2  # a row group per task
+    parts = read_parquet_bytes(written)
     one = read_parquet_bytes(get_bytes(s3, one_uri))
     pd.testing.assert_frame_equal(parts, one)
     # Set aside: the later copy of each repeated id (3 in the videos, 2 added), the empty
@@ -122,6 +127,7 @@ def test_ingest_in_parts_from_an_s3_folder_in_fail_mode_writes_nothing(
             batch="it-parts-fail",
             partitioned=True,
             validation="fail",
+            part_mb=0.0001,  # a task per file
         )
     message = str(err.value)
     assert "label: expect_column_values_to_be_in_set failed on 1 rows" in message
@@ -134,19 +140,19 @@ def test_ingest_in_parts_from_an_s3_folder_in_fail_mode_writes_nothing(
 def test_parts_asked_of_a_dataset_without_ids_are_refused_naming_why() -> None:
     from flows.ingest import in_parts
     from mlsys.data.definition import load_dataset
+    from mlsys.data.sources import SourceFile
 
     youtube = load_dataset("youtube-spam")
     no_ids = youtube.model_copy(update={"columns": youtube.columns.model_copy(update={"id": None})})
-    suite = {"expectations": []}
+    suite: dict[str, Any] = {"expectations": []}
+    two, one = [SourceFile("a"), SourceFile("b")], [SourceFile("a")]
     with pytest.raises(ValueError, match="no id column"):
-        in_parts(["a", "b"], no_ids, suite, partitioned=True, accept_schema_update=False,
-                 address=None)  # fmt: skip
+        in_parts(two, no_ids, suite, partitioned=True, accept_schema_update=False, address=None)
     assert not in_parts(
-        ["a", "b"], no_ids, suite, partitioned=None, accept_schema_update=False, address="tls://x"
+        two, no_ids, suite, partitioned=None, accept_schema_update=False, address="tls://x"
     )
-    assert in_parts(
-        ["a", "b"], youtube, suite, partitioned=None, accept_schema_update=False, address="tls://x"
-    )
+    assert in_parts(two, youtube, suite, partitioned=None, accept_schema_update=False,
+                    address="tls://x")  # fmt: skip
     assert not in_parts(
-        ["a"], youtube, suite, partitioned=None, accept_schema_update=False, address="tls://x"
+        one, youtube, suite, partitioned=None, accept_schema_update=False, address="tls://x"
     )

@@ -576,3 +576,26 @@ def test_source_format_follows_the_suffixes(tmp_path: Path) -> None:
     assert source_format("s3://b/k/data.tsv") == "tsv"
     assert source_format("https://x.org/d.jsonl") == "jsonl"
     assert source_format(tmp_path / "x.txt") is None
+
+
+def test_source_files_lists_a_folder_in_reading_order_with_sizes(csv_folder: Path) -> None:
+    from mlsys.data.definition import load_dataset
+    from mlsys.data.sources import source_files
+
+    files = source_files(load_dataset("youtube-spam"), csv_folder)
+    names = sorted(p.name for p in csv_folder.iterdir() if p.suffix == ".csv")
+    assert [Path(f.location).name for f in files] == names
+    assert [f.size for f in files] == [(csv_folder / n).stat().st_size for n in names]
+    single = source_files(load_dataset("youtube-spam"), csv_folder / names[0])
+    assert [(f.location, f.size) for f in single] == [(str(csv_folder / names[0]), None)]
+
+
+def test_group_files_cuts_in_order_at_about_the_target() -> None:
+    from mlsys.data.sources import SourceFile, group_files
+
+    files = [SourceFile(n, s) for n, s in [("a", 40), ("b", 70), ("c", 300), ("d", 10), ("e", 5)]]
+    assert group_files(files, 100) == [["a", "b"], ["c"], ["d", "e"]]
+    assert group_files(files, 1) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert group_files([SourceFile("x"), SourceFile("y", 1)], 100) == [["x"], ["y"]]
+    with pytest.raises(ValueError, match="target_bytes must be at least 1, got 0"):
+        group_files(files, 0)
