@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from infra import process
 from infra.stack import status, up
+from mlsys.data.s3 import list_keys
 from mlsys.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -76,13 +77,11 @@ def test_mlflow_artifacts_land_in_s3(stack: Settings) -> None:
     exp = client.create_experiment(f"artifact-probe-{uuid.uuid4().hex[:8]}")
     run = client.create_run(exp)
     client.log_dict(run.info.run_id, {"hello": "s3"}, "probe/hello.json")
-    keys = [
-        o["Key"]
-        for o in stack.s3_client().list_objects_v2(Bucket=stack.bucket, Prefix="mlflow-artifacts/")[
-            "Contents"
-        ]
-    ]
-    assert any(k.endswith(f"{run.info.run_id}/artifacts/probe/hello.json") for k in keys), keys
+    # Every page of the listing: the session's other tests leave more than one page of
+    # artifacts there.
+    keys = [k for _, k in list_keys(stack.s3_client(), stack.bucket, "mlflow-artifacts/")]
+    wanted = f"{run.info.run_id}/artifacts/probe/hello.json"
+    assert any(k.endswith(wanted) for k in keys), f"{wanted} not among {len(keys)} keys"
 
 
 def test_up_is_idempotent(stack: Settings) -> None:
