@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.futures import wait
 
 from mlsys.data.catalog import ingest_parts_prefix, raw_key, raw_prefix
 from mlsys.data.definition import DatasetDefinition
@@ -55,6 +56,7 @@ def ingest_parts(
         read_check_part.submit(settings, dataset, suite, group, n, batch, profiles)  # type: ignore[arg-type]
         for n, group in enumerate(groups)
     ]
+    wait(futures)  # all done before any error goes on: no task writes a part after clean-up
     parts: list[CheckedPart] = [f.result() for f in futures]
     merge = Merge(suite, [p.check for p in parts])
     asked = {

@@ -156,3 +156,19 @@ def test_parts_asked_of_a_dataset_without_ids_are_refused_naming_why() -> None:
     assert not in_parts(
         one, youtube, suite, partitioned=None, accept_schema_update=False, address="tls://x"
     )
+
+
+def test_a_bad_file_in_parts_fails_the_run_naming_it_and_leaves_no_part(
+    stack_env: Settings, tmp_path: Path, youtube_dir: Path
+) -> None:
+    from flows.ingest import ingest
+    from mlsys.data import SourceError
+
+    folder = _source(tmp_path, youtube_dir)
+    (folder / "Youtube07-broken.csv").write_text("COMMENT_ID,AUTHOR,DATE\n1,a,2014-01-01\n")
+    with pytest.raises(SourceError, match="CONTENT") as err:
+        ingest(source=str(folder), batch="it-parts-bad", partitioned=True, part_mb=0.0001)
+    assert "Youtube07-broken.csv" in str(err.value)
+    s3 = stack_env.s3_client()
+    assert list_keys(s3, stack_env.bucket, "raw/youtube-spam/it-parts-bad") == []
+    assert list_keys(s3, stack_env.bucket, "work/ingest/youtube-spam/") == []
