@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow
+from prefect.futures import wait
 
 from flows.options import LabelOptions
 from mlsys.data.catalog import labeled_key, labeled_prefix, quarantine_key
@@ -50,6 +51,7 @@ def apply_lfs_partitions(
     futures = [
         apply_lfs_partition.submit(settings, dataset, lf_set, errors, uri) for uri in partitions
     ]
+    wait(futures)  # all done before any error goes on: no votes written after the clean-up
     return [future.result() for future in futures]
 
 
