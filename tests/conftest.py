@@ -186,6 +186,7 @@ def stack_env(stack: StackSettings, monkeypatch: pytest.MonkeyPatch) -> Iterator
     through Prefect's settings context; without it a flow would start an ephemeral
     server of its own.
     """
+    from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_UI_URL, temporary_settings
 
@@ -195,8 +196,10 @@ def stack_env(stack: StackSettings, monkeypatch: pytest.MonkeyPatch) -> Iterator
         monkeypatch.setenv(key, value)
     with prefect_settings(stack), temporary_settings(updates={PREFECT_UI_URL: stack.ui_url}):
         yield stack
-        # Send buffered flow-run logs while the server is still up.
+        # Send buffered flow-run logs and events while the server is still up: left for
+        # the session's end, they retry against a stopped server for minutes.
         APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -197,6 +197,7 @@ def flows_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clu
     """The test's stack for flows run in this process (see tests/conftest.py's stack_env),
     with the cluster's TLS configuration; MLSYS_DASK_ADDRESS is set by each run."""
     import dask.config
+    from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_UI_URL, temporary_settings
 
@@ -211,6 +212,7 @@ def flows_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clu
     ):
         yield cluster
         APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 def _score(

@@ -44,6 +44,8 @@ def test_flows_run_their_partitions_on_the_stacks_cluster(
     dask_stack: StackSettings, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dask.config
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from snorkel.labeling import PandasLFApplier
 
     from flows.options import LabelOptions
@@ -69,6 +71,9 @@ def test_flows_run_their_partitions_on_the_stacks_cluster(
         assert settings.dask_address == dask_stack.stack_dask_address
         label = LabelOptions(lf_set="tutorial", partition_rows=1000)
         result = label_matrix(settings, df, youtube, "stack-dask", label)
+        # This stack stops with the module: send its logs and events while it is up.
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
     view, _ = lf_view(df, youtube.lf_columns, youtube.id_column)
     expected = PandasLFApplier(youtube.lf_set("tutorial")).apply(view, progress_bar=False)
