@@ -117,13 +117,14 @@ def ingest_in_parts(
     dataset: str,
     batch: str,
     *,
+    suite: tuple[dict[str, Any], str],
     mode: Mode,
     workers: int | None,
     part_mb: float,
 ) -> tuple[str, dict[str, int]]:
-    """The source read and validated in groups of files on the cluster; the batch's URI
-    and the ingest metrics."""
-    suite, origin = active_suite(settings, dataset, "raw")
+    """The source read and validated in groups of files on the cluster with ``suite`` (the
+    raw suite's document and where it came from); the batch's URI and the ingest metrics."""
+    document, origin = suite
     address = settings.dask_address
     groups = group_files(files, max(1, round(part_mb * 2**20)))
     count = workers or default_workers(len(groups))
@@ -137,7 +138,7 @@ def ingest_in_parts(
     try:
         verdict, written, unknown = ingest_parts.with_options(
             task_runner=dask_runner(count, address)
-        )(settings, dataset, batch, groups, suite, reference, mode)
+        )(settings, dataset, batch, groups, document, reference, mode)
     finally:
         delete_prefix(
             tolerant(settings.s3_client()), settings.bucket, ingest_parts_prefix(dataset, batch)
@@ -213,18 +214,18 @@ def ingest(
     with tracked.track(params) as run:
         client = tolerant(settings.s3_client()) if resolved.startswith("s3://") else None
         files = source_files(tracked.definition, resolved, s3_client=client)
-        suite, _ = active_suite(settings, dataset, "raw")
+        suite = active_suite(settings, dataset, "raw")
         if in_parts(
             files,
             tracked.definition,
-            suite,
+            suite[0],
             partitioned=partitioned,
             accept_schema_update=accept_schema_update,
             address=settings.dask_address,
         ):
             uri, metrics = ingest_in_parts(
-                run, settings, files, dataset, batch, mode=validation, workers=workers,
-                part_mb=part_mb,
+                run, settings, files, dataset, batch, suite=suite, mode=validation,
+                workers=workers, part_mb=part_mb,
             )  # fmt: skip
             tracked.summarize(
                 _summary(dataset, batch, metrics, uri, resolved, run),

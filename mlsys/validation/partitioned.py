@@ -219,6 +219,7 @@ class Merge:
         self.checks = list(checks)
         self.expectations = list(suite["expectations"])
         self.offsets = np.cumsum([0] + [c.rows for c in self.checks])
+        self._repeated: dict[tuple[int, int], list[int]] | None = None
 
     def key_column(self, i: int) -> str:
         return str(self.expectations[i]["kwargs"]["column"])
@@ -226,6 +227,8 @@ class Merge:
     def repeated_keys(self) -> dict[tuple[int, int], list[int]]:
         """For each (partition, unique expectation): the rows whose value's hash occurs
         more than once in the batch (their values decide, see :meth:`verdict`)."""
+        if self._repeated is not None:
+            return self._repeated
         wanted: dict[tuple[int, int], list[int]] = {}
         for i in self._unique_expectations():
             hashes = np.concatenate([c.keys[i][0] for c in self.checks])
@@ -238,6 +241,7 @@ class Merge:
                 if rows.size:
                     wanted[(p, i)] = [int(r) for r in rows]
                 start += n
+        self._repeated = wanted
         return wanted
 
     def verdict(

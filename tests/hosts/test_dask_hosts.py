@@ -63,6 +63,12 @@ class Cluster:
     workers: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
+    def logged_since(self, worker: str, offset: int) -> bytes:
+        """What ``worker`` wrote to its log after ``offset`` bytes."""
+        with self.logs[worker].open("rb") as log:
+            log.seek(offset)
+            return log.read()
+
     def client(self) -> Any:
         from distributed import Client
 
@@ -326,11 +332,8 @@ def test_three_hosts_apply_lfs_as_snorkel_does_on_one_machine(
     view, _ = lf_view(df, youtube.lf_columns, youtube.id_column)
     expected = PandasLFApplier(youtube.lf_set("tutorial")).apply(view, progress_bar=False)
     np.testing.assert_array_equal(result.matrix, expected)
-    for worker, log in cluster.logs.items():  # both hosts' workers labeled partitions
-        if worker in logged:
-            with log.open("rb") as text:
-                text.seek(logged[worker])
-                assert b"apply-lfs-partition" in text.read(), worker
+    for worker in logged:  # both hosts' workers labeled partitions
+        assert b"apply-lfs-partition" in cluster.logged_since(worker, logged[worker]), worker
 
 
 def test_three_hosts_ingest_file_by_file_as_one_pass(
@@ -369,11 +372,8 @@ def test_three_hosts_ingest_file_by_file_as_one_pass(
     pd.testing.assert_frame_equal(held[0], held[1])
     assert {"x-empty", "x-label"} <= set(held[0]["comment_id"])
     assert list_keys(client, stack.bucket, "work/ingest/") == []
-    for worker, log in cluster.logs.items():  # both hosts' workers read files
-        if worker in logged:
-            with log.open("rb") as text:
-                text.seek(logged[worker])
-                assert b"read-check-part" in text.read(), worker
+    for worker in logged:  # both hosts' workers read files
+        assert b"read-check-part" in cluster.logged_since(worker, logged[worker]), worker
 
 
 def test_the_train_flow_runs_gpipe_stages_on_two_hosts_as_on_this_machine(
@@ -459,9 +459,7 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(
     logged = {w: cluster.logs[w].stat().st_size for w in cluster.workers}
 
     def scored_here(worker: str) -> int:
-        with cluster.logs[worker].open("rb") as log:
-            log.seek(logged[worker])
-            return log.read().count(b"predicted")
+        return cluster.logged_since(worker, logged[worker]).count(b"predicted")
 
     def kill_a_busy_worker() -> None:
         """SIGKILL a worker while its score-partition task runs, once that task has
