@@ -16,7 +16,9 @@ Servers, each started fresh in its own process and warmed up (3 s of load) first
 - ``mlflow models serve -m models:/bench-spam@champion --env-manager local`` with 1 and
   with 2 uvicorn workers (the strongest of the two is the baseline);
 - ``mlsys serve`` with batching off (``--no-batching``) and with adaptive batching, both
-  with the prediction cache off (``--cache-entries 0``) and the prediction log off.
+  with the prediction cache off (``--cache-entries 0``) and the prediction log off, and
+  ``--workers`` processes (2, as many as the baseline's uvicorn workers; one process uses
+  about one core, as its event loop and scoring thread share one interpreter lock).
 
 Throughput: ``wrk -t1 -c<C> -d<duration> --latency`` at 1, 4, 16 and 64 connections; a
 server's figure is the best rate of successful (2xx) answers among the connection counts
@@ -277,7 +279,12 @@ def mlflow_server(workers: int, env: dict[str, str], scratch: Path) -> Server:
 
 
 def mlsys_server(
-    batching: bool, env: dict[str, str], scratch: Path, slo_ms: float, poll_s: float = 10.0
+    batching: bool,
+    env: dict[str, str],
+    scratch: Path,
+    slo_ms: float,
+    workers: int,
+    poll_s: float = 10.0,
 ) -> Server:
     port = free_port()
     argv = [
@@ -296,10 +303,12 @@ def mlsys_server(
         "--no-log",
         "--poll-s",
         str(poll_s),
+        "--workers",
+        str(workers),
     ]
     if not batching:
         argv.append("--no-batching")
-    label = "mlsys serve, adaptive batching" if batching else "mlsys serve, batching off"
+    label = f"mlsys serve -w {workers}, " + ("adaptive batching" if batching else "batching off")
     return Server(label, argv, env, port, scratch / f"mlsys-{int(batching)}.log")
 
 
@@ -545,6 +554,9 @@ def main() -> None:
         "--swap-rate", type=float, default=1000.0,
         help="Open-loop rate during the hot swap (at most half the sustainable rate).",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=2, help="`mlsys serve --workers` (server processes)."
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="Where the JSON goes.")
     parser.add_argument(
         "--table", action="store_true", help="Print the docs' tables from --output and exit."
@@ -580,8 +592,8 @@ def main() -> None:
         contenders = {
             "mlflow_w1": mlflow_server(1, env, scratch),
             "mlflow_w2": mlflow_server(2, env, scratch),
-            "mlsys_unbatched": mlsys_server(False, env, scratch, args.slo_ms),
-            "mlsys_batched": mlsys_server(True, env, scratch, args.slo_ms),
+            "mlsys_unbatched": mlsys_server(False, env, scratch, args.slo_ms, args.workers),
+            "mlsys_batched": mlsys_server(True, env, scratch, args.slo_ms, args.workers),
         }
         for name, contender in contenders.items():
             with contender as server:
@@ -594,7 +606,7 @@ def main() -> None:
         fixed: dict[str, list[dict[str, Any]]] = {}
         fixed_servers = {
             baseline: mlflow_server(int(baseline[-1]), env, scratch),
-            "mlsys_batched": mlsys_server(True, env, scratch, args.slo_ms),
+            "mlsys_batched": mlsys_server(True, env, scratch, args.slo_ms, args.workers),
         }
         for name, fixed_server in fixed_servers.items():
             with fixed_server as server:
@@ -612,7 +624,7 @@ def main() -> None:
                     ),
                     flush=True,
                 )
-        with mlsys_server(True, env, scratch, args.slo_ms) as server:
+        with mlsys_server(True, env, scratch, args.slo_ms, args.workers) as server:
             wrk(server.url, bodies, script, key, 4, 3)
             over = overload(server, bodies, script, key, 2 * ours, args.duration)
         print(
@@ -623,7 +635,7 @@ def main() -> None:
             flush=True,
         )
         swap_rate = min(args.swap_rate, 0.5 * ours) if ours else args.swap_rate
-        with mlsys_server(True, env, scratch, args.slo_ms, poll_s=2.0) as server:
+        with mlsys_server(True, env, scratch, args.slo_ms, args.workers, poll_s=2.0) as server:
             wrk(server.url, bodies, script, key, 4, 3)
             swap = hot_swap(
                 server, bodies, key, tracking_uri, model["versions"], swap_rate,
@@ -649,6 +661,7 @@ def main() -> None:
                 "duration_s": args.duration,
                 "slo_ms": args.slo_ms,
                 "connections": list(CONNECTIONS),
+                "mlsys_workers": args.workers,
                 "distinct_requests": args.requests,
                 "comments": comments,
                 "cache": "off (--cache-entries 0); every request text distinct",

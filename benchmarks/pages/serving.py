@@ -115,8 +115,12 @@ def render_serving(results: Results) -> str:
         "",
         "`benchmarks/serving.py` (its docstring has the method; `python benchmarks/serving.py",
         "--table` prints these tables from `benchmarks/results/serving.json`). The pipeline's",
-        f"default model (linear over {features}hashed word and character n-grams), one server "
-        "process",
+        f"default model (linear over {features}hashed word and character n-grams), "
+        + (
+            f"`mlsys serve` with {method['mlsys_workers']} worker processes"
+            if method.get("mlsys_workers", 1) > 1
+            else "one server process"
+        ),
         f"per configuration on the {n_cpus}-core machine that also runs wrk; "
         + (f"{' and '.join(off)} off,\n" if off else "")
         + "every request text distinct; a wrk connection refused with 503 waits before its next",

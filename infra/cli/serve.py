@@ -1,16 +1,22 @@
 """`mlsys serve`: a dataset's registered model over HTTP, in the foreground until interrupted.
 
 Exit status: 0 after SIGINT or SIGTERM (the queue drained, the prediction log written);
-2 when an option, the dataset or the API key is wrong (one line saying which).
+1 when one of several workers exited on its own (the others stopped); 2 when an option,
+the dataset or the API key is wrong (one line saying which).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
+from functools import partial
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from mlsys.serving.config import ServeConfig
+    from mlsys.serving.predlog import PredictionLog
 
 KEY_HINT = (
     "set MLSYS_SERVE_KEY to the key clients send as 'Authorization: Bearer <key>', e.g. "
@@ -38,6 +44,14 @@ def serve_cmd(
     ] = "champion",
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on (0: any free port).")] = 8080,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the port, each with its own batcher, cache and "
+            "alias watcher (one process uses about one core); /metrics sums them, "
+            "/admin/reload reaches them all."
+        ),
+    ] = 1,
     slo_ms: Annotated[
         float,
         typer.Option(
@@ -88,9 +102,8 @@ def serve_cmd(
     SIGTERM, then drains its queue and exits 0."""
     from mlsys.data.definition import load_dataset
     from mlsys.serving.config import ServeConfig
-    from mlsys.serving.predlog import PredictionLog, S3Sink
     from mlsys.serving.rules import RowRules
-    from mlsys.serving.server import serve
+    from mlsys.serving.server import WorkerFailed, serve
     from mlsys.settings import Settings
 
     settings = Settings.load()
@@ -106,6 +119,7 @@ def serve_cmd(
             alias=alias,
             host=host,
             port=port,
+            workers=workers,
             slo_ms=slo_ms,
             batching=batching,
             max_batch=max_batch,
@@ -127,15 +141,25 @@ def serve_cmd(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    prediction_log = (
-        None
-        if config.log_fraction == 0
-        else PredictionLog(
-            S3Sink(settings.s3_client(), settings.bucket),
-            config.dataset,
-            fraction=config.log_fraction,
-            flush_s=config.log_flush_s,
-            flush_rows=config.log_flush_rows,
-        )
+    prediction_log = None if config.log_fraction == 0 else partial(_open_log, config)
+    try:
+        serve(config, rules=rules, prediction_log=prediction_log, classes=definition.classes)
+    except WorkerFailed as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def _open_log(config: ServeConfig) -> PredictionLog:
+    """The prediction log of one server process (each worker opens its own, in its own
+    process: it holds a thread and an S3 client)."""
+    from mlsys.serving.predlog import PredictionLog, S3Sink
+    from mlsys.settings import Settings
+
+    settings = Settings.load()
+    return PredictionLog(
+        S3Sink(settings.s3_client(), settings.bucket),
+        config.dataset,
+        fraction=config.log_fraction,
+        flush_s=config.log_flush_s,
+        flush_rows=config.log_flush_rows,
     )
-    serve(config, rules=rules, prediction_log=prediction_log, classes=definition.classes)

@@ -15,6 +15,12 @@ route                      auth  answer
                                  ``{"model", "alias", "version", "previous", "changed", ...}``
 =========================  ====  ==========================================================
 
+With several worker processes (:mod:`mlsys.serving.peers`), ``/metrics`` and
+``/admin/reload`` are answered for all of them, whichever one the request reaches:
+metrics summed over the workers, the reload done by each (its answer lists them under
+``"workers"``); a request with the ``X-Mlsys-Worker-Only`` header is answered by its
+worker alone (how the workers ask each other; not counted in ``requests_total``).
+
 Every other request needs ``Authorization: Bearer <key>``, compared in constant time;
 without it: 401 with ``WWW-Authenticate``. Errors are JSON like MLflow's,
 ``{"error_code": ..., "message": ...}``: 400 malformed body, 413 body over the limit
@@ -71,6 +77,7 @@ from mlsys.serving.lag import LoopLag
 from mlsys.serving.metrics import CONTENT_TYPE, ServingMetrics, VersionInfo
 from mlsys.serving.model import LoadedModel, ModelLoadError, ModelWatcher
 from mlsys.serving.payload import PayloadError, Rows, media_type, parse_body
+from mlsys.serving.peers import WORKER_ONLY, Peers, ask, merge_metrics
 from mlsys.serving.predlog import PredictionLog
 from mlsys.serving.rules import Refusal, RowRules
 from mlsys.serving.shadow import Agreement, AgreementLogger
@@ -83,6 +90,10 @@ OPEN_PATHS = frozenset({"/ping", "/health", "/version"})
 _ROUTES = frozenset({*OPEN_PATHS, "/invocations", "/metrics", "/admin/reload"})
 # The request headers the fast path of POST /invocations reads.
 _FAST_HEADERS = frozenset({b"authorization", b"content-length", b"content-type", b"x-request-id"})
+_WORKER_ONLY = WORKER_ONLY.encode()
+# How long a worker waits for the others: a scrape, and a reload (which loads a version).
+_PEER_METRICS_TIMEOUT_S = 10.0
+_PEER_RELOAD_TIMEOUT_S = 600.0
 _JSON = "application/json"
 _JSON_BYTES = _JSON.encode()
 _EMPTY = json.dumps({"predictions": []}).encode()
@@ -259,13 +270,19 @@ class _Guard:
             else:
                 await _unauthorized().response()(scope, receive, send_counted)
         finally:
-            self.metrics.count(path if path in _ROUTES else "other", status)
+            if not _worker_only(scope):  # another worker asking: not a client's request
+                self.metrics.count(path if path in _ROUTES else "other", status)
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 return _key_matches(value, self.expected)
         return False
+
+
+def _worker_only(scope: Scope) -> bool:
+    """Whether a request asks its worker alone (:data:`mlsys.serving.peers.WORKER_ONLY`)."""
+    return any(name == _WORKER_ONLY for name, _ in scope["headers"])
 
 
 def _key_matches(authorization: bytes, expected: bytes) -> bool:
@@ -286,8 +303,10 @@ class _Server:
         prediction_log: PredictionLog | None,
         metrics: ServingMetrics,
         sample: Callable[[], float],
+        peers: Peers | None = None,
     ) -> None:
         self.config = config
+        self.peers = peers
         self.watcher = watcher
         self.rules = rules
         self.prediction_log = prediction_log
@@ -323,13 +342,19 @@ class _Server:
             )
             if config.tracking_uri is not None:
                 self.agreement_logger = AgreementLogger(
-                    config.tracking_uri, config.model_name, config.alias, config.shadow_alias
+                    config.tracking_uri,
+                    config.model_name,
+                    config.alias,
+                    config.shadow_alias,
+                    worker=None if peers is None else peers.index,
                 )
         self._background: set[asyncio.Task[None]] = set()
         self._register_readings()
 
     def _register_readings(self) -> None:
         read = self.metrics.read
+        read("workers", "Server processes these figures cover (summed over the workers).",
+             lambda: 1, "gauge")  # fmt: skip
         read("queue_rows", "Rows waiting in the queue.", lambda: self.batcher.queued_rows, "gauge")
         read("loop_lag_seconds", "How long a callback waits for the event loop now "
              "(the least of the last probes; admission control counts it).",
@@ -432,16 +457,75 @@ class _Server:
         return Response(json.dumps(body), media_type=_JSON)
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        own = self.metrics.render()
+        if self.peers is None or WORKER_ONLY in request.headers:
+            return Response(own, media_type=CONTENT_TYPE)
+        key = self.config.api_key
+        asked = [
+            ask(path, "GET", "/metrics", key, _PEER_METRICS_TIMEOUT_S)
+            for path in self.peers.sockets
+        ]
+        answers = await asyncio.gather(*asked, return_exceptions=True)
+        texts = [own]
+        for path, answer in zip(self.peers.sockets, answers, strict=True):
+            if isinstance(answer, BaseException) or answer[0] != 200:
+                why = answer if isinstance(answer, BaseException) else f"status {answer[0]}"
+                # Totals without a worker would go backwards: no figures rather than wrong ones.
+                return _error(
+                    503,
+                    "TEMPORARILY_UNAVAILABLE",
+                    f"the worker at {path} did not report its metrics ({why})",
+                    {"Retry-After": "1"},
+                )
+            texts.append(answer[1])
+        return Response(merge_metrics(texts), media_type=CONTENT_TYPE)
 
     async def reload(self, request: Request) -> Response:
+        if self.peers is None or WORKER_ONLY in request.headers:
+            status, body = await self._reload_here()
+            return Response(json.dumps(body), status_code=status, media_type=_JSON)
+        peers = self.peers
+        key = self.config.api_key
+        asked = [ask(path, "POST", "/admin/reload", key, _PEER_RELOAD_TIMEOUT_S)
+                 for path in peers.sockets]  # fmt: skip
+        own, *answers = await asyncio.gather(self._reload_here(), *asked, return_exceptions=True)
+        # Worker numbers: this one's, then the others' in socket order (all but its own).
+        numbers = [peers.index, *[i for i in range(peers.count) if i != peers.index]]
+        workers: list[dict[str, Any]] = []
+        for number, answer in zip(numbers, [own, *answers], strict=True):
+            if isinstance(answer, BaseException):
+                message = f"worker {number} did not answer: {answer}"
+                status, body = 500, {"error_code": "INTERNAL_ERROR", "message": message}
+            elif isinstance(answer[1], bytes):
+                status, body = answer[0], json.loads(answer[1])
+            else:
+                status, body = answer
+            workers.append({"worker": number, "status": status, **body})
+        workers.sort(key=lambda w: w["worker"])
+        failed = [w for w in workers if w["status"] != 200]
+        if not failed:
+            mine = next(w for w in workers if w["worker"] == peers.index)
+            summary = {k: v for k, v in mine.items() if k not in ("worker", "status")}
+            return Response(json.dumps({**summary, "workers": workers}), media_type=_JSON)
+        first = failed[0]
+        return _error(
+            max(w["status"] for w in failed),
+            first.get("error_code", "INTERNAL_ERROR"),
+            f"worker {first['worker']}: {first.get('message', 'failed')}",
+            workers=workers,
+        )
+
+    async def _reload_here(self) -> tuple[int, dict[str, Any]]:
+        """This worker's reload: status and JSON body."""
         try:
             result = await asyncio.to_thread(self.watcher.reload)
         except ModelLoadError as exc:
-            return _error(500, "INTERNAL_ERROR", f"{exc}; still serving {self._served()}")
+            message = f"{exc}; still serving {self._served()}"
+            return 500, {"error_code": "INTERNAL_ERROR", "message": message}
         if result.version is None:
-            return _error(404, "RESOURCE_DOES_NOT_EXIST", self._no_model_message())
-        return Response(json.dumps(result.to_dict()), media_type=_JSON)
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST",
+                         "message": self._no_model_message()}  # fmt: skip
+        return 200, result.to_dict()
 
     async def invocations(self, request: Request) -> Response:
         """``POST /invocations`` as a Starlette route (the fast path answers the same way
@@ -729,6 +813,7 @@ def create_app(
     metrics: ServingMetrics | None = None,
     sample: Callable[[], float] = random.random,
     fast_path: bool = True,
+    peers: Peers | None = None,
 ) -> Starlette:
     """The ASGI application of a model server (see the module docstring for its routes).
 
@@ -746,9 +831,11 @@ def create_app(
         sample: returns a number in [0, 1) per request, for the shadow's sampling.
         fast_path: answer ``POST /invocations`` before Starlette's routing (the same
             answers, for less work per request); False: through the router like the rest.
+        peers: the other worker processes of the same server, which ``/metrics`` and
+            ``/admin/reload`` reach too; None: this process is the whole server.
     """
     metrics = metrics or ServingMetrics()
-    server = _Server(config, watcher, rules, prediction_log, metrics, sample)
+    server = _Server(config, watcher, rules, prediction_log, metrics, sample, peers)
     routes = [
         Route("/invocations", server.invocations, methods=["POST"]),
         Route("/ping", server.ping, methods=["GET"]),

@@ -32,6 +32,8 @@ class ServeConfig:
             (``MLFLOW_TRACKING_URI``), and the shadow agreement is not logged.
         alias: the alias served; the server follows it as it moves.
         host, port: where to listen (port 0: any free port).
+        workers: server processes sharing the port (``SO_REUSEPORT``), each with its own
+            batcher, cache and alias watcher (:mod:`mlsys.serving.peers`); 1: this process.
         slo_ms: the latency objective: batches are sized, and requests admitted, so that
             answers take at most this long.
         batching: False: one request per model call.
@@ -60,6 +62,7 @@ class ServeConfig:
     alias: str = "champion"
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     slo_ms: float = 50.0
     batching: bool = True
     max_batch: int = 256
@@ -89,6 +92,7 @@ class ServeConfig:
                 f"shadow_alias must be another alias than {self.alias!r}, got {self.shadow_alias!r}"
             )
         _check_int("port", self.port, 0, 65535)
+        _check_int("workers", self.workers, 1, 64)
         _check_int("max_batch", self.max_batch, 1)
         _check_int("cache_entries", self.cache_entries, 0)
         _check_int("log_flush_rows", self.log_flush_rows, 1)

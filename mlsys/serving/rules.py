@@ -86,6 +86,9 @@ class _ColumnRule:
 class RowRules:
     """Compiled row rules: columns that must be present, and per-value checks.
 
+    Rules made by :meth:`from_suite` pickle as their suite and compile again when unpickled
+    (a worker process of ``mlsys serve`` gets them so); others do not pickle.
+
     Args:
         required: ``(column, rule)`` pairs: the column must be in every request.
         rules: the per-value checks, each naming its expectation type and column.
@@ -101,6 +104,12 @@ class RowRules:
         self.required = tuple(dict.fromkeys(required))
         self.rules = tuple(rules)
         self.not_null = tuple(dict.fromkeys(not_null))
+        self._suite: Mapping[str, Any] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._suite is None:
+            raise TypeError("only RowRules made by RowRules.from_suite can be pickled")
+        return (RowRules.from_suite, (self._suite,))
 
     @classmethod
     def from_suite(cls, suite: Mapping[str, Any]) -> RowRules:
@@ -134,7 +143,9 @@ class RowRules:
                 compiled = _compile(type_, kwargs)
                 if compiled is not None:
                     rules.append(_ColumnRule(type_, column, compiled))
-        return cls(required, rules, not_null)
+        made = cls(required, rules, not_null)
+        made._suite = suite
+        return made
 
     @classmethod
     def from_signature(cls, inputs: Sequence[tuple[str, str]]) -> RowRules:

@@ -5,7 +5,8 @@ the answer has gone out (on its own batcher and thread, so the served path never
 for it). :class:`Agreement` counts, per pair of versions, the rows both scored and those
 on which their ``label`` is the same. :class:`AgreementLogger` writes the rates to MLflow,
 one run per version pair in the experiment ``serving``, named
-``shadow <model>@<alias> v<served> vs @<shadow> v<shadow>``: metrics ``shadow_agreement``
+``shadow <model>@<alias> v<served> vs @<shadow> v<shadow>`` (one per worker process, with
+`` (worker <n>)`` after it, when the server runs several): metrics ``shadow_agreement``
 (the rate so far) and ``shadow_rows``, logged every few seconds and at shutdown.
 
 Usage::
@@ -92,8 +93,17 @@ class AgreementLogger:
     """Writes :class:`Agreement` tallies to MLflow (see the module docstring); failures are
     logged, never raised: the server keeps serving whatever MLflow does."""
 
-    def __init__(self, tracking_uri: str, model: str, alias: str, shadow_alias: str) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        model: str,
+        alias: str,
+        shadow_alias: str,
+        *,
+        worker: int | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
+        self.worker = worker
         self.model = model
         self.alias = alias
         self.shadow_alias = shadow_alias
@@ -148,17 +158,17 @@ class AgreementLogger:
         )
         served, shadow = pair
         name = f"shadow {self.model}@{self.alias} v{served} vs @{self.shadow_alias} v{shadow}"
-        run = client.create_run(
-            experiment_id,
-            run_name=name,
-            tags={
-                "mlsys.serving.model": self.model,
-                "mlsys.serving.alias": self.alias,
-                "mlsys.serving.version": served,
-                "mlsys.serving.shadow_alias": self.shadow_alias,
-                "mlsys.serving.shadow_version": shadow,
-            },
-        )
+        tags = {
+            "mlsys.serving.model": self.model,
+            "mlsys.serving.alias": self.alias,
+            "mlsys.serving.version": served,
+            "mlsys.serving.shadow_alias": self.shadow_alias,
+            "mlsys.serving.shadow_version": shadow,
+        }
+        if self.worker is not None:
+            name += f" (worker {self.worker})"
+            tags["mlsys.serving.worker"] = str(self.worker)
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
         run_id = str(run.info.run_id)
         self._runs[pair] = run_id
         return run_id

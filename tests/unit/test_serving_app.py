@@ -752,3 +752,43 @@ def test_one_late_turn_of_the_loop_refuses_nothing(fake: tuple[FakeModel, ModelW
             assert answer.status_code == 200
 
     run(scenario)
+
+
+# --- several workers ---------------------------------------------------------------------
+
+
+def test_a_worker_that_does_not_answer_fails_the_scrape_and_the_reload(
+    registry: Registry, tmp_path: Path
+) -> None:
+    from mlsys.serving.peers import WORKER_ONLY, Peers
+
+    version = registry.register("peers", "ham")
+    watcher = ModelWatcher(registry.uri, "peers", poll_s=0)
+    watcher.start()
+    gone = str(tmp_path / "worker-1.sock")  # no worker listens there
+    app = create_app(
+        config("peers", registry), watcher, rules=suite_rules(), peers=Peers(0, 2, (gone,))
+    )
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            scrape = await client.get("/metrics")
+            assert scrape.status_code == 503 and gone in scrape.json()["message"]
+            reload = await client.post("/admin/reload")
+            assert reload.status_code == 500
+            workers = reload.json()["workers"]
+            assert [(w["worker"], w["status"]) for w in workers] == [(0, 200), (1, 500)]
+            assert workers[0]["version"] == version
+            assert "worker 1 did not answer" in reload.json()["message"]
+            # Asked for itself alone (as the other workers ask), it answers, uncounted.
+            own = await client.get("/metrics", headers={WORKER_ONLY: "1"})
+            assert own.status_code == 200
+            assert metric(own.text, "mlsys_serve_workers") == 1
+            assert metric(own.text, "mlsys_serve_requests_total", path="/metrics", code="503") == 1
+            with pytest.raises(KeyError):
+                metric(own.text, "mlsys_serve_requests_total", path="/metrics", code="200")
+            alone = await client.post("/admin/reload", headers={WORKER_ONLY: "1"})
+            assert alone.status_code == 200 and "workers" not in alone.json()
+
+    run(scenario)
+    watcher.close()

@@ -133,3 +133,14 @@ def test_a_rule_that_cannot_compile_is_named() -> None:
 def test_columns_lists_what_the_rules_name() -> None:
     rules = RowRules.from_suite(json.loads(SERVING_SUITE.read_text()))
     assert rules.columns == ("text",)
+
+
+def test_a_suites_rules_pickle_as_the_suite_and_refuse_the_same_rows() -> None:
+    import pickle
+
+    rules = RowRules.from_suite(json.loads(SERVING_SUITE.read_text()))
+    copy = pickle.loads(pickle.dumps(rules))
+    data = rows(text=["fine comment", "", None, "x" * 100_000])
+    assert failing(copy, data) == failing(rules, data) and failing(rules, data)
+    with pytest.raises(TypeError, match="from_suite"):
+        pickle.dumps(RowRules.from_signature((("text", "string"),)))
