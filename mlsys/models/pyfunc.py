@@ -26,9 +26,11 @@ from mlsys.models.text import (
     HashingFeaturizer,
     TextClassifierSpec,
     check_threshold,
+    predict_proba,
     predict_texts,
     proba_columns,
     probabilities_frame,
+    probabilities_records,
 )
 
 __all__ = [
@@ -131,6 +133,25 @@ class TextClassifierModel(PythonModel):
         if self.proba_columns is not None:
             frame.columns = pd.Index(["label", "probability", *self.proba_columns])
         return frame
+
+    def predict_records(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """What :meth:`predict` answers for a frame of ``texts``, as one dict of plain
+        Python values per row (the frame's ``tolist()`` values), without the frames in and
+        out: a model server scores its requests' texts through this.
+
+        Raises:
+            ValueError: a text is missing (the message names its row).
+        """
+        columns = None
+        if self.proba_columns is not None:
+            columns = ["label", "probability", *self.proba_columns]
+        return probabilities_records(
+            predict_proba(self.network, self.featurizer, texts),
+            self.class_names,
+            threshold=self.threshold,
+            positive=self.positive,
+            columns=columns,
+        )
 
 
 def text_classifier_signature(

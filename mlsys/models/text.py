@@ -33,9 +33,11 @@ __all__ = [
     "build_text_classifier",
     "check_threshold",
     "pipeline_featurizer",
+    "predict_proba",
     "predict_texts",
     "proba_columns",
     "probabilities_frame",
+    "probabilities_records",
     "score_texts",
     "text_classifier_layers",
 ]
@@ -593,6 +595,27 @@ def predict_texts(
         ValueError: a text is missing (the message names its row), or the class names or
             the threshold do not fit the model's classes.
     """
+    return probabilities_frame(
+        predict_proba(model, featurizer, texts, chunk_rows),
+        class_names,
+        threshold=threshold,
+        positive=positive,
+    )
+
+
+def predict_proba(
+    model: nn.Module,
+    featurizer: HashingFeaturizer,
+    texts: Iterable[str],
+    chunk_rows: int = PREDICT_CHUNK_ROWS,
+) -> np.ndarray:
+    """The class probabilities (float64, n x k, softmax of the logits) that
+    :func:`predict_texts` decides on, for callers that need no frame.
+
+    Raises:
+        ValueError: a text is missing (the message names its row), or ``chunk_rows`` is
+            not a positive int.
+    """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     checked = _check_texts(texts)
@@ -609,12 +632,8 @@ def predict_texts(
                 chunks.append(torch.softmax(logits, dim=1))
     finally:
         model.train(was_training)
-    return probabilities_frame(
-        torch.cat(chunks).double().numpy(),
-        class_names,
-        threshold=threshold,
-        positive=positive,
-    )
+    proba: np.ndarray = torch.cat(chunks).double().numpy()
+    return proba
 
 
 @dataclass(frozen=True)
@@ -781,6 +800,54 @@ def probabilities_frame(
         ValueError: ``class_names`` are not k usable names, or the threshold does not fit
             (see :func:`check_threshold`).
     """
+    labels, probability, columns = _decide(proba, class_names, threshold, positive)
+    if class_names is None:
+        label: np.ndarray | pd.Series[Any] = labels
+    else:
+        # pandas' default string dtype, also when there are no rows.
+        label = pd.Series(np.asarray(list(class_names), dtype=object)[labels], dtype=str)
+    data: dict[str, np.ndarray | pd.Series[Any]] = {"label": label, "probability": probability}
+    data.update((column, proba[:, i]) for i, column in enumerate(columns))
+    return pd.DataFrame(data)
+
+
+def probabilities_records(
+    proba: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    threshold: float | None = None,
+    positive: int = 1,
+    columns: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`probabilities_frame` as dicts of plain Python values (``label``
+    a str, or an int without class names; floats), equal to what the frame's columns'
+    ``tolist()`` give, without building the frame (a model server answers with these).
+    ``columns``: names for the frame's columns in order, instead of its own.
+
+    Raises:
+        ValueError: as :func:`probabilities_frame`, or ``columns`` not one per column.
+    """
+    labels, probability, names = _decide(proba, class_names, threshold, positive)
+    label: list[Any] = (
+        labels.tolist() if class_names is None else [list(class_names)[i] for i in labels.tolist()]
+    )
+    keys = ["label", "probability", *names]
+    if columns is not None:
+        if len(columns) != len(keys):
+            raise ValueError(f"{len(columns)} column names {list(columns)} for {len(keys)} columns")
+        keys = list(columns)
+    values = [label, probability.tolist(), *(proba[:, i].tolist() for i in range(len(names)))]
+    return [dict(zip(keys, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def _decide(
+    proba: np.ndarray,
+    class_names: Sequence[str] | None,
+    threshold: float | None,
+    positive: int,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each row's predicted class index (int64) and its probability, and the probability
+    columns' names (see :func:`probabilities_frame`)."""
     k = proba.shape[1]
     check_threshold(threshold, k, positive)
     # The rule of mlsys.training.evaluate.decide, written here because a logged model
@@ -791,16 +858,10 @@ def probabilities_frame(
         labels = np.where(proba[:, positive] >= threshold, positive, 1 - positive).astype(np.int64)
     probability = proba[np.arange(len(labels)), labels]
     if class_names is None:
-        columns = [f"proba_{i}" for i in range(k)]
-        label: np.ndarray | pd.Series[Any] = labels
-    else:
-        columns = proba_columns(class_names)
-        if len(columns) != k:
-            raise ValueError(
-                f"{len(columns)} class names {list(class_names)} for a model of {k} classes"
-            )
-        # pandas' default string dtype, also when there are no rows.
-        label = pd.Series(np.asarray(list(class_names), dtype=object)[labels], dtype=str)
-    data: dict[str, np.ndarray | pd.Series[Any]] = {"label": label, "probability": probability}
-    data.update((column, proba[:, i]) for i, column in enumerate(columns))
-    return pd.DataFrame(data)
+        return labels, probability, [f"proba_{i}" for i in range(k)]
+    columns = proba_columns(class_names)
+    if len(columns) != k:
+        raise ValueError(
+            f"{len(columns)} class names {list(class_names)} for a model of {k} classes"
+        )
+    return labels, probability, columns

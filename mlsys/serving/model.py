@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +60,10 @@ class LoadedModel:
 
     ``inputs`` are its signature's ``(column, MLflow type)`` pairs, ``classes`` the class
     names it was logged with (None: it answers with class indices), ``rules`` the row
-    rules its signature implies (columns present, non-null, typed).
+    rules its signature implies (columns present, non-null, typed). ``score_texts``: for a
+    model of one text column that can answer a list of texts with records itself
+    (``TextClassifierModel.predict_records``), that function; :meth:`records` then skips
+    the frames in and out.
     """
 
     name: str
@@ -69,6 +72,9 @@ class LoadedModel:
     classes: tuple[str, ...] | None
     predict_frame: Callable[[pd.DataFrame], pd.DataFrame] = field(repr=False)
     rules: RowRules = field(repr=False, compare=False, default_factory=RowRules)
+    score_texts: Callable[[list[Any]], list[dict[str, Any]]] | None = field(
+        repr=False, compare=False, default=None
+    )
 
     @property
     def uri(self) -> str:
@@ -81,6 +87,18 @@ class LoadedModel:
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's output for ``frame`` (rows already checked against ``rules``)."""
         return self.predict_frame(frame)
+
+    def records(self, columns: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+        """The model's output for rows given column-wise (``columns[name][i]``: row i's
+        value; rows already checked), one dict of plain Python values per row: what
+        ``predict`` answers for their frame, as ``tolist()`` gives its values."""
+        if self.score_texts is not None:
+            return self.score_texts(columns[self.inputs[0][0]])
+        names = self.input_columns
+        out = self.predict(pd.DataFrame({n: columns[n] for n in names}, columns=list(names)))
+        keys = [str(c) for c in out.columns]
+        values = [out[c].tolist() for c in out.columns]
+        return [dict(zip(keys, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def load_version(tracking_uri: str | None, name: str, version: str) -> LoadedModel:
@@ -120,30 +138,34 @@ def load_version(tracking_uri: str | None, name: str, version: str) -> LoadedMod
         out = impl.predict(frame)
         return out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
 
-    _warm_up(uri, inputs, predict_frame)
-    return LoadedModel(
+    score_texts = getattr(getattr(impl, "python_model", None), "predict_records", None)
+    if len(inputs) != 1 or inputs[0][1] != "string" or not callable(score_texts):
+        score_texts = None
+    loaded = LoadedModel(
         name=name,
         version=str(version),
         inputs=inputs,
         classes=classes,
         predict_frame=predict_frame,
         rules=RowRules.from_signature(inputs),
+        score_texts=score_texts,
     )
+    _warm_up(uri, inputs, loaded)
+    return loaded
 
 
-def _warm_up(
-    uri: str, inputs: tuple[tuple[str, str], ...], predict: Callable[[pd.DataFrame], object]
-) -> None:
-    """Score a one-row and a 64-row batch before the version takes traffic: the first calls
-    of a model pay for lazy initialisation (torch's kernels, allocator pools), which would
-    otherwise land on the first requests after a swap, and in the admission control's
-    estimate. Inputs that are not strings or numbers get no warm-up."""
+def _warm_up(uri: str, inputs: tuple[tuple[str, str], ...], model: LoadedModel) -> None:
+    """Score a one-row and a 64-row batch before the version takes traffic, the way the
+    server scores (:meth:`LoadedModel.records`): the first calls of a model pay for lazy
+    initialisation (torch's kernels, allocator pools), which would otherwise land on the
+    first requests after a swap, and in the admission control's estimate. Inputs that are
+    not strings or numbers get no warm-up."""
     values = {"string": "warm up", "double": 0.0, "float": 0.0, "long": 0, "integer": 0}
     if any(kind not in values for _, kind in inputs):
         return
     try:
         for rows in (1, 64):
-            predict(pd.DataFrame({name: [values[kind]] * rows for name, kind in inputs}))
+            model.records({name: [values[kind]] * rows for name, kind in inputs})
     except Exception as exc:
         raise ModelLoadError(f"{uri} failed its warm-up prediction: {exc}") from exc
 

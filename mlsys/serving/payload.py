@@ -110,12 +110,14 @@ class Rows:
     @staticmethod
     def concat(parts: Sequence[Rows], names: Sequence[str]) -> pd.DataFrame:
         """The columns ``names`` of several requests' rows, one after the other."""
+        return pd.DataFrame(Rows.concat_columns(parts, names), columns=list(names))
+
+    @staticmethod
+    def concat_columns(parts: Sequence[Rows], names: Sequence[str]) -> dict[str, list[Any]]:
+        """:meth:`concat` without the frame: column -> values."""
         if len(parts) == 1:
-            return parts[0].frame(names)
-        return pd.DataFrame(
-            {n: [v for part in parts for v in part.columns[n]] for n in names},
-            columns=list(names),
-        )
+            return {n: parts[0].columns[n] for n in names}
+        return {n: [v for part in parts for v in part.columns[n]] for n in names}
 
 
 def media_type(header: str | None) -> str:

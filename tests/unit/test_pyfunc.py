@@ -338,6 +338,30 @@ def test_a_binary_threshold_decides_for_the_positive_class(tmp_path: Path) -> No
     chosen = [row[f"proba_{row['label']}"] for _, row in got.iterrows()]
     assert got["probability"].tolist() == pytest.approx(chosen)
     assert info.metadata["threshold"] == threshold
+    assert_records_match_frames(_load(logged), texts)
+
+
+def assert_records_match_frames(loaded: mlflow.pyfunc.PyFuncModel, texts: list[str]) -> None:
+    """``predict_records`` answers exactly (==, not approximately) what ``predict``'s frame
+    holds, as its columns' ``tolist()`` give the values."""
+    frame = loaded.predict(pd.DataFrame({"text": texts}))
+    expected = [
+        dict(zip(frame.columns, row, strict=True))
+        for row in zip(*(frame[c].tolist() for c in frame.columns), strict=True)
+    ]
+    got = loaded._model_impl.python_model.predict_records(texts)
+    assert got == expected
+    assert [list(r) for r in got] == [list(r) for r in expected]  # the same key order
+    assert [type(v) for r in got for v in r.values()] == [
+        type(v) for r in expected for v in r.values()
+    ]
+
+
+def test_records_are_the_frames_values_exactly(logged: Logged, three_classes: Logged) -> None:
+    many = [*TEXTS, *(f"comment {i} with a link http://x.io/{i} ??" for i in range(300))]
+    assert_records_match_frames(_load(logged), many)  # class indices
+    assert_records_match_frames(_load(three_classes, "models:/k3/1"), many)  # class names
+    assert _load(logged)._model_impl.python_model.predict_records([]) == []
 
 
 def test_a_model_logged_before_class_names_answers_with_indices(tmp_path: Path) -> None:

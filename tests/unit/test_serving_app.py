@@ -792,3 +792,20 @@ def test_a_worker_that_does_not_answer_fails_the_scrape_and_the_reload(
 
     run(scenario)
     watcher.close()
+
+
+def test_a_text_classifier_is_scored_without_frames_and_answers_the_same(
+    registry: Registry,
+) -> None:
+    import dataclasses
+
+    version = registry.register("records", "spam")
+    model = load_version(registry.uri, "records", version)
+    assert model.score_texts is not None  # TextClassifierModel.predict_records
+    through_frames = dataclasses.replace(model, score_texts=None)
+    texts = [*TEXTS, *(f"comment {i}: see http://x.io/{i}" for i in range(100))]
+    got = model.records({"text": texts})
+    assert got == through_frames.records({"text": texts})  # exactly, not approximately
+    assert got[0]["label"] == "spam" and list(got[0]) == list(
+        registry.expected("records", version, texts[:1]).columns
+    )
