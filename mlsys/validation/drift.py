@@ -36,6 +36,11 @@ class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
 
+    def __reduce__(self) -> str:
+        # Unpickled as this module's one instance: a reference profile sent to a worker
+        # keeps counting missing values in the category the worker counts them in.
+        return "MISSING"
+
 
 MISSING = _Missing()
 

@@ -164,3 +164,25 @@ def test_uniqueness_is_decided_on_values_when_hashes_collide(
 def test_a_suite_with_an_expectation_that_does_not_merge_is_named() -> None:
     suite = {"expectations": [{"type": "expect_table_row_count_to_be_between", "kwargs": {}}]}
     assert unmergeable(suite) == ["expect_table_row_count_to_be_between"]
+
+
+def test_a_reference_profile_sent_to_a_worker_counts_missing_values_alike(
+    youtube: pd.DataFrame, raw_suite: dict[str, Any]
+) -> None:
+    """Dask pickles the reference's profile to each worker and the workers' checks back:
+    missing values must stay one category through both (a missing label is no drift)."""
+    import pickle
+
+    suite = copy.deepcopy(raw_suite)
+    suite["meta"]["mlsys"]["drift"] = [
+        {"column": "label", "on": "value", "statistic": "linf", "threshold": 0.15}
+    ]
+    df = youtube.drop_duplicates("comment_id").reset_index(drop=True)
+    df.loc[df.index[::5], "label"] = pd.NA
+    profiles = drift_profiles(df, suite)
+    travelled = pickle.loads(pickle.dumps(profiles))
+    checks = [check_partition(p, suite, profiles=travelled) for p in (df.iloc[:900], df.iloc[900:])]
+    returned = pickle.loads(pickle.dumps(checks))
+    verdict = Merge(suite, returned).verdict(mode="quarantine", profiles=profiles)
+    one = run_checkpoint(df, suite, mode="quarantine", reference=df)
+    assert [d.value for d in verdict.drift] == [d.value for d in one.drift] == [0.0]
