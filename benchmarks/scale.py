@@ -22,18 +22,21 @@ The question (issue 27): do 10M comments go through the stages with no process a
   read-check-part task per file on a Dask cluster (read, PUT, the raw suite's checks),
   the checks merged into one verdict, the parts streamed into the raw batch;
   ``label``: ``flows.weak_label.weak_label(raw_batch=URI, label=LabelOptions(
-  partition_rows=P, workers=W))``; ``infer``: ``flows.batch_infer.batch_infer(source=URI,
+  partition_rows=P, workers=W), partitioned=True)``, three passes of a task per range of
+  P rows (raw suite; LF votes; labeled rows and the training suite), the batch never in
+  one process; ``infer``: ``flows.batch_infer.batch_infer(source=URI,
   inference=InferOptions(chunk_rows=C, workers=W))``.
 - peak RSS: this process samples the stage's process tree (the flow's process and each
   Dask worker) and the stack's services every 0.2 s, keeping per pid the largest of its
   RSS and the kernel's high-water mark (VmHWM).
 - serial share: from the Prefect API's task runs of the flow run and its subflows (start
   and end times as the server recorded them). Parallel work is the partition tasks'
-  (read-check-part and part-key-values; apply-lfs-partition; score-partition) summed
+  (read-check-part and part-key-values; check-raw-range, range-key-values, vote-range,
+  label-range and part-key-values; score-partition) summed
   durations; serial time is the stage's wall time less the span in which a partition task
   ran, split into scheduler (a subflow's time with no task running: the Dask cluster's
   start and close, submission), label model (tune-label-model), serial tasks on the
-  cluster (write-raw-parts, profile-reference) and driver (the rest: process start,
+  cluster (the writers streaming parts, profile-reference) and driver (the rest: process start,
   imports, the flow's own reading, checks, merging, tracking). ``s = serial / (serial +
   work)``; the speed-up on N workers is projected as ``1 / (s + (1 - s) / N)``: a
   projection, not a measurement.
@@ -77,10 +80,24 @@ LIMIT_BYTES = 1_500_000_000  # 1.5 GB (decimal), per process
 PROJECTED_WORKERS = (2, 4, 8, 16)
 PARALLEL_TASKS = {
     "ingest": ("read-check-part", "part-key-values"),
-    "label": ("apply-lfs-partition",),
+    "label": (
+        "apply-lfs-partition",
+        "check-raw-range",
+        "range-key-values",
+        "vote-range",
+        "label-range",
+        "part-key-values",
+    ),
     "infer": ("score-partition",),
 }
 LABEL_MODEL_TASKS = ("tune-label-model",)
+SERIAL_CLUSTER_TASKS = (
+    "write-raw-parts",
+    "profile-reference",
+    "write-labeled-parts",
+    "write-aside-parts",
+)
+"""Tasks that run alone on the cluster (one writer streaming the parts, one profile)."""
 TABLE = "stage seconds rows/s serial sched lm clust driver work peakMB x2 x4 x8 x16"
 VALIDATION_TASKS = ("read-check-part", "part-key-values", "record-verdict", "validate-batch")
 
@@ -123,13 +140,8 @@ def serial_breakdown(
     for sub in subflows:
         inside = [(t["start"], t["end"]) for t in tasks if t["flow_run"] == sub["id"]]
         scheduler += max(sub["end"] - sub["start"] - union_seconds(inside), 0.0)
-    in_subflows = {sub["id"] for sub in subflows}
     label_model = sum(t["end"] - t["start"] for t in tasks if t["name"] in LABEL_MODEL_TASKS)
-    on_cluster = sum(
-        t["end"] - t["start"]
-        for t in tasks
-        if t["flow_run"] in in_subflows and t["name"] not in parallel
-    )
+    on_cluster = sum(t["end"] - t["start"] for t in tasks if t["name"] in SERIAL_CLUSTER_TASKS)
     share = serial / (serial + work) if serial + work > 0 else 1.0
     return {
         "wall_s": round(wall_s, 3),
@@ -331,8 +343,9 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
 
             label = LabelOptions(partition_rows=spec["partition_rows"], workers=workers)
             state = weak_label(
-                raw_batch=spec["source"], dataset=DATASET, label=label, return_state=True
-            )
+                raw_batch=spec["source"], dataset=DATASET, label=label, partitioned=True,
+                return_state=True,
+            )  # fmt: skip
         else:
             from batch_infer import ALIAS, MODEL_NAME
 

@@ -15,15 +15,18 @@ from prefect import flow
 from prefect.futures import wait
 
 from flows.options import LabelOptions
-from mlsys.data.catalog import labeled_key, labeled_prefix, quarantine_key
+from flows.weak_label_parts import LabelOutcome, parts_refused, weak_label_parts
+from mlsys.data.catalog import label_parts_prefix, labeled_key, labeled_prefix, quarantine_key
 from mlsys.data.definition import DatasetDefinition
-from mlsys.data.s3 import S3Uri
-from mlsys.labeling import LFApplyResult
+from mlsys.data.s3 import S3Uri, delete_prefix
+from mlsys.labeling import LFApplyResult, evaluate_labelers, split_counts
 from mlsys.labeling.analysis import plot_weights
 from mlsys.settings import Settings
+from mlsys.validation.checkpoint import Mode
 from tasks.cluster import cluster_threads, dask_runner, default_workers
-from tasks.tracking import TrackedFlow
-from tasks.validate import previous_batch, validate_batch
+from tasks.retry import tolerant
+from tasks.tracking import TrackedFlow, TrackedRun
+from tasks.validate import active_suite, previous_batch, validate_batch
 from tasks.weak_label import (
     analyze_lfs,
     apply_labeling_functions,
@@ -31,15 +34,19 @@ from tasks.weak_label import (
     drop_lf_partitions,
     find_raw_batch,
     gather_lf_votes,
+    label_counts,
+    label_metrics,
     load_raw_batch,
     merge_gold_and_weak,
     split_batch,
+    split_votes,
     stage_lf_partitions,
     summary_markdown,
     track_weak_label,
     tune_label_model,
     write_batch,
 )
+from tasks.weak_label_parts import plan_ranges
 
 
 @flow(name="apply-lfs-partitions")
@@ -98,6 +105,7 @@ def weak_label(
     label: LabelOptions = LabelOptions(),  # noqa: B008 - a default the Prefect UI form shows
     validation: Literal["quarantine", "fail"] = "quarantine",
     accept_schema_update: bool = False,
+    partitioned: bool = False,
 ) -> str:
     """Label a raw batch with labeling functions and a label model; merge gold labels in.
 
@@ -122,6 +130,14 @@ def weak_label(
             rest go on; "fail": any failed critical expectation stops the run.
         accept_schema_update: Let this batch widen the training suite when it drifts
             within the suite's thresholds (new version in s3://<bucket>/schemas/training/).
+        partitioned: Label the batch range by range on the Dask cluster (the one at
+            MLSYS_DASK_ADDRESS, or one made here), so that no process holds it whole: one
+            task per `label.partition_rows` rows reads its range from S3 in place, the
+            suites' checks merge into one pass's verdicts, and the driver fits the
+            labelers from the gold rows and the train rows' votes (a seeded sample of 1M
+            beyond that). Same labels, splits, checks and metrics as one pass; rows keep
+            the raw batch's order. Refused with `accept_schema_update`, or a suite whose
+            expectations do not merge from parts.
 
     Returns:
         The s3:// URI of the labeled batch.
@@ -141,67 +157,151 @@ def weak_label(
         "gold_policy": definition.gold.by,
         "validation": validation,
         "accept_schema_update": accept_schema_update,
+        "partitioned": partitioned,
     }
+    if partitioned and (
+        refused := parts_refused(
+            {name: active_suite(settings, dataset, name)[0] for name in ("raw", "training")},
+            accept_schema_update,
+        )
+    ):
+        raise ValueError(f"partitioned=True cannot be met: {'; '.join(refused)}")
     with tracked.track(params) as run:
-        raw = load_raw_batch(settings, raw_uri)
-        checked = validate_batch(
-            run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
-        )
-        df, quarantined = split_batch(checked.passed, definition)
-        result = label_matrix(settings, df, definition, batch, label)
-        analyze_lfs(run, result, df)
-        tuning = tune_label_model(result, df, definition, label.seed)
-        merged = merge_gold_and_weak(df, result, tuning, label.weighting)
-        target = settings.s3_uri(labeled_key(dataset, batch))
-        training = validate_batch(
-            run,
-            settings,
-            merged.frame,
-            suite="training",
-            mode=validation,
-            dataset=dataset,
-            batch=batch,
-            reference_uri=previous_batch(settings, labeled_prefix(dataset), target),
-            accept_schema_update=accept_schema_update,
-            source=raw_uri,
-        )
-        labeled = training.passed
-        rows_quarantined = checked.rows_quarantined + len(quarantined) + training.rows_quarantined
-        if len(labeled) + rows_quarantined != len(raw):
-            raise RuntimeError(
-                f"row count mismatch: {len(raw)} in, {len(labeled)} labeled + "
-                f"{rows_quarantined} quarantined"
+        if partitioned:
+            outcome = label_in_parts(run, settings, dataset, raw_uri, batch, label, validation)
+        else:
+            outcome = label_in_one_pass(
+                run, settings, definition, raw_uri, batch, label, validation, accept_schema_update
             )
-        uris = {
-            "raw_batch": raw_uri,
-            "labeled_batch": write_batch(settings, labeled, labeled_key(dataset, batch)),
-        }
-        if len(quarantined):
-            uris["quarantine_batch"] = write_batch(
-                settings, quarantined, quarantine_key("weak_label", dataset, batch)
-            )
-        metrics = track_weak_label(
+        track_weak_label(
             run,
-            df=df,
-            rows_in=len(raw),
-            rows_out=len(labeled),
-            quarantined=rows_quarantined,
-            result=result,
-            tuning=tuning,
-            merged=merged,
-            uris=uris,
+            metrics=outcome.metrics,
+            tuning=outcome.tuning,
+            weight_model=outcome.weights,
+            counts=outcome.counts,
+            uris=outcome.uris,
         )
         run.client().log_figure(
-            run.run_id, plot_weights(merged.frame, merged.weight_model), "weak_label/weights.png"
+            run.run_id, plot_weights(outcome.sample, outcome.weights), "weak_label/weights.png"
         )
         tracked.summarize(
             summary_markdown(
-                definition=definition, metrics=metrics, tuning=tuning, uris=uris, run=run
+                definition=definition,
+                metrics=outcome.metrics,
+                tuning=outcome.tuning,
+                uris=outcome.uris,
+                run=run,
             ),
             description=f"Weak labeling of {raw_uri}",
         )
-        print(f"weight model: {asdict(merged.weight_model)}")
-    return uris["labeled_batch"]
+        print(f"weight model: {asdict(outcome.weights)}")
+    return outcome.uris["labeled_batch"]
+
+
+def label_in_parts(
+    run: TrackedRun,
+    settings: Settings,
+    dataset: str,
+    raw_uri: str,
+    batch: str,
+    label: LabelOptions,
+    validation: Mode,
+) -> LabelOutcome:
+    """The raw batch labeled range by range on the cluster (flows/weak_label_parts.py);
+    what the ranges left in S3 removed, whatever happens."""
+    address = settings.dask_address
+    ranges = plan_ranges(settings, raw_uri, label.partition_rows)
+    threads = cluster_threads(address) if address else None
+    workers = label.workers or default_workers(len(ranges), threads)
+    where = f"the cluster at {address}" if address else f"{workers} worker(s) on this machine"
+    print(f"labeling in {len(ranges)} ranges of up to {label.partition_rows} rows on {where}")
+    target = settings.s3_uri(labeled_key(dataset, batch))
+    try:
+        return weak_label_parts.with_options(task_runner=dask_runner(workers, address))(
+            run,
+            settings,
+            dataset,
+            raw_uri,
+            ranges,
+            batch,
+            label,
+            validation,
+            previous_batch(settings, labeled_prefix(dataset), target),
+        )
+    finally:
+        delete_prefix(
+            tolerant(settings.s3_client()), settings.bucket, label_parts_prefix(dataset, batch)
+        )
+
+
+def label_in_one_pass(
+    run: TrackedRun,
+    settings: Settings,
+    definition: DatasetDefinition,
+    raw_uri: str,
+    batch: str,
+    label: LabelOptions,
+    validation: Mode,
+    accept_schema_update: bool,
+) -> LabelOutcome:
+    """The raw batch read into the flow's process and labeled as a whole (its LFs on the
+    cluster when it has several partitions or one is set)."""
+    dataset = definition.name
+    raw = load_raw_batch(settings, raw_uri)
+    checked = validate_batch(
+        run, settings, raw, suite="raw", mode=validation, dataset=dataset, batch=batch
+    )
+    df, quarantined = split_batch(checked.passed, definition)
+    result = label_matrix(settings, df, definition, batch, label)
+    L_train, L_dev, y_dev = split_votes(result, df)
+    analyze_lfs(run, L_train, result.lf_names, L_dev, y_dev)
+    tuning = tune_label_model(L_train, L_dev, y_dev, definition, label.seed)
+    merged = merge_gold_and_weak(df, result, tuning, label.weighting)
+    target = settings.s3_uri(labeled_key(dataset, batch))
+    training = validate_batch(
+        run,
+        settings,
+        merged.frame,
+        suite="training",
+        mode=validation,
+        dataset=dataset,
+        batch=batch,
+        reference_uri=previous_batch(settings, labeled_prefix(dataset), target),
+        accept_schema_update=accept_schema_update,
+        source=raw_uri,
+    )
+    labeled = training.passed
+    rows_quarantined = checked.rows_quarantined + len(quarantined) + training.rows_quarantined
+    if len(labeled) + rows_quarantined != len(raw):
+        raise RuntimeError(
+            f"row count mismatch: {len(raw)} in, {len(labeled)} labeled + "
+            f"{rows_quarantined} quarantined"
+        )
+    uris = {
+        "raw_batch": raw_uri,
+        "labeled_batch": write_batch(settings, labeled, labeled_key(dataset, batch)),
+    }
+    if len(quarantined):
+        uris["quarantine_batch"] = write_batch(
+            settings, quarantined, quarantine_key("weak_label", dataset, batch)
+        )
+    metrics = label_metrics(
+        rows_in=len(raw),
+        rows_out=len(labeled),
+        quarantined=rows_quarantined,
+        counts=split_counts(df),
+        lfs=result,
+        sources=merged.counts,
+        evaluation=evaluate_labelers(tuning, result.matrix, df),
+    )
+    return LabelOutcome(
+        uris=uris,
+        metrics=metrics,
+        tuning=tuning,
+        weights=merged.weight_model,
+        counts=label_counts(merged.frame),
+        sample=merged.frame,
+    )
 
 
 if __name__ == "__main__":

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow.data
@@ -18,13 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from mlsys.data import read_dataset, read_parquet_bytes, write_parquet_bytes
 from mlsys.data.catalog import ingest_part_key, quarantine_key, raw_key
 from mlsys.data.definition import load_dataset
-from mlsys.data.s3 import get_bytes, put_bytes, put_file
-from mlsys.data.stream import ParquetStream
+from mlsys.data.s3 import get_bytes, put_bytes
 from mlsys.data.summary import BatchSummary, add_summaries, plot_batch_summary, summarize_batch
 from mlsys.settings import Settings
-from mlsys.validation.checkpoint import split_rows
 from mlsys.validation.drift import ReferenceProfile
 from mlsys.validation.partitioned import PartitionCheck, check_partition, drift_profiles, key_values
+from tasks.parts import stream_parts
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
 from tasks.validate import PARQUET
@@ -223,30 +220,26 @@ def write_raw_parts(
     """On a worker: the parts, in order and one at a time, less their quarantined rows,
     streamed into the raw batch s3://<bucket>/raw/<dataset>/<batch>.parquet (one row group
     per part), and those rows with their reasons into the quarantine object."""
-    client = settings.s3_client()
     summaries: list[BatchSummary] = []
-    head = pd.DataFrame()
-    with tempfile.TemporaryDirectory(prefix="mlsys-ingest-") as tmp:
-        passed_path, quarantined_path = Path(tmp, "passed.parquet"), Path(tmp, "q.parquet")
-        with ParquetStream(passed_path) as passed, ParquetStream(quarantined_path) as aside:
-            for uri, drop in zip(parts, drops, strict=True):
-                frame = read_parquet_bytes(get_bytes(client, uri))
-                kept, quarantined = split_rows(frame, drop)
-                if write_passed:
-                    passed.write(kept)
-                if len(quarantined):
-                    aside.write(quarantined)
-                summaries.append(summarize_batch(kept))
-                if len(head) < HEAD_ROWS:
-                    head = pd.concat([head, kept.head(HEAD_ROWS - len(head))], ignore_index=True)
-        target = None
-        if write_passed:
-            target = settings.s3_uri(raw_key(dataset, batch))
-            put_file(client, target, str(passed_path), PARQUET)
-        quarantine_uri = None
-        if aside.rows:
-            quarantine_uri = settings.s3_uri(quarantine_key("raw", dataset, batch))
-            put_file(client, quarantine_uri, str(quarantined_path), PARQUET)
+    heads: list[pd.DataFrame] = []
+
+    def each(kept: pd.DataFrame) -> None:
+        summaries.append(summarize_batch(kept))
+        if sum(map(len, heads)) < HEAD_ROWS:
+            heads.append(kept.head(HEAD_ROWS - sum(map(len, heads))))
+
+    written = stream_parts(
+        settings,
+        parts,
+        drops,
+        target=settings.s3_uri(raw_key(dataset, batch)) if write_passed else None,
+        quarantine=settings.s3_uri(quarantine_key("raw", dataset, batch)),
+        each=each,
+    )
+    target, quarantine_uri = written.uri, written.quarantine_uri
+    head = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame()
     summary = add_summaries(summaries)
-    get_run_logger().info("wrote %d rows to %s, %d set aside", summary.rows, target, aside.rows)
+    get_run_logger().info(
+        "wrote %d rows to %s, %d set aside", summary.rows, target, written.rows_aside
+    )
     return WrittenBatch(target, quarantine_uri, summary, head)

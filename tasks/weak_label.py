@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
 import time
 from dataclasses import asdict
@@ -28,9 +27,9 @@ from mlsys.labeling import (
     MergeResult,
     TuningResult,
     Weighting,
+    WeightModel,
     apply_lfs,
     build_labeled_batch,
-    evaluate_labelers,
     fit_labeler,
     gold_array,
     lf_summary,
@@ -38,7 +37,7 @@ from mlsys.labeling import (
     split_counts,
 )
 from mlsys.labeling.batch import jsonable, lf_fields, lf_view, split_unlabelable
-from mlsys.labeling.split import gold_split
+from mlsys.labeling.split import SplitCounts, gold_split
 from mlsys.settings import Settings
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
@@ -252,14 +251,16 @@ def _masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
 
 @task(name="analyze-lfs", cache_policy=NO_CACHE)
 @outage_tolerant
-def analyze_lfs(run: TrackedRun, result: LFApplyResult, df: pd.DataFrame) -> pd.DataFrame:
+def analyze_lfs(
+    run: TrackedRun,
+    L_train: np.ndarray,
+    lf_names: list[str],
+    L_dev: np.ndarray,
+    y_dev: np.ndarray,
+) -> pd.DataFrame:
     """Coverage, overlaps, conflicts (train rows) and accuracy on the gold dev rows, as a
     Prefect table artifact and MLflow CSV + chart."""
-    masks = _masks(df)
-    L, y = result.matrix, gold_array(df)
-    summary = lf_summary(
-        L[masks["train"]], result.lf_names, L_dev=L[masks["dev"]], y_dev=y[masks["dev"]]
-    )
+    summary = lf_summary(L_train, lf_names, L_dev=L_dev, y_dev=y_dev)
     table = summary.reset_index()
     create_table_artifact(
         table=jsonable(
@@ -278,18 +279,30 @@ def analyze_lfs(run: TrackedRun, result: LFApplyResult, df: pd.DataFrame) -> pd.
     return summary
 
 
+def split_votes(
+    result: LFApplyResult, df: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train rows' votes, the dev rows' votes and the dev rows' gold labels of a
+    split batch (``df`` with ``split``) and its label matrix."""
+    masks = _masks(df)
+    y = gold_array(df)
+    return result.matrix[masks["train"]], result.matrix[masks["dev"]], y[masks["dev"]]
+
+
 @task(name="tune-label-model", cache_policy=NO_CACHE)
 def tune_label_model(
-    result: LFApplyResult, df: pd.DataFrame, definition: DatasetDefinition, seed: int
+    L_train: np.ndarray,
+    L_dev: np.ndarray,
+    y_dev: np.ndarray,
+    definition: DatasetDefinition,
+    seed: int,
 ) -> TuningResult:
     """Fit the candidate labelers on train; keep the best on the gold dev rows by the
     dataset's metric."""
-    masks = _masks(df)
-    L, y = result.matrix, gold_array(df)
     tuning = fit_labeler(
-        L[masks["train"]],
-        L_dev=L[masks["dev"]],
-        y_dev=y[masks["dev"]],
+        L_train,
+        L_dev=L_dev,
+        y_dev=y_dev,
         cardinality=definition.k,
         metric=definition.metric,
         positive=definition.positive_index,
@@ -324,37 +337,60 @@ def write_batch(settings: Settings, df: pd.DataFrame, key: str) -> str:
     return uri
 
 
-@task(name="track-weak-label", cache_policy=NO_CACHE)
-@outage_tolerant
-def track_weak_label(
-    run: TrackedRun,
+def label_metrics(
     *,
-    df: pd.DataFrame,
     rows_in: int,
     rows_out: int,
     quarantined: int,
-    result: LFApplyResult,
-    tuning: TuningResult,
-    merged: MergeResult,
-    uris: dict[str, str],
+    counts: SplitCounts,
+    lfs: LFApplyResult | dict[str, float],
+    sources: dict[str, int],
+    evaluation: dict[str, float],
 ) -> dict[str, float]:
-    """Coverage, label-model and majority-vote metrics on dev and test, counts per label
-    source and row counts to MLflow; the trials, weight model and label model as artifacts."""
-    client = run.client()
-    counts = split_counts(df)
-    metrics: dict[str, float] = {
+    """The weak_label run's metrics: row counts, the LFs' cost (``lf_apply_seconds``,
+    ``lf_unique_rows``, ``lf_errors``: from ``lfs``, a result or those three), rows per
+    label source, and the labelers' scores (:func:`evaluate_labelers`)."""
+    if isinstance(lfs, LFApplyResult):
+        lfs = {
+            "lf_apply_seconds": lfs.seconds,
+            "lf_unique_rows": lfs.unique_rows,
+            "lf_errors": sum(lfs.errors.values()),
+        }
+    return {
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_quarantined": quarantined,
         "rows_train": counts.train,
         "rows_dev": counts.dev,
         "rows_test": counts.test,
-        "lf_apply_seconds": result.seconds,
-        "lf_unique_rows": result.unique_rows,
-        "lf_errors": sum(result.errors.values()),
-        **{f"label_source_{name}": n for name, n in merged.counts.items()},
-        **evaluate_labelers(tuning, result.matrix, df),
+        **lfs,
+        **{f"label_source_{name}": n for name, n in sources.items()},
+        **evaluation,
     }
+
+
+def label_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows per (split, label source) of a labeled batch, as a table ``split``,
+    ``label_source``, ``rows``."""
+    table = frame.groupby(["split", "label_source"], observed=True).size().rename("rows")
+    return table.reset_index()
+
+
+@task(name="track-weak-label", cache_policy=NO_CACHE)
+@outage_tolerant
+def track_weak_label(
+    run: TrackedRun,
+    *,
+    metrics: dict[str, float],
+    tuning: TuningResult,
+    weight_model: WeightModel,
+    counts: pd.DataFrame,
+    uris: dict[str, str],
+) -> dict[str, float]:
+    """The run's metrics (:func:`label_metrics`) to MLflow; the selected labeler as
+    parameters; the trials, weight model, label model and rows per (split, label source,
+    :func:`label_counts`) as artifacts."""
+    client = run.client()
     for key, value in metrics.items():
         client.log_metric(run.run_id, key, float(value))
     best = tuning.best.config
@@ -371,23 +407,15 @@ def track_weak_label(
     client.log_text(
         run.run_id, pd.DataFrame(tuning.trials).to_csv(index=False), "weak_label/trials.csv"
     )
-    weight = merged.weight_model
-    client.log_dict(run.run_id, asdict(weight), "weak_label/weight_model.json")
+    client.log_dict(run.run_id, asdict(weight_model), "weak_label/weight_model.json")
     model = tuning.best.model
     if model is not None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "label_model.pkl"
             model.save(str(path))
             client.log_artifact(run.run_id, str(path), "weak_label")
-    client.log_text(run.run_id, _label_counts(merged.frame), "weak_label/label_counts.csv")
+    client.log_text(run.run_id, counts.to_csv(index=False), "weak_label/label_counts.csv")
     return metrics
-
-
-def _label_counts(frame: pd.DataFrame) -> str:
-    table = frame.groupby(["split", "label_source"], observed=True).size().rename("rows")
-    out = io.StringIO()
-    table.reset_index().to_csv(out, index=False)
-    return out.getvalue()
 
 
 def summary_markdown(

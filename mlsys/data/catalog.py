@@ -5,6 +5,8 @@ from __future__ import annotations
 __all__ = [
     "ingest_part_key",
     "ingest_parts_prefix",
+    "label_part_key",
+    "label_parts_prefix",
     "labeled_key",
     "labeled_prefix",
     "lf_partition_key",
@@ -66,6 +68,19 @@ def lf_partition_key(dataset: str, batch: str, part: int, what: str) -> str:
     """Row partition ``part`` of a batch, as the LFs read it (``what="rows"``: text and kept
     columns) or their votes on it (``"votes"``): ``.../<part:05d>.<what>.parquet``."""
     return f"{lf_partitions_prefix(dataset, batch)}{part:05d}.{what}.parquet"
+
+
+def label_parts_prefix(dataset: str, batch: str) -> str:
+    """Folder of what ``weak_label`` keeps of each row range of a batch labeled in
+    partitions between its passes: ``work/weak_label/<dataset>/<batch>/``, removed when
+    the run ends."""
+    return f"work/weak_label/{dataset}/{batch}/"
+
+
+def label_part_key(dataset: str, batch: str, part: int, what: str) -> str:
+    """Range ``part``'s ``what`` (``votes``, ``labeled``, ``aside-<stage>``):
+    ``.../<part:05d>.<what>.parquet``."""
+    return f"{label_parts_prefix(dataset, batch)}{part:05d}.{what}.parquet"
 
 
 def ingest_parts_prefix(dataset: str, batch: str) -> str:

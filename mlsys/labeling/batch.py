@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mlsys.labeling.label_model import Labeler, TuningResult, weak_label_frame
-from mlsys.labeling.merge import MergeResult, Weighting, merge_labels
+from mlsys.labeling.merge import MergeResult, Weighting, WeightModel, merge_labels
 
 QUARANTINE_REASON = "quarantine_reason"
 TRAIN_SPLITS = ("train", "dev")
@@ -102,7 +102,7 @@ def build_labeled_batch(
     L: np.ndarray,
     labeler: Labeler,
     *,
-    weighting: Weighting = "calibrated",
+    weighting: Weighting | WeightModel = "calibrated",
     gold_splits: tuple[str, ...] = ("dev",),
 ) -> MergeResult:
     """The labeled batch: every row of ``df`` with its weak label, class probabilities,
@@ -111,7 +111,9 @@ def build_labeled_batch(
 
     The raw label column becomes ``gold_label``, kept only for gold rows (dev and test):
     train rows' labels stay hidden. Test rows are labeled weakly like train rows, so a
-    trainer that takes ``split in {train, dev}`` never sees test gold labels.
+    trainer that takes ``split in {train, dev}`` never sees test gold labels. A fitted
+    ``weighting`` (a WeightModel, e.g. fitted on a batch's dev rows when it is labeled in
+    partitions) is used as is.
     """
     weak = weak_label_frame(L, labeler, index=df.index)
     is_gold_row = df["split"].isin(gold_splits)

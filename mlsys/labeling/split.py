@@ -54,7 +54,8 @@ def holdout_split(
         if "source_row" in part.columns:
             part = part.sort_values("source_row", kind="stable")
         shuffled.append(part.sample(frac=1, random_state=seed))
-    train = pd.concat([p for p, n in zip(shuffled, files, strict=True) if n not in holdout])
+    train_parts = [p for p, n in zip(shuffled, files, strict=True) if n not in holdout]
+    train = pd.concat(train_parts) if train_parts else df.iloc[:0]
     gold = pd.concat([p for p, n in zip(shuffled, files, strict=True) if n in holdout])
     missing = gold[label_column].isna() if label_column in gold.columns else None
     if missing is None or bool(missing.any()):
