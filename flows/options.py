@@ -62,7 +62,8 @@ class LabelOptions(_Options):
         description="Rows per partition: a larger batch has its LFs applied by one task per "
         "partition on a Dask cluster (made on this machine, or the one at "
         "MLSYS_DASK_ADDRESS, used for every batch), each reading its rows from S3 and "
-        "writing its votes there.",
+        "writing its votes there. With `partitioned`, the rows of each range a task "
+        "checks, votes on and labels.",
     )
     workers: int | None = Field(
         None,

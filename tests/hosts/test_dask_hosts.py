@@ -376,6 +376,40 @@ def test_three_hosts_ingest_file_by_file_as_one_pass(
         assert b"read-check-part" in cluster.logged_since(worker, logged[worker]), worker
 
 
+def test_three_hosts_label_a_batch_in_parts_as_one_pass(
+    flows_env: Cluster, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """weak_label with partitioned=true and MLSYS_DASK_ADDRESS set: the three passes over
+    the raw batch's ranges run on the hosts' workers (each reading its range from S3), and
+    the labeled batch equals one pass's on this machine, row for row by id."""
+    from flows.options import LabelOptions
+    from flows.weak_label import weak_label
+    from mlsys.data.catalog import label_parts_prefix
+
+    cluster, stack = flows_env, flows_env.stack
+    client = stack.s3_client()
+    raw_uri = stack.s3_uri(f"raw/{DATASET}/hosts-wl-raw.parquet")
+    put_bytes(client, raw_uri, write_parquet_bytes(read_youtube(youtube_dir)))
+    monkeypatch.delenv("MLSYS_DASK_ADDRESS", raising=False)
+    one = read_parquet_bytes(get_bytes(client, weak_label(raw_batch=raw_uri, batch="hosts-wl-one")))
+
+    logged = {w: cluster.logs[w].stat().st_size for w in cluster.workers}
+    monkeypatch.setenv("MLSYS_DASK_ADDRESS", cluster.address)
+    label = LabelOptions(partition_rows=400)
+    uri = weak_label(raw_batch=raw_uri, batch="hosts-wl-parts", label=label, partitioned=True)
+    monkeypatch.delenv("MLSYS_DASK_ADDRESS")
+
+    def by_id(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.sort_values("comment_id", kind="stable").reset_index(drop=True)
+
+    parts = read_parquet_bytes(get_bytes(client, uri))
+    pd.testing.assert_frame_equal(by_id(parts), by_id(one), check_exact=False, rtol=1e-9)
+    assert len(one) == 1956 - 3  # the later copies of 3 repeated ids
+    assert list_keys(client, stack.bucket, label_parts_prefix(DATASET, "hosts-wl-parts")) == []
+    for worker in logged:  # both hosts' workers voted on ranges
+        assert b"vote-range" in cluster.logged_since(worker, logged[worker]), worker
+
+
 def test_the_train_flow_runs_gpipe_stages_on_two_hosts_as_on_this_machine(
     flows_env: Cluster, youtube_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
