@@ -117,11 +117,11 @@ def render_serving(results: Results) -> str:
         "--table` prints these tables from `benchmarks/results/serving.json`). The pipeline's",
         f"default model (linear over {features}hashed word and character n-grams), "
         + (
-            f"`mlsys serve` with {method['mlsys_workers']} worker processes"
+            f"`mlsys serve`\nwith {method['mlsys_workers']} worker processes (`--workers`)"
             if method.get("mlsys_workers", 1) > 1
-            else "one server process"
+            else "one server process\nper configuration"
         ),
-        f"per configuration on the {n_cpus}-core machine that also runs wrk; "
+        f"on the {n_cpus}-core machine that also runs wrk; "
         + (f"{' and '.join(off)} off,\n" if off else "")
         + "every request text distinct; a wrk connection refused with 503 waits before its next",
         "request, as a client that backs off does.",
@@ -182,7 +182,9 @@ def render_serving(results: Results) -> str:
             "resumes the batches. Measured on the way:\n  timing batches around the event loop's "
             "await fed its lag into the estimate and shed\n  almost everything; timing on the "
             "scoring thread, refusing before the body is parsed, and a\n  shorter interpreter "
-            "switch interval each helped, not enough."
+            "switch interval each helped, not enough; adding the recent p99 of how\n  much "
+            "later than estimated the answers came shed more and made the accepted ones\n  "
+            "later still (the refusals themselves keep the loop behind)."
         )
     swap = results["hot_swap"]
     old, new = model["versions"][0], model["versions"][-1]
