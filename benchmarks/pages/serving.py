@@ -182,9 +182,11 @@ def render_serving(results: Results) -> str:
             "resumes the batches. Measured on the way:\n  timing batches around the event loop's "
             "await fed its lag into the estimate and shed\n  almost everything; timing on the "
             "scoring thread, refusing before the body is parsed, and a\n  shorter interpreter "
-            "switch interval each helped, not enough; adding the recent p99 of how\n  much "
-            "later than estimated the answers came shed more and made the accepted ones\n  "
-            "later still (the refusals themselves keep the loop behind)."
+            "switch interval each helped, not enough. Tried with 2 workers and dropped: adding\n  "
+            "the recent p99 of how much later than estimated the answers came, and counting a "
+            "batch\n  as the p90 of its whole cycles (a cycle took about twice its scoring "
+            "time at the\n  median) each shed most requests and left the accepted ones as "
+            "late: the refusals\n  themselves keep the event loop behind."
         )
     swap = results["hot_swap"]
     old, new = model["versions"][0], model["versions"][-1]
