@@ -291,12 +291,10 @@ def _serve_process(
             # Listen only once every worker can answer: no connection lands on a worker
             # that is still loading while another is idle.
             worker.loaded.wait()
-        except threading.BrokenBarrierError:
-            watcher.close()
-            if prediction_log is not None:
-                prediction_log.close()
-            return
-        if stopped is not None and stopped.is_set():
+            broken = False
+        except threading.BrokenBarrierError:  # a signal, or a sibling that died
+            broken = True
+        if broken or (stopped is not None and stopped.is_set()):
             watcher.close()
             if prediction_log is not None:
                 prediction_log.close()
