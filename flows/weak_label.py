@@ -134,7 +134,7 @@ def weak_label(
             MLSYS_DASK_ADDRESS, or one made here), so that no process holds it whole: one
             task per `label.partition_rows` rows reads its range from S3 in place, the
             suites' checks merge into one pass's verdicts, and the driver fits the
-            labelers from the gold rows and the train rows' votes (a seeded sample of 1M
+            labelers from the gold rows and the train rows' votes (a seeded sample of 200k
             beyond that). Same labels, splits, checks and metrics as one pass; rows keep
             the raw batch's order. Refused with `accept_schema_update`, or a suite whose
             expectations do not merge from parts.

@@ -18,14 +18,13 @@ the batch; a worker holds one range."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 
 from flows.options import LabelOptions
@@ -36,15 +35,14 @@ from mlsys.labeling.merge import fit_weight_model
 from mlsys.labeling.parts import (
     assign_gold,
     splits_by_partition,
-    train_sample,
     vote_columns,
 )
 from mlsys.labeling.split import SplitCounts
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode
-from mlsys.validation.partitioned import Merge, PartitionedVerdict, unmergeable
+from mlsys.validation.drift import ReferenceProfile
+from mlsys.validation.partitioned import Merge, PartitionCheck, PartitionedVerdict, unmergeable
 from tasks.ingest import part_key_values, profile_reference
-from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
 from tasks.validate import active_suite, record_verdict
 from tasks.weak_label import analyze_lfs, label_metrics, tune_label_model
@@ -55,7 +53,7 @@ from tasks.weak_label_parts import (
     check_raw_range,
     label_range,
     range_key_values,
-    read_votes,
+    read_train_votes,
     vote_range,
     write_aside_parts,
     write_labeled_parts,
@@ -98,10 +96,10 @@ class LabelOutcome:
 
 def _verdict(
     suite: dict[str, Any],
-    checks: list[Any],
+    checks: list[PartitionCheck],
     mode: Mode,
-    values: Any,
-    profiles: Any = None,
+    values: Callable[[int, str, list[int]], PrefectFuture[list[Any]]],
+    profiles: list[ReferenceProfile] | None = None,
 ) -> PartitionedVerdict:
     """The merged verdict, asking ``values(part, column, rows)`` (a future) for the values
     of a unique column where hashes repeat."""
@@ -113,25 +111,6 @@ def _verdict(
     return merge.verdict(
         mode=mode, key_values={k: f.result() for k, f in asked.items()}, profiles=profiles
     )
-
-
-@task(name="read-train-votes", cache_policy=NO_CACHE)
-@outage_tolerant
-def read_train_votes(
-    settings: Settings, voted: list[VotedPart], gold: pd.DataFrame, seed: int
-) -> np.ndarray:
-    """The train rows' votes the labelers are fitted on: every train row's up to
-    TRAIN_SAMPLE_ROWS, else a seeded sample (read from each range's votes, one at a time)."""
-    by_part = splits_by_partition(gold, len(voted))
-    total = sum(v.rows_ok for v in voted) - len(gold)
-    pieces = []
-    for v in voted:
-        votes = read_votes(settings, v.votes_uri)
-        train = np.ones(len(votes), dtype=bool)
-        train[list(by_part[v.part])] = False
-        votes = votes[train]
-        pieces.append(votes[train_sample(len(votes), total, v.part, seed)])
-    return np.concatenate(pieces) if pieces else np.empty((0, len(voted[0].lf_names)), np.int64)
 
 
 @flow(name="weak-label-parts")
@@ -156,12 +135,15 @@ def weak_label_parts(
         raise ValueError(f"the raw batch {raw_uri} is empty: there is nothing to label")
 
     # 1. the raw suite, per range
-    checks = _all([check_raw_range.submit(settings, r, raw_suite) for r in ranges])
-
-    def raw_values(part: int, column: str, rows: list[int]) -> Any:
+    def raw_values(part: int, column: str, rows: list[int]) -> PrefectFuture[list[Any]]:
         return range_key_values.submit(settings, ranges[part], column, rows)
 
-    raw = _verdict(raw_suite, checks, mode, raw_values)
+    raw = _verdict(
+        raw_suite,
+        _all([check_raw_range.submit(settings, r, raw_suite) for r in ranges]),
+        mode,
+        raw_values,
+    )  # the checks (a hash per id) are let go once merged
     raw_quarantine = settings.s3_uri(quarantine_key("raw", dataset, batch))
     record_verdict(run, raw, raw_origin, raw_quarantine if raw.rows_quarantined else None)
 
@@ -208,7 +190,7 @@ def weak_label_parts(
         profile_reference.submit(settings, training_suite, reference_uri) if reference_uri else None
     )
     splits = splits_by_partition(gold, len(ranges))
-    labeled: list[LabeledPart] = _all(
+    labeled_parts: list[LabeledPart] = _all(
         [
             label_range.submit(
                 settings,
@@ -227,16 +209,23 @@ def weak_label_parts(
         ]
     )
 
-    def labeled_values(part: int, column: str, rows: list[int]) -> Any:
-        return part_key_values.submit(settings, labeled[part].uri, column, rows)
+    labeled = [p.uri for p in labeled_parts]
+    counts = pd.concat([p.counts for p in labeled_parts])
+    sample = pd.concat([p.sample for p in labeled_parts], ignore_index=True)
+    checks = [p.check for p in labeled_parts]
+    del labeled_parts
+
+    def labeled_values(part: int, column: str, rows: list[int]) -> PrefectFuture[list[Any]]:
+        return part_key_values.submit(settings, labeled[part], column, rows)
 
     training = _verdict(
         training_suite,
-        [p.check for p in labeled],
+        checks,
         mode,
         labeled_values,
         profiles.result() if profiles is not None else None,
     )
+    del checks  # a hash per id, let go once merged
     training_quarantine = settings.s3_uri(quarantine_key("training", dataset, batch))
     record_verdict(
         run,
@@ -248,7 +237,7 @@ def weak_label_parts(
     # 4. the labeled batch and the quarantines
     target = settings.s3_uri(labeled_key(dataset, batch))
     written = write_labeled_parts.submit(
-        settings, [p.uri for p in labeled], training.drops, target, training_quarantine
+        settings, labeled, training.drops, target, training_quarantine
     )
     asides = {
         stage: write_aside_parts.submit(
@@ -268,12 +257,7 @@ def weak_label_parts(
         raise RuntimeError(
             f"row count mismatch: {raw.rows_in} in, {out.rows} labeled + {quarantined} quarantined"
         )
-    counts = (
-        pd.concat([p.counts for p in labeled])
-        .groupby(["split", "label_source"], observed=True)["rows"]
-        .sum()
-        .reset_index()
-    )
+    counts = counts.groupby(["split", "label_source"], observed=True)["rows"].sum().reset_index()
     per_split = counts.groupby("split")["rows"].sum()
     sources = counts.groupby("label_source")["rows"].sum()
     evaluation = evaluate_labelers(tuning, L_gold, gold)
@@ -302,5 +286,5 @@ def weak_label_parts(
         tuning=tuning,
         weights=weights,
         counts=counts,
-        sample=pd.concat([p.sample for p in labeled], ignore_index=True),
+        sample=sample,
     )

@@ -29,6 +29,8 @@ from mlsys.labeling.parts import (
     candidate_columns,
     gold_candidates,
     label_partition,
+    splits_by_partition,
+    train_sample,
     vote_columns,
 )
 from mlsys.settings import Settings
@@ -39,8 +41,8 @@ from tasks.parts import Streamed, stream_parts
 from tasks.retry import outage_tolerant
 from tasks.validate import PARQUET
 
-SAMPLE_ROWS = 2000
-"""Train rows per partition sent back for the weights' plot (every gold row is sent)."""
+SAMPLE_ROWS = 500
+"""Train rows per range sent back for the weights' plot (every gold row is sent)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,25 @@ def vote_range(
 def read_votes(settings: Settings, uri: str) -> np.ndarray:
     """A partition's votes as PUT by ``vote-range``."""
     return read_parquet_bytes(get_bytes(settings.s3_client(), uri)).to_numpy(dtype=np.int64)
+
+
+@task(name="read-train-votes", cache_policy=NO_CACHE)
+@outage_tolerant
+def read_train_votes(
+    settings: Settings, voted: list[VotedPart], gold: pd.DataFrame, seed: int
+) -> np.ndarray:
+    """The train rows' votes the labelers are fitted on: every train row's up to
+    TRAIN_SAMPLE_ROWS, else a seeded sample (read from each range's votes, one at a time)."""
+    by_part = splits_by_partition(gold, len(voted))
+    total = sum(v.rows_ok for v in voted) - len(gold)
+    pieces = []
+    for v in voted:
+        votes = read_votes(settings, v.votes_uri)
+        train = np.ones(len(votes), dtype=bool)
+        train[list(by_part[v.part])] = False
+        votes = votes[train]
+        pieces.append(votes[train_sample(len(votes), total, v.part, seed)])
+    return np.concatenate(pieces)
 
 
 @dataclass(frozen=True)

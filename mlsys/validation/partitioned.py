@@ -74,7 +74,7 @@ SAME_EVERYWHERE = frozenset(
 LIFTED = frozenset({UNIQUE, MEAN})
 """Expectations computed here from merged statistics, not by GX per partition."""
 
-IntArray = npt.NDArray[np.int64]
+IntArray = npt.NDArray[np.int32]
 HashArray = npt.NDArray[np.uint64]
 
 
@@ -175,7 +175,7 @@ def check_partition(
         present = values.notna().to_numpy()
         if e["type"] == UNIQUE:
             hashes = pd.util.hash_array(values[present].to_numpy(dtype=object))
-            check.keys[i] = (hashes.astype(np.uint64), np.flatnonzero(present).astype(np.int64))
+            check.keys[i] = (hashes.astype(np.uint64), np.flatnonzero(present).astype(np.int32))
         else:
             numbers = values[present].to_numpy(dtype=np.float64)
             check.sums[i] = (float(numbers.sum()), int(numbers.size))
@@ -231,16 +231,16 @@ class Merge:
             return self._repeated
         wanted: dict[tuple[int, int], list[int]] = {}
         for i in self._unique_expectations():
-            hashes = np.concatenate([c.keys[i][0] for c in self.checks])
-            _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-            repeated = counts[inverse] > 1
-            start = 0
+            repeats = self._repeated_hashes(i)
+            if not repeats.size:
+                continue
             for p, check in enumerate(self.checks):
-                n = len(check.keys[i][0])
-                rows = check.keys[i][1][repeated[start : start + n]]
-                if rows.size:
-                    wanted[(p, i)] = [int(r) for r in rows]
-                start += n
+                hashes, rows = check.keys[i]
+                at = np.searchsorted(repeats, hashes)
+                at[at == repeats.size] = 0
+                hit = rows[repeats[at] == hashes]
+                if hit.size:
+                    wanted[(p, i)] = [int(r) for r in hit]
         self._repeated = wanted
         return wanted
 
@@ -387,6 +387,15 @@ class Merge:
     def _reason(self, i: int) -> str:
         e = self.expectations[i]
         return f"{e['kwargs'].get('column')}: {e['type']}"
+
+    def _repeated_hashes(self, i: int) -> HashArray:
+        """The hashes that occur more than once among the batch's values of unique
+        expectation ``i``, sorted. One sorted copy of the batch's hashes (8 bytes a row) is
+        the only memory that grows with the batch, beside the checks themselves."""
+        every = np.concatenate([c.keys[i][0] for c in self.checks])
+        every.sort()
+        repeats: HashArray = np.unique(every[1:][every[1:] == every[:-1]])
+        return repeats
 
     def _unique_expectations(self) -> list[int]:
         return [

@@ -109,10 +109,10 @@ def test_a_partition_without_the_policys_column_is_refused_naming_it() -> None:
 
 def test_train_sample_is_every_row_up_to_the_cap_else_seeded() -> None:
     assert train_sample(10, TRAIN_SAMPLE_ROWS, 3, 1).all()
-    drawn = train_sample(200_000, 10 * TRAIN_SAMPLE_ROWS, 3, 1)
+    drawn = train_sample(100_000, 10 * TRAIN_SAMPLE_ROWS, 3, 1)
     assert 0.08 < drawn.mean() < 0.12
-    np.testing.assert_array_equal(drawn, train_sample(200_000, 10 * TRAIN_SAMPLE_ROWS, 3, 1))
-    assert not np.array_equal(drawn, train_sample(200_000, 10 * TRAIN_SAMPLE_ROWS, 4, 1))
+    np.testing.assert_array_equal(drawn, train_sample(100_000, 10 * TRAIN_SAMPLE_ROWS, 3, 1))
+    assert not np.array_equal(drawn, train_sample(100_000, 10 * TRAIN_SAMPLE_ROWS, 4, 1))
 
 
 def test_labeled_partitions_equal_the_whole_batch_labeled() -> None:
