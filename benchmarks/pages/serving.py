@@ -199,4 +199,21 @@ def render_serving(results: Results) -> str:
         "closed-loop connections, the server at capacity) lost requests to\n  shedding during "
         "the swap."
     )
+    if swap["failed"]:
+        failures = {k: v for k, v in swap["answers"].items() if not k.startswith("200/")}
+        lines.append(
+            f"  The failures are {failures} (503: shed by admission control, not errors). In "
+            "a trace of\n  the same load on 2 workers on a busy machine, without the warm-up, "
+            "most 503s came in\n  the first second, as the load generator opened its "
+            "connections, and a few dozen as\n  the alias moved; after the warm-up and "
+            "without a promotion the load was answered in\n  full. The swap sheds a little "
+            "under CPU contention, and the target counts every 503."
+        )
+    load = results.get("machine", {}).get("load_average_at_end")
+    if load:
+        lines.append(
+            f"- Load average at the end of the run: {load[0]:.1f} on {n_cpus} cores (the "
+            "benchmark's own\n  processes account for about 3 of it; more means other work "
+            "shared the machine)."
+        )
     return "\n".join(lines)
