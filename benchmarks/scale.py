@@ -99,7 +99,15 @@ SERIAL_CLUSTER_TASKS = (
 )
 """Tasks that run alone on the cluster (one writer streaming the parts, one profile)."""
 TABLE = "stage seconds rows/s serial sched lm clust driver work peakMB x2 x4 x8 x16"
-VALIDATION_TASKS = ("read-check-part", "part-key-values", "record-verdict", "validate-batch")
+VALIDATION_TASKS = (
+    "read-check-part",
+    "part-key-values",
+    "record-verdict",
+    "validate-batch",
+    "check-raw-range",
+    "range-key-values",
+    "label-range",
+)
 
 
 # --- pure helpers -----------------------------------------------------------------------------

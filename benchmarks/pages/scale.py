@@ -5,7 +5,11 @@ from __future__ import annotations
 from ._format import Results, commas, fmt, pct, size_label
 
 TARGET_ROWS = 10_000_000
-NAMES = {"ingest": "ingest (with validation)", "label": "weak_label (LFs)", "infer": "batch_infer"}
+NAMES = {
+    "ingest": "ingest (with validation)",
+    "label": "weak_label (in parts)",
+    "infer": "batch_infer",
+}
 
 
 def _mb(size_bytes: float) -> str:
