@@ -45,6 +45,10 @@ The question (issue 27): do 10M comments go through the stages with no process a
         [--workers 2] [--stages ingest,label,infer] [--out benchmarks/results/scale.json]
 
 Small check: ``--rows 20000 --rows-per-file 5000`` (a few minutes).
+
+Why one module: it is one script run by path, and its parts pass one spec between
+processes: the source writer, the stage runner (this file again with ``--worker``, one
+fresh process per stage) and the measurement reading that process tree and the Prefect API.
 """
 
 from __future__ import annotations
