@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
@@ -30,14 +29,9 @@ from prefect.futures import PrefectFuture, wait
 from flows.options import LabelOptions
 from mlsys.data.catalog import labeled_key, quarantine_key
 from mlsys.data.definition import load_dataset
-from mlsys.labeling import TuningResult, WeightModel, evaluate_labelers, weak_label_frame
-from mlsys.labeling.merge import fit_weight_model
-from mlsys.labeling.parts import (
-    assign_gold,
-    splits_by_partition,
-    vote_columns,
-)
-from mlsys.labeling.split import SplitCounts
+from mlsys.labeling import TuningResult, WeightModel, evaluate_labelers
+from mlsys.labeling.batch import vote_coverage
+from mlsys.labeling.parts import GoldRows, add_label_counts, splits_by_partition
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import Mode
 from mlsys.validation.drift import ReferenceProfile
@@ -159,37 +153,30 @@ def weak_label_parts(
     )
     lf_seconds = time.perf_counter() - began
     lf_names = voted[0].lf_names
-    columns = vote_columns(lf_names)
-    gold = assign_gold(pd.concat([v.candidates for v in voted], ignore_index=True), definition.gold)
-    L_gold = gold[columns].to_numpy(dtype=np.int64)
-    y_gold = gold["label"].to_numpy(dtype=np.int64, na_value=-1)
-    dev = (gold["split"] == "dev").to_numpy()
-    L_train = read_train_votes(settings, voted, gold, label.seed)
-    rows_ok = sum(v.rows_ok for v in voted)
+    candidates = pd.concat([v.candidates for v in voted], ignore_index=True)
+    gold = GoldRows.of(candidates, definition.gold, len(lf_names))
+    L_train = read_train_votes(settings, voted, gold.frame, label.seed)
     logger.info(
         "%d rows voted on in %d ranges in %.1f s: %d gold (dev %d, test %d); labelers fitted "
         "on %d train rows",
-        rows_ok,
+        sum(v.rows_ok for v in voted),
         len(ranges),
         lf_seconds,
-        len(gold),
-        int(dev.sum()),
-        int((~dev).sum()),
+        len(gold.frame),
+        int(gold.dev.sum()),
+        int((~gold.dev).sum()),
         len(L_train),
     )
-    analyze_lfs(run, L_train, lf_names, L_gold[dev], y_gold[dev])
-    tuning = tune_label_model(L_train, L_gold[dev], y_gold[dev], definition, label.seed)
-    weak = weak_label_frame(L_gold, tuning.best)
-    dev_gold = gold["label"].where(gold["split"] == "dev").astype("Int64")
-    weights = fit_weight_model(
-        weak, dev_gold, weighting=label.weighting, dev_mask=pd.Series(dev, index=weak.index)
-    )
+    L_dev, y_dev = gold.votes[gold.dev], gold.labels[gold.dev]
+    analyze_lfs(run, L_train, lf_names, L_dev, y_dev)
+    tuning = tune_label_model(L_train, L_dev, y_dev, definition, label.seed)
+    weights = gold.weights(tuning.best, label.weighting)
 
     # 3. the labeled rows and the training suite, per range
     profiles = (
         profile_reference.submit(settings, training_suite, reference_uri) if reference_uri else None
     )
-    splits = splits_by_partition(gold, len(ranges))
+    splits = splits_by_partition(gold.frame, len(ranges))
     labeled_parts: list[LabeledPart] = _all(
         [
             label_range.submit(
@@ -210,7 +197,7 @@ def weak_label_parts(
     )
 
     labeled = [p.uri for p in labeled_parts]
-    counts = pd.concat([p.counts for p in labeled_parts])
+    tables = [p.counts for p in labeled_parts]
     sample = pd.concat([p.sample for p in labeled_parts], ignore_index=True)
     checks = [p.check for p in labeled_parts]
     del labeled_parts
@@ -257,24 +244,20 @@ def weak_label_parts(
         raise RuntimeError(
             f"row count mismatch: {raw.rows_in} in, {out.rows} labeled + {quarantined} quarantined"
         )
-    counts = counts.groupby(["split", "label_source"], observed=True)["rows"].sum().reset_index()
-    per_split = counts.groupby("split")["rows"].sum()
-    sources = counts.groupby("label_source")["rows"].sum()
-    evaluation = evaluate_labelers(tuning, L_gold, gold)
-    evaluation["lf_coverage_train"] = (
-        float((L_train != -1).any(axis=1).mean()) if len(L_train) else 0.0
-    )
+    counts, per_split, sources = add_label_counts(tables)
+    evaluation = evaluate_labelers(tuning, gold.votes, gold.frame)
+    evaluation["lf_coverage_train"] = vote_coverage(L_train)  # the fit's rows, not gold's
     metrics = label_metrics(
         rows_in=raw.rows_in,
         rows_out=out.rows,
         quarantined=quarantined,
-        counts=SplitCounts(*(int(per_split.get(s, 0)) for s in ("train", "dev", "test"))),
+        counts=per_split,
         lfs={
             "lf_apply_seconds": lf_seconds,
             "lf_unique_rows": sum(v.unique_rows for v in voted),
             "lf_errors": sum(sum(v.errors.values()) for v in voted),
         },
-        sources={s: int(sources.get(s, 0)) for s in ("gold", "weak", "none")},
+        sources=sources,
         evaluation=evaluation,
     )
     uris = {"raw_batch": raw_uri, "labeled_batch": target}

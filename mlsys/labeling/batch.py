@@ -77,7 +77,7 @@ def evaluate_labelers(
         "majority_vote": tuning.majority_vote,
     }
     metrics: dict[str, float] = {
-        "lf_coverage_train": _coverage(L[(df["split"] == "train").to_numpy()])
+        "lf_coverage_train": vote_coverage(L[(df["split"] == "train").to_numpy()])
     }
     for split in splits:
         mask = (df["split"] == split).to_numpy()
@@ -93,7 +93,8 @@ def evaluate_labelers(
     return metrics
 
 
-def _coverage(L: np.ndarray) -> float:
+def vote_coverage(L: np.ndarray) -> float:
+    """The share of rows of ``L`` that at least one LF voted on (0 without rows)."""
     return float((L != -1).any(axis=1).mean()) if len(L) else 0.0
 
 

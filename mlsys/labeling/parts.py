@@ -21,23 +21,27 @@ the batch, from a few columns of a few rows. Rows keep the raw batch's order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from mlsys.labeling.batch import build_labeled_batch
-from mlsys.labeling.split import gold_split
+from mlsys.labeling.label_model import weak_label_frame
+from mlsys.labeling.merge import Weighting, WeightModel, fit_weight_model
+from mlsys.labeling.split import SPLITS, SplitCounts, gold_split
 
 if TYPE_CHECKING:
     from mlsys.data.definition import GoldPolicy
     from mlsys.labeling.label_model import Labeler
-    from mlsys.labeling.merge import WeightModel
 
 __all__ = [
     "PART",
     "ROW",
     "TRAIN_SAMPLE_ROWS",
+    "GoldRows",
+    "add_label_counts",
     "assign_gold",
     "candidate_columns",
     "gold_candidates",
@@ -112,6 +116,57 @@ def assign_gold(candidates: pd.DataFrame, policy: GoldPolicy) -> pd.DataFrame:
     return gold.reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class GoldRows:
+    """The batch's gold rows as :func:`assign_gold` gives them (``frame``, with ``split``),
+    their LF votes (n, m), gold labels (-1: none) and which are dev rows."""
+
+    frame: pd.DataFrame
+    votes: np.ndarray
+    labels: np.ndarray
+    dev: np.ndarray
+
+    @classmethod
+    def of(cls, candidates: pd.DataFrame, policy: GoldPolicy, lfs: int) -> GoldRows:
+        """The gold rows among every partition's ``candidates`` (with their votes under
+        :func:`vote_columns` of ``lfs`` LFs)."""
+        frame = assign_gold(candidates, policy)
+        return cls(
+            frame=frame,
+            votes=frame[vote_columns(range(lfs))].to_numpy(dtype=np.int64),
+            labels=frame["label"].to_numpy(dtype=np.int64, na_value=-1),
+            dev=(frame["split"] == "dev").to_numpy(),
+        )
+
+    def weights(self, labeler: Labeler, weighting: Weighting) -> WeightModel:
+        """How weak rows are weighted, fitted on the dev rows as
+        :func:`~mlsys.labeling.batch.build_labeled_batch` fits it on a whole batch."""
+        weak = weak_label_frame(self.votes, labeler)
+        dev_gold = self.frame["label"].where(self.frame["split"] == "dev").astype("Int64")
+        dev = pd.Series(self.dev, index=weak.index)
+        return fit_weight_model(weak, dev_gold, weighting=weighting, dev_mask=dev)
+
+
+def add_label_counts(
+    tables: Sequence[pd.DataFrame],
+) -> tuple[pd.DataFrame, SplitCounts, dict[str, int]]:
+    """The partitions' rows per (split, label source) tables added up, with the rows per
+    split and per label source."""
+    table = (
+        pd.concat(list(tables))
+        .groupby(["split", "label_source"], observed=True)["rows"]
+        .sum()
+        .reset_index()
+    )
+    per_split = table.groupby("split")["rows"].sum()
+    sources = table.groupby("label_source")["rows"].sum()
+    return (
+        table,
+        SplitCounts(*(int(per_split.get(s, 0)) for s in SPLITS)),
+        {s: int(sources.get(s, 0)) for s in ("gold", "weak", "none")},
+    )
+
+
 def train_sample(rows: int, total: int, part: int, seed: int) -> np.ndarray:
     """Which of a partition's ``rows`` train rows the label models are fitted on, when the
     batch has ``total`` train rows: all of them up to :data:`TRAIN_SAMPLE_ROWS`, else each
@@ -152,6 +207,7 @@ def splits_by_partition(gold: pd.DataFrame, partitions: int) -> list[dict[int, s
     return out
 
 
-def vote_columns(lf_names: Sequence[str]) -> list[str]:
-    """Names under which a candidate's votes travel beside its columns."""
-    return [f"_vote_{i}" for i in range(len(lf_names))]
+def vote_columns(lfs: Sequence[object]) -> list[str]:
+    """Names under which a candidate's votes of ``lfs`` (names, or any sequence of their
+    length) travel beside its columns."""
+    return [f"_vote_{i}" for i in range(len(lfs))]

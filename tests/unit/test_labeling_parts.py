@@ -15,6 +15,7 @@ from mlsys.labeling.parts import (
     PART,
     ROW,
     TRAIN_SAMPLE_ROWS,
+    GoldRows,
     assign_gold,
     candidate_columns,
     gold_candidates,
@@ -137,6 +138,13 @@ def test_labeled_partitions_equal_the_whole_batch_labeled() -> None:
     weights = fit_weight_model(
         weak, gold["label"].where(gold["split"] == "dev").astype("Int64"), dev_mask=is_dev
     )
+    rows = GoldRows(
+        frame=gold,
+        votes=L[gold_rows],
+        labels=gold["label"].to_numpy(dtype=np.int64, na_value=-1),
+        dev=is_dev.to_numpy(),
+    )
+    assert rows.weights(tuning.best, "calibrated") == weights
     splits = splits_by_partition(gold, 2)
     parts = [
         label_partition(df.iloc[a:b], L[a:b], splits[n], tuning.best, weights)

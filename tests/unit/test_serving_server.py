@@ -30,18 +30,8 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("serve", artifact_location=(root / "art").as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    torch.manual_seed(0)
-    info = log_text_classifier(
-        build_text_classifier(256, hidden=(4,)),
-        HashingFeaturizer(n_features=256),
-        run_id=run_id,
-        tracking_uri=uri,
-        registered_model_name="served",
-        class_names=["ham", "spam"],
-    )
-    client.set_registered_model_alias("served", "champion", str(info.registered_model_version))
+    client.create_experiment("serve", artifact_location=(root / "art").as_uri())
+    client.set_registered_model_alias("served", "champion", _register(uri, seed=0))
     return uri
 
 
@@ -197,6 +187,7 @@ def test_a_head_without_a_body_goes_at_the_next_turn_or_before_a_close() -> None
 
 
 def _register(uri: str, seed: int) -> str:
+    """A new version of the test registry's model "served", its weights seeded."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("serve")
     assert experiment is not None
