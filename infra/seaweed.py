@@ -50,6 +50,10 @@ CERT_NAME = "seaweedfs"
 # Environment that would change what weed does: AWS_* keys make `weed mini` add an
 # S3 identity of their own, WEED_* override security.toml, S3_* pre-create buckets.
 DROPPED_ENV = ("AWS_", "WEED_", "S3_", "MLSYS_", "PREFECT_", "MLFLOW_")
+# Go's soft memory limit for weed (a GOMEMLIMIT in the caller's environment wins). Without
+# one, weed's heap kept what it had buffered: 60 PUTs and GETs of 25 MB objects left it at
+# 676 MB RSS; with 512MiB it peaked at 404 MB, in the same time (15.3 s vs 15.2 s).
+GO_MEMORY_LIMIT = "512MiB"
 
 
 def _toml_str(value: str) -> str:
@@ -166,8 +170,11 @@ class SeaweedFS(Service):
         write_private(self.security_dir / "security.toml", "\n".join(lines))
 
     def env(self) -> dict[str, str]:
-        """The caller's environment without the stack's secrets or anything weed reads."""
-        return {k: v for k, v in base_env(self.settings).items() if not k.startswith(DROPPED_ENV)}
+        """The caller's environment without the stack's secrets or anything weed reads,
+        with Go's memory limit (GO_MEMORY_LIMIT unless the caller set GOMEMLIMIT)."""
+        env = {k: v for k, v in base_env(self.settings).items() if not k.startswith(DROPPED_ENV)}
+        env.setdefault("GOMEMLIMIT", GO_MEMORY_LIMIT)
+        return env
 
     def ports(self) -> dict[str, int]:
         s, off = self.settings, self.settings.weed_grpc_offset

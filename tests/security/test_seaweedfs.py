@@ -33,7 +33,7 @@ from botocore.config import Config
 
 from infra import process
 from infra.config import StackSettings
-from infra.seaweed import CERT_NAME, JWT_SECTIONS, SeaweedFS
+from infra.seaweed import CERT_NAME, GO_MEMORY_LIMIT, JWT_SECTIONS, SeaweedFS
 from infra.stack import down, ensure_bucket, ensure_credentials, start_service
 from infra.tls import CertKey, ensure_pki
 from tests.conftest import stack_settings
@@ -315,6 +315,16 @@ def test_secrets_are_made_once_private_and_kept(tmp_path: Path) -> None:
     exposed = " ".join(service.argv()) + " ".join(f"{k}={v}" for k, v in service.env().items())
     assert not [s for s in secrets if str(s) in exposed]
     assert not [k for k in service.env() if k.startswith(("AWS_", "WEED_", "MLSYS_S3"))]
+
+
+def test_weed_runs_under_go_s_memory_limit_unless_the_caller_set_one(
+    weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = process.read_record(weed.settings.stack_dir, weed.service.name)
+    assert record is not None and record.alive()
+    assert psutil.Process(record.pid).environ().get("GOMEMLIMIT") == GO_MEMORY_LIMIT
+    monkeypatch.setenv("GOMEMLIMIT", "2GiB")
+    assert weed.service.env()["GOMEMLIMIT"] == "2GiB"
 
 
 # ---- S3: the one port for clients -------------------------------------------------------
