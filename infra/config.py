@@ -102,6 +102,12 @@ class StackSettings(Settings, LocalStack):
     serve_dataset: str = Field(
         default="youtube-spam", description="Dataset whose champion the stack's server answers for."
     )
+    serve_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Processes of the stack's model server (`mlsys serve --workers`), sharing "
+        "its port; more than one pays off on a machine with cores to spare.",
+    )
     dask: bool = Field(
         default=False,
         description="`stack up` also runs a Dask scheduler and workers on this machine "

@@ -331,6 +331,8 @@ class ModelServer(Service):
             s.host,
             "--port",
             str(s.serve_port),
+            "--workers",
+            str(s.serve_workers),
         ]
 
     def healthy(self) -> bool:

@@ -170,11 +170,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackSettings]:
 @pytest.fixture(scope="session")
 def serving_stack(stack: StackSettings) -> StackSettings:
     """The session stack with its model server as a stack service (`stack up --serve`),
-    on a port of its own (the stack's serve_port stays free for a test's own server)."""
+    on a port of its own (the stack's serve_port stays free for a test's own server), in
+    two processes sharing the port (MLSYS_SERVE_WORKERS=2)."""
     from infra.stack import up
 
     port = free_stack_ports()["serve_port"]
-    served = stack.model_copy(update={"serve": True, "serve_port": port})
+    served = stack.model_copy(update={"serve": True, "serve_port": port, "serve_workers": 2})
     return up(served, timeout_s=180, say=lambda line: None)
 
 

@@ -1,6 +1,6 @@
 """`mlsys serve`: a dataset's registered model over HTTP, in the foreground until interrupted.
 
-Exit status: 0 after SIGINT or SIGTERM (the queue drained, the prediction log written);
+Exit status: 0 after SIGINT or SIGTERM (the queue drained, the prediction log flushed);
 1 when one of several workers exited on its own (the others stopped); 2 when an option,
 the dataset or the API key is wrong (one line saying which).
 """

@@ -342,8 +342,18 @@ def _serve_process(
     _log.info(
         "stopped%s: queue drained%s",
         "" if worker is None else f" (worker {worker.index})",
-        "" if prediction_log is None else ", prediction log written",
+        _log_outcome(prediction_log),
     )
+
+
+def _log_outcome(prediction_log: PredictionLog | None) -> str:
+    """What the prediction log wrote, and lost, by the time the server stopped."""
+    if prediction_log is None:
+        return ""
+    said = f", prediction log: {prediction_log.rows_written:,} rows written"
+    if prediction_log.rows_dropped:
+        said += f", {prediction_log.rows_dropped:,} rows lost (see the errors above)"
+    return said
 
 
 # --- several workers ---------------------------------------------------------------------

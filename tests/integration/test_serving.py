@@ -316,3 +316,9 @@ def test_the_stack_runs_the_server_as_a_service(serving_stack: Settings) -> None
     url = serving_stack.serving_url
     assert httpx.get(f"{url}/ping", timeout=5).status_code == 200
     assert httpx.post(f"{url}/invocations", json=one_row("hi"), timeout=5).status_code == 401
+    # MLSYS_SERVE_WORKERS=2: both processes answer the merged /metrics.
+    assert serving_stack.serve_key is not None
+    key = {"Authorization": f"Bearer {serving_stack.serve_key.get_secret_value()}"}
+    metrics = httpx.get(f"{url}/metrics", headers=key, timeout=10)
+    assert metrics.status_code == 200, metrics.text
+    assert "\nmlsys_serve_workers 2" in metrics.text, metrics.text[:2000]

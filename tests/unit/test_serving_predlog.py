@@ -112,6 +112,21 @@ def test_a_sink_that_never_works_loses_rows_counted_not_raised(tmp_path: Path) -
     assert log.rows_dropped == 4 and parts(tmp_path) == []
 
 
+def test_the_stop_line_says_what_the_log_wrote_and_lost(tmp_path: Path) -> None:
+    from mlsys.serving.server import _log_outcome
+
+    assert _log_outcome(None) == ""
+    good = PredictionLog(FolderSink(tmp_path / "good"), "d", backoff_s=0)
+    append(good)
+    good.close()
+    assert _log_outcome(good) == ", prediction log: 2 rows written"
+    bad = PredictionLog(Flaky(10**9, FolderSink(tmp_path / "bad")), "d", retries=1, backoff_s=0)
+    append(bad)
+    bad.close()
+    said = _log_outcome(bad)
+    assert said == ", prediction log: 0 rows written, 2 rows lost (see the errors above)", said
+
+
 def test_s3_sink_puts_the_object() -> None:
     class Client:
         def __init__(self) -> None:
