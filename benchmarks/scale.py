@@ -206,20 +206,27 @@ def role(command: str, is_flow: bool, flow_command: str = "") -> str:
 
 def distinct_batches(generator: Any, counts: Sequence[int], seed: int) -> Iterator[list[str]]:
     """Texts for each count, every text distinct across all of them: each text's 64-bit
-    hash is kept (sorted), and a text seen before is drawn again with another seed."""
+    hash is kept, and a text seen before (in an earlier count, or earlier in this one) is
+    drawn again with another seed. The hashes of earlier counts are one sorted array,
+    merged once per count, so that a redraw costs a binary search, not a sort."""
     import numpy as np
 
     seen = np.empty(0, dtype=np.int64)
     for index, n in enumerate(counts):
         out: list[str] = []
+        mine: set[int] = set()
         attempt = 0
         while len(out) < n:
             fresh = generator.texts(n - len(out), seed=(seed * 1_000_000 + index) * 1000 + attempt)
             hashes = np.fromiter((hash(t) for t in fresh), dtype=np.int64, count=len(fresh))
-            new = ~np.isin(hashes, seen, assume_unique=False)
-            out.extend(t for t, keep in zip(fresh, new, strict=True) if keep)
-            seen = np.union1d(seen, hashes[new])
+            at = np.minimum(np.searchsorted(seen, hashes), max(len(seen) - 1, 0))
+            earlier = seen[at] == hashes if len(seen) else np.zeros(len(fresh), dtype=bool)
+            for text, value, old in zip(fresh, hashes.tolist(), earlier.tolist(), strict=True):
+                if not old and value not in mine:
+                    mine.add(value)
+                    out.append(text)
             attempt += 1
+        seen = np.union1d(seen, np.fromiter(mine, dtype=np.int64, count=len(mine)))
         yield out
 
 

@@ -46,3 +46,24 @@ def test_serial_breakdown_of_two_workers(scale: ModuleType) -> None:
     }
     assert out["serial_share"] == pytest.approx(7 / 13, abs=1e-4)
     assert out["projected_speedup"]["2"] == round(1 / (7 / 13 + 6 / 13 / 2), 2)
+
+
+class _Repeating:
+    """A generator whose draws repeat, within one draw (each text twice in a row) and
+    across draws, out of 7 distinct texts."""
+
+    def __init__(self) -> None:
+        self.draws = 0
+
+    def texts(self, n: int, seed: int) -> list[str]:
+        self.draws += 1
+        return [f"text {(seed + i // 2) % 7}" for i in range(n)]
+
+
+def test_distinct_batches_repeat_no_text_within_or_across_counts(scale: ModuleType) -> None:
+    generator = _Repeating()
+    batches = list(scale.distinct_batches(generator, [3, 2, 2], seed=0))
+    texts = [t for batch in batches for t in batch]
+    assert [len(b) for b in batches] == [3, 2, 2]
+    assert len(set(texts)) == len(texts) == 7  # every one of the 7 texts, once
+    assert generator.draws > 3  # repeats were drawn again
