@@ -18,9 +18,17 @@ from mlsys.data.catalog import ingest_part_key, quarantine_key, raw_key
 from mlsys.data.definition import load_dataset
 from mlsys.data.s3 import get_bytes, put_bytes
 from mlsys.data.summary import BatchSummary, add_summaries, plot_batch_summary, summarize_batch
+from mlsys.inference.batch import parquet_frames
+from mlsys.inference.inputs import S3Object
 from mlsys.settings import Settings
 from mlsys.validation.drift import ReferenceProfile
-from mlsys.validation.partitioned import PartitionCheck, check_partition, drift_profiles, key_values
+from mlsys.validation.partitioned import (
+    PartitionCheck,
+    check_partition,
+    drift_columns,
+    drift_profiles,
+    key_values,
+)
 from tasks.parts import stream_parts
 from tasks.retry import outage_tolerant
 from tasks.tracking import TrackedRun
@@ -139,14 +147,20 @@ class CheckedPart:
     unknown_labels: list[str]
 
 
+PROFILE_ROWS = 100_000
+"""Rows of the reference batch decoded at a time while its drift profile is made."""
+
+
 @task(name="profile-reference", cache_policy=NO_CACHE)
 @outage_tolerant
 def profile_reference(
     settings: Settings, suite: dict[str, Any], reference_uri: str
 ) -> list[ReferenceProfile] | None:
-    """On a worker: the reference batch's bins and counts for the suite's drift features."""
-    reference = read_parquet_bytes(get_bytes(settings.s3_client(), reference_uri))
-    return drift_profiles(reference, suite)
+    """On a worker: the reference batch's bins and counts for the suite's drift features,
+    read from S3 in place a slice of rows at a time and only the columns they need (a
+    float per value of a numeric feature is what grows with the batch)."""
+    source = S3Object(settings.s3_client(), reference_uri)
+    return drift_profiles(parquet_frames(source, drift_columns(suite), PROFILE_ROWS), suite)
 
 
 @task(name="read-check-part", cache_policy=NO_CACHE)

@@ -46,6 +46,7 @@ __all__ = [
     "cast_to_signature",
     "count_chunks",
     "iter_chunks",
+    "parquet_frames",
     "part_name",
     "score_chunks",
 ]
@@ -261,6 +262,28 @@ class ParquetRows:
             self._batches = None
             raise ValueError(f"cannot read Parquet file {self.path.name!r}: {exc}") from exc
         return pa.Table.from_batches(pieces, schema=self._file.schema_arrow)
+
+
+def parquet_frames(
+    path: InputFile, columns: Sequence[str], batch_rows: int
+) -> Iterator[pd.DataFrame]:
+    """The ``columns`` of one Parquet file that it has, ``batch_rows`` rows at a time, in
+    order: only those columns' chunks are fetched (ranged GETs for an S3 object) and at
+    most one batch is decoded at a time. A file with none of them gives no frames.
+
+    Raises:
+        ValueError: the file cannot be read or decoded (naming it).
+    """
+    try:
+        file = _parquet_file(path, pre_buffer=False)
+        names = set(file.schema_arrow.names)
+        present = [c for c in columns if c in names]
+        if not present:
+            return
+        for batch in file.iter_batches(batch_size=batch_rows, columns=present, use_threads=False):
+            yield pa.Table.from_batches([batch]).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"cannot read Parquet file {path.name!r}: {exc}") from exc
 
 
 def _parquet_file(path: InputFile, **options: Any) -> pq.ParquetFile:

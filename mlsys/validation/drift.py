@@ -12,7 +12,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -316,6 +316,43 @@ def reference_profile(
     ref = _sample(_numbers(column, spec.on), "reference")
     cuts = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
     return ReferenceProfile(spec, pd.Series(_quantile_counts(ref, cuts)), cuts)
+
+
+def reference_profiles(
+    parts: Iterable[pd.DataFrame], specs: Sequence[DriftSpec], *, bins: int = 10
+) -> list[ReferenceProfile]:
+    """The reference batch's profile for each of ``specs`` whose column holds a value in
+    it, read in one pass over the batch's ``parts`` (consecutive row ranges, in order):
+    the profiles :func:`reference_profile` gives on the whole batch. Between parts it
+    keeps the categories' counts and, for a numeric feature, one float per value (the
+    quantile cuts need them all), never the parts' other columns."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    counts: dict[int, list[pd.Series[float]]] = {}
+    numbers: dict[int, list[FloatArray]] = {}
+    valued: set[int] = set()
+    for part in parts:
+        for at, spec in enumerate(specs):
+            if spec.column not in part.columns:
+                continue
+            column = part[spec.column]
+            if column.notna().any():
+                valued.add(at)
+            if spec.statistic == "linf":
+                counts.setdefault(at, []).append(_category_counts(column, None))
+            else:
+                numbers.setdefault(at, []).append(_numbers(column, spec.on))
+    profiles = []
+    for at, spec in enumerate(specs):
+        if at not in valued:
+            continue
+        if spec.statistic == "linf":
+            profiles.append(ReferenceProfile(spec, add_counts(counts[at])))
+            continue
+        ref = _sample(np.concatenate(numbers.pop(at)), "reference")
+        cuts = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
+        profiles.append(ReferenceProfile(spec, pd.Series(_quantile_counts(ref, cuts)), cuts))
+    return profiles
 
 
 def feature_counts(df: pd.DataFrame, profile: ReferenceProfile) -> pd.Series[float]:

@@ -27,7 +27,7 @@ Usage (each call of ``check_partition`` and ``key_values`` runs where its partit
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from mlsys.validation.drift import (
     add_counts,
     drift_from_counts,
     feature_counts,
-    reference_profile,
+    reference_profiles,
 )
 from mlsys.validation.suites import ROW_RULES, drift_specs, is_row_rule, suite_version
 from mlsys.validation.verdict import MAX_VALUES, Failure, Mode, Verdict, examples, plain
@@ -54,6 +54,7 @@ __all__ = [
     "PartitionCheck",
     "PartitionedVerdict",
     "check_partition",
+    "drift_columns",
     "drift_profiles",
     "key_values",
     "unmergeable",
@@ -86,17 +87,21 @@ def unmergeable(suite: Mapping[str, Any]) -> list[str]:
 
 
 def drift_profiles(
-    reference: pd.DataFrame | None, suite: Mapping[str, Any]
+    reference: pd.DataFrame | Iterable[pd.DataFrame] | None, suite: Mapping[str, Any]
 ) -> list[ReferenceProfile] | None:
     """The reference batch's bins and counts for each drift feature of ``suite`` it has
-    values of (what a partition counts its own values on); None without a reference."""
+    values of (what a partition counts its own values on); None without a reference. The
+    batch is a frame, or its parts in order (:func:`~mlsys.validation.drift.
+    reference_profiles`: one part read at a time, the same profiles)."""
     if reference is None:
         return None
-    return [
-        reference_profile(reference, spec)
-        for spec in drift_specs(suite)
-        if spec.column in reference.columns and reference[spec.column].notna().any()
-    ]
+    parts = [reference] if isinstance(reference, pd.DataFrame) else reference
+    return reference_profiles(parts, drift_specs(suite))
+
+
+def drift_columns(suite: Mapping[str, Any]) -> list[str]:
+    """The columns ``suite``'s drift features read (what a reference profile needs)."""
+    return list(dict.fromkeys(spec.column for spec in drift_specs(suite)))
 
 
 @dataclass(frozen=True)

@@ -186,3 +186,47 @@ def test_a_reference_profile_sent_to_a_worker_counts_missing_values_alike(
     verdict = Merge(suite, returned).verdict(mode="quarantine", profiles=profiles)
     one = run_checkpoint(df, suite, mode="quarantine", reference=df)
     assert [d.value for d in verdict.drift] == [d.value for d in one.drift] == [0.0]
+
+
+def _same_profiles(got: list[Any] | None, want: list[Any] | None) -> None:
+    assert got is not None and want is not None
+    assert [p.spec for p in got] == [p.spec for p in want] and want
+    for a, b in zip(got, want, strict=True):
+        pd.testing.assert_series_equal(a.counts, b.counts, check_names=False)
+        assert (a.cuts is None) == (b.cuts is None)
+        if a.cuts is not None:
+            np.testing.assert_array_equal(a.cuts, b.cuts)
+
+
+def test_a_reference_profile_made_from_parts_is_the_whole_batch_s(
+    youtube: pd.DataFrame, raw_suite: dict[str, Any], tmp_path: Path
+) -> None:
+    """profile-reference reads the reference batch a slice of rows at a time: the same
+    bins, cuts and category counts (missing values included) as the whole batch gives."""
+    from mlsys.inference.batch import parquet_frames
+    from mlsys.validation.partitioned import drift_columns
+
+    suite = copy.deepcopy(raw_suite)
+    suite["meta"]["mlsys"]["drift"] = [
+        *suite["meta"]["mlsys"]["drift"],
+        {"column": "label", "on": "value", "statistic": "linf", "threshold": 0.15},
+        {"column": "not_in_the_batch", "on": "value", "statistic": "linf", "threshold": 0.1},
+    ]
+    df = youtube.reset_index(drop=True)
+    df.loc[df.index[:700:3], "label"] = pd.NA  # missing labels, all in the first parts
+    df.loc[[5, 1400], "text"] = pd.NA
+    whole = drift_profiles(df, suite)
+    assert whole is not None and len(whole) == len(suite["meta"]["mlsys"]["drift"]) - 1
+    cuts = [0, 0, 350, 1100, len(df)]  # an empty part, uneven ones
+    parts = (df.iloc[a:b] for a, b in itertools.pairwise(cuts))
+    _same_profiles(drift_profiles(parts, suite), whole)
+
+    path = tmp_path / "reference.parquet"
+    df.to_parquet(path, row_group_size=300)
+    columns = drift_columns(suite)
+    assert "not_in_the_batch" in columns and "comment_id" not in columns
+    frames = list(parquet_frames(path, columns, batch_rows=250))
+    assert len(frames) > 4 and all(set(f.columns) < set(columns) for f in frames)
+    assert sum(len(f) for f in frames) == len(df)
+    _same_profiles(drift_profiles(iter(frames), suite), whole)
+    assert list(parquet_frames(path, ["not_in_the_batch"], batch_rows=250)) == []
