@@ -172,3 +172,77 @@ def test_a_bad_file_in_parts_fails_the_run_naming_it_and_leaves_no_part(
     s3 = stack_env.s3_client()
     assert list_keys(s3, stack_env.bucket, "raw/youtube-spam/it-parts-bad") == []
     assert list_keys(s3, stack_env.bucket, "work/ingest/youtube-spam/") == []
+
+
+def test_a_worker_killed_mid_ingest_loses_and_duplicates_no_row(
+    stack_env: Settings, tmp_path: Path, youtube_dir: Path
+) -> None:
+    """SIGKILL a Dask worker of the run's cluster once some files' parts are written and
+    before all are: Dask runs the lost tasks again on the other worker (each writes its
+    own part key, so a rerun overwrites it), and the raw batch and the quarantine equal a
+    one-pass ingest's, no row lost or repeated."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from flows.ingest import ingest
+    from mlsys.data.catalog import ingest_parts_prefix
+
+    # 24 files of about 80 rows (a task each), so that the parts appear over seconds.
+    folder = tmp_path / "many"
+    folder.mkdir()
+    whole = _source(tmp_path, youtube_dir)
+    files = sorted(whole.glob("*.csv"))
+    rows = pd.concat(
+        [pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True
+    )
+    pieces = 24
+    for number, start in enumerate(range(0, len(rows), -(-len(rows) // pieces))):
+        piece = rows.iloc[start : start + -(-len(rows) // pieces)]
+        piece.to_csv(folder / f"part-{number:02d}.csv", index=False)
+    s3 = stack_env.s3_client()
+    one_uri = ingest(source=str(folder), batch="it-kill-one", partitioned=False)
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children()}
+    prefix = ingest_parts_prefix("youtube-spam", "it-kill")
+    killed: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def kill_a_worker() -> None:
+        while not stop.is_set():
+            written = len(list_keys(s3, stack_env.bucket, prefix))
+            workers = [
+                p
+                for p in me.children()
+                if p.pid not in before and "spawn_main" in " ".join(p.cmdline())
+            ]
+            if 1 <= written < pieces - 4 and workers:
+                workers[0].send_signal(signal.SIGKILL)
+                killed.update(pid=workers[0].pid, parts=written)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    try:
+        uri = ingest(source=str(folder), batch="it-kill", partitioned=True, workers=2, part_mb=1e-6)
+    finally:
+        stop.set()
+        killer.join(timeout=60)
+    assert killed, "no worker was killed while the files were read"
+    parts = read_parquet_bytes(get_bytes(s3, uri))
+    one = read_parquet_bytes(get_bytes(s3, one_uri))
+    assert not parts["comment_id"].duplicated().any()
+    pd.testing.assert_frame_equal(parts, one)
+    quarantined = [
+        read_parquet_bytes(
+            get_bytes(s3, stack_env.s3_uri(f"quarantine/raw/youtube-spam/{batch}.parquet"))
+        )
+        for batch in ("it-kill", "it-kill-one")
+    ]
+    pd.testing.assert_frame_equal(quarantined[0], quarantined[1])
+    assert len(parts) + len(quarantined[0]) == len(rows)  # rows in = out + quarantined
+    assert list_keys(s3, stack_env.bucket, prefix) == []
