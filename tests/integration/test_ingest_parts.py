@@ -18,6 +18,7 @@ from mlsys.data import read_parquet_bytes
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
 from mlsys.settings import Settings
 from mlsys.validation.checkpoint import ValidationFailed
+from tests.integration.dask_kill import kill_a_worker_when
 
 pytestmark = pytest.mark.integration
 
@@ -181,12 +182,6 @@ def test_a_worker_killed_mid_ingest_loses_and_duplicates_no_row(
     before all are: Dask runs the lost tasks again on the other worker (each writes its
     own part key, so a rerun overwrites it), and the raw batch and the quarantine equal a
     one-pass ingest's, no row lost or repeated."""
-    import signal
-    import threading
-    import time
-
-    import psutil
-
     from flows.ingest import ingest
     from mlsys.data.catalog import ingest_parts_prefix
 
@@ -205,33 +200,14 @@ def test_a_worker_killed_mid_ingest_loses_and_duplicates_no_row(
     s3 = stack_env.s3_client()
     one_uri = ingest(source=str(folder), batch="it-kill-one", partitioned=False)
 
-    me = psutil.Process()
-    before = {p.pid for p in me.children()}
     prefix = ingest_parts_prefix("youtube-spam", "it-kill")
-    killed: dict[str, Any] = {}
-    stop = threading.Event()
 
-    def kill_a_worker() -> None:
-        while not stop.is_set():
-            written = len(list_keys(s3, stack_env.bucket, prefix))
-            workers = [
-                p
-                for p in me.children()
-                if p.pid not in before and "spawn_main" in " ".join(p.cmdline())
-            ]
-            if 1 <= written < pieces - 4 and workers:
-                workers[0].send_signal(signal.SIGKILL)
-                killed.update(pid=workers[0].pid, parts=written)
-                return
-            time.sleep(0.05)
+    def some_parts_written() -> int:
+        written = len(list_keys(s3, stack_env.bucket, prefix))
+        return written if 1 <= written < pieces - 4 else 0
 
-    killer = threading.Thread(target=kill_a_worker, daemon=True)
-    killer.start()
-    try:
+    with kill_a_worker_when(some_parts_written) as killed:
         uri = ingest(source=str(folder), batch="it-kill", partitioned=True, workers=2, part_mb=1e-6)
-    finally:
-        stop.set()
-        killer.join(timeout=60)
     assert killed, "no worker was killed while the files were read"
     parts = read_parquet_bytes(get_bytes(s3, uri))
     one = read_parquet_bytes(get_bytes(s3, one_uri))

@@ -16,6 +16,7 @@ from mlsys.data import read_parquet_bytes, write_parquet_bytes
 from mlsys.data.s3 import get_bytes, list_keys, put_bytes
 from mlsys.settings import Settings
 from tests.conftest import read_youtube
+from tests.integration.dask_kill import kill_a_worker_when
 
 pytestmark = pytest.mark.integration
 
@@ -131,12 +132,6 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(
     before the labeled batch exists: Dask runs its tasks again on the other worker (every
     task's writes overwrite), and the labeled batch equals one pass's, no row lost or
     repeated."""
-    import signal
-    import threading
-    import time
-
-    import psutil
-
     from flows.options import LabelOptions
     from flows.weak_label import weak_label
     from mlsys.data.catalog import label_parts_prefix
@@ -146,34 +141,15 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_no_row(
     put_bytes(s3, raw_uri, write_parquet_bytes(read_youtube(str(youtube_dir))))
     one = read_parquet_bytes(get_bytes(s3, weak_label(raw_batch=raw_uri, batch="it-wlp-kill-one")))
 
-    me = psutil.Process()
-    before = {p.pid for p in me.children()}
     prefix = label_parts_prefix("youtube-spam", "it-wlp-kill")
-    killed: dict[str, Any] = {}
-    stop = threading.Event()
 
-    def kill_a_worker() -> None:
-        while not stop.is_set():
-            votes = [k for _, k in list_keys(s3, stack_env.bucket, prefix) if "votes" in k]
-            workers = [
-                p
-                for p in me.children()
-                if p.pid not in before and "spawn_main" in " ".join(p.cmdline())
-            ]
-            if 1 <= len(votes) < 10 and workers:
-                workers[0].send_signal(signal.SIGKILL)
-                killed.update(pid=workers[0].pid, votes=len(votes))
-                return
-            time.sleep(0.1)
+    def some_ranges_voted() -> int:
+        votes = [k for _, k in list_keys(s3, stack_env.bucket, prefix) if "votes" in k]
+        return len(votes) if 1 <= len(votes) < 10 else 0
 
-    killer = threading.Thread(target=kill_a_worker, daemon=True)
-    killer.start()
-    try:
+    with kill_a_worker_when(some_ranges_voted) as killed:
         label = LabelOptions(partition_rows=200, workers=2)  # 10 ranges
         uri = weak_label(raw_batch=raw_uri, batch="it-wlp-kill", label=label, partitioned=True)
-    finally:
-        stop.set()
-        killer.join(timeout=60)
     assert killed, "no worker was killed while the ranges were voted on"
     parts = read_parquet_bytes(get_bytes(s3, uri))
     assert not parts["comment_id"].duplicated().any()
