@@ -357,11 +357,13 @@ def propose_definition(
 def stored_source(source: str, project_dir: Path = PROJECT_DIR) -> str:
     """How a definition stores ``source``: URLs and absolute paths as given; a relative
     path relative to the project folder when the data is inside it or beside it (at most
-    one ``..``), else absolute. It resolves back to the same file either way."""
+    one ``..``; a folder beside it may be a symbolic link), else absolute. It resolves
+    back to the same file either way."""
     if "://" in source or Path(source).is_absolute():
         return source
     absolute = Path(source).resolve()
-    relative = Path(os.path.relpath(absolute, project_dir.resolve()))
+    # Relative as the path was given (links kept), checked by where it leads.
+    relative = Path(os.path.relpath(os.path.abspath(source), project_dir.resolve()))
     ups = len([p for p in relative.parts if p == ".."])
     if ups <= 1 and (project_dir / relative).resolve() == absolute:
         return relative.as_posix()

@@ -268,6 +268,24 @@ def test_stored_source_is_relative_to_the_project_when_beside_it(
     assert (PROJECT_DIR / stored).resolve() == (tmp_path / "data.csv").resolve()
 
 
+def test_a_data_folder_beside_the_project_may_be_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "disk" / "data"
+    project.mkdir()
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "rows.csv").write_text("a\n1\n")
+    (tmp_path / "shared").symlink_to(elsewhere)
+    monkeypatch.chdir(project)
+    assert stored_source("../shared/rows.csv", project) == "../shared/rows.csv"
+    # A link inside the project is kept as given; two folders up is stored where it leads.
+    (project / "far").symlink_to(tmp_path / "disk")
+    assert stored_source("../project/far/data/rows.csv", project) == "far/data/rows.csv"
+    deep = project / "sub"
+    deep.mkdir()
+    assert stored_source("../rows.csv", deep) == str(tmp_path / "rows.csv")
+
+
 # --- list and show ---------------------------------------------------------------------------
 
 
