@@ -102,8 +102,33 @@ def render_scale(results: Results) -> str:
             if head["met"]
             else "The target is for 10M rows: it is not shown met by this run."
         ),
+        "",
+        "The stack's services (not stage processes; the largest peak over the stages): "
+        + ", ".join(f"{role} {_mb(peak)}" for role, peak in _service_peaks(stages))
+        + ".",
     ]
     return "\n".join(lines)
+
+
+SERVICES = (  # what a stack service's role starts with, and its name on the page
+    ("weed", "SeaweedFS"),
+    ("python mlflow server", "MLflow server"),
+    ("python -m uvicorn", "MLflow's app process (uvicorn)"),
+    ("python -m infra.prefect_server", "Prefect server"),
+    ("python prefect worker", "Prefect worker"),
+)
+
+
+def _service_peaks(stages: Results) -> list[tuple[str, int]]:
+    """Each stack service's largest peak RSS over the stages, largest first."""
+    peaks: dict[str, int] = {}
+    for stage in stages.values():
+        for process in stage["processes"]:
+            if process["of"] == "stack service":
+                role = process["role"]
+                name = next((n for start, n in SERVICES if role.startswith(start)), role)
+                peaks[name] = max(peaks.get(name, 0), _peak(process))
+    return sorted(peaks.items(), key=lambda item: -item[1])
 
 
 def _peak(process: Results) -> int:
