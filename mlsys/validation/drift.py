@@ -313,7 +313,11 @@ def reference_profile(
     column = reference_df[spec.column]
     if spec.statistic == "linf":
         return ReferenceProfile(spec, _category_counts(column, "reference"))
-    ref = _sample(_numbers(column, spec.on), "reference")
+    return _binned(spec, _sample(_numbers(column, spec.on), "reference"), bins)
+
+
+def _binned(spec: DriftSpec, ref: FloatArray, bins: int) -> ReferenceProfile:
+    """The profile of a numeric feature: ``bins`` quantile bins of the reference values."""
     cuts = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
     return ReferenceProfile(spec, pd.Series(_quantile_counts(ref, cuts)), cuts)
 
@@ -350,8 +354,7 @@ def reference_profiles(
             profiles.append(ReferenceProfile(spec, add_counts(counts[at])))
             continue
         ref = _sample(np.concatenate(numbers.pop(at)), "reference")
-        cuts = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
-        profiles.append(ReferenceProfile(spec, pd.Series(_quantile_counts(ref, cuts)), cuts))
+        profiles.append(_binned(spec, ref, bins))
     return profiles
 
 
