@@ -27,11 +27,17 @@ neighbours then fail too, their connections to it closed, and say so (``peer``),
 the launcher can name the cause. torchrun
 and the stage process die with the process that called :func:`run_stage`
 (``PR_SET_PDEATHSIG``) and are killed when it stops waiting for them.
+
+A stage is done when its process has left its output. torchrun then waits at its exit
+barrier for the other nodes, up to 300 seconds when one of them failed or hangs; a stage
+whose output is there is not held up by that longer than ``_EXIT_GRACE_S``: torchrun is
+stopped and the output returned, so the launcher hears at once from the stage that failed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import runpy
@@ -40,6 +46,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
@@ -87,6 +94,10 @@ _ERROR = "error.json"
 _LOG = "torchrun.log"
 _CHECKPOINTS = "checkpoints"
 _STOP_GRACE_S = 10.0
+_EXIT_GRACE_S = 30.0
+"""How long torchrun may go on after its stage process has left its output (at its exit
+barrier, waiting for the other nodes) before it is stopped and the output taken."""
+_LOGGER = logging.getLogger(__name__)
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when the stage at the other end of a connection has gone."""
 
@@ -286,10 +297,10 @@ def run_stage(
                 start_new_session=True,
             )
             try:
-                code = _wait(agent, stage, should_stop, poll_s)
+                code = _wait(agent, stage, folder / _RESULT, should_stop, poll_s)
             finally:
                 _stop(agent)
-        if code == 0 and (folder / _RESULT).exists():
+        if code is None or (code == 0 and (folder / _RESULT).exists()):
             output: StageOutput = pickle.loads((folder / _RESULT).read_bytes())
             return output
         raise _failure(stage, folder, code)
@@ -298,14 +309,27 @@ def run_stage(
 def _wait(
     agent: subprocess.Popen[bytes],
     stage: HostStage,
+    result: Path,
     should_stop: Callable[[], bool] | None,
     poll_s: float,
-) -> int:
+) -> int | None:
+    """torchrun's exit code; None when it was still running ``_EXIT_GRACE_S`` after the
+    stage process left ``result``."""
+    done_at: float | None = None
     while True:
         try:
             return agent.wait(timeout=poll_s)
         except subprocess.TimeoutExpired:
             pass
+        if done_at is None and result.exists():
+            done_at = time.monotonic()
+        if done_at is not None and time.monotonic() - done_at > _EXIT_GRACE_S:
+            _LOGGER.warning(
+                "stage %d of %d on host %s finished %.0f s ago and torchrun is still waiting "
+                "for the other nodes at its exit barrier: stopping it and taking the output",
+                stage.stage, stage.stages, stage.host, _EXIT_GRACE_S,
+            )  # fmt: skip
+            return None
         if should_stop is not None and should_stop():
             raise StageError(
                 stage.stage, stage.stages, f"on host {stage.host}: stopped, another stage failed"

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import functools
 import pickle
-from concurrent.futures import ThreadPoolExecutor
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from flows.options import TrainOptions
-from mlsys.training import Callback, StageError, fit
+from mlsys.training import Callback, StageError, fit, gpipe_hosts
 from mlsys.training.gpipe import GPipe
 from mlsys.training.gpipe_hosts import (
     GPipeHosts,
@@ -154,21 +157,36 @@ class Seen(Callback):
 
 class Threads:
     """A launcher that runs every stage here, each from a thread, and raises the errors
-    of all the stages that failed (once all have ended)."""
+    of all the stages that failed (once all have ended). A stage still running after
+    ``timeout_s`` fails the test with what the others ended with."""
+
+    def __init__(self, timeout_s: float = 300.0) -> None:
+        self.timeout_s = timeout_s
 
     def __call__(self, stages: Any) -> list[StageOutput]:
-        with ThreadPoolExecutor(len(stages)) as pool:
-            futures = [pool.submit(run_stage, stage) for stage in stages]
-            errors = [f.exception(timeout=300) for f in futures]
+        pool = ThreadPoolExecutor(len(stages))
+        futures = [pool.submit(run_stage, stage) for stage in stages]
+        done, running = wait(futures, timeout=self.timeout_s)
+        pool.shutdown(wait=not running)
+        ended = {s: f.exception() or "finished" for s, f in enumerate(futures) if f in done}
+        assert not running, f"stages still running after {self.timeout_s} s; ended: {ended}"
+        errors = [f.exception() for f in futures]
         if any(errors):
             raise ExceptionGroup("stages failed", [e for e in errors if isinstance(e, Exception)])
         return [f.result() for f in futures]
 
 
+def rendezvous() -> str:
+    """A rendezvous on a port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
 def test_two_torchrun_nodes_train_as_plain_training_and_the_callbacks_see_it(
     tmp_path: Path,
 ) -> None:
-    strategy = GPipeHosts(GPipe(2, 4), LOOPBACK, Threads(), rendezvous="127.0.0.1:29471")
+    strategy = GPipeHosts(GPipe(2, 4), LOOPBACK, Threads(), rendezvous=rendezvous())
     seen = Seen()
     piped = fit(mlp(), dataset(), strategy=strategy, checkpoint_dir=tmp_path, callbacks=[seen],
                 **ARGS)  # fmt: skip
@@ -184,7 +202,7 @@ def test_two_torchrun_nodes_train_as_plain_training_and_the_callbacks_see_it(
 def test_a_failing_stage_names_its_stage_and_host_and_leaves_no_process() -> None:
     labels = dataset().tensors[1].clone()
     labels[40] = 7  # out of range for 3 classes: the last stage's loss fails in batch 3
-    strategy = GPipeHosts(GPipe(2, 4), LOOPBACK, Threads(), rendezvous="127.0.0.1:29472")
+    strategy = GPipeHosts(GPipe(2, 4), LOOPBACK, Threads(), rendezvous=rendezvous())
     before = {p.pid for p in psutil.Process().children(recursive=True)}  # earlier tests' pools
     with pytest.raises(ExceptionGroup) as failed:
         fit(mlp(), dataset(labels), strategy=strategy, **ARGS)
@@ -195,3 +213,25 @@ def test_a_failing_stage_names_its_stage_and_host_and_leaves_no_process() -> Non
     assert errors[0].peer and "on host 127.0.0.1" in str(errors[0])
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert left == [], [p.cmdline() for p in left]
+
+
+def test_a_finished_stage_is_not_held_by_torchrun_waiting_for_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the stage process has left its output, torchrun (here a process that sleeps, as
+    torchrun does at its exit barrier while another node hangs or failed) gets the grace
+    and no more; before that the wait lasts as long as torchrun does."""
+    monkeypatch.setattr(gpipe_hosts, "_EXIT_GRACE_S", 0.5)
+    stage = HostStage(1, 2, "127.0.0.2", "127.0.0.1:29400", "run", b"")
+    result = tmp_path / "result.pkl"
+    result.write_bytes(b"")
+    barrier = subprocess.Popen(["sleep", "120"])
+    try:
+        started = time.monotonic()
+        assert gpipe_hosts._wait(barrier, stage, result, None, 0.05) is None
+        assert time.monotonic() - started < 30 and barrier.poll() is None
+    finally:
+        barrier.kill()
+        barrier.wait()
+    exits = subprocess.Popen(["sh", "-c", "sleep 1; exit 3"])
+    assert gpipe_hosts._wait(exits, stage, tmp_path / "no-result.pkl", None, 0.05) == 3
