@@ -103,6 +103,11 @@ _MAX_REFUSALS = 20
 # back from the scoring thread, the batcher resuming to resolve the requests, the request
 # resuming to write its answer. Each costs about the loop's measured lag.
 _LOOP_TURNS = 3
+# While a model version loads beside the served one, and for a moment after it takes over,
+# admission control allows answers up to this many times the objective before it refuses:
+# the load and warm-up take the cores the served version scores on, and a promotion, the
+# server's own doing, should cost latency (seen in the latency histogram), not errors.
+_PROMOTION_SLACK = 4.0
 
 _log = logging.getLogger(__name__)
 
@@ -320,6 +325,7 @@ class _Server:
             wait_outside_ms=(
                 (lambda: _LOOP_TURNS * self.loop_lag.lag_ms) if config.loop_lag_admission else None
             ),
+            slack=lambda: _PROMOTION_SLACK if watcher.settling() else 1.0,
         )
         self.shadow: AdaptiveBatcher[Rows, Scored] | None = None
         self.agreement = Agreement()

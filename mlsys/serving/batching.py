@@ -217,6 +217,8 @@ class AdaptiveBatcher(Generic[T, R]):
         wait_outside_ms: the time (ms) a request would now spend waiting outside the queue
             (for the event loop: :class:`mlsys.serving.lag.LoopLag`), added to the queue's
             estimate by admission control; None: nothing.
+        slack: the factor admission control scales the objective by now (at least 1;
+            e.g. larger while a new model version loads beside the served one); None: 1.
         clock: seconds, monotonic (tests pass a fake one).
     """
 
@@ -231,6 +233,7 @@ class AdaptiveBatcher(Generic[T, R]):
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
         wait_outside_ms: Callable[[], float] | None = None,
+        slack: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if slo_ms <= 0 or not 0 <= delay_ms < slo_ms:
@@ -249,6 +252,7 @@ class AdaptiveBatcher(Generic[T, R]):
         self._delay_s = delay_ms / 1000 if batching else 0.0
         self._on_batch = on_batch
         self._wait_outside_ms = wait_outside_ms
+        self._slack = slack
         self._clock = clock
         self._queue: deque[_Pending[T, R]] = deque()
         self._busy = False
@@ -274,7 +278,8 @@ class AdaptiveBatcher(Generic[T, R]):
 
     def admit(self, rows: int) -> None:
         """Check, without queueing anything, that a request of ``rows`` rows would finish
-        within the objective (its wait in the queue, plus ``wait_outside_ms``). The server
+        within the objective (its wait in the queue, plus ``wait_outside_ms``; the objective
+        times ``slack`` where given). The server
         asks before it reads and parses a body, so that under overload a refusal costs next
         to nothing.
 
@@ -287,7 +292,8 @@ class AdaptiveBatcher(Generic[T, R]):
         estimate = self.estimate.finish_ms(self.queued_rows + rows, self.control.size, self._busy)
         if self._wait_outside_ms is not None:
             estimate += self._wait_outside_ms()
-        if estimate > self.slo_ms:
+        limit = self.slo_ms if self._slack is None else self.slo_ms * max(1.0, self._slack())
+        if estimate > limit:
             self.shed += 1
             raise Overloaded(estimate, self.slo_ms)
 

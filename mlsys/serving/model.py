@@ -25,7 +25,9 @@ Usage::
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -214,6 +216,8 @@ class ModelWatcher:
         classes: the dataset's class names: a version logged with other class names is
             not loaded (it was trained for another dataset).
         loader: loads one version (tests pass a fake).
+        settle_s: how long after a load ends :meth:`settling` stays true (the new
+            version's first batches run cold).
     """
 
     def __init__(
@@ -226,9 +230,10 @@ class ModelWatcher:
         poll_s: float = 10.0,
         classes: Sequence[str] | None = None,
         loader: Loader = load_version,
+        settle_s: float = 1.0,
     ) -> None:
-        if poll_s < 0:
-            raise ValueError(f"poll_s must be >= 0, got {poll_s!r}")
+        if poll_s < 0 or settle_s < 0:
+            raise ValueError(f"poll_s and settle_s must be >= 0, got {poll_s!r}, {settle_s!r}")
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
@@ -242,6 +247,9 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_problem: dict[str, str] = {}
+        self.settle_s = settle_s
+        self._loading = 0
+        self._loaded_at = -math.inf
 
     def start(self) -> Reloaded:
         """Resolve and load what the aliases point at now, then poll in the background.
@@ -334,8 +342,19 @@ class ModelWatcher:
         self._last_problem.pop(alias, None)
         return str(found.version)
 
+    def settling(self) -> bool:
+        """True while a version loads (its load and warm-up take the cores the served
+        version scores on) and for ``settle_s`` after: the server's admission control
+        then spends latency rather than refusing (see ``mlsys.serving.app``)."""
+        return self._loading > 0 or time.monotonic() - self._loaded_at < self.settle_s
+
     def _load(self, version: str) -> LoadedModel:
-        model = self._loader(self.tracking_uri, self.name, version)
+        self._loading += 1
+        try:
+            model = self._loader(self.tracking_uri, self.name, version)
+        finally:
+            self._loading -= 1
+            self._loaded_at = time.monotonic()
         if self.classes is not None and model.classes is not None and model.classes != self.classes:
             raise ModelLoadError(
                 f"{model.uri} predicts classes {list(model.classes)}, but the dataset's "

@@ -463,6 +463,47 @@ def test_a_promotion_swaps_versions_without_a_failed_request(registry: Registry)
     }
 
 
+def test_while_a_version_loads_a_late_request_is_answered_not_refused(
+    registry: Registry,
+) -> None:
+    """A load takes the cores the served version scores on: while it runs, admission
+    answers what would finish within 4x the objective; once it has settled, it refuses
+    beyond 1x again."""
+    first = registry.register("settle", favour="spam")
+    loading, release = threading.Event(), threading.Event()
+
+    def loader(uri: str | None, name: str, version: str) -> LoadedModel:
+        if version != first:
+            loading.set()
+            assert release.wait(60)
+        return load_version(uri, name, version)
+
+    watcher = ModelWatcher(registry.uri, "settle", poll_s=0, loader=loader, settle_s=0.0)
+    watcher.start()
+    assert not watcher.settling()
+    settings = config("settle", registry, slo_ms=50, cache_entries=0, loop_lag_admission=False)
+    app = create_app(settings, watcher, rules=suite_rules())
+    server = app.state.serving
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            second = await asyncio.to_thread(registry.register, "settle", "ham")
+            reload = asyncio.ensure_future(client.post("/admin/reload"))
+            await asyncio.to_thread(loading.wait, 60)
+            assert watcher.settling()
+            server.batcher.estimate.observe(rows=1, service_ms=80.0)  # over 50, under 200
+            answered = await client.post("/invocations", json=one_row("during the load"))
+            assert answered.status_code == 200 and answered.headers["x-model-version"] == first
+            release.set()
+            assert (await reload).json()["version"] == second and not watcher.settling()
+            server.batcher.estimate.observe(rows=1, service_ms=400.0)  # over 200: refused
+            refused = await client.post("/invocations", json=one_row("after the load"))
+            assert refused.status_code == 503 and "50 ms objective" in refused.json()["message"]
+
+    run(scenario)
+    watcher.close()
+
+
 def test_a_failed_load_keeps_the_old_version_serving(registry: Registry) -> None:
     good = registry.register("broken", favour="spam")
 

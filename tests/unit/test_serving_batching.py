@@ -193,6 +193,25 @@ def test_a_request_that_would_miss_the_objective_is_refused_and_not_queued() -> 
     run(scenario)
 
 
+def test_slack_scales_the_objective_admission_holds_requests_to() -> None:
+    async def scenario() -> None:
+        slack = [4.0]
+        batcher: AdaptiveBatcher[str, str] = AdaptiveBatcher(
+            Gate(), slo_ms=50, delay_ms=0, slack=lambda: slack[0]
+        )
+        batcher.estimate.observe(rows=1, service_ms=80.0)
+        batcher.start()
+        batcher.admit(1)  # 80 ms: within 4 x 50
+        for factor in (1.0, 0.5):  # less than 1 counts as 1
+            slack[0] = factor
+            with pytest.raises(Overloaded, match="50 ms objective"):
+                batcher.admit(1)
+        assert batcher.shed == 2
+        await batcher.close()
+
+    run(scenario)
+
+
 def test_close_scores_everything_queued_then_refuses_new_requests() -> None:
     async def scenario() -> None:
         gate = Gate()
