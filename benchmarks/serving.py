@@ -32,8 +32,10 @@ requests/s). The generator is Python on the same 2 cores: above about 2,000 requ
 is its own limit, which is why the rates stop there.
 
 Overload: twice the sustainable rate (the adaptive-batching server's figure above),
-offered by wrk over 256 connections that each pause 256 / rate s after an answer (wrk's
-Lua ``delay``), which holds the offered rate while answers are fast. The answers split
+offered by wrk over 1,024 connections that each pause 1,024 / rate s after an answer
+(wrk's Lua ``delay``), which holds the offered rate while answers are fast. It is still
+closed-loop: once answers slow down, the connections fall into step and arrive in waves,
+and the offered rate drops below the target (the figures give both). The answers split
 into accepted (200) and shed (503); the server's own histograms (``/metrics``, scraped
 before and after) give the p99 of each from arrival to answer, as the upper bound of its
 bucket. wrk's own p99 mixes the two and includes the time a request waits in the socket
