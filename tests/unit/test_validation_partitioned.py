@@ -161,6 +161,27 @@ def test_uniqueness_is_decided_on_values_when_hashes_collide(
     assert verdict.to_dict() == one.to_dict()
 
 
+def test_repeated_hashes_are_found_in_every_slice_of_the_hash_space(
+    youtube: pd.DataFrame, raw_suite: dict[str, Any]
+) -> None:
+    """Repeats are looked for one slice of the hash space at a time (by the top bits):
+    a repeat in each slice, across the two partitions, is found, and nothing else."""
+    df = youtube.iloc[:400].reset_index(drop=True)
+    parts = [df.iloc[:250].reset_index(drop=True), df.iloc[250:].reset_index(drop=True)]
+    checks = [check_partition(p, raw_suite) for p in parts]
+    i = next(n for n, e in enumerate(raw_suite["expectations"]) if e["type"] == UNIQUE)
+    every = np.random.default_rng(0).integers(0, 2**63, 400, dtype=np.uint64) * np.uint64(2)
+    for top in range(16):  # rows top (first partition) and 260 + top (second) share a hash
+        every[[top, 260 + top]] = np.uint64(top) << np.uint64(60) | np.uint64(12345)
+    for check, (a, b) in zip(checks, [(0, 250), (250, 400)], strict=True):
+        hashes, rows = check.keys[i]
+        assert len(hashes) == b - a
+        check.keys[i] = (every[a:b], rows)
+    wanted = Merge(raw_suite, checks).repeated_keys()
+    found = {p: sorted(rows) for (p, n), rows in wanted.items() if n == i}
+    assert found == {0: list(range(16)), 1: list(range(10, 26))}
+
+
 def test_a_suite_with_an_expectation_that_does_not_merge_is_named() -> None:
     suite = {"expectations": [{"type": "expect_table_row_count_to_be_between", "kwargs": {}}]}
     assert unmergeable(suite) == ["expect_table_row_count_to_be_between"]
