@@ -40,6 +40,13 @@ def _seed() -> None:
     random.seed(0)
 
 
+def closed_port() -> int:
+    """A port of 127.0.0.1 that nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def youtube_dir() -> Path:
     if not YOUTUBE_DIR.is_dir():

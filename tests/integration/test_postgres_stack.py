@@ -19,6 +19,7 @@ from infra.stack import ALL_SERVICES, down, services, up
 from mlsys.settings import Settings
 from tests.conftest import (
     POSTGRES_ADMIN_URL,
+    closed_port,
     fresh_postgres_database,
     postgres_unreachable,
     stack_settings,
@@ -102,12 +103,6 @@ def _run_a_deployment(settings: Settings, database: str) -> None:
 # The skip rule of fresh_postgres_database: skipped only where nothing answers.
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def refusing_server() -> Iterator[int]:
     """The port of a server that speaks PostgreSQL's protocol up to the startup message and
@@ -178,7 +173,7 @@ def test_a_refused_login_fails_instead_of_skipping(refusing_server: int) -> None
 
 
 def test_no_server_listening_skips_with_the_reason() -> None:
-    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/test"
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/test"
     reason = postgres_unreachable(url)
     assert reason is not None and "refused" in reason.lower()
     outcome = _outcome_of_fresh_database(url)

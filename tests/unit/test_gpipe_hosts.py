@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -34,6 +33,7 @@ from mlsys.training.gpipe_hosts import (
 )
 from mlsys.training.trainers import GPipeTrainer
 from tasks.gpipe_hosts import _worker_on, hosts_strategy
+from tests.conftest import closed_port
 
 HOSTS = ["10.0.0.1", "10.0.0.2"]
 
@@ -178,9 +178,7 @@ class Threads:
 
 def rendezvous() -> str:
     """A rendezvous on a port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+    return f"127.0.0.1:{closed_port()}"
 
 
 def test_two_torchrun_nodes_train_as_plain_training_and_the_callbacks_see_it(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +22,7 @@ import tasks.retry as retry
 from mlsys.data.s3 import S3Error, get_bytes
 from mlsys.settings import Settings
 from tasks.retry import ServiceOutage, classify, outage_tolerant, ride_out, tolerant
-
-
-def closed_port() -> int:
-    """A local port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import closed_port
 
 
 def s3_client(url: str) -> Any:
