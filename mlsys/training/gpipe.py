@@ -688,6 +688,7 @@ class GPipeWorkers:
             context.Process(
                 target=_worker_main,
                 args=(
+                    os.getpid(),
                     rank,
                     stages,
                     self._store.port,
@@ -812,10 +813,12 @@ class GPipeWorkers:
         del self._store
 
 
-def _worker_main(rank: int, stages: int, port: int, backend: str, inbox: Any, outbox: Any) -> None:
+def _worker_main(
+    parent: int, rank: int, stages: int, port: int, backend: str, inbox: Any, outbox: Any
+) -> None:
     """A stage process: join the process group, then train the jobs it is handed until it
     gets None. Any failure goes to the parent with its traceback, and the process exits."""
-    _exit_with_parent()
+    _exit_with_parent(parent)
     try:
         store = dist.TCPStore(  # type: ignore[attr-defined]
             "127.0.0.1", port, is_master=False, timeout=timedelta(minutes=5)
@@ -838,12 +841,15 @@ def _worker_main(rank: int, stages: int, port: int, backend: str, inbox: Any, ou
         raise SystemExit(1) from None
 
 
-def _exit_with_parent() -> None:
-    """Have Linux kill this process when its parent dies, so a killed trainer leaves no
-    orphans blocked in a collective."""
+def _exit_with_parent(parent: int) -> None:
+    """Have Linux kill this process when its parent (pid ``parent``) dies, so a killed
+    trainer leaves no orphans blocked in a collective; exit at once if it has died already
+    (before the request took effect: the child would outlive it otherwise)."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        raise SystemExit(1)
 
 
 def _describe_exit(code: int, pid: int | None) -> str:

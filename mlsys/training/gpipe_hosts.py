@@ -97,6 +97,9 @@ _STOP_GRACE_S = 10.0
 _EXIT_GRACE_S = 30.0
 """How long torchrun may go on after its stage process has left its output (at its exit
 barrier, waiting for the other nodes) before it is stopped and the output taken."""
+_AGENT_PID = "MLSYS_GPIPE_AGENT_PID"
+"""The environment variable that tells a stage process its parent's pid (the agent that
+runs torchrun in-process)."""
 _LOGGER = logging.getLogger(__name__)
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when the stage at the other end of a connection has gone."""
@@ -421,9 +424,8 @@ def _agent_main(parent: int, torchrun: list[str]) -> None:
     """Run torchrun in this process, which Linux kills when ``parent`` (the caller of
     :func:`run_stage`) dies: a killed Dask worker leaves no torchrun behind, and torchrun's
     stage process dies with torchrun."""
-    _exit_with_parent()
-    if os.getppid() != parent:  # the parent died before the line above
-        raise SystemExit(1)
+    _exit_with_parent(parent)
+    os.environ[_AGENT_PID] = str(os.getpid())  # torchrun runs here: the stage's parent
     sys.argv = ["torchrun", *torchrun]
     runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
 
@@ -431,7 +433,7 @@ def _agent_main(parent: int, torchrun: list[str]) -> None:
 def _stage_main(folder: Path) -> None:
     """The stage process torchrun starts: join the process group as rank ``stage``, train
     the stage, and leave its output (or its error) in ``folder``."""
-    _exit_with_parent()
+    _exit_with_parent(int(os.environ[_AGENT_PID]))
     os.chdir(folder)
     try:
         stage: HostStage = pickle.loads((folder / _JOB).read_bytes())

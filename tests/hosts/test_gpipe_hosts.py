@@ -239,6 +239,20 @@ def on_hosts(cluster: Cluster) -> set[int]:
     }
 
 
+def described(pids: set[int]) -> dict[int, str]:
+    """What each process is (its parent and command line), for a failure's message."""
+    import psutil
+
+    seen = {}
+    for pid in sorted(pids):
+        try:
+            process = psutil.Process(pid)
+            seen[pid] = f"parent {process.ppid()}: {' '.join(process.cmdline())[:300]}"
+        except psutil.Error as exc:
+            seen[pid] = type(exc).__name__
+    return seen
+
+
 def test_a_failing_stage_fails_the_run_naming_its_stage_and_host_and_leaves_no_process(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -253,7 +267,8 @@ def test_a_failing_stage_fails_the_run_naming_its_stage_and_host_and_leaves_no_p
     deadline = time.monotonic() + 120
     while on_hosts(cluster) != set(cluster.daemons) and time.monotonic() < deadline:
         time.sleep(1)
-    assert on_hosts(cluster) == set(cluster.daemons)
+    left = on_hosts(cluster)
+    assert left == set(cluster.daemons), described(left - set(cluster.daemons))
 
 
 def test_a_worker_lost_mid_run_fails_the_run_naming_the_stage_and_leaves_no_process(
@@ -288,4 +303,5 @@ def test_a_worker_lost_mid_run_fails_the_run_naming_the_stage_and_leaves_no_proc
     deadline = time.monotonic() + 120
     while on_hosts(cluster) != {scheduler, worker_0} and time.monotonic() < deadline:
         time.sleep(1)
-    assert on_hosts(cluster) == {scheduler, worker_0}
+    left = on_hosts(cluster)
+    assert left == {scheduler, worker_0}, described(left - {scheduler, worker_0})

@@ -233,3 +233,42 @@ def test_a_finished_stage_is_not_held_by_torchrun_waiting_for_the_others(
         barrier.wait()
     exits = subprocess.Popen(["sh", "-c", "sleep 1; exit 3"])
     assert gpipe_hosts._wait(exits, stage, tmp_path / "no-result.pkl", None, 0.05) == 3
+
+
+CHILD = """
+import os, sys, time
+from mlsys.training.gpipe import _exit_with_parent
+parent, out = int(sys.argv[1]), sys.argv[2]
+if sys.argv[3] == "orphan":
+    deadline = time.monotonic() + 120
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
+try:
+    _exit_with_parent(parent)
+    open(out, "w").write("went on")
+except SystemExit as exc:
+    open(out, "w").write(f"exited {exc.code}")
+"""
+
+
+@pytest.mark.parametrize("case", ["orphan", "child"])
+def test_a_stage_process_whose_parent_died_before_it_asked_to_die_with_it_exits(
+    tmp_path: Path, case: str
+) -> None:
+    """Linux kills a stage process when its parent dies only once it has asked to be: a
+    parent (torchrun, a trainer) that died before that must not leave it running."""
+    import sys
+
+    out = tmp_path / "out.txt"
+    middle = (
+        "import os, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid()),"
+        " sys.argv[2], sys.argv[3]])\n"
+        "if sys.argv[3] == 'child':\n"
+        "    child.wait()\n"
+    )
+    subprocess.run([sys.executable, "-c", middle, CHILD, str(out), case], check=True, timeout=300)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out.read_text() == {"orphan": "exited 1", "child": "went on"}[case]
