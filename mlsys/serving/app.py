@@ -570,6 +570,32 @@ class _Server:
         finally:
             self.metrics.count("/invocations", status)
 
+    def shed_early(self, authorization: bytes | None) -> _Reply | None:
+        """The 503 a ``POST /invocations`` with this ``Authorization`` header gets from
+        admission control, decided from its headers alone; None when the request is to go
+        the usual way (admitted, no version loaded, unauthorized, draining). The HTTP
+        protocol asks as soon as a request's headers are parsed, so that under overload a
+        refusal costs neither an ASGI request cycle nor a task; counted as
+        :meth:`serve_invocation` counts a refusal."""
+        start = time.perf_counter()
+        if (
+            authorization is None
+            or self.watcher.current is None
+            or not _key_matches(authorization, self.expected_key)
+        ):
+            return None
+        try:
+            self.batcher.admit(1)
+        except Overloaded as exc:
+            self.metrics.shed_latency.observe(time.perf_counter() - start)
+            self.metrics.count("/invocations", 503)
+            return _error_reply(
+                503, "TEMPORARILY_UNAVAILABLE", str(exc), {"Retry-After": str(exc.retry_after_s)}
+            )
+        except Draining:
+            return None
+        return None
+
     async def _invoke(
         self, start: float, header: Callable[[str], str | None], receive: Receive
     ) -> _Reply:

@@ -88,6 +88,11 @@ class _CorkedTransport:
         else:
             self._transport.write(data)
 
+    def write_answer(self, data: bytes) -> None:
+        """Write a whole answer (head and body) now."""
+        self._flush()
+        self._transport.write(data)
+
     def _flush(self) -> None:
         held = self._held
         if held is not None:
@@ -110,11 +115,30 @@ class _CorkedTransport:
         return getattr(self._transport, name)
 
 
-def _http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol writing each answer in one send, or uvicorn's ``auto``
+Shed = Callable[[bytes | None], Any]
+"""Asked with a ``POST /invocations``'s ``Authorization`` header as soon as its headers are
+parsed: the refusal to send at once (a reply with ``status``, ``raw_headers()`` and
+``body``), or None to serve the request the usual way (``_Server.shed_early``)."""
+
+
+class _Answered:
+    """The request cycle of a request answered from its headers: complete, so that
+    uvicorn's protocol discards its body and starts the next request as usual."""
+
+    __slots__ = ("message_event",)
+    response_complete = True
+    disconnected = False
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()
+
+
+def _http_protocol(shed: Shed | None = None) -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol writing each answer in one send and, with ``shed``,
+    refusing an overloaded ``POST /invocations`` from its headers, or uvicorn's ``auto``
     choice where httptools is not installed."""
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:
         return "auto"
 
@@ -123,6 +147,43 @@ def _http_protocol() -> type[asyncio.Protocol] | str:
             super().connection_made(transport)
             # Only the answers' writes go through it; flow control keeps the transport.
             self.transport = _CorkedTransport(transport, self.loop)  # type: ignore[assignment]
+
+        def on_headers_complete(self) -> None:
+            # A refusal under overload costs next to nothing only if it skips the ASGI
+            # cycle, its task and the app: answered here, the body discarded as it comes.
+            if (
+                shed is None
+                or self.url != b"/invocations"
+                or self.parser.get_method() != b"POST"
+                or (self.cycle is not None and not self.cycle.response_complete)
+                or self.expect_100_continue
+                or self.parser.should_upgrade()
+                or self.root_path
+            ):
+                super().on_headers_complete()
+                return
+            authorization = None
+            for name, value in self.headers:
+                if name == b"authorization":
+                    authorization = value
+                    break
+            reply = shed(authorization)
+            if reply is None:
+                super().on_headers_complete()
+                return
+            keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+            head = [STATUS_LINE[reply.status]]
+            for name, value in (*self.server_state.default_headers, *reply.raw_headers()):
+                head += [name, b": ", value, b"\r\n"]
+            if not keep_alive:
+                head.append(b"connection: close\r\n")
+            head += [b"\r\n", reply.body]
+            self.cycle = _Answered()  # type: ignore[assignment]
+            self.transport.write_answer(b"".join(head))  # type: ignore[attr-defined]
+            if keep_alive:
+                self.on_response_complete()
+            else:
+                self.transport.close()
 
     return CorkedHttpTools
 
@@ -321,7 +382,7 @@ def _serve_process(
             host=config.host,
             port=config.port,
             loop="auto",
-            http=_http_protocol(),
+            http=_http_protocol(app.state.serving.shed_early),
             lifespan="on",
             # Bound to a local interface by default and never reading the client's address:
             # X-Forwarded-* rewriting would only cost time per request.

@@ -850,3 +850,137 @@ def test_a_text_classifier_is_scored_without_frames_and_answers_the_same(
     assert got[0]["label"] == "spam" and list(got[0]) == list(
         registry.expected("records", version, texts[:1]).columns
     )
+
+
+# --- refusals from the HTTP protocol -------------------------------------------------------
+
+
+class _Uvicorn:
+    """``app`` under uvicorn on a free port of 127.0.0.1, in a thread, with the server's
+    HTTP protocol (``early``: refusing overloaded requests from their headers)."""
+
+    def __init__(self, app: Starlette, early: bool) -> None:
+        import uvicorn
+
+        from mlsys.serving.server import _http_protocol
+
+        shed = app.state.serving.shed_early if early else None
+        self.reached: list[str] = []  # the paths of the requests that reached the app
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.reached.append(scope["path"])
+            await app(scope, receive, send)
+
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                counted, host="127.0.0.1", port=0, http=_http_protocol(shed), lifespan="on",
+                log_config=None, log_level="warning", access_log=False,
+            )
+        )  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Uvicorn:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def _raw_post(body: bytes, key: str | None = KEY, close: bool = False) -> bytes:
+    head = b"POST /invocations HTTP/1.1\r\nHost: serve\r\nContent-Type: application/json\r\n"
+    if key is not None:
+        head += f"Authorization: Bearer {key}\r\n".encode()
+    if close:
+        head += b"Connection: close\r\n"
+    return head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def _read_answers(sock: Any, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` HTTP answers read from ``sock``: status, headers (lower-case), body."""
+    reader = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answers.append((status, headers, reader.read(int(headers["content-length"]))))
+    return answers
+
+
+def test_an_overloaded_request_is_refused_from_its_headers_as_the_app_refuses_it(
+    fake: tuple[FakeModel, ModelWatcher],
+) -> None:
+    """The HTTP protocol refuses an overloaded ``POST /invocations`` before its body, with
+    the answer the app gives (status, headers, body), counted the same; the body is
+    discarded and the connection goes on; a request without the key still gets 401, and
+    one asking to close is closed."""
+    import socket
+
+    model, _ = fake
+    bodies = {}
+    for early in (False, True):
+        watcher = ModelWatcher(None, "fake", poll_s=0)
+        watcher.current = model.loaded()
+        app = create_app(config("fake", slo_ms=50), watcher, rules=suite_rules())
+        batcher = app.state.serving.batcher
+        with (
+            _Uvicorn(app, early) as served,
+            socket.create_connection(("127.0.0.1", served.port)) as sock,
+        ):
+            port = served.port
+            batcher.estimate.observe(rows=1, service_ms=80.0)  # one row: over 50 ms
+            row = json.dumps(one_row("hello")).encode()
+            # Pipelined: the refused request's body, then two more requests, in one write.
+            sock.sendall(_raw_post(row) + _raw_post(row) + _raw_post(row, key=None))
+            (shed, shed_headers, shed_body), (again, _, _), (unauthorized, _, _) = _read_answers(
+                sock, 3
+            )
+            assert (shed, again, unauthorized) == (503, 503, 401)
+            bodies[early] = (shed_headers, shed_body)
+            batcher.estimate.batch_ms = 1.0  # calm again
+            sock.sendall(_raw_post(row))
+            [(answered, _, predicted)] = _read_answers(sock, 1)
+            assert answered == 200 and json.loads(predicted)["predictions"][0]["label"] == "spam"
+            with socket.create_connection(("127.0.0.1", port)) as metrics_sock:
+                metrics_sock.sendall(
+                    f"GET /metrics HTTP/1.1\r\nHost: serve\r\nAuthorization: Bearer {KEY}\r\n"
+                    "\r\n".encode()
+                )
+                [(_, _, text)] = _read_answers(metrics_sock, 1)
+            assert metric(text.decode(), "mlsys_serve_shed_total") == 2
+            codes = {
+                code: metric(text.decode(), "mlsys_serve_requests_total", path="/invocations",
+                             code=code)
+                for code in ("200", "401", "503")
+            }  # fmt: skip
+            assert codes == {"200": 1, "401": 1, "503": 2}
+            batcher.estimate.batch_ms = 80.0
+            sock.sendall(_raw_post(row, close=True))
+            [(closing, closing_headers, _)] = _read_answers(sock, 1)
+            assert closing == 503 and closing_headers["connection"] == "close"
+            assert sock.recv(1) == b""  # closed by the server
+        # Refused early, the three overloaded requests never reached the app.
+        invocations = served.reached.count("/invocations")
+        assert invocations == (2 if early else 5), served.reached
+    # The same refusal either way, but for the date.
+    for headers, _ in bodies.values():
+        headers.pop("date")
+    assert bodies[True] == bodies[False]
+    assert bodies[True][0]["retry-after"] == "1"
+    assert "50 ms objective" in json.loads(bodies[True][1])["message"]
+    assert model.calls == [["hello"], ["hello"]]

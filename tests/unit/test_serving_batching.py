@@ -273,3 +273,40 @@ def test_bad_settings_are_named() -> None:
         AdaptiveBatcher(lambda items: items, slo_ms=50, delay_ms=60)
     with pytest.raises(ValueError, match="budget_ms must be > 0"):
         AimdBatchSize(budget_ms=0, max_batch=4)
+
+
+def test_batches_back_to_back_are_estimated_by_their_cycle_and_idle_time_is_not() -> None:
+    """While the queue keeps the batcher busy, a batch costs admission control its scoring
+    time plus the event loop's turn to start it (here a loop held 30 ms a turn, scoring
+    2 ms); the model's own time still sets the batch size; a wait for requests counts for
+    nothing."""
+
+    async def scenario() -> None:
+        def score(items: list[int]) -> list[int]:
+            time.sleep(0.002)
+            return items
+
+        batcher: AdaptiveBatcher[int, int] = AdaptiveBatcher(
+            score, slo_ms=10_000, max_batch=1, delay_ms=0
+        )
+        batcher.start()
+        stop = False
+
+        def hog() -> None:  # another callback on the loop, 30 ms each turn
+            time.sleep(0.03)
+            if not stop:
+                asyncio.get_running_loop().call_soon(hog)
+
+        asyncio.get_running_loop().call_soon(hog)
+        await asyncio.gather(*(batcher.submit(i, rows=1) for i in range(8)))
+        stop = True
+        await asyncio.sleep(0.1)
+        assert batcher.estimate.batch_ms >= 15  # cycles of about 30 ms, not 2
+        assert batcher.control.p99_ms < 15  # the batch size goes by the scoring time
+        for _ in range(20):  # one request at a time, an idle wait before each
+            await asyncio.sleep(0.05)
+            await batcher.submit(0, rows=1)
+        assert batcher.estimate.batch_ms < 15  # back to the scoring time
+        await batcher.close()
+
+    asyncio.run(scenario())
