@@ -186,7 +186,11 @@ def render_serving(results: Results) -> str:
             "the recent p99 of how much later than estimated the answers came, and counting a "
             "batch\n  as the p90 of its whole cycles (a cycle took about twice its scoring "
             "time at the\n  median) each shed most requests and left the accepted ones as "
-            "late: the refusals\n  themselves keep the event loop behind."
+            "late: the refusals\n  themselves keep the event loop behind. Now the HTTP "
+            "protocol refuses from the headers\n  (no ASGI cycle, task or app), and a batch run "
+            "back to back counts as its whole cycle\n  (scoring and the event loop's turn to "
+            "start it): in open-loop runs at twice one\n  worker's rate the accepted requests' "
+            "mean latency came within the objective, their\n  p99 did not."
         )
     swap = results["hot_swap"]
     old, new = model["versions"][0], model["versions"][-1]
