@@ -862,7 +862,7 @@ class _Uvicorn:
     def __init__(self, app: Starlette, early: bool) -> None:
         import uvicorn
 
-        from mlsys.serving.server import _http_protocol
+        from mlsys.serving.protocol import http_protocol
 
         shed = app.state.serving.shed_early if early else None
         self.reached: list[str] = []  # the paths of the requests that reached the app
@@ -874,7 +874,7 @@ class _Uvicorn:
 
         self.server = uvicorn.Server(
             uvicorn.Config(
-                counted, host="127.0.0.1", port=0, http=_http_protocol(shed), lifespan="on",
+                counted, host="127.0.0.1", port=0, http=http_protocol(shed), lifespan="on",
                 log_config=None, log_level="warning", access_log=False,
             )
         )  # fmt: skip

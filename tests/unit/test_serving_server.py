@@ -151,10 +151,10 @@ class _Loop:
 
 
 def test_a_response_head_and_its_body_go_in_one_write() -> None:
-    from mlsys.serving.server import _CorkedTransport
+    from mlsys.serving.protocol import CorkedTransport
 
     transport, loop = _Transport(), _Loop()
-    corked = _CorkedTransport(transport, loop)  # type: ignore[arg-type]
+    corked = CorkedTransport(transport, loop)  # type: ignore[arg-type]
     corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     assert transport.writes == []
     corked.write(b"{}")
@@ -166,10 +166,10 @@ def test_a_response_head_and_its_body_go_in_one_write() -> None:
 
 
 def test_a_head_without_a_body_goes_at_the_next_turn_or_before_a_close() -> None:
-    from mlsys.serving.server import _CorkedTransport
+    from mlsys.serving.protocol import CorkedTransport
 
     transport, loop = _Transport(), _Loop()
-    corked = _CorkedTransport(transport, loop)  # type: ignore[arg-type]
+    corked = CorkedTransport(transport, loop)  # type: ignore[arg-type]
     corked.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     loop.run_soon()
     assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
