@@ -155,11 +155,8 @@ class AimdBatchSize:
 
 class ServiceEstimate:
     """How long the batcher takes, for admission control: a moving average of one batch's
-    time. That is its scoring time (timed on the scoring thread, so that a busy event loop
-    does not inflate it) or, when batches run back to back, its cycle: from the previous
-    batch's result to its own, the event loop's turn to start it included. Under overload
-    that turn is long (the loop refuses thousands of requests a second), and an estimate
-    that left it out admitted requests that then waited past the objective.
+    scoring time (timed on the scoring thread, so that a busy event loop does not inflate
+    it).
 
     Usage::
 
@@ -259,7 +256,6 @@ class AdaptiveBatcher(Generic[T, R]):
         self._clock = clock
         self._queue: deque[_Pending[T, R]] = deque()
         self._busy = False
-        self._back_to_back_since: float | None = None
         self._last_full = False
         self._closing = False
         self._fill_target = 0
@@ -397,14 +393,9 @@ class AdaptiveBatcher(Generic[T, R]):
         except BaseException as exc:
             self._deliver(batch, exc, 0.0, delivered)
         service_ms = await delivered
-        # The batch's cycle when the one before it left requests queued (so this one
-        # started as soon as the event loop let it); not after an idle wait.
-        now, since = self._clock(), self._back_to_back_since
-        cycle_ms = service_ms if since is None else max(service_ms, (now - since) * 1000)
-        self._back_to_back_since = now if self.queued_rows else None
         self.batches += 1
         self.control.observe(service_ms, rows)
-        self.estimate.observe(rows, cycle_ms)
+        self.estimate.observe(rows, service_ms)
         if self._on_batch is not None:
             try:
                 self._on_batch(rows, service_ms)
