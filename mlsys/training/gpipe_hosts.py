@@ -36,6 +36,7 @@ stopped and the output returned, so the launcher hears at once from the stage th
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -101,6 +102,18 @@ _AGENT_PID = "MLSYS_GPIPE_AGENT_PID"
 """The environment variable that tells a stage process its parent's pid (the agent that
 runs torchrun in-process)."""
 _LOGGER = logging.getLogger(__name__)
+_NATIVE_FAILURE = (
+    "terminate called",
+    "what():",
+    "Fatal Python error",
+    "Current thread",
+    "Thread 0x",
+    '  File "',
+    "Abort",
+    "Segmentation fault",
+)
+"""Marks of the lines a stage process leaves when it dies in native code: the C++ runtime's
+message and ``faulthandler``'s Python stacks (which the stage process enables)."""
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when the stage at the other end of a connection has gone."""
 
@@ -412,11 +425,15 @@ def _failure(stage: HostStage, folder: Path, code: int) -> StageError:
         return StageError(stage.stage, stage.stages, summary, error["traceback"], error["peer"])
     log = (folder / _LOG).read_text(errors="replace").strip().splitlines()
     last = "\n".join(log[-30:])
+    # A stage process that died in native code (an abort, a crash) says so in lines that
+    # torchrun's own traceback, at the end of the log, pushes out of the last 30.
+    native = [line for line in log[:-30] if any(mark in line for mark in _NATIVE_FAILURE)]
+    earlier = "" if not native else "the stage process's last words:\n" + "\n".join(native[-40:])
     return StageError(
         stage.stage,
         stage.stages,
         f"{where}: torchrun exited with code {code} before the stage process reported",
-        f"torchrun's last lines:\n{last}",
+        f"{earlier}\n\ntorchrun's last lines:\n{last}".strip(),
     )
 
 
@@ -434,6 +451,7 @@ def _stage_main(folder: Path) -> None:
     """The stage process torchrun starts: join the process group as rank ``stage``, train
     the stage, and leave its output (or its error) in ``folder``."""
     _exit_with_parent(int(os.environ[_AGENT_PID]))
+    faulthandler.enable()  # an abort or a crash in native code prints the Python stacks
     os.chdir(folder)
     try:
         stage: HostStage = pickle.loads((folder / _JOB).read_bytes())

@@ -272,3 +272,26 @@ def test_a_stage_process_whose_parent_died_before_it_asked_to_die_with_it_exits(
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert out.read_text() == {"orphan": "exited 1", "child": "went on"}[case]
+
+
+def test_a_stage_that_died_in_native_code_is_reported_with_its_last_words(
+    tmp_path: Path,
+) -> None:
+    """An abort leaves no error report, and torchrun's own traceback fills the end of the
+    log: the error still shows what the stage process printed as it died."""
+    stage = HostStage(0, 2, "127.0.0.1", "127.0.0.1:29400", "run", b"")
+    lines = [
+        "some start-up line",
+        "terminate called after throwing an instance of 'gloo::IoException'",
+        "  what():  [gloo/transport/tcp/pair.cc:1] Connection reset by peer",
+        "Fatal Python error: Aborted",
+        '  File "/x/mlsys/training/gpipe.py", line 9 in _train_stage',
+        *[f"torchrun traceback line {i}" for i in range(40)],
+    ]
+    (tmp_path / "torchrun.log").write_text("\n".join(lines))
+    error = gpipe_hosts._failure(stage, tmp_path, 1)
+    assert "torchrun exited with code 1 before the stage process reported" in str(error)
+    words = error.child_traceback.split("torchrun's last lines:")[0]
+    assert "gloo::IoException" in words and "Fatal Python error: Aborted" in words
+    assert "_train_stage" in words and "some start-up line" not in words
+    assert "torchrun traceback line 39" in error.child_traceback
