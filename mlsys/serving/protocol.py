@@ -74,14 +74,16 @@ parsed: the refusal to send at once (a reply with ``status``, ``raw_headers()`` 
 
 class _Answered:
     """The request cycle of a request answered from its headers: complete, so that
-    uvicorn's protocol discards its body and starts the next request as usual."""
+    uvicorn's protocol discards its body and starts the next request as usual. One shared
+    instance: nothing waits on its event, and a refusal should allocate nothing."""
 
-    __slots__ = ("message_event",)
+    __slots__ = ()
     response_complete = True
     disconnected = False
+    message_event = asyncio.Event()
 
-    def __init__(self) -> None:
-        self.message_event = asyncio.Event()
+
+_ANSWERED = _Answered()
 
 
 def http_protocol(shed: Shed | None = None) -> type[asyncio.Protocol] | str:
@@ -129,7 +131,7 @@ def http_protocol(shed: Shed | None = None) -> type[asyncio.Protocol] | str:
             if not keep_alive:
                 head.append(b"connection: close\r\n")
             head += [b"\r\n", reply.body]
-            self.cycle = _Answered()  # type: ignore[assignment]
+            self.cycle = _ANSWERED  # type: ignore[assignment]
             self.transport.write_answer(b"".join(head))  # type: ignore[attr-defined]
             if keep_alive:
                 self.on_response_complete()

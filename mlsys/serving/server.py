@@ -19,7 +19,6 @@ raised (the command exits 1): a supervisor such as the stack then restarts the s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import multiprocessing
@@ -38,6 +37,7 @@ from typing import Any
 
 import uvicorn
 
+from mlsys.lifeline import die_with_parent
 from mlsys.serving.app import create_app
 from mlsys.serving.config import ServeConfig
 from mlsys.serving.model import ModelWatcher
@@ -431,17 +431,6 @@ def _with_port(config: ServeConfig, port: int) -> ServeConfig:
     return replace(config, port=port)
 
 
-def _die_with(parent: int) -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies (Linux), so that no worker
-    outlives it holding the port; exit now if it is already gone."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
 def _worker_main(
     config: ServeConfig,
     rules: RowRules,
@@ -463,7 +452,8 @@ def _worker_main(
     signal.signal(signal.SIGTERM, stop_early)
     # Ctrl-C reaches the whole process group; the supervisor hands it on as SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent)
+    # No worker outlives the supervisor holding the port.
+    die_with_parent(parent, signal.SIGTERM, 0)
     if log_format is not None:
         logging.basicConfig(level=log_level, format=log_format)
     else:

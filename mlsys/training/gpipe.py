@@ -20,14 +20,12 @@ front checks; the schedule arithmetic is in :mod:`mlsys.training.schedule`.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import functools
 import os
 import pickle
 import queue
 import re
 import signal
-import sys
 import time
 import traceback
 from collections import OrderedDict
@@ -44,6 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as recompute_checkpoint
 from torch.utils.data import Dataset
 
+from mlsys.lifeline import die_with_parent
 from mlsys.training.balance import CostKind, check_balance, partition, profile, split
 from mlsys.training.fit import (
     EpochMeter,
@@ -818,7 +817,7 @@ def _worker_main(
 ) -> None:
     """A stage process: join the process group, then train the jobs it is handed until it
     gets None. Any failure goes to the parent with its traceback, and the process exits."""
-    _exit_with_parent(parent)
+    die_with_parent(parent, signal.SIGKILL, 1)  # no orphan blocked in a collective
     try:
         store = dist.TCPStore(  # type: ignore[attr-defined]
             "127.0.0.1", port, is_master=False, timeout=timedelta(minutes=5)
@@ -839,17 +838,6 @@ def _worker_main(
         outbox.close()
         outbox.join_thread()
         raise SystemExit(1) from None
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Have Linux kill this process when its parent (pid ``parent``) dies, so a killed
-    trainer leaves no orphans blocked in a collective; exit at once if it has died already
-    (before the request took effect: the child would outlive it otherwise)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:
-        raise SystemExit(1)
 
 
 def _describe_exit(code: int, pid: int | None) -> str:

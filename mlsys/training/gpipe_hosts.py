@@ -59,12 +59,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from mlsys.lifeline import die_with_parent
 from mlsys.training.fit import FitResult, FitSpec
 from mlsys.training.gpipe import (
     GPipe,
     StageError,
     _check_positive_int,
-    _exit_with_parent,
     _Job,
     _pickled,
     _train_stage,
@@ -441,7 +441,7 @@ def _agent_main(parent: int, torchrun: list[str]) -> None:
     """Run torchrun in this process, which Linux kills when ``parent`` (the caller of
     :func:`run_stage`) dies: a killed Dask worker leaves no torchrun behind, and torchrun's
     stage process dies with torchrun."""
-    _exit_with_parent(parent)
+    die_with_parent(parent, signal.SIGKILL, 1)
     os.environ[_AGENT_PID] = str(os.getpid())  # torchrun runs here: the stage's parent
     sys.argv = ["torchrun", *torchrun]
     runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
@@ -450,7 +450,7 @@ def _agent_main(parent: int, torchrun: list[str]) -> None:
 def _stage_main(folder: Path) -> None:
     """The stage process torchrun starts: join the process group as rank ``stage``, train
     the stage, and leave its output (or its error) in ``folder``."""
-    _exit_with_parent(int(os.environ[_AGENT_PID]))
+    die_with_parent(int(os.environ[_AGENT_PID]), signal.SIGKILL, 1)
     faulthandler.enable()  # an abort or a crash in native code prints the Python stacks
     os.chdir(folder)
     try:

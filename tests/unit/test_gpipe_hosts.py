@@ -236,15 +236,15 @@ def test_a_finished_stage_is_not_held_by_torchrun_waiting_for_the_others(
 
 
 CHILD = """
-import os, sys, time
-from mlsys.training.gpipe import _exit_with_parent
+import os, signal, sys, time
+from mlsys.lifeline import die_with_parent
 parent, out = int(sys.argv[1]), sys.argv[2]
 if sys.argv[3] == "orphan":
     deadline = time.monotonic() + 120
     while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.05)
 try:
-    _exit_with_parent(parent)
+    die_with_parent(parent, signal.SIGKILL, 1)
     open(out, "w").write("went on")
 except SystemExit as exc:
     open(out, "w").write(f"exited {exc.code}")
