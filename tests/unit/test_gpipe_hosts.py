@@ -278,20 +278,55 @@ def test_a_stage_that_died_in_native_code_is_reported_with_its_last_words(
     tmp_path: Path,
 ) -> None:
     """An abort leaves no error report, and torchrun's own traceback fills the end of the
-    log: the error still shows what the stage process printed as it died."""
+    log: the error still shows what the stage process printed as it died (the C++
+    runtime's lines from the log, faulthandler's stacks from their file), and not the
+    head of torchrun's traceback as if it were the stage's."""
     stage = HostStage(0, 2, "127.0.0.1", "127.0.0.1:29400", "run", b"")
     lines = [
         "some start-up line",
         "terminate called after throwing an instance of 'gloo::IoException'",
         "  what():  [gloo/transport/tcp/pair.cc:1] Connection reset by peer",
-        "Fatal Python error: Aborted",
-        '  File "/x/mlsys/training/gpipe.py", line 9 in _train_stage',
+        "Traceback (most recent call last):",
+        '  File "<frozen runpy>", line 198, in _run_module_as_main',
         *[f"torchrun traceback line {i}" for i in range(40)],
     ]
     (tmp_path / "torchrun.log").write_text("\n".join(lines))
+    (tmp_path / "faults.log").write_text(
+        "Fatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n"
+        '  File "/x/mlsys/training/gpipe.py", line 9 in _train_stage\n'
+    )
     error = gpipe_hosts._failure(stage, tmp_path, 1)
     assert "torchrun exited with code 1 before the stage process reported" in str(error)
     words = error.child_traceback.split("torchrun's last lines:")[0]
     assert "gloo::IoException" in words and "Fatal Python error: Aborted" in words
     assert "_train_stage" in words and "some start-up line" not in words
+    assert "frozen runpy" not in words
     assert "torchrun traceback line 39" in error.child_traceback
+
+
+STAGE_EXIT = """
+import os, sys, threading, time
+from pathlib import Path
+from mlsys.training import gpipe_hosts
+out = Path(sys.argv[1])
+# A thread that would keep an ordinary exit waiting forever.
+threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+out.write_text("reported")
+gpipe_hosts._leave(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_stage_process_leaves_with_its_code_once_it_has_reported(
+    tmp_path: Path, code: int
+) -> None:
+    """The stage process ends without the interpreter's teardown (where a c10d thread
+    left running aborted it after it had reported): with its own exit code, at once,
+    whatever threads are still running."""
+    import sys
+
+    out = tmp_path / "out.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", STAGE_EXIT, str(out), str(code)], timeout=120, check=False
+    )
+    assert done.returncode == code and out.read_text() == "reported"
