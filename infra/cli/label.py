@@ -55,6 +55,25 @@ def evaluate(
             "probabilities of train (chosen on valid) and score it on test.",
         ),
     ] = False,
+    lfs: Annotated[
+        Path | None,
+        typer.Option(
+            "--lfs",
+            help="A Python file defining LF_SETS (as a dataset's LF module does) whose set "
+            "--lf-set holds the folder's LFs in the order of its weak labels: each split's "
+            "votes are checked against what the LFs vote on its rows.",
+        ),
+    ] = None,
+    lf_set: Annotated[
+        str, typer.Option("--lf-set", help="The set of the --lfs file to check with.")
+    ] = DEFAULT_LF_SET,
+    revote: Annotated[
+        bool,
+        typer.Option(
+            "--revote",
+            help="With --lfs: choose and score on the LFs' own votes instead of the files'.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")] = False,
 ) -> None:
     """Choose the labeler on valid (majority vote, weighted votes, Snorkel LabelModels fitted
@@ -68,7 +87,11 @@ def evaluate(
             err=True,
         )
         raise typer.Exit(2)
-    from mlsys.labeling.wrench import evaluate_wrench  # Snorkel and torch: only when used
+    if revote and lfs is None:
+        typer.secho("error: --revote needs --lfs", fg="red", err=True)
+        raise typer.Exit(2)
+    # Snorkel and torch: only when used.
+    from mlsys.labeling.wrench import evaluate_wrench, load_lf_file
 
     started = time.perf_counter()
 
@@ -77,20 +100,38 @@ def evaluate(
             typer.echo(f"[{time.perf_counter() - started:7.1f} s] {line}", err=True)
 
     try:
+        functions = None if lfs is None else load_lf_file(lfs, lf_set)
         report = evaluate_wrench(
-            wrench, metric=metric, seed=seed, end_model=end_model, progress=progress
+            wrench,
+            metric=metric,
+            seed=seed,
+            end_model=end_model,
+            lfs=functions,
+            revote=revote,
+            progress=progress,
         )
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
+    for split, check in report.get("votes", {}).items():
+        if isinstance(check, dict) and check["rows_matching"] < 1.0:
+            worst = min(check["lfs_differing"].items(), key=lambda item: item[1])
+            typer.secho(
+                f"warning: in {split}, the file's votes differ from the LFs' on "
+                f"{1 - check['rows_matching']:.1%} of {check['rows']} rows (LF {worst[0]!r} "
+                f"matches on {worst[1]:.1%}); scores on {split} measure the file's votes"
+                + ("" if revote else " (--revote scores the LFs' own)"),
+                fg="yellow",
+                err=True,
+            )
     if as_json:
         typer.echo(json.dumps(report, sort_keys=True))
         return
     typer.echo(f"WRENCH {wrench}: test split (choices made on valid by {metric})")
     typer.echo(f"{'model':<15}{'accuracy':>10}{'f1':>10}{'macro_f1':>10}  chosen")
     for name, scores in report.items():
-        if not isinstance(scores, dict):
-            continue
+        if not isinstance(scores, dict) or "accuracy" not in scores:
+            continue  # the metric's name, the votes check
         chosen = ", ".join(f"{k}={v}" for k, v in scores.get("config", {}).items())
         typer.echo(
             f"{name:<15}{scores['accuracy']:>10.3f}{scores['f1']:>10.3f}"

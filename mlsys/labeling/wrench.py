@@ -8,14 +8,17 @@ prior, a threshold) is scored by cross-validation over valid before it is chosen
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mlsys.labeling.end_model import EndModelConfig, train_end_model
 from mlsys.labeling.label_model import ABSTAIN, LabelModelConfig, fit_labeler
@@ -26,7 +29,9 @@ __all__ = [
     "WrenchDataset",
     "WrenchError",
     "WrenchSplit",
+    "check_votes",
     "evaluate_wrench",
+    "load_lf_file",
     "load_wrench",
 ]
 
@@ -54,6 +59,8 @@ class WrenchSplit:
     labels: np.ndarray = field(repr=False)
     L: np.ndarray = field(repr=False)
     inputs: list[str] = field(default_factory=list, repr=False)
+    data: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """Each row's ``data`` object as the file has it (what its LFs read)."""
 
     @property
     def model_texts(self) -> list[str]:
@@ -143,6 +150,7 @@ def _read_split(file: Path) -> WrenchSplit:
     labels: list[int] = []
     rows: list[list[int]] = []
     inputs: list[str] = []
+    datas: list[dict[str, Any]] = []
     for row_id, row in raw.items():
         where = f"{file} id {row_id!r}"
         if not isinstance(row, dict):
@@ -174,12 +182,14 @@ def _read_split(file: Path) -> WrenchSplit:
         inputs.append(_relation_text(data["text"], data.get("span1"), data.get("span2")))
         labels.append(int(label))
         rows.append([int(v) for v in votes])
+        datas.append(data)
     return WrenchSplit(
         ids=ids,
         texts=texts,
         labels=np.asarray(labels, dtype=np.int64),
         L=np.asarray(rows, dtype=np.int64),
         inputs=inputs,
+        data=datas,
     )
 
 
@@ -200,6 +210,12 @@ def _relation_text(text: str, span1: Any, span2: Any) -> str:
 
 
 def _label_names_count(file: Path) -> int | None:
+    names = _label_names(file)
+    return None if names is None else len(names)
+
+
+def _label_names(file: Path) -> list[str] | None:
+    """The class names of ``label.json`` in class order, or None without the file."""
     if not file.is_file():
         return None
     try:
@@ -208,7 +224,12 @@ def _label_names_count(file: Path) -> int | None:
         raise WrenchError(f"{file} is not valid JSON: {exc}") from exc
     if not isinstance(names, dict | list) or len(names) < 2:
         raise WrenchError(f"{file}: expected at least 2 class names, got {names!r}")
-    return len(names)
+    if isinstance(names, list):
+        return [str(name) for name in names]
+    try:
+        return [str(names[key]) for key in sorted(names, key=int)]
+    except ValueError:
+        return [str(name) for name in names.values()]
 
 
 def _is_int(value: Any) -> bool:
@@ -227,6 +248,8 @@ def evaluate_wrench(
     seed: int = 123,
     end_model: bool = False,
     end_model_grid: Sequence[EndModelConfig] | None = None,
+    lfs: Sequence[Any] | None = None,
+    revote: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Choose the labeler on valid by ``metric`` (:func:`fit_labeler`: majority vote,
@@ -241,6 +264,11 @@ def evaluate_wrench(
     probabilities of the covered train rows, chosen on valid (:func:`train_end_model`),
     and add its test scores as ``"end_model"``. ``progress`` gets a line per step.
 
+    With ``lfs`` (the folder's LFs, as code: Snorkel LabelingFunctions in the order of
+    the weak labels), first check the files' votes against what the LFs vote on each
+    row's ``data`` (:func:`check_votes`), reported as ``"votes"``; with ``revote``, the
+    LFs' own votes then replace the files' for every choice and score.
+
     Test accuracy and F1 follow :meth:`Labeler.metrics` (ties broken by Snorkel's
     deterministic hash; F1 of class 1 for two classes, macro F1 for more).
     """
@@ -253,6 +281,20 @@ def evaluate_wrench(
     )
     if metric == "f1" and data.cardinality > 2:
         say(f"metric f1 with {data.cardinality} classes is the macro F1")
+    votes: dict[str, Any] | None = None
+    if lfs is not None:
+        votes, matrices = check_votes(data, lfs)
+        for name, check in votes.items():
+            say(
+                f"votes of {name}: the LFs vote as the file on {check['rows_matching']:.1%} "
+                f"of {check['rows']} rows"
+            )
+        if revote:
+            splits = {name: replace(getattr(data, name), L=matrices[name]) for name in SPLITS}
+            data = replace(data, **splits)
+            say("the LFs' own votes replace the files' votes")
+    elif revote:
+        raise WrenchError("revote needs the LFs (lfs=)")
     try:
         result = fit_labeler(
             data.train.L,
@@ -267,6 +309,8 @@ def evaluate_wrench(
     except ValueError as exc:
         raise WrenchError(f"{data.folder}: {exc}") from exc
     report: dict[str, Any] = {"metric": metric}
+    if votes is not None:
+        report["votes"] = {**votes, "revoted": revote}
     for name, labeler, dev in (
         ("label_model", result.best, result.best_dev),
         ("majority_vote", result.majority_vote, result.majority_vote_dev),
@@ -297,3 +341,94 @@ def evaluate_wrench(
             raise WrenchError(f"{data.folder}: end model: {exc}") from exc
         report["end_model"] = trained.report()
     return report
+
+
+def load_lf_file(path: str | os.PathLike[str], lf_set: str = "default") -> list[Any]:
+    """The LFs of set ``lf_set`` in the Python file ``path``, which defines ``LF_SETS``
+    (a dict from set name to a list of LFs, as a dataset's LF module does).
+
+    Raises:
+        WrenchError: the file is missing, fails to import, or has no such set (naming
+            the sets it has).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise WrenchError(f"LF file not found: {file}")
+    name = f"mlsys_wrench_lfs_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise WrenchError(f"cannot import LF file {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that its LFs pickle by reference
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise WrenchError(f"LF file {file} failed to import: {exc!r}") from exc
+    sets = getattr(module, "LF_SETS", None)
+    if not isinstance(sets, dict) or lf_set not in sets:
+        known = sorted(sets) if isinstance(sets, dict) else "no LF_SETS dict"
+        raise WrenchError(f"LF file {file} has no LF set {lf_set!r}; it has {known}")
+    return list(sets[lf_set])
+
+
+def check_votes(
+    data: WrenchDataset, lfs: Sequence[Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Apply ``lfs`` to every split's rows (each row's ``data`` fields, the text under
+    ``text``) and compare their votes with the files' weak labels.
+
+    Returns, per split, ``rows``, ``rows_matching`` (the share of rows whose every vote
+    matches) and ``lfs_differing`` (for each LF that differs somewhere, the share of rows
+    where it matches), and the LFs' own label matrices. A split whose votes do not
+    match its texts makes any label model's score on it a score of the file, not of the
+    LFs.
+
+    Raises:
+        WrenchError: the number of LFs is not the files' number of weak labels, or an LF
+            votes a label that is not a class (LFs may vote class names of label.json or
+            class indices).
+    """
+    from mlsys.labeling.apply import apply_lfs
+    from mlsys.labeling.lf import bind_class_labels
+
+    if len(lfs) != data.n_lfs:
+        raise WrenchError(
+            f"{len(lfs)} LFs given, but the rows of {data.folder} have {data.n_lfs} weak labels"
+        )
+    names = _label_names(data.folder / "label.json") or [str(k) for k in range(data.cardinality)]
+
+    def resolve(label: object) -> int:
+        index = int(label) if isinstance(label, int | np.integer) else None
+        if index is not None and not isinstance(label, bool) and 0 <= index < data.cardinality:
+            return index
+        if isinstance(label, str) and label in names:
+            return names.index(label)
+        raise ValueError(f"label {label!r} is not one of the classes {names}")
+
+    try:
+        bound = bind_class_labels(list(lfs), resolve)
+    except (TypeError, ValueError) as exc:
+        raise WrenchError(f"{data.folder}: {exc}") from exc
+    checks: dict[str, dict[str, Any]] = {}
+    matrices: dict[str, np.ndarray] = {}
+    for split_name in SPLITS:
+        split: WrenchSplit = getattr(data, split_name)
+        frame = pd.DataFrame(split.data, index=split.ids)
+        fields = [c for c in frame.columns if frame[c].notna().all()]
+        try:
+            matrix = apply_lfs(frame, bound, fields=fields, n_jobs=1).matrix
+        except (ValueError, RuntimeError) as exc:
+            raise WrenchError(f"{data.folder}, {split_name}: {exc}") from exc
+        same = matrix == split.L
+        checks[split_name] = {
+            "rows": len(split),
+            "rows_matching": float(same.all(axis=1).mean()),
+            "lfs_differing": {
+                lf.name: float(same[:, j].mean())
+                for j, lf in enumerate(bound)
+                if not same[:, j].all()
+            },
+        }
+        matrices[split_name] = matrix
+    return checks, matrices

@@ -224,3 +224,129 @@ def test_relation_rows_give_the_end_model_the_span_between_the_entities(
     assert train.model_texts[0] == "Fog caused delays"
     assert train.model_texts[1] == train.texts[1]
     assert train.model_texts[2] == train.texts[2]  # no spans
+
+
+LF_FILE = """
+from snorkel.labeling import labeling_function
+from mlsys.labeling.lf import keyword_lf
+
+@labeling_function()
+def entity_is_a(x):
+    return 1 if x.entity1 == "a" else -1
+
+LF_SETS = {
+    "default": [
+        keyword_lf(["spam"], "spam", name="says_spam"),
+        keyword_lf(["ham"], 0, name="says_ham"),
+        entity_is_a,
+    ],
+}
+"""
+
+
+def _votes(text: str, entity1: str) -> list[int]:
+    """What LF_FILE's LFs vote on a row."""
+    return [
+        1 if "spam" in text else -1,
+        0 if "ham" in text else -1,
+        1 if entity1 == "a" else -1,
+    ]
+
+
+@pytest.fixture
+def voted_dir(tmp_path: Path) -> Path:
+    """A folder whose train and valid votes are its LFs' votes on its rows, and whose test
+    votes belong to other rows (each row's votes are the next row's)."""
+    folder = tmp_path / "voted"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name, n in SIZES.items():
+        rows = {}
+        for i in range(n):
+            label = int(rng.integers(0, 2))
+            word = ("spam" if label else "ham") if rng.random() < 0.8 else "song"
+            entity1 = "a" if label and rng.random() < 0.5 else "b"
+            text = f"row {i} {word}"
+            data = {"text": text, "entity1": entity1, "span1": [0, 3]}
+            rows[str(i)] = {"label": label, "weak_labels": _votes(text, entity1), "data": data}
+        if name == "test":
+            ids = list(rows)
+            shifted = [rows[ids[(k + 1) % n]]["weak_labels"] for k in range(n)]
+            for row_id, votes in zip(ids, shifted, strict=True):
+                rows[row_id]["weak_labels"] = votes
+        (folder / f"{name}.json").write_text(json.dumps(rows))
+    (folder / "label.json").write_text(json.dumps({"0": "ham", "1": "spam"}))
+    (tmp_path / "lfs.py").write_text(LF_FILE)
+    return folder
+
+
+def test_votes_are_checked_against_the_lfs_and_revote_scores_the_lfs_own(
+    voted_dir: Path,
+) -> None:
+    from mlsys.labeling.wrench import check_votes, load_lf_file
+
+    lfs = load_lf_file(voted_dir.parent / "lfs.py")
+    data = load_wrench(voted_dir)
+    checks, matrices = check_votes(data, lfs)
+    assert checks["train"] == {"rows": 60, "rows_matching": 1.0, "lfs_differing": {}}
+    assert checks["valid"]["rows_matching"] == 1.0
+    test = checks["test"]
+    assert test["rows"] == 30 and test["rows_matching"] < 0.9
+    assert set(test["lfs_differing"]) <= {"says_spam", "says_ham", "entity_is_a"}
+    assert all(0.0 <= share < 1.0 for share in test["lfs_differing"].values())
+    truth = np.array([_votes(d["text"], d["entity1"]) for d in data.test.data])
+    assert (matrices["test"] == truth).all() and (matrices["train"] == data.train.L).all()
+
+    # Scoring on the LFs' own votes is scoring a folder whose files hold them.
+    revoted = evaluate_wrench(voted_dir, lfs=lfs, revote=True)
+    rows = json.loads((voted_dir / "test.json").read_text())
+    for row in rows.values():
+        row["weak_labels"] = _votes(row["data"]["text"], row["data"]["entity1"])
+    (voted_dir / "test.json").write_text(json.dumps(rows))
+    clean = evaluate_wrench(voted_dir)
+    assert revoted["votes"]["revoted"] is True
+    for report in (revoted, clean):
+        del report["label_model"]["seconds"]
+    assert revoted["label_model"] == clean["label_model"]
+    assert revoted["majority_vote"] == clean["majority_vote"]
+
+
+def test_cli_warns_of_votes_that_do_not_match_the_lfs(voted_dir: Path) -> None:
+    lf_file = str(voted_dir.parent / "lfs.py")
+    args = ["evaluate", "--wrench", str(voted_dir), "--lfs", lf_file, "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["votes"]["train"]["rows_matching"] == 1.0 and not report["votes"]["revoted"]
+    assert "warning: in test, the file's votes differ from the LFs'" in result.stderr
+    assert "--revote" in result.stderr and "in train" not in result.stderr
+    table = CliRunner().invoke(app, [*args[:-1], "--revote", "--quiet"])
+    assert table.exit_code == 0, table.output
+    assert "label_model" in table.stdout and "measure the file's votes" in table.stderr
+
+    alone = CliRunner().invoke(app, ["evaluate", "--wrench", str(voted_dir), "--revote"])
+    assert alone.exit_code == 2 and "--revote needs --lfs" in alone.output
+    unknown = CliRunner().invoke(app, [*args, "--lf-set", "other"])
+    assert unknown.exit_code == 1 and "no LF set 'other'" in unknown.output
+    assert "['default']" in unknown.output
+
+
+def test_lfs_that_do_not_fit_the_folder_are_refused_naming_why(
+    voted_dir: Path, tmp_path: Path
+) -> None:
+    from mlsys.labeling.wrench import check_votes, load_lf_file
+
+    data = load_wrench(voted_dir)
+    lfs = load_lf_file(voted_dir.parent / "lfs.py")
+    with pytest.raises(WrenchError, match=r"2 LFs given, but the rows of .* have 3 weak labels"):
+        check_votes(data, lfs[:2])
+    bad = tmp_path / "bad.py"
+    bad.write_text(LF_FILE.replace('"spam", name=', '"eggs", name='))
+    with pytest.raises(WrenchError, match="'eggs' is not one of the classes \\['ham', 'spam'\\]"):
+        check_votes(data, load_lf_file(bad))
+    with pytest.raises(WrenchError, match="LF file not found"):
+        load_lf_file(tmp_path / "missing.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no')")
+    with pytest.raises(WrenchError, match="failed to import: RuntimeError"):
+        load_lf_file(broken)
