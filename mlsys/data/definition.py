@@ -36,10 +36,8 @@ The YAML (every field but ``name``, ``columns`` and ``classes`` optional)::
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +45,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlsys.data.lf_module import LFModuleError, import_lf_module, lf_sets_of
 
 __all__ = [
     "DATASET_FILE",
@@ -403,21 +403,12 @@ class DatasetDefinition(_Strict):
                 f"dataset {self.name!r} has no LF module {file}; write one (see "
                 "`mlsys dataset init`) with LF_SETS = {'default': [...]}"
             )
-        module_name = f"mlsys_datasets.{self.name.replace('-', '_')}.{file.stem}"
-        module = sys.modules.get(module_name)
-        if module is not None and getattr(module, "__file__", None) == str(file):
-            return module
-        spec = importlib.util.spec_from_file_location(module_name, file)
-        if spec is None or spec.loader is None:
-            raise DatasetError(f"cannot import LF module {file}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[module_name]
-            raise DatasetError(f"LF module {file} failed to import: {exc!r}") from exc
-        return module
+            return import_lf_module(
+                file, f"mlsys_datasets.{self.name.replace('-', '_')}.{file.stem}"
+            )
+        except LFModuleError as exc:
+            raise DatasetError(str(exc)) from exc
 
     def lf_set_names(self) -> list[str]:
         """Names of the LF sets the dataset's module defines."""
@@ -445,22 +436,10 @@ class DatasetDefinition(_Strict):
 
     def _lf_sets(self) -> Mapping[str, Sequence[Any]]:
         module = self.lf_module_object()
-        sets = getattr(module, "LF_SETS", None)
-        if not isinstance(sets, Mapping) or not sets:
-            raise DatasetError(
-                f"LF module {self.path(self.lf_module)} must define LF_SETS, a dict from set "
-                f"name to a list of LFs; found {type(sets).__name__}"
-            )
-        out: dict[str, Sequence[Any]] = {}
-        for key, value in sets.items():
-            lfs = value() if callable(value) else value
-            if not isinstance(lfs, list | tuple):
-                raise DatasetError(
-                    f"LF_SETS[{key!r}] in {self.path(self.lf_module)} must be a list of LFs, "
-                    f"found {type(lfs).__name__}"
-                )
-            out[str(key)] = lfs
-        return out
+        try:
+            return lf_sets_of(module, self.path(self.lf_module))
+        except LFModuleError as exc:
+            raise DatasetError(str(exc)) from exc
 
     # --- YAML ---------------------------------------------------------------------------
 

@@ -8,10 +8,8 @@ prior, a threshold) is scored by cross-validation over valid before it is chosen
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -351,24 +349,17 @@ def load_lf_file(path: str | os.PathLike[str], lf_set: str = "default") -> list[
         WrenchError: the file is missing, fails to import, or has no such set (naming
             the sets it has).
     """
+    from mlsys.data.lf_module import LFModuleError, import_lf_module, lf_sets_of
+
     file = Path(path)
     if not file.is_file():
         raise WrenchError(f"LF file not found: {file}")
-    name = f"mlsys_wrench_lfs_{file.stem}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise WrenchError(f"cannot import LF file {file}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # so that its LFs pickle by reference
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise WrenchError(f"LF file {file} failed to import: {exc!r}") from exc
-    sets = getattr(module, "LF_SETS", None)
-    if not isinstance(sets, dict) or lf_set not in sets:
-        known = sorted(sets) if isinstance(sets, dict) else "no LF_SETS dict"
-        raise WrenchError(f"LF file {file} has no LF set {lf_set!r}; it has {known}")
+        sets = lf_sets_of(import_lf_module(file, f"mlsys_wrench_lfs_{file.stem}"), file)
+    except LFModuleError as exc:
+        raise WrenchError(str(exc)) from exc
+    if lf_set not in sets:
+        raise WrenchError(f"LF file {file} has no LF set {lf_set!r}; it has {sorted(sets)}")
     return list(sets[lf_set])
 
 
